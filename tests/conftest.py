@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny synthetic world, its dataset, and a real PostgreSQL server.
+
+TF_USE_LEGACY_KERAS must be set before TensorFlow is first imported; importing the
+package does it, and conftest is imported before any test module.
+"""
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import pytest  # noqa: E402
+
+import tfrs_two_tower  # noqa: E402,F401
+from tfrs_two_tower import config as config_lib  # noqa: E402
+from tfrs_two_tower.data import synthetic  # noqa: E402
+
+# Small but real: enough users and swipes for the readiness gate, a time split
+# with new users, and a model that learns something in a few hundred steps.
+TINY_WORLD = synthetic.WorldParams(num_users=700, days=50, seed=7)
+
+
+@pytest.fixture(scope="session")
+def default_config():
+  return config_lib.load_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+  return synthetic.generate_world(TINY_WORLD)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory, tiny_world):
+  path = str(tmp_path_factory.mktemp("world") / "world")
+  tiny_world.save(path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tmp_path_factory, tiny_world, default_config):
+  """A complete dataset directory of the tiny world (read-only: copy before mutating)."""
+  path = str(tmp_path_factory.mktemp("dataset") / "dataset")
+  synthetic.write_world_dataset(tiny_world, default_config, path, num_train_shards=3,
+                                num_eval_shards=2)
+  return path
+
+
+@pytest.fixture
+def dataset_copy(tmp_path, tiny_dataset_dir):
+  """A private, mutable copy of the tiny dataset."""
+  path = str(tmp_path / "dataset")
+  shutil.copytree(tiny_dataset_dir, path)
+  return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+  """A real PostgreSQL 16 (+ pgvector) from pgserver, started once, stopped at the end.
+
+  Yields a libpq URI for a fresh server. Tests that need isolation create their
+  own database with `fresh_database`.
+  """
+  pgserver = pytest.importorskip("pgserver")
+  directory = tempfile.mkdtemp(prefix="tfrs-pg-")
+  server = pgserver.get_server(directory, cleanup_mode="stop")
+  try:
+    yield server.get_uri()
+  finally:
+    server.cleanup()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+_db_counter = [0]
+
+
+@pytest.fixture
+def fresh_database(postgres):
+  """A new empty database on the shared server; returns its URI."""
+  import psycopg2
+  _db_counter[0] += 1
+  name = f"test_{os.getpid()}_{_db_counter[0]}"
+  admin = psycopg2.connect(postgres)
+  admin.autocommit = True
+  with admin.cursor() as cur:
+    cur.execute(f'CREATE DATABASE "{name}"')
+  admin.close()
+  base, _, query = postgres.partition("?")
+  prefix = base.rsplit("/", 1)[0]
+  uri = f"{prefix}/{name}" + (f"?{query}" if query else "")
+  yield uri
+  admin = psycopg2.connect(postgres)
+  admin.autocommit = True
+  with admin.cursor() as cur:
+    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+  admin.close()

@@ -1,0 +1,445 @@
+"""The one config that declares the data and the features of both towers.
+
+The config is a JSON file: human-editable, diffable, readable from any language
+(the iOS side and SQL tooling included) and it needs no extra dependency. Its
+canonical form (sorted keys, no whitespace) is hashed; the hash travels through
+the dataset and run manifests so that a stage can refuse inputs made from a
+different config.
+
+Shape (see `default_config.json` for the dating schema)::
+
+  {
+    "format_version": 1,
+    "interactions": {"table", "query_id_column", "candidate_id_column",
+                     "action_column", "timestamp_column", "weight_column",
+                     "actions": {"like": {"label": 1, "weight": 1.0}, ...},
+                     "sql": null},
+    "query": {"entity": "user"},
+    "candidate": {"entity": "user"},
+    "entities": {"user": {"table", "id_column", "created_at_column", "sql",
+                          "features": [{"name", "type", ...}, ...]}}
+  }
+
+The query and candidate sides name an entity each. In a dating app both name the
+same `user` entity (users swipe on users); a user-to-item config names an `item`
+entity with its own table for the candidate side.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+FORMAT_VERSION = 1
+DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default_config.json")
+SIDES = ("query", "candidate")
+FEATURE_TYPES = ("id", "categorical", "multi_categorical", "numeric", "geo")
+NUMERIC_NORMALIZATIONS = ("zscore", "log_zscore", "none")
+POOLINGS = ("mean", "sum")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+  """A config that cannot be used; `problems` lists every problem found."""
+
+  def __init__(self, source: str, problems: Sequence[str]):
+    self.source = source
+    self.problems = list(problems)
+    lines = "\n".join(f"  - {p}" for p in self.problems)
+    super().__init__(f"invalid config {source}: {len(self.problems)} problem(s):\n{lines}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+  """How one raw action value becomes a training label and a sample weight."""
+  name: str
+  label: int
+  weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+  """One tower input.
+
+  Types and their stored form (the dataset key is `<side>_<name>`; ids are
+  stored under `<side>_id`):
+    id:                entity id string -> vocabulary of ids + OOV buckets.
+    categorical:       one string -> vocabulary + OOV buckets.
+    multi_categorical: list of strings (e.g. interests), padded to `max_length`
+                       with "" -> vocabulary + OOV, pooled embeddings.
+    numeric:           float32, NaN when missing -> normalised, missing filled.
+    geo:               [latitude, longitude] float32 -> grid-cell vocabulary
+                       (`cell_degrees`) + unit-sphere coordinates.
+  """
+  name: str
+  type: str
+  columns: Tuple[str, ...]
+  embedding_dim: int = 0
+  num_oov_buckets: int = 1
+  min_count: int = 1
+  max_vocab_size: Optional[int] = None
+  max_length: int = 1
+  pooling: str = "mean"
+  normalization: str = "zscore"
+  fill: Any = "mean"
+  bucket_boundaries: Tuple[float, ...] = ()
+  cell_degrees: float = 1.0
+
+  @property
+  def uses_vocabulary(self) -> bool:
+    return self.type in ("id", "categorical", "multi_categorical", "geo")
+
+  def key(self, side: str) -> str:
+    """The feature's name in dataset records and model inputs."""
+    return f"{side}_id" if self.type == "id" else f"{side}_{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Entity:
+  """A table of things on one side: users, or items for user-to-item data."""
+  name: str
+  table: str
+  id_column: str
+  created_at_column: Optional[str]
+  sql: Optional[str]
+  features: Tuple[Feature, ...]
+
+  @property
+  def columns(self) -> List[str]:
+    """Raw columns the entity table must provide, id and created_at first."""
+    cols = [self.id_column] + ([self.created_at_column] if self.created_at_column else [])
+    for f in self.features:
+      cols += [c for c in f.columns if c not in cols]
+    return cols
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+  table: str
+  query_id_column: str
+  candidate_id_column: str
+  action_column: str
+  timestamp_column: str
+  weight_column: Optional[str]
+  sql: Optional[str]
+  actions: Tuple[Action, ...]
+
+  @property
+  def columns(self) -> List[str]:
+    cols = [self.query_id_column, self.candidate_id_column, self.action_column,
+            self.timestamp_column]
+    return cols + ([self.weight_column] if self.weight_column else [])
+
+  def action(self, name: str) -> Optional[Action]:
+    return next((a for a in self.actions if a.name == name), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  interactions: Interactions
+  entities: Dict[str, Entity]
+  query_entity: str
+  candidate_entity: str
+  raw: Dict[str, Any]
+  source: str
+
+  def entity(self, side: str) -> Entity:
+    return self.entities[self.query_entity if side == "query" else self.candidate_entity]
+
+  def features(self, side: str) -> Tuple[Feature, ...]:
+    return self.entity(side).features
+
+  @property
+  def hash(self) -> str:
+    return config_hash(self.raw)
+
+  @property
+  def same_entity_both_sides(self) -> bool:
+    return self.query_entity == self.candidate_entity
+
+  def to_json(self) -> str:
+    return json.dumps(self.raw, indent=2, sort_keys=True)
+
+
+def config_hash(raw: Dict[str, Any]) -> str:
+  canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+  return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_config(path: Optional[str] = None) -> Config:
+  """Reads and validates a config file (the packaged default when `path` is None)."""
+  path = path or DEFAULT_CONFIG_PATH
+  try:
+    with open(path, encoding="utf-8") as f:
+      raw = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(path, ["file not found"]) from None
+  except json.JSONDecodeError as e:
+    raise ConfigError(path, [f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"]) from None
+  return parse_config(raw, source=path)
+
+
+def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
+  """Validates a config dict; raises ConfigError listing every problem found."""
+  problems: List[str] = []
+  if not isinstance(raw, dict):
+    raise ConfigError(source, ["top level must be a JSON object"])
+  raw = copy.deepcopy(raw)
+  if raw.get("format_version") != FORMAT_VERSION:
+    problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
+  _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
+                        "description"}, problems)
+
+  entities: Dict[str, Entity] = {}
+  raw_entities = raw.get("entities")
+  if not isinstance(raw_entities, dict) or not raw_entities:
+    problems.append("entities: must be a non-empty object of entity name -> definition")
+    raw_entities = {}
+  for name, ent in raw_entities.items():
+    entity = _parse_entity(name, ent, problems)
+    if entity is not None:
+      entities[name] = entity
+
+  side_entities = {}
+  for side in SIDES:
+    section = raw.get(side)
+    if not isinstance(section, dict) or "entity" not in section:
+      problems.append(f"{side}: must be an object like {{\"entity\": \"user\"}}")
+      continue
+    _check_keys(section, side, {"entity"}, problems)
+    if section["entity"] not in raw_entities:
+      problems.append(f"{side}.entity: unknown entity {section['entity']!r} "
+                      f"(defined: {', '.join(sorted(raw_entities)) or 'none'})")
+    side_entities[side] = section["entity"]
+
+  interactions = _parse_interactions(raw.get("interactions"), problems)
+  if problems:
+    raise ConfigError(source, problems)
+  return Config(interactions=interactions, entities=entities,
+                query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
+                raw=raw, source=source)
+
+
+def _check_keys(section: Dict[str, Any], path: str, allowed: set, problems: List[str]) -> None:
+  for key in section:
+    if key not in allowed:
+      where = f"{path}.{key}" if path else key
+      problems.append(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _require_str(section: Dict[str, Any], key: str, path: str, problems: List[str],
+                 optional: bool = False) -> Optional[str]:
+  value = section.get(key)
+  if value is None and optional:
+    return None
+  if not isinstance(value, str) or not value:
+    problems.append(f"{path}.{key}: {'must be a non-empty string' + (' or null' if optional else '')}"
+                    f" (got {value!r})")
+    return None
+  return value
+
+
+def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interactions]:
+  path = "interactions"
+  if not isinstance(section, dict):
+    problems.append(f"{path}: must be an object")
+    return None
+  _check_keys(section, path, {"table", "query_id_column", "candidate_id_column", "action_column",
+                              "timestamp_column", "weight_column", "actions", "sql"}, problems)
+  fields = {k: _require_str(section, k, path, problems)
+            for k in ("table", "query_id_column", "candidate_id_column", "action_column",
+                      "timestamp_column")}
+  weight_column = _require_str(section, "weight_column", path, problems, optional=True)
+  sql = _require_str(section, "sql", path, problems, optional=True)
+  actions = []
+  raw_actions = section.get("actions")
+  if not isinstance(raw_actions, dict) or not raw_actions:
+    problems.append(f"{path}.actions: must map each action value to {{\"label\": 0|1, \"weight\": w}}")
+    raw_actions = {}
+  for name, spec in raw_actions.items():
+    where = f"{path}.actions.{name}"
+    if not isinstance(spec, dict):
+      problems.append(f"{where}: must be an object with label and weight")
+      continue
+    _check_keys(spec, where, {"label", "weight"}, problems)
+    label, weight = spec.get("label"), spec.get("weight", 1.0)
+    if label not in (0, 1) or isinstance(label, bool):
+      problems.append(f"{where}.label: must be 1 (positive) or 0 (negative), got {label!r}")
+      continue
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
+      problems.append(f"{where}.weight: must be a positive number, got {weight!r}")
+      continue
+    actions.append(Action(name, int(label), float(weight)))
+  if raw_actions and actions and not any(a.label == 1 for a in actions):
+    problems.append(f"{path}.actions: no action maps to label 1; retrieval needs positives")
+  if None in fields.values():
+    return None
+  return Interactions(weight_column=weight_column, sql=sql, actions=tuple(actions), **fields)
+
+
+def _parse_entity(name: str, section: Any, problems: List[str]) -> Optional[Entity]:
+  path = f"entities.{name}"
+  if not _NAME_RE.match(str(name)):
+    problems.append(f"{path}: entity names must match {_NAME_RE.pattern}")
+  if not isinstance(section, dict):
+    problems.append(f"{path}: must be an object")
+    return None
+  _check_keys(section, path, {"table", "id_column", "created_at_column", "sql", "features"},
+              problems)
+  table = _require_str(section, "table", path, problems)
+  id_column = _require_str(section, "id_column", path, problems)
+  created_at = _require_str(section, "created_at_column", path, problems, optional=True)
+  sql = _require_str(section, "sql", path, problems, optional=True)
+  raw_features = section.get("features")
+  if not isinstance(raw_features, list) or not raw_features:
+    problems.append(f"{path}.features: must be a non-empty list")
+    return None
+  features, seen = [], set()
+  for i, spec in enumerate(raw_features):
+    feature = _parse_feature(f"{path}.features[{i}]", spec, id_column, problems)
+    if feature is None:
+      continue
+    if feature.name in seen:
+      problems.append(f"{path}.features[{i}].name: duplicate feature name {feature.name!r}")
+      continue
+    seen.add(feature.name)
+    features.append(feature)
+  if sum(f.type == "id" for f in features) > 1:
+    problems.append(f"{path}.features: at most one feature of type 'id'")
+  if None in (table, id_column):
+    return None
+  return Entity(name, table, id_column, created_at, sql, tuple(features))
+
+
+def _positive_int(spec, key, default, path, problems, minimum=1):
+  value = spec.get(key, default)
+  if value is None and default is None:
+    return None
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    problems.append(f"{path}.{key}: must be an integer >= {minimum}, got {value!r}")
+    return default
+  return value
+
+
+_COMMON_KEYS = {"name", "type", "column", "embedding_dim", "description"}
+_TYPE_KEYS = {
+    "id": {"num_oov_buckets", "min_count", "max_vocab_size"},
+    "categorical": {"num_oov_buckets", "min_count", "max_vocab_size"},
+    "multi_categorical": {"num_oov_buckets", "min_count", "max_vocab_size", "max_length",
+                          "pooling"},
+    "numeric": {"normalization", "fill", "bucket_boundaries"},
+    "geo": {"latitude_column", "longitude_column", "cell_degrees", "num_oov_buckets",
+            "min_count", "max_vocab_size"},
+}
+
+
+def _parse_feature(path: str, spec: Any, id_column: Optional[str],
+                   problems: List[str]) -> Optional[Feature]:
+  if not isinstance(spec, dict):
+    problems.append(f"{path}: must be an object with at least name and type")
+    return None
+  name, ftype = spec.get("name"), spec.get("type")
+  if not isinstance(name, str) or not _NAME_RE.match(name):
+    problems.append(f"{path}.name: must match {_NAME_RE.pattern}, got {name!r}")
+    return None
+  path = f"{path} ({name})"
+  if ftype not in FEATURE_TYPES:
+    problems.append(f"{path}.type: unknown type {ftype!r} (expected one of {', '.join(FEATURE_TYPES)})")
+    return None
+  _check_keys(spec, path, _COMMON_KEYS | _TYPE_KEYS[ftype], problems)
+  n_before = len(problems)
+  kwargs: Dict[str, Any] = {}
+  if ftype == "geo":
+    lat = _require_str(spec, "latitude_column", path, problems)
+    lon = _require_str(spec, "longitude_column", path, problems)
+    columns = (lat, lon)
+    cell = spec.get("cell_degrees", 1.0)
+    if not isinstance(cell, (int, float)) or isinstance(cell, bool) or not 0 < cell <= 90:
+      problems.append(f"{path}.cell_degrees: must be a number in (0, 90], got {cell!r}")
+    else:
+      kwargs["cell_degrees"] = float(cell)
+  elif ftype == "id":
+    column = spec.get("column", id_column)
+    if column != id_column:
+      problems.append(f"{path}.column: an 'id' feature embeds the entity id column "
+                      f"{id_column!r}, got {column!r}")
+    columns = (id_column,)
+  else:
+    column = spec.get("column", name)
+    if not isinstance(column, str) or not column:
+      problems.append(f"{path}.column: must be a non-empty string")
+    columns = (column,)
+
+  if ftype == "numeric":
+    norm = spec.get("normalization", "zscore")
+    if norm not in NUMERIC_NORMALIZATIONS:
+      problems.append(f"{path}.normalization: unknown {norm!r} (expected one of "
+                      f"{', '.join(NUMERIC_NORMALIZATIONS)})")
+    fill = spec.get("fill", "mean")
+    if fill != "mean" and (not isinstance(fill, (int, float)) or isinstance(fill, bool)):
+      problems.append(f"{path}.fill: must be \"mean\" or a number, got {fill!r}")
+    bounds = spec.get("bucket_boundaries", [])
+    if (not isinstance(bounds, list) or not all(isinstance(b, (int, float)) for b in bounds)
+        or sorted(bounds) != bounds or len(set(bounds)) != len(bounds)):
+      problems.append(f"{path}.bucket_boundaries: must be a strictly increasing list of numbers")
+      bounds = []
+    kwargs.update(normalization=norm, fill=fill, bucket_boundaries=tuple(float(b) for b in bounds))
+    embedding_default = 0
+  else:
+    kwargs["num_oov_buckets"] = _positive_int(spec, "num_oov_buckets", 1, path, problems)
+    kwargs["min_count"] = _positive_int(spec, "min_count", 1, path, problems)
+    kwargs["max_vocab_size"] = _positive_int(spec, "max_vocab_size", None, path, problems)
+    embedding_default = None
+  if ftype == "multi_categorical":
+    kwargs["max_length"] = _positive_int(spec, "max_length", 8, path, problems)
+    pooling = spec.get("pooling", "mean")
+    if pooling not in POOLINGS:
+      problems.append(f"{path}.pooling: unknown {pooling!r} (expected one of {', '.join(POOLINGS)})")
+    kwargs["pooling"] = pooling
+
+  embedding_dim = spec.get("embedding_dim", embedding_default)
+  needs_embedding = ftype != "numeric" or kwargs.get("bucket_boundaries")
+  if needs_embedding and (not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool)
+                          or embedding_dim < 1):
+    problems.append(f"{path}.embedding_dim: must be an integer >= 1, got {embedding_dim!r}")
+  if len(problems) > n_before:
+    return None
+  return Feature(name=name, type=ftype, columns=tuple(columns),
+                 embedding_dim=int(embedding_dim or 0), **kwargs)
+
+
+def check_columns(config: Config, kind: str, available: Sequence[str],
+                  source: str) -> List[str]:
+  """Problems for required raw columns missing from a table.
+
+  Args:
+    kind: "interactions" or a side ("query"/"candidate").
+    available: the column names the source provides.
+    source: where the table came from (file, table name), for the message.
+  Returns:
+    One message per missing column, naming the config key that asked for it.
+  """
+  available = set(available)
+  missing = []
+  if kind == "interactions":
+    section = config.interactions
+    for key in ("query_id_column", "candidate_id_column", "action_column", "timestamp_column",
+                "weight_column"):
+      column = getattr(section, key)
+      if column and column not in available:
+        missing.append(f"{source}: missing column {column!r} (config interactions.{key})")
+    return missing
+  entity = config.entity(kind)
+  for key in ("id_column", "created_at_column"):
+    column = getattr(entity, key)
+    if column and column not in available:
+      missing.append(f"{source}: missing column {column!r} (config entities.{entity.name}.{key})")
+  for i, feature in enumerate(entity.features):
+    for column in feature.columns:
+      if column not in available and column != entity.id_column:
+        missing.append(f"{source}: missing column {column!r} "
+                       f"(config entities.{entity.name}.features[{i}] {feature.name!r})")
+  return missing

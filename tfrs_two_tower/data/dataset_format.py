@@ -1,0 +1,47 @@
+"""Names and layout of the dataset directory (the contract between the stages).
+
+  <dataset>/
+    manifest.json           format version, config hash, counts, split time, sha256 of every file
+    config.json             the config the dataset was written with
+    stats.json              counts, label balance, time range, readiness report (+ oracle AUC
+                            for synthetic worlds)
+    preprocessing.json      per feature key: vocabulary file and size, OOV buckets,
+                            normalisation constants, geo cell size, max_length
+    vocab/<key>.tsv         "token<TAB>count", most frequent first (train split counts)
+    candidate_counts.tsv    candidate_id, train interactions, train positives (static logQ)
+    interactions-train.tfrecord-0000i-of-0000n   gzip TFRecord shards, one Example per swipe
+    interactions-eval.tfrecord-0000i-of-0000m    (time split: eval = timestamp >= split_time)
+    entities/candidates.tfrecord.gz   every candidate entity (the corpus), candidate_* keys
+    entities/queries.tfrecord.gz      every query entity, query_* keys
+    dataset_info.json, features.json  TFDS metadata (`tfds.builder_from_directory`)
+"""
+
+import os
+from typing import List
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+DATASET_NAME = "interactions"
+SPLITS = ("train", "eval")
+MANIFEST = "manifest.json"
+CONFIG = "config.json"
+STATS = "stats.json"
+PREPROCESSING = "preprocessing.json"
+VOCAB_DIR = "vocab"
+CANDIDATE_COUNTS = "candidate_counts.tsv"
+ENTITY_FILES = {"candidate": os.path.join("entities", "candidates.tfrecord.gz"),
+                "query": os.path.join("entities", "queries.tfrecord.gz")}
+COMPRESSION = "GZIP"
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  """TFDS's default template `{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`."""
+  return f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"
+
+
+def shard_names(split: str, num_shards: int) -> List[str]:
+  return [shard_name(split, i, num_shards) for i in range(num_shards)]
+
+
+def vocab_file(key: str) -> str:
+  return os.path.join(VOCAB_DIR, f"{key}.tsv")

@@ -1,0 +1,401 @@
+"""A synthetic dating world: profiles, hidden tastes, a feed, swipes, and an oracle.
+
+Generative story (all vectorised; one numpy Generator seeded from `seed`):
+
+1. Users join over `days` days: `initial_fraction` exist on day 0, the rest join
+   at a uniform random time, so the eval window has genuinely new users.
+2. Observed profile: gender (man/woman/nonbinary), seeking (men/women/everyone,
+   mostly heterosexual), age (18-60, skewed young), city (one of 16 with real
+   coordinates; location jittered ~10 km), interests (3-7 of 80, long-tailed and
+   drawn from the user's hidden "scene" cluster), photo_count, verified,
+   bio_length.
+3. Hidden traits: `style` (how a profile comes across, an 8-d vector: the scene's
+   centroid + personal noise, so interests tell part of it), `taste` (the style
+   a user likes: partly their own scene, partly another), `attractiveness`
+   (heavy-tailed: a few profiles get most likes; correlated with photo_count
+   and verified), `selectivity`, `activity` (lognormal: how often they open the
+   app), preferred age centre/width and distance tolerance.
+4. The utility of u seeing v is
+      s(u, v) = attractiveness_v + taste_weight * <taste_u, style_v>
+                + interest_weight * |interests_u & interests_v|
+                - age_weight * ((age_v - age_pref_u) / width_u)^2
+                - distance_weight * max(0, km(u, v) / tolerance_u - 1)
+                - 4 * [v's gender is not what u seeks] - selectivity_u
+   and u likes v with P = sigmoid(s) (logistic noise). That P is the **oracle**.
+   A superlike is a like with s above `superlike_utility`.
+5. Each day every user who has joined is active with P = activity. Active users
+   get a feed of `feed_size` profiles: `feed_size * 4` candidates are sampled
+   (80 % from their own city), ranked by a feature-matching score (mutual
+   gender/seeking, age gap, shared interests) plus exploration noise, the top
+   `feed_size` are shown. Repeated pairs are dropped (keep the first).
+6. Matches are mutual likes.
+
+What it does not model: messaging, unmatching, profile edits, churn, time of
+day, the feed reacting to who liked whom, photos themselves, fake accounts.
+"""
+
+import dataclasses
+import os
+import uuid
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pandas as pd
+
+from tfrs_two_tower import files
+from tfrs_two_tower.data import writer as writer_lib
+from tfrs_two_tower.evaluation import metrics
+
+START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
+SECONDS_PER_DAY = 86_400
+CITIES = (  # name, latitude, longitude
+    ("New York", 40.71, -74.01), ("Los Angeles", 34.05, -118.24), ("Chicago", 41.88, -87.63),
+    ("Houston", 29.76, -95.37), ("Phoenix", 33.45, -112.07), ("Philadelphia", 39.95, -75.17),
+    ("San Antonio", 29.42, -98.49), ("San Diego", 32.72, -117.16), ("Dallas", 32.78, -96.80),
+    ("Austin", 30.27, -97.74), ("Seattle", 47.61, -122.33), ("Denver", 39.74, -104.99),
+    ("Boston", 42.36, -71.06), ("Miami", 25.76, -80.19), ("Atlanta", 33.75, -84.39),
+    ("Portland", 45.52, -122.68))
+CITY_WEIGHTS = np.array([16, 12, 9, 8, 6, 6, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4], np.float64)
+INTEREST_NAMES = (
+    "hiking", "coffee", "travel", "music", "movies", "cooking", "fitness", "reading", "dogs",
+    "cats", "yoga", "running", "photography", "art", "gaming", "wine", "craft beer", "dancing",
+    "concerts", "festivals", "camping", "climbing", "cycling", "surfing", "skiing", "tennis",
+    "soccer", "basketball", "football", "baseball", "golf", "swimming", "meditation", "tech",
+    "startups", "politics", "history", "science", "astronomy", "poetry", "writing", "theatre",
+    "comedy", "podcasts", "anime", "board games", "karaoke", "volunteering", "gardening",
+    "fashion", "sneakers", "vintage", "thrifting", "baking", "vegan", "bbq", "sushi", "tacos",
+    "brunch", "museums", "jazz", "hip hop", "techno", "indie", "metal", "country", "k-pop",
+    "languages", "road trips", "beach", "mountains", "sailing", "fishing", "horses", "cars",
+    "motorcycles", "diy", "crypto", "investing", "spirituality")
+GENDERS = np.array(["man", "woman", "nonbinary"], dtype=object)
+SEEKING = np.array(["men", "women", "everyone"], dtype=object)
+_SEEKS_GENDER = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]], np.float64)  # seeking x gender
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldParams:
+  """Knobs of the world; the defaults make the embedded default (~5k users, ~200k swipes)."""
+  num_users: int = 5000
+  days: int = 120
+  initial_fraction: float = 0.3
+  feed_size: int = 8
+  mean_activity: float = 0.11
+  style_dim: int = 8
+  num_scenes: int = 8
+  taste_weight: float = 1.6
+  interest_weight: float = 0.35
+  age_weight: float = 0.8
+  distance_weight: float = 0.6
+  attractiveness_scale: float = 1.0
+  base_utility: float = -0.6
+  superlike_utility: float = 3.0
+  seed: int = 0
+
+
+class World:
+  """Profiles, swipes and the hidden traits that generated them.
+
+  Attributes:
+    params: the WorldParams.
+    profiles: DataFrame in the default `profiles` schema (id, gender, seeking,
+      age, city, latitude, longitude, interests, photo_count, verified,
+      bio_length, created_at).
+    swipes: DataFrame in the default `swipes` schema (swiper_id, swipee_id,
+      action, created_at), sorted by time.
+    hidden: name -> numpy array of hidden traits, indexed like `profiles`.
+  """
+
+  def __init__(self, params: WorldParams, profiles: pd.DataFrame, swipes: pd.DataFrame,
+               hidden: Dict[str, np.ndarray]):
+    self.params, self.profiles, self.swipes, self.hidden = params, profiles, swipes, hidden
+    self._index = pd.Index(profiles["id"].to_numpy())
+
+  # -- the oracle -----------------------------------------------------------------
+  def user_index(self, ids) -> np.ndarray:
+    idx = self._index.get_indexer(np.asarray(ids, dtype=object))
+    if (idx < 0).any():
+      raise KeyError(f"unknown user id {np.asarray(ids)[idx < 0][0]!r}")
+    return idx
+
+  def utility(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Noise-free utility s(u, v) for index arrays of equal shape."""
+    return _utility(self.params, self.hidden, u, v)
+
+  def like_probability(self, swiper_ids, swipee_ids) -> np.ndarray:
+    """Oracle P(swiper likes swipee), elementwise, for id arrays of equal shape."""
+    u, v = self.user_index(swiper_ids), self.user_index(swipee_ids)
+    return _sigmoid(self.utility(u, v))
+
+  def match_probability(self, ids_a, ids_b) -> np.ndarray:
+    """Oracle P(mutual like) = P(a likes b) * P(b likes a)."""
+    return self.like_probability(ids_a, ids_b) * self.like_probability(ids_b, ids_a)
+
+  def respond(self, swiper_ids, swipee_ids, rng: np.random.Generator) -> np.ndarray:
+    """Samples like (True) / pass (False) decisions from the oracle."""
+    return rng.random(len(swiper_ids)) < self.like_probability(swiper_ids, swipee_ids)
+
+  # -- persistence ------------------------------------------------------------------
+  def save(self, directory: str, overwrite: bool = False) -> None:
+    """Writes profiles.parquet, swipes.parquet, hidden.npz, world.json atomically."""
+    with files.atomic_directory(directory, overwrite=overwrite) as tmp:
+      self.profiles.to_parquet(os.path.join(tmp, "profiles.parquet"), index=False)
+      self.swipes.to_parquet(os.path.join(tmp, "swipes.parquet"), index=False)
+      np.savez(os.path.join(tmp, "hidden.npz"), **self.hidden)
+      files.write_json(os.path.join(tmp, "world.json"),
+                       {"params": dataclasses.asdict(self.params), "summary": self.summary()})
+
+  @classmethod
+  def load(cls, directory: str) -> "World":
+    meta_path = os.path.join(directory, "world.json")
+    if not os.path.exists(meta_path):
+      raise FileNotFoundError(f"{meta_path}: not a world directory (generate_world.py writes it)")
+    params = WorldParams(**files.read_json(meta_path)["params"])
+    with np.load(os.path.join(directory, "hidden.npz")) as npz:
+      hidden = {k: npz[k] for k in npz.files}
+    return cls(params, pd.read_parquet(os.path.join(directory, "profiles.parquet")),
+               pd.read_parquet(os.path.join(directory, "swipes.parquet")), hidden)
+
+  def summary(self) -> Dict[str, Any]:
+    actions = self.swipes["action"].value_counts().to_dict()
+    return {"users": int(len(self.profiles)), "swipes": int(len(self.swipes)),
+            "actions": {k: int(v) for k, v in sorted(actions.items())},
+            "matches": int(count_matches(self.swipes))}
+
+
+def count_matches(swipes: pd.DataFrame) -> int:
+  """Mutual likes (like or superlike both ways), each pair counted once."""
+  likes = swipes.loc[swipes["action"] != "pass", ["swiper_id", "swipee_id"]]
+  forward = set(zip(likes["swiper_id"], likes["swipee_id"]))
+  return sum(1 for a, b in forward if (b, a) in forward) // 2
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+  lat1, lon1, lat2, lon2 = (np.radians(a) for a in (lat1, lon1, lat2, lon2))
+  a = (np.sin((lat2 - lat1) / 2) ** 2
+       + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2)
+  return 2 * 6371.0 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+def _utility(p: WorldParams, h: Dict[str, np.ndarray], u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  taste = np.einsum("...d,...d->...", h["taste"][u], h["style"][v])
+  shared = _shared_interests(h["interest_bits"][u], h["interest_bits"][v])
+  age_gap = (h["age"][v] - h["age_pref_center"][u]) / h["age_pref_width"][u]
+  km = _haversine_km(h["latitude"][u], h["longitude"][u], h["latitude"][v], h["longitude"][v])
+  far = np.maximum(0.0, km / h["distance_tolerance_km"][u] - 1.0)
+  wrong_gender = 1.0 - _SEEKS_GENDER[h["seeking"][u], h["gender"][v]]
+  return (p.base_utility + p.attractiveness_scale * h["attractiveness"][v]
+          + p.taste_weight * taste + p.interest_weight * shared
+          - p.age_weight * age_gap ** 2 - p.distance_weight * np.minimum(far, 5.0)
+          - 4.0 * wrong_gender - h["selectivity"][u])
+
+
+def _shared_interests(bits_u: np.ndarray, bits_v: np.ndarray) -> np.ndarray:
+  """Popcount of the AND of two uint64 bitsets per row ([..., words])."""
+  both = np.bitwise_and(bits_u, bits_v)
+  return np.unpackbits(both.view(np.uint8), axis=-1).sum(axis=-1).astype(np.float64)
+
+
+def generate_world(params: WorldParams = WorldParams(), progress=None) -> World:
+  """Generates profiles and swipes; deterministic in `params` (seed included).
+
+  Args:
+    params: the world's knobs.
+    progress: optional callable(day, swipes_so_far) for long runs.
+  """
+  rng = np.random.default_rng(params.seed)
+  n = params.num_users
+  profiles, hidden = _make_users(params, rng)
+  swipes = _simulate_feed(params, hidden, rng, progress)
+  ids = profiles["id"].to_numpy()
+  action = np.where(swipes["like"], np.where(swipes["superlike"], "superlike", "like"), "pass")
+  created = START + pd.to_timedelta(swipes["t"], unit="s")
+  swipe_frame = pd.DataFrame({"swiper_id": ids[swipes["u"]], "swipee_id": ids[swipes["v"]],
+                              "action": action.astype(object), "created_at": created})
+  assert len(profiles) == n
+  return World(params, profiles, swipe_frame.reset_index(drop=True), hidden)
+
+
+def _make_users(p: WorldParams, rng: np.random.Generator):
+  n = p.num_users
+  # Join times: ids are assigned in join order (user i joined no later than i+1).
+  join = np.sort(np.where(rng.random(n) < p.initial_fraction, 0.0,
+                          rng.random(n) * p.days * SECONDS_PER_DAY))
+  gender = rng.choice(3, size=n, p=[0.48, 0.48, 0.04])
+  seeking = np.empty(n, np.int64)
+  seeking[gender == 0] = rng.choice(3, size=(gender == 0).sum(), p=[0.06, 0.9, 0.04])
+  seeking[gender == 1] = rng.choice(3, size=(gender == 1).sum(), p=[0.9, 0.06, 0.04])
+  seeking[gender == 2] = rng.choice(3, size=(gender == 2).sum(), p=[0.2, 0.2, 0.6])
+  age = np.clip(np.round(18 + rng.gamma(2.2, 5.0, n)), 18, 60)
+  city = rng.choice(len(CITIES), size=n, p=CITY_WEIGHTS / CITY_WEIGHTS.sum())
+  city_lat = np.array([c[1] for c in CITIES])[city]
+  city_lon = np.array([c[2] for c in CITIES])[city]
+  latitude = np.round(city_lat + rng.normal(0, 0.09, n), 5)
+  longitude = np.round(city_lon + rng.normal(0, 0.11, n), 5)
+
+  # Scenes tie visible interests to hidden style.
+  scene = rng.integers(0, p.num_scenes, n)
+  centroids = rng.normal(0, 1, (p.num_scenes, p.style_dim)) / np.sqrt(p.style_dim)
+  style = centroids[scene] + rng.normal(0, 0.55, (n, p.style_dim)) / np.sqrt(p.style_dim)
+  liked_scene = np.where(rng.random(n) < 0.5, scene, rng.integers(0, p.num_scenes, n))
+  taste = 1.5 * centroids[liked_scene] + rng.normal(0, 0.8, (n, p.style_dim)) / np.sqrt(p.style_dim)
+
+  num_interests = len(INTEREST_NAMES)
+  base_popularity = 1.0 / np.arange(1, num_interests + 1) ** 0.9
+  scene_affinity = rng.gamma(0.35, 1.0, (p.num_scenes, num_interests))
+  interest_p = base_popularity[None, :] * (0.15 + scene_affinity)
+  interest_p /= interest_p.sum(axis=1, keepdims=True)
+  count = rng.integers(3, 8, n)
+  # Gumbel top-k: sample `count` distinct interests per user, vectorised.
+  keys = np.log(interest_p[scene]) - np.log(-np.log(rng.random((n, num_interests))))
+  order = np.argsort(-keys, axis=1)
+  words = (num_interests + 63) // 64
+  interest_bits = np.zeros((n, words), np.uint64)
+  interests = []
+  for i in range(n):
+    chosen = np.sort(order[i, :count[i]])
+    interests.append([INTEREST_NAMES[j] for j in chosen])
+    for j in chosen:
+      interest_bits[i, j // 64] |= np.uint64(1) << np.uint64(j % 64)
+
+  photo_count = np.clip(rng.poisson(3.0, n) + 1, 1, 9)
+  verified = rng.random(n) < 0.35
+  bio_length = np.where(rng.random(n) < 0.2, 0, np.round(rng.lognormal(4.2, 0.9, n)))
+  # Heavy tail: Gumbel-distributed appeal, nudged by photos and verification.
+  attractiveness = (0.55 * (rng.gumbel(0, 1, n) - 0.5772) + 0.12 * (photo_count - 4)
+                    + 0.25 * verified)
+  selectivity = rng.normal(0.0, 0.5, n)
+  activity = np.clip(rng.lognormal(np.log(p.mean_activity) - 0.32, 0.8, n), 0.01, 0.9)
+  age_pref_center = age + np.where(gender == 0, -2.0, 2.0) + rng.normal(0, 2.0, n)
+  age_pref_width = rng.uniform(4.0, 9.0, n)
+  distance_tolerance_km = rng.lognormal(np.log(30.0), 0.5, n)
+
+  ids = [str(uuid.UUID(bytes=bytes(b), version=4)) for b in rng.integers(0, 256, (n, 16),
+                                                                           dtype=np.uint8)]
+  created_at = START + pd.to_timedelta(np.round(join), unit="s")
+  profiles = pd.DataFrame({
+      "id": np.array(ids, dtype=object),
+      "gender": GENDERS[gender], "seeking": SEEKING[seeking],
+      "age": age.astype(np.int64),
+      "city": np.array([c[0] for c in CITIES], dtype=object)[city],
+      "latitude": latitude, "longitude": longitude,
+      "interests": interests,
+      "photo_count": photo_count.astype(np.int64), "verified": verified,
+      "bio_length": bio_length.astype(np.int64),
+      "created_at": created_at,
+  })
+  hidden = {"join": join, "gender": gender, "seeking": seeking, "age": age.astype(np.float64),
+            "city": city, "latitude": latitude, "longitude": longitude, "scene": scene,
+            "style": style, "taste": taste, "interest_bits": interest_bits,
+            "attractiveness": attractiveness, "selectivity": selectivity, "activity": activity,
+            "age_pref_center": age_pref_center, "age_pref_width": age_pref_width,
+            "distance_tolerance_km": distance_tolerance_km}
+  return profiles, hidden
+
+
+def feature_matching_score(h: Dict[str, np.ndarray], u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """The feed's (and the users' Phase 1&2) hand-written score of v for u.
+
+  Mutual gender/seeking compatibility dominates; then a 5-year age window, then
+  shared interests. Distance is handled by sampling mostly from the same city.
+  """
+  mutual = (_SEEKS_GENDER[h["seeking"][u], h["gender"][v]]
+            * _SEEKS_GENDER[h["seeking"][v], h["gender"][u]])
+  age_gap = np.abs(h["age"][v] - h["age"][u])
+  shared = _shared_interests(h["interest_bits"][u], h["interest_bits"][v])
+  return 3.0 * mutual - 0.2 * np.maximum(age_gap - 5.0, 0.0) + 0.5 * shared
+
+
+def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Generator,
+                   progress=None) -> Dict[str, np.ndarray]:
+  n = p.num_users
+  join_day = np.floor(h["join"] / SECONDS_PER_DAY)
+  by_city = [np.flatnonzero(h["city"] == c) for c in range(len(CITIES))]
+  pool = p.feed_size * 4
+  chunks = {k: [] for k in ("u", "v", "t", "like", "superlike")}
+  total = 0
+  for day in range(p.days):
+    joined = np.searchsorted(join_day, day, side="right")  # ids are join-ordered
+    if joined < 2:
+      continue
+    active = np.flatnonzero(rng.random(joined) < h["activity"][:joined])
+    if active.size == 0:
+      continue
+    # Candidate pool: 80 % from the user's own city (among joined), 20 % anywhere.
+    cand = rng.integers(0, joined, (active.size, pool))
+    local = rng.random((active.size, pool)) < 0.8
+    for c, members in enumerate(by_city):
+      members = members[members < joined]
+      rows = np.flatnonzero(h["city"][active] == c)
+      if members.size == 0 or rows.size == 0:
+        continue
+      picks = members[rng.integers(0, members.size, (rows.size, pool))]
+      cand[rows] = np.where(local[rows], picks, cand[rows])
+    users = np.repeat(active[:, None], pool, axis=1)
+    score = feature_matching_score(h, users, cand) + rng.gumbel(0, 1.0, cand.shape)
+    score[cand == users] = -np.inf
+    top = np.argsort(-score, axis=1, kind="stable")[:, :p.feed_size]
+    shown = np.take_along_axis(cand, top, axis=1).ravel()
+    swipers = np.repeat(active, p.feed_size)
+    ok = shown != swipers
+    swipers, shown = swipers[ok], shown[ok]
+    utility = _utility(p, h, swipers, shown)
+    like = rng.random(utility.size) < _sigmoid(utility)
+    # A swipe happens after both joined; spread over the day.
+    t = day * SECONDS_PER_DAY + rng.integers(0, SECONDS_PER_DAY, swipers.size)
+    t = np.maximum(t, np.ceil(np.maximum(h["join"][swipers], h["join"][shown])) + 1)
+    for key, value in (("u", swipers), ("v", shown), ("t", t.astype(np.int64)), ("like", like),
+                       ("superlike", like & (utility > p.superlike_utility))):
+      chunks[key].append(value)
+    total += swipers.size
+    if progress is not None:
+      progress(day, total)
+  out = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in chunks.items()}
+  # A pair is shown once: keep its first swipe; then order by time.
+  order = np.lexsort((out["v"], out["u"], out["t"]))
+  out = {k: v[order] for k, v in out.items()}
+  _, first = np.unique(out["u"] * np.int64(n) + out["v"], return_index=True)
+  first = np.sort(first)
+  return {k: v[first] for k, v in out.items()}
+
+
+
+def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
+  """AUC of the oracle probability against realised labels: the ceiling for any model."""
+  return metrics.roc_auc(np.asarray(labels), world.like_probability(swiper_ids, swipee_ids))
+
+
+def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction: float = 0.15,
+                        split_time: Optional[int] = None, overwrite: bool = False,
+                        chunk_size: int = 200_000, **writer_kwargs) -> str:
+  """Writes the world's dataset directory through the common writer.
+
+  The world's profiles are both the query and the candidate entity table (users
+  swipe on users). `stats.json` gets an `oracle` section: the oracle's AUC on
+  the eval swipes, the ceiling any model can reach.
+  """
+  swipes = world.swipes
+  seconds = writer_lib.to_unix_seconds(swipes["created_at"], "world swipes", "created_at")
+  if split_time is None:
+    split_time = writer_lib.default_split_time(seconds, eval_fraction)
+  eval_rows = seconds >= split_time
+  labels = (swipes["action"] != "pass").to_numpy()
+  auc = oracle_auc(world, swipes["swiper_id"].to_numpy()[eval_rows],
+                   swipes["swipee_id"].to_numpy()[eval_rows], labels[eval_rows])
+  with writer_lib.DatasetWriter(
+      config, output_dir, split_time, world.profiles, world.profiles,
+      query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
+      source_description={"kind": "synthetic", "params": dataclasses.asdict(world.params)},
+      **writer_kwargs) as writer:
+    for start in range(0, len(swipes), chunk_size):
+      writer.add_interactions(swipes.iloc[start:start + chunk_size], source="world swipes",
+                              first_row=start)
+    writer.extra_stats["oracle"] = {
+        "eval_auc": round(float(auc), 4),
+        "note": "AUC of the hidden like-probabilities on the eval swipes: the ceiling for "
+                "any model of this world."}
+    writer.extra_stats["world"] = world.summary()
+  return output_dir

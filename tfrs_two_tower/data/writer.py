@@ -1,0 +1,493 @@
+"""Writes the dataset directory: the one writer every source goes through.
+
+Sources (the synthetic world, PostgreSQL, CSV/Parquet dumps) hand the writer the
+two entity tables once and then stream interaction chunks. Memory is bounded by
+the entity tables plus one chunk, never by the number of swipes.
+
+Everything the writer derives (vocabularies, normalisation constants, candidate
+counts, readiness) comes from additive per-entity counters over the **train**
+split only, so nothing from the eval window leaks into preprocessing, and
+partitions written separately can be summed.
+"""
+
+import collections
+import logging
+import os
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tfrs_two_tower import __version__
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import features as features_lib
+from tfrs_two_tower import files
+from tfrs_two_tower.data import dataset_format as fmt
+from tfrs_two_tower.data import example_codec
+from tfrs_two_tower.data import readiness
+
+UNKNOWN_ACTION_POLICIES = ("fail", "drop")
+MISSING_ENTITY_POLICIES = ("fail", "drop")
+
+
+class DataError(ValueError):
+  """Input data that cannot become a dataset; the message names file/column/row."""
+
+
+def to_unix_seconds(values: pd.Series, source: str, column: str) -> np.ndarray:
+  """Timestamps (datetimes, ISO strings or unix seconds) -> int64 unix seconds (UTC)."""
+  if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
+    numeric = values.to_numpy(dtype=np.float64)
+    if np.isnan(numeric).any():
+      row = int(np.flatnonzero(np.isnan(numeric))[0])
+      raise DataError(f"{source}: column {column!r} row {row}: missing timestamp")
+    return numeric.astype(np.int64)
+  try:
+    parsed = pd.to_datetime(values, utc=True, format="mixed")
+  except (ValueError, TypeError) as e:
+    raise DataError(f"{source}: column {column!r}: not a timestamp ({e})") from None
+  if parsed.isna().any():
+    row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+    raise DataError(f"{source}: column {column!r} row {row}: missing timestamp")
+  return (parsed.astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy()
+
+
+class EntityTable:
+  """One side's entities, coerced and indexed once.
+
+  Attributes:
+    ids: [n] object array of id strings.
+    values: dataset key -> stored values (see `features.encode_entity_table`).
+    created_at: [n] int64 unix seconds, -1 when the config has no created_at column.
+  """
+
+  def __init__(self, config: config_lib.Config, side: str, table: pd.DataFrame, source: str):
+    self.side, self.source = side, source
+    try:
+      self.values = features_lib.encode_entity_table(config, side, table, source)
+    except ValueError as e:
+      raise DataError(str(e)) from None
+    self.ids = self.values[f"{side}_id"]
+    self.index = pd.Index(self.ids)
+    if not self.index.is_unique:
+      dup = self.index[self.index.duplicated()][0]
+      raise DataError(f"{source}: id {dup!r} appears more than once in column "
+                      f"{config.entity(side).id_column!r}")
+    column = config.entity(side).created_at_column
+    self.created_at = (to_unix_seconds(table[column], source, column) if column
+                       else np.full(len(self.ids), -1, np.int64))
+    self._serialized: Optional[List[bytes]] = None
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def lookup(self, ids: np.ndarray) -> np.ndarray:
+    """Row index of each id, -1 where unknown."""
+    return self.index.get_indexer(ids)
+
+  @property
+  def serialized(self) -> List[bytes]:
+    if self._serialized is None:
+      self._serialized = example_codec.entity_features(self.values, len(self))
+    return self._serialized
+
+
+class DatasetWriter:
+  """Streams interactions into the dataset directory; a context manager.
+
+  Usage::
+
+    with DatasetWriter(config, out_dir, split_time, queries, candidates) as w:
+      for chunk in chunks:
+        w.add_interactions(chunk, source="swipes.csv", first_row=offset)
+      w.extra_stats["oracle"] = {...}      # optional
+    # out_dir now exists, complete, with manifest.json
+
+  An exception inside the block (or a crash) leaves no `out_dir` behind, or the
+  previous complete one with `overwrite`.
+  """
+
+  def __init__(self, config: config_lib.Config, output_dir: str, split_time: int,
+               query_entities: pd.DataFrame, candidate_entities: pd.DataFrame, *,
+               query_source: str = "query entities", candidate_source: str = "candidate entities",
+               num_train_shards: int = 4, num_eval_shards: int = 2,
+               unknown_actions: str = "fail", missing_entities: str = "fail",
+               min_users: int = readiness.DEFAULT_MIN_USERS,
+               min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS,
+               source_description: Optional[Mapping[str, Any]] = None,
+               overwrite: bool = False, log_every_seconds: float = 10.0):
+    if unknown_actions not in UNKNOWN_ACTION_POLICIES:
+      raise ValueError(f"unknown_actions must be one of {UNKNOWN_ACTION_POLICIES}")
+    if missing_entities not in MISSING_ENTITY_POLICIES:
+      raise ValueError(f"missing_entities must be one of {MISSING_ENTITY_POLICIES}")
+    if num_train_shards < 1 or num_eval_shards < 1:
+      raise ValueError("shard counts must be >= 1")
+    self.config = config
+    self.output_dir = output_dir
+    self.split_time = int(split_time)
+    self.queries = EntityTable(config, "query", query_entities, query_source)
+    self.candidates = EntityTable(config, "candidate", candidate_entities, candidate_source)
+    self.num_shards = {"train": num_train_shards, "eval": num_eval_shards}
+    self.unknown_actions = unknown_actions
+    self.missing_entities = missing_entities
+    self.min_users, self.min_interactions = min_users, min_interactions
+    self.source_description = dict(source_description or {})
+    self.overwrite = overwrite
+    self.extra_stats: Dict[str, Any] = {}
+    self._log_every = log_every_seconds
+    self._actions = {a.name: a for a in config.interactions.actions}
+    # Additive counters (see module docstring).
+    nq, nc = len(self.queries), len(self.candidates)
+    self.query_train = np.zeros(nq, np.int64)
+    self.query_all = np.zeros(nq, np.int64)
+    self.candidate_train = np.zeros(nc, np.int64)
+    self.candidate_train_positive = np.zeros(nc, np.int64)
+    self.rows = {s: 0 for s in fmt.SPLITS}
+    self.shard_rows = {s: [0] * n for s, n in self.num_shards.items()}
+    self.labels = {s: [0, 0] for s in fmt.SPLITS}
+    self.actions = {s: collections.Counter() for s in fmt.SPLITS}
+    self.weekly = collections.Counter()
+    self.dropped: Dict[str, Any] = {"unknown_actions": {}, "missing_entities": 0}
+    self.time_range = [None, None]
+    self._writers: Dict[str, list] = {}
+    self._context = None
+    self._tmp: Optional[str] = None
+
+  # -- context management: the atomic directory --------------------------------
+  def __enter__(self) -> "DatasetWriter":
+    import tensorflow as tf
+    self._context = files.atomic_directory(self.output_dir, overwrite=self.overwrite)
+    self._tmp = self._context.__enter__()
+    options = tf.io.TFRecordOptions(compression_type=fmt.COMPRESSION)
+    for split, n in self.num_shards.items():
+      self._writers[split] = [tf.io.TFRecordWriter(os.path.join(self._tmp, name), options)
+                              for name in fmt.shard_names(split, n)]
+    self._started = time.time()
+    self._last_log = self._started
+    return self
+
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    for writers in self._writers.values():
+      for w in writers:
+        w.close()
+    if exc_type is None:
+      try:
+        self._finalize(self._tmp)
+      except BaseException as e:
+        self._context.__exit__(type(e), e, e.__traceback__)
+        raise
+    return bool(self._context.__exit__(exc_type, exc, tb))
+
+  # -- streaming ----------------------------------------------------------------
+  def add_interactions(self, chunk: pd.DataFrame, source: str = "interactions",
+                       first_row: int = 0) -> None:
+    """Validates, splits and writes one chunk of raw interaction rows.
+
+    Args:
+      chunk: rows with the config's interaction columns.
+      source: file or table name for error messages.
+      first_row: row number of the chunk's first row in `source`.
+    Raises:
+      DataError naming the source, column and row of the first bad value.
+    """
+    cfg = self.config.interactions
+    problems = config_lib.check_columns(self.config, "interactions", chunk.columns, source)
+    if problems:
+      raise DataError("; ".join(problems))
+    if chunk.empty:
+      return
+    for column in (cfg.query_id_column, cfg.candidate_id_column, cfg.action_column,
+                   cfg.timestamp_column):
+      nulls = chunk[column].isna().to_numpy()
+      if nulls.any():
+        row = first_row + int(np.flatnonzero(nulls)[0])
+        raise DataError(f"{source}: column {column!r} row {row}: NULL in a required column "
+                        f"({int(nulls.sum())} such rows in this chunk)")
+
+    actions = chunk[cfg.action_column].astype(str).to_numpy(dtype=object)
+    known = np.isin(actions, list(self._actions))
+    if not known.all():
+      unknown = collections.Counter(actions[~known].tolist())
+      if self.unknown_actions == "fail":
+        listed = ", ".join(f"{v!r} x{n}" for v, n in unknown.most_common(5))
+        row = first_row + int(np.flatnonzero(~known)[0])
+        raise DataError(f"{source}: column {cfg.action_column!r}: unknown action values "
+                        f"{listed} (first at row {row}); map them in config "
+                        f"interactions.actions or pass --unknown_actions=drop")
+      for value, n in unknown.items():
+        self.dropped["unknown_actions"][value] = self.dropped["unknown_actions"].get(value, 0) + n
+
+    q_idx = self.queries.lookup(chunk[cfg.query_id_column].astype(str).to_numpy(dtype=object))
+    c_idx = self.candidates.lookup(
+        chunk[cfg.candidate_id_column].astype(str).to_numpy(dtype=object))
+    missing = (q_idx < 0) | (c_idx < 0)
+    if missing.any() and self.missing_entities == "fail":
+      i = int(np.flatnonzero(missing)[0])
+      side, column, value = (("query", cfg.query_id_column, chunk[cfg.query_id_column].iloc[i])
+                             if q_idx[i] < 0 else
+                             ("candidate", cfg.candidate_id_column,
+                              chunk[cfg.candidate_id_column].iloc[i]))
+      raise DataError(f"{source}: column {column!r} row {first_row + i}: {value!r} is not in "
+                      f"the {side} entity table ({int(missing.sum())} such rows in this chunk); "
+                      "pass --missing_entities=drop to skip them")
+    self.dropped["missing_entities"] += int((missing & known).sum())
+
+    timestamps = to_unix_seconds(chunk[cfg.timestamp_column], source, cfg.timestamp_column)
+    weights = np.array([self._actions[a].weight if k else 0.0 for a, k in zip(actions, known)],
+                       np.float64)
+    if cfg.weight_column:
+      raw = pd.to_numeric(chunk[cfg.weight_column], errors="coerce").to_numpy(np.float64)
+      bad = np.isnan(raw) | (raw < 0)
+      if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
+        raise DataError(f"{source}: column {cfg.weight_column!r} row {row}: weight must be a "
+                        "non-negative number")
+      weights = weights * raw
+    keep = known & ~missing
+    self._write_rows(q_idx[keep], c_idx[keep], actions[keep], timestamps[keep], weights[keep])
+    self._maybe_log()
+
+  def _write_rows(self, q_idx, c_idx, actions, timestamps, weights) -> None:
+    if len(q_idx) == 0:
+      return
+    labels = np.array([self._actions[a].label for a in actions], np.int64)
+    is_eval = timestamps >= self.split_time
+    lo, hi = int(timestamps.min()), int(timestamps.max())
+    self.time_range = [lo if self.time_range[0] is None else min(lo, self.time_range[0]),
+                       hi if self.time_range[1] is None else max(hi, self.time_range[1])]
+    train = ~is_eval
+    np.add.at(self.query_all, q_idx, 1)
+    np.add.at(self.query_train, q_idx[train], 1)
+    np.add.at(self.candidate_train, c_idx[train], 1)
+    np.add.at(self.candidate_train_positive, c_idx[train & (labels == 1)], 1)
+    self.weekly.update((timestamps // readiness.SECONDS_PER_WEEK).tolist())
+
+    q_bytes, c_bytes = self.queries.serialized, self.candidates.serialized
+    tails = {}  # label, weight and action repeat: encode each combination once
+    for split, mask in (("train", train), ("eval", is_eval)):
+      rows = np.flatnonzero(mask)
+      if rows.size == 0:
+        continue
+      self.labels[split][1] += int(labels[rows].sum())
+      self.labels[split][0] += int(rows.size - labels[rows].sum())
+      self.actions[split].update(actions[rows].tolist())
+      writers, counts = self._writers[split], self.shard_rows[split]
+      start = self.rows[split]
+      for j, r in enumerate(rows):
+        tail_key = (actions[r], weights[r])
+        tail = tails.get(tail_key)
+        if tail is None:
+          tail = (example_codec.bytes_entry(features_lib.ACTION, actions[r].encode("utf-8"))
+                  + example_codec.int64_entry(features_lib.LABEL, labels[r])
+                  + example_codec.float_entry(features_lib.WEIGHT, weights[r]))
+          tails[tail_key] = tail
+        record = example_codec.example(
+            (q_bytes[q_idx[r]], c_bytes[c_idx[r]], tail,
+             example_codec.int64_entry(features_lib.TIMESTAMP, timestamps[r])))
+        shard = (start + j) % len(writers)
+        writers[shard].write(record)
+        counts[shard] += 1
+      self.rows[split] += rows.size
+
+  def _maybe_log(self) -> None:
+    now = time.time()
+    if now - self._last_log >= self._log_every:
+      total = sum(self.rows.values())
+      logging.info("dataset writer: %d interactions written (%.0f rows/s)", total,
+                   total / max(now - self._started, 1e-9))
+      self._last_log = now
+
+  # -- finalisation ---------------------------------------------------------------
+  def _finalize(self, out: str) -> None:
+    total = sum(self.rows.values())
+    if total == 0:
+      raise DataError("no interactions were written: the source is empty, or every row was "
+                      f"dropped ({self.dropped})")
+    if self.rows["train"] == 0:
+      raise DataError(f"no interactions before the split time {self.split_time} "
+                      f"({pd.Timestamp(self.split_time, unit='s', tz='UTC')}): the train split "
+                      "would be empty; move --split_time later")
+    os.makedirs(os.path.join(out, fmt.VOCAB_DIR))
+    os.makedirs(os.path.join(out, "entities"))
+    preprocessing = {}
+    for side, table, counts in (("query", self.queries, self.query_train),
+                                ("candidate", self.candidates, self.candidate_train)):
+      for feature in self.config.features(side):
+        preprocessing[feature.key(side)] = self._preprocess_feature(out, side, feature, table,
+                                                                    counts)
+      self._write_entities(out, side, table)
+    files.write_json(os.path.join(out, fmt.PREPROCESSING), preprocessing)
+    self._write_candidate_counts(out)
+    stats = self._stats()
+    files.write_json(os.path.join(out, fmt.STATS), stats)
+    with open(os.path.join(out, fmt.CONFIG), "w", encoding="utf-8") as f:
+      f.write(self.config.to_json() + "\n")
+    self._write_tfds_metadata(out)
+    manifest = {
+        "format_version": fmt.FORMAT_VERSION,
+        "kind": "tfrs_two_tower.dataset",
+        "created_by": {"package": "tfrs_two_tower", "version": __version__},
+        "config_hash": self.config.hash,
+        "source": self.source_description,
+        "split_time": self.split_time,
+        "time_range": self.time_range,
+        "rows": dict(self.rows),
+        "shards": {split: [{"file": name, "rows": n} for name, n in
+                           zip(fmt.shard_names(split, self.num_shards[split]),
+                               self.shard_rows[split])]
+                   for split in fmt.SPLITS},
+        "entities": {"query": len(self.queries), "candidate": len(self.candidates)},
+        "files": files.file_checksums(out),
+    }
+    files.write_json(os.path.join(out, fmt.MANIFEST), manifest)
+
+  def _preprocess_feature(self, out: str, side: str, feature: config_lib.Feature,
+                          table: EntityTable, counts: np.ndarray) -> Dict[str, Any]:
+    key = feature.key(side)
+    spec: Dict[str, Any] = {"type": feature.type, "side": side, "name": feature.name}
+    if feature.type == "numeric":
+      spec.update(_numeric_constants(feature, table.values[key], counts))
+      return spec
+    if feature.type == "id":
+      tokens = pd.Series(counts, index=table.ids)
+    elif feature.type == "categorical":
+      tokens = pd.Series(counts).groupby(table.values[key]).sum()
+    elif feature.type == "multi_categorical":
+      lists = table.values[key]
+      lengths = np.fromiter((len(v) for v in lists), np.int64, len(lists))
+      flat = [t for v in lists for t in v[:feature.max_length]]
+      clipped = np.minimum(lengths, feature.max_length)
+      tokens = pd.Series(np.repeat(counts, clipped)).groupby(np.array(flat, dtype=object)).sum() \
+          if flat else pd.Series(dtype=np.int64)
+    else:  # geo
+      cells = features_lib.geo_cell_tokens(table.values[key][:, 0], table.values[key][:, 1],
+                                           feature.cell_degrees)
+      tokens = pd.Series(counts).groupby(cells).sum()
+      spec["cell_degrees"] = feature.cell_degrees
+    tokens = tokens[(tokens >= feature.min_count) & (tokens.index != features_lib.MISSING_TOKEN)]
+    frame = pd.DataFrame({"token": tokens.index.astype(str), "count": tokens.to_numpy()})
+    frame = frame.sort_values(["count", "token"], ascending=[False, True], kind="stable")
+    if feature.max_vocab_size:
+      frame = frame.iloc[:feature.max_vocab_size]
+    path = fmt.vocab_file(key)
+    _write_tsv(os.path.join(out, path), frame)
+    spec.update(vocabulary=path, vocab_size=int(len(frame)),
+                num_oov_buckets=feature.num_oov_buckets)
+    if feature.type == "multi_categorical":
+      spec.update(max_length=feature.max_length, pooling=feature.pooling)
+    return spec
+
+  def _write_entities(self, out: str, side: str, table: EntityTable) -> None:
+    import tensorflow as tf
+    created = [example_codec.int64_entry(features_lib.CREATED_AT, max(int(t), 0))
+               if t >= 0 else b"" for t in table.created_at]
+    options = tf.io.TFRecordOptions(compression_type=fmt.COMPRESSION)
+    with tf.io.TFRecordWriter(os.path.join(out, fmt.ENTITY_FILES[side]), options) as w:
+      for features_bytes, created_bytes in zip(table.serialized, created):
+        w.write(example_codec.example((features_bytes, created_bytes)))
+
+  def _write_candidate_counts(self, out: str) -> None:
+    frame = pd.DataFrame({"candidate_id": self.candidates.ids.astype(str),
+                          "interactions": self.candidate_train,
+                          "positives": self.candidate_train_positive})
+    frame = frame.sort_values(["positives", "interactions", "candidate_id"],
+                              ascending=[False, False, True], kind="stable")
+    _write_tsv(os.path.join(out, fmt.CANDIDATE_COUNTS), frame, header=True)
+
+  def _stats(self) -> Dict[str, Any]:
+    created = self.queries.created_at
+    weekly_new = collections.Counter((created[created >= 0] // readiness.SECONDS_PER_WEEK).tolist())
+    report = readiness.readiness_report(
+        self.query_all, positives=self.labels["train"][1] + self.labels["eval"][1],
+        negatives=self.labels["train"][0] + self.labels["eval"][0],
+        weekly_interactions=self.weekly, weekly_new_users=weekly_new,
+        min_users=self.min_users, min_interactions=self.min_interactions)
+    new_query = int(((self.query_train == 0) & (self.query_all > 0)).sum())
+    stats = {
+        "rows": dict(self.rows),
+        "labels": {s: {"negative": n, "positive": p} for s, (n, p) in self.labels.items()},
+        "actions": {s: dict(sorted(c.items())) for s, c in self.actions.items()},
+        "dropped": self.dropped,
+        "split_time": self.split_time,
+        "time_range": self.time_range,
+        "entities": {"query": len(self.queries), "candidate": len(self.candidates),
+                     "query_with_interactions": int((self.query_all > 0).sum()),
+                     "query_new_in_eval": new_query,
+                     "candidate_with_train_interactions": int((self.candidate_train > 0).sum())},
+        "readiness": report,
+    }
+    stats.update(self.extra_stats)
+    return stats
+
+  def _write_tfds_metadata(self, out: str) -> None:
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    spec = features_lib.parse_spec(self.config)
+    connectors = {}
+    for key, feature in spec.items():
+      if isinstance(feature, tf.io.VarLenFeature):
+        connectors[key] = tfds.features.Tensor(shape=(None,), dtype=tf.string)
+      else:
+        connectors[key] = tfds.features.Tensor(shape=tuple(feature.shape), dtype=feature.dtype)
+    split_infos = [
+        tfds.core.SplitInfo(name=split, shard_lengths=list(self.shard_rows[split]),
+                            num_bytes=sum(os.path.getsize(os.path.join(out, n))
+                                          for n in fmt.shard_names(split, self.num_shards[split])))
+        for split in fmt.SPLITS]
+    tfds.folder_dataset.write_metadata(
+        data_dir=out, features=tfds.features.FeaturesDict(connectors), split_infos=split_infos,
+        filename_template=None, check_data=False,
+        description="Swipe interactions written by tfrs_two_tower (gzip TFRecord shards; read "
+                    "with tfrs_two_tower.data.reader.tfds_dataset).")
+
+
+def _numeric_constants(feature: config_lib.Feature, values: np.ndarray,
+                       counts: np.ndarray) -> Dict[str, Any]:
+  """Normalisation constants, weighted by how often each entity appears in train."""
+  transformed = transform_numeric(values, feature.normalization)
+  valid = ~np.isnan(transformed)
+  w = counts[valid].astype(np.float64)
+  if feature.normalization == "none" or w.sum() == 0:
+    mean, std = 0.0, 1.0
+  else:
+    mean = float(np.average(transformed[valid], weights=w))
+    std = float(np.sqrt(np.average((transformed[valid] - mean) ** 2, weights=w)))
+    std = std if std > 1e-6 else 1.0
+  if feature.fill == "mean":
+    fill = mean
+  else:
+    fill = float(transform_numeric(np.array([feature.fill], np.float64), feature.normalization)[0])
+  total = counts.sum()
+  return {"transform": "log1p" if feature.normalization == "log_zscore" else "identity",
+          "normalization": feature.normalization, "mean": mean, "std": std,
+          "fill_transformed": fill,
+          "missing_fraction": float(counts[~valid].sum() / total) if total else 0.0,
+          "min": float(np.nanmin(values)) if valid.any() else None,
+          "max": float(np.nanmax(values)) if valid.any() else None,
+          "bucket_boundaries": list(feature.bucket_boundaries)}
+
+
+def transform_numeric(values: np.ndarray, normalization: str) -> np.ndarray:
+  """The pre-normalisation transform: log1p(max(x, 0)) for log_zscore, else identity."""
+  values = np.asarray(values, np.float64)
+  if normalization == "log_zscore":
+    return np.log1p(np.maximum(values, 0.0))
+  return values
+
+
+def _write_tsv(path: str, frame: pd.DataFrame, header: bool = False) -> None:
+  frame.to_csv(path, sep="\t", index=False, header=header, lineterminator="\n")
+
+
+def read_tsv_counts(path: str) -> pd.DataFrame:
+  """Reads a vocabulary TSV ("token<TAB>count", no header) keeping tokens as strings."""
+  return pd.read_csv(path, sep="\t", header=None, names=["token", "count"], dtype={"token": str},
+                     keep_default_na=False, quoting=3)
+
+
+def default_split_time(timestamps: Sequence[int], eval_fraction: float) -> int:
+  """The time boundary leaving the last `eval_fraction` of interactions for eval."""
+  if not 0 < eval_fraction < 1:
+    raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+  return int(np.quantile(np.asarray(timestamps, np.int64), 1 - eval_fraction, method="higher"))

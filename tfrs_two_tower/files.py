@@ -1,0 +1,90 @@
+"""Atomic directories, checksums and small JSON files shared by every stage."""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict, Iterator
+
+
+def sha256_file(path: str, chunk_size: int = 1 << 20) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(chunk_size), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes JSON atomically (temporary file in the same directory, then rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  os.chmod(tmp, 0o644)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def _json_default(value: Any) -> Any:
+  if hasattr(value, "item"):  # numpy scalars
+    return value.item()
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: str) -> Dict[str, Any]:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def file_checksums(directory: str, exclude=("manifest.json",)) -> Dict[str, Dict[str, Any]]:
+  """sha256 and size of every file below `directory`, keyed by relative path."""
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in sorted(names):
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, directory)
+      if rel in exclude:
+        continue
+      out[rel] = {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+  return dict(sorted(out.items()))
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temporary sibling directory that becomes `final_path` on success.
+
+  A crash or exception inside the block removes the temporary directory, so
+  `final_path` is either absent, the previous complete version, or the new
+  complete version: never half written. With `overwrite`, an existing
+  `final_path` is replaced by rename-aside-then-rename (the old version is
+  deleted only after the new one is in place).
+  """
+  final_path = os.path.abspath(final_path)
+  parent = os.path.dirname(final_path)
+  os.makedirs(parent, exist_ok=True)
+  if os.path.exists(final_path) and not overwrite:
+    raise FileExistsError(f"{final_path} already exists (pass --overwrite to replace it)")
+  tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_path)}.tmp-")
+  os.chmod(tmp, 0o755)
+  try:
+    yield tmp
+    if os.path.exists(final_path):
+      old = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(final_path)}.old-")
+      os.replace(final_path, os.path.join(old, "previous"))
+      os.replace(tmp, final_path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, final_path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
