@@ -15,6 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages import world_stage
 
 FLAGS = flags.FLAGS
@@ -39,12 +40,13 @@ flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (atomically).
 
 def main(argv):
   del argv
-  world_stage.run(world_dir=FLAGS.world_dir, dataset_dir=FLAGS.dataset_dir,
-                  config_path=FLAGS.config, num_users=FLAGS.num_users, days=FLAGS.days,
-                  feed_size=FLAGS.feed_size, mean_activity=FLAGS.mean_activity, seed=FLAGS.seed,
-                  eval_fraction=FLAGS.eval_fraction, split_time=FLAGS.split_time,
-                  train_shards=FLAGS.train_shards, eval_shards=FLAGS.eval_shards,
-                  overwrite=FLAGS.overwrite, log=logging.info)
+  with cli.user_errors():
+    world_stage.run(world_dir=FLAGS.world_dir, dataset_dir=FLAGS.dataset_dir,
+                    config_path=FLAGS.config, num_users=FLAGS.num_users, days=FLAGS.days,
+                    feed_size=FLAGS.feed_size, mean_activity=FLAGS.mean_activity,
+                    seed=FLAGS.seed, eval_fraction=FLAGS.eval_fraction,
+                    split_time=FLAGS.split_time, train_shards=FLAGS.train_shards,
+                    eval_shards=FLAGS.eval_shards, overwrite=FLAGS.overwrite, log=logging.info)
 
 
 if __name__ == "__main__":

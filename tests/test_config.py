@@ -1,0 +1,111 @@
+"""Config validation: every problem found, each named by its path."""
+import copy
+import json
+
+import pytest
+
+from tfrs_two_tower import config as config_lib
+
+
+def _default_raw():
+  with open(config_lib.DEFAULT_CONFIG_PATH, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _problems(raw):
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.parse_config(raw, source="test.json")
+  return err.value.problems
+
+
+def test_default_config_is_valid_and_hash_is_stable(default_config):
+  again = config_lib.load_config()
+  assert default_config.hash == again.hash
+  assert default_config.same_entity_both_sides
+  keys = [f.key("query") for f in default_config.features("query")]
+  assert keys[0] == "query_id" and "query_interests" in keys and len(set(keys)) == len(keys)
+  raw = _default_raw()
+  raw["entities"]["user"]["features"][1]["embedding_dim"] = 5
+  assert config_lib.parse_config(raw).hash != default_config.hash
+
+
+def test_unknown_type_duplicate_name_bad_mapping_reported_together():
+  raw = _default_raw()
+  features = raw["entities"]["user"]["features"]
+  features[1]["type"] = "categoric"
+  features.append(copy.deepcopy(features[2]))
+  raw["interactions"]["actions"]["like"]["label"] = 2
+  raw["interactions"]["actions"]["pass"]["weight"] = -1
+  problems = _problems(raw)
+  assert len(problems) == 4, problems
+  text = "\n".join(problems)
+  assert "features[1] (gender).type: unknown type 'categoric'" in text
+  assert "duplicate feature name 'seeking'" in text
+  assert "interactions.actions.like.label" in text
+  assert "interactions.actions.pass.weight" in text
+
+
+def test_missing_keys_unknown_entity_and_unknown_keys():
+  raw = _default_raw()
+  del raw["interactions"]["timestamp_column"]
+  raw["candidate"]["entity"] = "item"
+  raw["entities"]["user"]["features"][3]["normalisation"] = "zscore"  # British spelling
+  problems = "\n".join(_problems(raw))
+  assert "interactions.timestamp_column: must be a non-empty string" in problems
+  assert "candidate.entity: unknown entity 'item'" in problems
+  assert "normalisation: unknown key" in problems
+
+
+def test_no_positive_action_is_refused():
+  raw = _default_raw()
+  raw["interactions"]["actions"] = {"pass": {"label": 0, "weight": 1.0}}
+  assert any("no action maps to label 1" in p for p in _problems(raw))
+
+
+def test_type_specific_checks():
+  raw = _default_raw()
+  features = raw["entities"]["user"]["features"]
+  features[0]["column"] = "user_id"           # id must embed the entity id column
+  features[5]["cell_degrees"] = 0             # geo
+  features[6]["pooling"] = "max"              # multi_categorical
+  features[3]["bucket_boundaries"] = [30, 20]  # numeric
+  features[2]["embedding_dim"] = 0
+  problems = "\n".join(_problems(raw))
+  for expected in ("embeds the entity id column", "cell_degrees", "pooling: unknown 'max'",
+                   "bucket_boundaries: must be a strictly increasing", "embedding_dim: must be"):
+    assert expected in problems, expected
+
+
+def test_file_errors_name_the_file(tmp_path):
+  missing = tmp_path / "nope.json"
+  with pytest.raises(config_lib.ConfigError, match="nope.json"):
+    config_lib.load_config(str(missing))
+  broken = tmp_path / "broken.json"
+  broken.write_text('{"format_version": 1,', encoding="utf-8")
+  with pytest.raises(config_lib.ConfigError, match=r"(?s)broken.json.*not valid JSON"):
+    config_lib.load_config(str(broken))
+
+
+def test_user_to_item_config_with_separate_candidate_table():
+  raw = _default_raw()
+  raw["candidate"]["entity"] = "item"
+  raw["entities"]["item"] = {
+      "table": "products", "id_column": "sku", "created_at_column": None, "sql": None,
+      "features": [{"name": "id", "type": "id", "embedding_dim": 16},
+                   {"name": "category", "type": "categorical", "embedding_dim": 4},
+                   {"name": "price", "type": "numeric", "normalization": "log_zscore"}]}
+  cfg = config_lib.parse_config(raw)
+  assert not cfg.same_entity_both_sides
+  assert cfg.entity("candidate").table == "products"
+  assert [f.key("candidate") for f in cfg.features("candidate")] == [
+      "candidate_id", "candidate_category", "candidate_price"]
+  assert cfg.entity("candidate").columns == ["sku", "category", "price"]
+
+
+def test_check_columns_names_column_and_config_key(default_config):
+  problems = config_lib.check_columns(default_config, "interactions",
+                                      ["swiper_id", "swipee_id", "created_at"], "swipes.csv")
+  assert problems == ["swipes.csv: missing column 'action' (config interactions.action_column)"]
+  problems = config_lib.check_columns(default_config, "candidate", ["id", "created_at", "gender"],
+                                      "profiles.csv")
+  assert any("'latitude' (config entities.user.features[5] 'location')" in p for p in problems)
