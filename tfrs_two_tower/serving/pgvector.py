@@ -1,0 +1,139 @@
+"""Publishes a run's embeddings into PostgreSQL (pgvector) for the `recommend()` RPC.
+
+A model version is a pair of tables, `tt_query_embeddings_<v>` and
+`tt_candidate_embeddings_<v>` (`vector(d)`, HNSW index with inner-product ops on
+the candidates), plus a row in `tt_model_versions`. Publishing writes the pair
+and the row in one transaction, then switches `tt_active_model` in a second
+one; `recommend()` resolves the active version once per call. So a reader sees
+the old version or the new one, never a half-published one, and publishing the
+same run again is a no-op (unless `republish`).
+"""
+
+import io
+import os
+import re
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+SQL_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sql", "recommend.sql")
+_VERSION_RE = re.compile(r"[^a-z0-9_]+")
+
+
+def version_name(run_id: str) -> str:
+  """A table-name-safe version derived from the run id (lowercase, [a-z0-9_], <= 40 chars)."""
+  name = _VERSION_RE.sub("_", run_id.lower()).strip("_")[:40]
+  if not name:
+    raise ValueError(f"run id {run_id!r} gives an empty version name")
+  return name
+
+
+def install_sql(conn) -> None:
+  """Creates the version tables and the recommend functions (idempotent)."""
+  with open(SQL_PATH, encoding="utf-8") as f, conn.cursor() as cur:
+    cur.execute(f.read())
+  conn.commit()
+
+
+def _copy_embeddings(cur, table: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
+  """COPY rows "id<TAB>[x1,x2,...]" (pgvector's text form) into `table`."""
+  from psycopg2 import sql
+  values = np.char.mod("%.8g", embeddings.astype(np.float32))
+  body = "\n".join(f"{i}\t[{','.join(row)}]" for i, row in zip(ids, values)) + "\n"
+  cur.copy_expert(sql.SQL("COPY {} (id, embedding) FROM STDIN").format(sql.Identifier(table)),
+                  io.StringIO(body))
+
+
+def publish(conn, *, run_id: str, config_hash: str, temperature: float,
+            query_ids: Sequence[str], query_embeddings: np.ndarray,
+            candidate_ids: Sequence[str], candidate_embeddings: np.ndarray,
+            calibration: Tuple[float, float], hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+            keep_versions: int = 3, republish: bool = False,
+            log: Callable[[str], None] = print) -> Dict[str, object]:
+  """Writes one model version and makes it the active one.
+
+  Args:
+    conn: a psycopg2 connection to a database with pgvector and the app's
+      `profiles`/`swipes` tables.
+    query_ids, query_embeddings: [Nq] ids and [Nq, d] query-tower embeddings.
+    candidate_ids, candidate_embeddings: [Nc] ids and [Nc, d] candidate embeddings.
+    calibration: (scale, bias) with P(like) = sigmoid(scale * dot + bias), used
+      by `recommend_reciprocal`.
+    keep_versions: older inactive versions beyond this many are dropped.
+  Returns:
+    {"version", "created" (False when it already existed), "dropped": [...]}.
+  """
+  from psycopg2 import sql
+  dim = int(candidate_embeddings.shape[1])
+  if query_embeddings.shape[1] != dim:
+    raise ValueError(f"query embeddings have dim {query_embeddings.shape[1]}, candidates {dim}")
+  version = version_name(run_id)
+  tables = {side: f"tt_{side}_embeddings_{version}" for side in ("query", "candidate")}
+  install_sql(conn)
+  with conn.cursor() as cur:
+    cur.execute("SELECT EXISTS (SELECT 1 FROM tt_model_versions WHERE version = %s), "
+                "EXISTS (SELECT 1 FROM tt_active_model WHERE version = %s)", (version, version))
+    exists, active = cur.fetchone()
+  if republish and active:
+    raise ValueError(f"version {version} is the active one; publish another run before "
+                     "republishing it")
+  created = not exists or republish
+  if created:
+    with conn.cursor() as cur:  # one transaction: all of the version or none of it
+      cur.execute("DELETE FROM tt_model_versions WHERE version = %s", (version,))
+      for side, ids, emb in (("query", query_ids, query_embeddings),
+                             ("candidate", candidate_ids, candidate_embeddings)):
+        table = sql.Identifier(tables[side])
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        cur.execute(sql.SQL("CREATE TABLE {} (id text PRIMARY KEY, embedding vector({}) NOT NULL)")
+                    .format(table, sql.Literal(dim)))
+        _copy_embeddings(cur, tables[side], ids, emb)
+        log(f"publish: {len(ids)} {side} embeddings -> {tables[side]}")
+      cur.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (embedding vector_ip_ops) "
+                          "WITH (m = {}, ef_construction = {})").format(
+          sql.Identifier(f"{tables['candidate']}_hnsw"), sql.Identifier(tables["candidate"]),
+          sql.Literal(hnsw_m), sql.Literal(hnsw_ef_construction)))
+      for table in tables.values():
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+      cur.execute("INSERT INTO tt_model_versions (version, run_id, dim, temperature, "
+                  "calibration_scale, calibration_bias, config_hash, candidates, queries) "
+                  "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                  (version, run_id, dim, float(temperature), float(calibration[0]),
+                   float(calibration[1]), config_hash, len(candidate_ids), len(query_ids)))
+    conn.commit()
+  else:
+    log(f"publish: version {version} already published; switching to it")
+  with conn.cursor() as cur:  # the atomic switch
+    cur.execute("INSERT INTO tt_active_model (singleton, version) VALUES (true, %s) "
+                "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, "
+                "switched_at = now()", (version,))
+  conn.commit()
+  dropped = _drop_old_versions(conn, keep_versions)
+  return {"version": version, "created": created, "dropped": dropped}
+
+
+def _drop_old_versions(conn, keep: int) -> list:
+  from psycopg2 import sql
+  with conn.cursor() as cur:
+    cur.execute("SELECT version FROM tt_model_versions WHERE version <> "
+                "(SELECT version FROM tt_active_model) ORDER BY published_at DESC")
+    old = [r[0] for r in cur.fetchall()][max(keep - 1, 0):]
+    for version in old:
+      cur.execute("DELETE FROM tt_model_versions WHERE version = %s", (version,))
+      for side in ("query", "candidate"):
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier(f"tt_{side}_embeddings_{version}")))
+  conn.commit()
+  return old
+
+
+def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciprocal: bool = False,
+              age_window: int = 10, pool: int = 400) -> list:
+  """Calls the SQL RPC; returns [(candidate_id, score), ...] best first."""
+  function = "recommend_reciprocal" if reciprocal else "recommend"
+  with conn.cursor() as cur:
+    cur.execute(f"SELECT candidate_id, score FROM {function}(%s, %s, %s, %s, %s)",
+                (user_id, k, age_window, exact, pool))
+    rows = cur.fetchall()
+  conn.rollback()  # the functions set transaction-local planner settings
+  return rows
