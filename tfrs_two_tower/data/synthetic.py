@@ -211,10 +211,12 @@ def generate_world(params: WorldParams = WorldParams(), progress=None) -> World:
   profiles, hidden = _make_users(params, rng)
   swipes = _simulate_feed(params, hidden, rng, progress)
   ids = profiles["id"].to_numpy()
-  action = np.where(swipes["like"], np.where(swipes["superlike"], "superlike", "like"), "pass")
-  created = START + pd.to_timedelta(swipes["t"], unit="s")
-  swipe_frame = pd.DataFrame({"swiper_id": ids[swipes["u"]], "swipee_id": ids[swipes["v"]],
-                              "action": action.astype(object), "created_at": created})
+  # 0 pass, 1 like, 2 superlike: index a 3-element object array (8 bytes a swipe).
+  action = np.array(["pass", "like", "superlike"], dtype=object)[
+      swipes.pop("like").astype(np.int8) + swipes.pop("superlike").astype(np.int8)]
+  created = START + pd.to_timedelta(swipes.pop("t"), unit="s")
+  swipe_frame = pd.DataFrame({"swiper_id": ids[swipes.pop("u")], "swipee_id": ids[swipes.pop("v")],
+                              "action": action, "created_at": created})
   assert len(profiles) == n
   return World(params, profiles, swipe_frame.reset_index(drop=True), hidden)
 
@@ -347,19 +349,23 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     # A swipe happens after both joined; spread over the day.
     t = day * SECONDS_PER_DAY + rng.integers(0, SECONDS_PER_DAY, swipers.size)
     t = np.maximum(t, np.ceil(np.maximum(h["join"][swipers], h["join"][shown])) + 1)
-    for key, value in (("u", swipers), ("v", shown), ("t", t.astype(np.int64)), ("like", like),
+    for key, value in (("u", swipers.astype(np.int32)), ("v", shown.astype(np.int32)),
+                       ("t", t.astype(np.int64)), ("like", like),
                        ("superlike", like & (utility > p.superlike_utility))):
       chunks[key].append(value)
     total += swipers.size
     if progress is not None:
       progress(day, total)
-  out = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in chunks.items()}
+  out = {k: np.concatenate(chunks.pop(k)) if chunks[k] else np.array([], np.int64)
+         for k in list(chunks)}
   # A pair is shown once: keep its first swipe; then order by time.
   order = np.lexsort((out["v"], out["u"], out["t"]))
-  out = {k: v[order] for k, v in out.items()}
-  _, first = np.unique(out["u"] * np.int64(n) + out["v"], return_index=True)
-  first = np.sort(first)
-  return {k: v[first] for k, v in out.items()}
+  pair = out["u"][order].astype(np.int64) * np.int64(n) + out["v"][order]
+  _, first = np.unique(pair, return_index=True)
+  del pair
+  keep = order[np.sort(first)]
+  del order, first
+  return {k: out.pop(k)[keep] for k in list(out)}
 
 
 
