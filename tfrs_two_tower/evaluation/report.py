@@ -1,0 +1,240 @@
+"""Writes the evaluation report: report.json, report.md, PNG plots, TensorBoard summaries.
+
+`report.json` holds every number as {"value", "ci": [low, high], ...}; report.md
+renders the headline tables from it (baseline vs model, lift with CI, per
+segment) and the verdict against the users' gates.
+"""
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from tfrs_two_tower import files
+
+AUC_GATE = 0.7
+EXPECTED_LIFT = (0.20, 0.40)  # the users' expected "+20-40 % accuracy" over feature matching
+HEADLINE_METRICS = ("auc", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
+                    "success@{k}", "factorized_top{k}_accuracy", "log_loss",
+                    "oracle_like@{k}", "oracle_match@{k}")
+
+
+def verdict(report: Dict) -> Dict[str, object]:
+  """The users' gates for each model: AUC > 0.7, and lift over feature matching.
+
+  The lift gate uses recall@K at the smallest K (a feed shows about that many
+  profiles): "beats" when the whole 95 % interval of the lift is above 0.
+  """
+  k = min(report["k"])
+  out = {}
+  for name, rec in report["recommenders"].items():
+    if rec["kind"] != "model":
+      continue
+    auc = rec["segments"]["all"]["auc"]
+    lift = report["lifts"].get(name, {}).get("all", {}).get(f"recall@{k}")
+    auc_pass = auc["ci"][0] is not None and auc["value"] > AUC_GATE
+    line = [f"AUC {_fmt(auc)} {'>' if auc_pass else '<='} {AUC_GATE}: "
+            f"{'PASS' if auc_pass else 'FAIL'}"]
+    lift_pass = None
+    if lift and lift["value"] is not None:
+      lift_pass = lift["ci"][0] is not None and lift["ci"][0] > 0
+      line.append(f"recall@{k} lift over feature matching {_pct(lift)}: "
+                  f"{'PASS' if lift_pass else 'FAIL'} (users expected "
+                  f"+{EXPECTED_LIFT[0]:.0%} to +{EXPECTED_LIFT[1]:.0%})")
+    out[name] = {"auc_gate": auc_pass, "lift_gate": lift_pass, "line": "; ".join(line)}
+  return out
+
+
+def _fmt(est: Optional[Dict], digits: int = 3) -> str:
+  if not est or est.get("value") is None:
+    return "n/a"
+  low, high = est["ci"]
+  if low is None:
+    return f"{est['value']:.{digits}f}"
+  return f"{est['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _pct(est: Optional[Dict]) -> str:
+  if not est or est.get("value") is None:
+    return "n/a"
+  low, high = est["ci"]
+  ci = f" [{low:+.0%}, {high:+.0%}]" if low is not None else ""
+  return f"{est['value']:+.0%}{ci}"
+
+
+def render_markdown(report: Dict) -> str:
+  """report.md: verdict, baseline-vs-model table, lifts, segments, diversity, notes."""
+  k = min(report["k"])
+  ks = sorted(report["k"])
+  recs = report["recommenders"]
+  lines = ["# Evaluation report", "",
+           f"Dataset `{report['dataset']['path']}` (config {report['dataset']['config_hash'][:12]}),"
+           f" eval split after {report['dataset']['split_time_iso']}; "
+           f"{report['data']['evaluated_users']} users with eval swipes, "
+           f"{report['data']['users_with_eval_likes']} with eval likes. "
+           f"All candidates ranked ({report['data']['candidates']}), train swipes and self "
+           f"excluded. 95 % bootstrap intervals over users ({report['bootstrap']['resamples']} "
+           "resamples), lifts paired by user.", "", "## Verdict", ""]
+  for name, v in report["verdict"].items():
+    lines.append(f"- **{name}**: {v['line']}")
+  if not report["verdict"]:
+    lines.append("- no model run given: baselines only")
+  lines += ["", f"## All users (K = {', '.join(map(str, ks))})", ""]
+  names = [m.format(k=kk) for m in HEADLINE_METRICS for kk in (ks if "{k}" in m else [None])]
+  present = [n for n in names if any(n in r["segments"]["all"] for r in recs.values())]
+  lines.append("| metric | " + " | ".join(recs) + " |")
+  lines.append("|---|" + "---|" * len(recs))
+  for metric in present:
+    lines.append(f"| {metric} | " + " | ".join(
+        _fmt(r["segments"]["all"].get(metric)) for r in recs.values()) + " |")
+  if report["lifts"]:
+    lines += ["", f"## Lift over {report['lift_baseline']} (relative, paired by user)", ""]
+    segments = list(report["segments"]["definitions"])
+    for name, by_segment in report["lifts"].items():
+      lines += [f"### {name}", "", "| metric | " + " | ".join(segments) + " |",
+                "|---|" + "---|" * len(segments)]
+      for metric in [m for m in present if m in by_segment["all"]]:
+        lines.append(f"| {metric} | " + " | ".join(
+            _pct(by_segment[s].get(metric)) for s in segments) + " |")
+      lines.append("")
+  lines += ["", "## Per segment", ""]
+  for metric in ["auc", f"recall@{k}", f"ndcg@{k}", f"match_recall@{k}", f"oracle_like@{k}"]:
+    if not any(metric in r["segments"]["all"] for r in recs.values()):
+      continue
+    lines += [f"### {metric}", "", "| recommender | " + " | ".join(
+        f"{s} ({report['segments']['sizes'][s]})" for s in report["segments"]["definitions"])
+        + " |", "|---|" + "---|" * len(report["segments"]["definitions"])]
+    for name, r in recs.items():
+      lines.append(f"| {name} | " + " | ".join(
+          _fmt(r["segments"][s].get(metric)) for s in report["segments"]["definitions"]) + " |")
+    lines.append("")
+  lines += ["## Diversity and exposure (all users)", "",
+            "| recommender | " + " | ".join(f"coverage@{kk} | gini@{kk} | top-1% share@{kk}"
+                                              for kk in ks) + " |",
+            "|---|" + "---|---|---|" * len(ks)]
+  for name, r in recs.items():
+    cells = []
+    for kk in ks:
+      e = r["exposure"][str(kk)]
+      cells += [_fmt(e["coverage"]), _fmt(e["gini"]), _fmt(e["top1pct_share"])]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += ["", "## Segments", ""]
+  for s, text in report["segments"]["definitions"].items():
+    lines.append(f"- `{s}` ({report['segments']['sizes'][s]} users): {text}")
+  lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+  lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in report["plots"]), ""]
+  return "\n".join(lines)
+
+
+def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.ndarray]],
+                popularity_percentiles: Dict[str, np.ndarray]) -> List[str]:
+  """recall_at_k.png, roc.png, segments.png, popularity.png; returns their names.
+
+  Args:
+    curves: recommender -> {"labels": [P], "scores": [P]} of the eval swipes.
+    popularity_percentiles: recommender -> [U * K] popularity percentile (0-100)
+      of every recommended candidate at the largest K.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_curve
+  recs = report["recommenders"]
+  ks = sorted(report["k"])
+  written = []
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, r in recs.items():
+    est = [r["segments"]["all"][f"recall@{k}"] for k in ks]
+    values = [e["value"] or 0 for e in est]
+    ax.errorbar(ks, values, yerr=[[v - (e["ci"][0] or v) for v, e in zip(values, est)],
+                                  [(e["ci"][1] or v) - v for v, e in zip(values, est)]],
+                marker="o", capsize=3, label=name)
+  ax.set(xlabel="K", ylabel="recall@K", title="Recall@K over all candidates (95 % CI)")
+  ax.legend(fontsize=7)
+  written.append(_save(fig, directory, "recall_at_k.png"))
+
+  fig, ax = plt.subplots(figsize=(5, 5))
+  for name, c in curves.items():
+    fpr, tpr, _ = roc_curve(c["labels"], c["scores"])
+    ax.plot(fpr, tpr, label=f"{name} (AUC {recs[name]['segments']['all']['auc']['value']:.3f})")
+  ax.plot([0, 1], [0, 1], "k:", lw=1)
+  ax.set(xlabel="false positive rate", ylabel="true positive rate",
+         title="Like vs pass on eval swipes")
+  ax.legend(fontsize=7)
+  written.append(_save(fig, directory, "roc.png"))
+
+  k = ks[0]
+  segments = list(report["segments"]["definitions"])
+  fig, ax = plt.subplots(figsize=(7, 4))
+  width = 0.8 / max(len(recs), 1)
+  for i, (name, r) in enumerate(recs.items()):
+    est = [r["segments"][s][f"recall@{k}"] for s in segments]
+    values = np.array([e["value"] or 0 for e in est])
+    low = np.array([e["ci"][0] if e["ci"][0] is not None else v for e, v in zip(est, values)])
+    high = np.array([e["ci"][1] if e["ci"][1] is not None else v for e, v in zip(est, values)])
+    ax.bar(np.arange(len(segments)) + i * width, values, width,
+           yerr=[values - low, high - values], capsize=2, label=name)
+  ax.set_xticks(np.arange(len(segments)) + width * (len(recs) - 1) / 2, segments)
+  ax.set(ylabel=f"recall@{k}", title=f"recall@{k} per segment (95 % CI)")
+  ax.legend(fontsize=7)
+  written.append(_save(fig, directory, "segments.png"))
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, pct in popularity_percentiles.items():
+    ax.hist(pct, bins=50, range=(0, 100), histtype="step", density=True, label=name)
+  ax.set(xlabel="popularity percentile of recommended candidate (train likes received)",
+         ylabel="density", title=f"Who gets recommended (top-{ks[-1]} lists)")
+  ax.legend(fontsize=7)
+  written.append(_save(fig, directory, "popularity.png"))
+  return written
+
+
+def _save(fig, directory: str, name: str) -> str:
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  fig.savefig(os.path.join(directory, name), dpi=110)
+  plt.close(fig)
+  return name
+
+
+def write_tensorboard(log_dir: str, step: int, recommender: Dict, labels: np.ndarray,
+                      probabilities: np.ndarray, prefix: str = "eval") -> None:
+  """One model's scalars (all users; AUC and recall per segment) and a like-vs-pass PR curve.
+
+  Args:
+    log_dir: e.g. `<run>/logs/eval`; step: the run's global step.
+    labels, probabilities: [P] eval swipe labels and calibrated P(like).
+  """
+  import tensorflow as tf
+  from tensorboard.plugins.pr_curve import summary as pr_summary
+  writer = tf.summary.create_file_writer(log_dir)
+  with writer.as_default():
+    for metric, est in recommender["segments"]["all"].items():
+      if est.get("value") is not None:
+        tf.summary.scalar(f"{prefix}/{metric}", est["value"], step=step)
+    for segment, block in recommender["segments"].items():
+      for metric in [m for m in block if m == "auc" or m.startswith("recall@")]:
+        if block[metric].get("value") is not None:
+          tf.summary.scalar(f"{prefix}_segments/{segment}/{metric}", block[metric]["value"],
+                            step=step)
+    pb = pr_summary.pb(f"{prefix}/like_vs_pass_pr", labels=np.asarray(labels, bool),
+                       predictions=np.asarray(probabilities, np.float32), num_thresholds=201)
+    tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=step)
+  writer.flush()
+  writer.close()
+
+
+def write_report(directory: str, report: Dict) -> None:
+  files.write_json(os.path.join(directory, "report.json"), report)
+  with open(os.path.join(directory, "report.md"), "w", encoding="utf-8") as f:
+    f.write(render_markdown(report))
+
+
+def popularity_percentiles(top_candidates: np.ndarray, likes_received: np.ndarray,
+                           k: int) -> np.ndarray:
+  """[U * k] popularity percentile (0 = least liked, 100 = most) of every recommendation."""
+  from scipy import stats
+  pct = stats.rankdata(likes_received) / len(likes_received) * 100
+  top = np.asarray(top_candidates)[:, :k].ravel()
+  return pct[top[top >= 0]]

@@ -1,0 +1,348 @@
+"""Top-K retrieval over the whole corpus, in batches, with already-swiped candidates excluded.
+
+Every recommender evaluated here (the model, its reciprocal mode, the
+baselines) is a `Scorer`: it scores a block of query rows against ALL N
+candidates at once ([B, N], one matrix product for the model), and scores
+arbitrary (query, candidate) pairs. `top_k` runs the same loop for all of them:
+
+  for each block of B query rows:           (B = batch_size; no loop per user)
+    scores   = scorer.score_block(rows)     [B, N]
+    excluded = scores[exclusion pairs]      kept for TFRS-style unfiltered ranks
+    scores[exclusion pairs] = -inf          train swipes of the user, and the user
+    values, indices = tf.math.top_k(scores, K)
+
+Reciprocal ranking (RECON, Pizzato et al. 2010) combines both directions of a
+user-to-user pair, each calibrated to a probability:
+
+  P(u likes v) = sigmoid(a * s(u, v) + b),   s(u, v) = q_u . c_v
+  P(v likes u) = sigmoid(a * s(v, u) + b),   s(v, u) = q_v . c_u
+  reciprocal(u, v) = 2 P(u->v) P(v->u) / (P(u->v) + P(v->u))   (harmonic mean)
+
+(a, b) is a Platt (logistic) fit of like-vs-pass on TRAIN swipes
+(`PlattCalibration`), so the probabilities mean what they say on the swipes
+the model was trained on, and the eval split stays untouched.
+"""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from tfrs_two_tower import features as features_lib
+
+
+@dataclasses.dataclass
+class Exclusions:
+  """Candidates to leave out of each ranked list, as CSR.
+
+  Attributes:
+    indptr: [U + 1] int64; list i excludes candidates[indptr[i]:indptr[i + 1]].
+    candidates: [E] int64 candidate indices, sorted and unique within each list.
+  """
+  indptr: np.ndarray
+  candidates: np.ndarray
+
+  @classmethod
+  def from_pairs(cls, rows: np.ndarray, candidates: np.ndarray, num_lists: int) -> "Exclusions":
+    """From (list index, candidate index) pairs in any order, duplicates allowed."""
+    rows = np.asarray(rows, np.int64)
+    candidates = np.asarray(candidates, np.int64)
+    width = np.int64(max(int(candidates.max(initial=0)) + 1, 1))
+    keys = np.unique(rows * width + candidates)
+    rows, candidates = keys // width, keys % width
+    indptr = np.zeros(num_lists + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=num_lists), out=indptr[1:])
+    return cls(indptr, candidates)
+
+  @classmethod
+  def none(cls, num_lists: int) -> "Exclusions":
+    return cls(np.zeros(num_lists + 1, np.int64), np.zeros(0, np.int64))
+
+  @property
+  def rows(self) -> np.ndarray:
+    """[E] list index of each excluded candidate."""
+    return np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
+
+  def block(self, start: int, stop: int) -> np.ndarray:
+    """[E_b, 2] int64 (row within the block, candidate) pairs of lists start..stop-1."""
+    lo, hi = self.indptr[start], self.indptr[stop]
+    counts = np.diff(self.indptr[start:stop + 1])
+    rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
+    return np.stack([rows, self.candidates[lo:hi]], axis=1)
+
+
+@dataclasses.dataclass
+class TopK:
+  """Result of `top_k` for U lists.
+
+  Attributes:
+    candidates: [U, K] int64 candidate indices, best first; -1 where fewer than K
+      candidates remain after exclusion.
+    scores: [U, K] float32 (-inf where candidates is -1).
+    excluded_scores: [E] float32, the score each excluded pair had, aligned with
+      the `Exclusions` given (for ranks over the unfiltered corpus).
+  """
+  candidates: np.ndarray
+  scores: np.ndarray
+  excluded_scores: np.ndarray
+
+  def positions(self, rows: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """[P] 0-based position of candidate in list `row`, K when absent."""
+    k = self.candidates.shape[1]
+    match = self.candidates[np.asarray(rows)] == np.asarray(candidates)[:, None]
+    return np.where(match.any(axis=1), np.argmax(match, axis=1), k)
+
+
+class Scorer:
+  """A recommender seen by the evaluation: scores of query rows against all candidates.
+
+  Rows index the query entity table (`query_ids`) and the candidate entity table
+  (`candidate_ids`) the scorer was built on. Subclasses implement `score_block`
+  and `pair_scores`; `top_k` / `recommend` come for free.
+  """
+  name = "scorer"
+
+  def __init__(self, query_ids: Sequence[str], candidate_ids: Sequence[str]):
+    self.query_ids = np.asarray(query_ids, dtype=object)
+    self.candidate_ids = np.asarray(candidate_ids, dtype=object)
+    self._query_index = id_index(self.query_ids)
+    self._candidate_index = id_index(self.candidate_ids)
+
+  @property
+  def num_candidates(self) -> int:
+    return self.candidate_ids.size
+
+  def score_block(self, query_rows: np.ndarray):
+    """[B] query rows -> [B, N] float32 tf.Tensor of scores (higher = better)."""
+    raise NotImplementedError
+
+  def pair_scores(self, query_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
+    """[P] query rows, [P] candidate rows -> [P] float32 scores."""
+    raise NotImplementedError
+
+  def query_rows(self, ids: Sequence[str]) -> np.ndarray:
+    return _lookup(self._query_index, ids, "query")
+
+  def candidate_rows(self, ids: Sequence[str]) -> np.ndarray:
+    return _lookup(self._candidate_index, ids, "candidate")
+
+  def top_k(self, query_ids: Sequence[str], k: int,
+            exclude: Optional[Sequence[Sequence[str]]] = None, exclude_self: bool = True,
+            batch_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+    """The K best candidates for each query id, by id.
+
+    Args:
+      query_ids: [U] ids of the query entity table.
+      k: list length.
+      exclude: optional per-query lists of candidate ids never to recommend
+        (e.g. everyone the user already swiped); unknown ids are ignored.
+      exclude_self: also exclude the query id itself from its own list.
+    Returns:
+      ids [U, k] object (None where fewer than k candidates remain), scores [U, k] float32.
+    """
+    query_ids = np.asarray(query_ids, dtype=object)
+    rows, cols = [], []
+    if exclude is not None:
+      if len(exclude) != len(query_ids):
+        raise ValueError(f"exclude has {len(exclude)} lists for {len(query_ids)} query ids")
+      lengths = [len(e) for e in exclude]
+      flat = np.asarray([c for e in exclude for c in e], dtype=object)
+      rows.append(np.repeat(np.arange(len(query_ids)), lengths))
+      cols.append(self._candidate_index.get_indexer(flat) if flat.size else np.zeros(0, int))
+    if exclude_self:
+      rows.append(np.arange(len(query_ids)))
+      cols.append(self._candidate_index.get_indexer(query_ids))
+    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    known = cols >= 0
+    exclusions = Exclusions.from_pairs(rows[known], cols[known], len(query_ids))
+    result = top_k(self, self.query_rows(query_ids), k, exclusions, batch_size)
+    ids = np.where(result.candidates >= 0,
+                   self.candidate_ids[np.maximum(result.candidates, 0)], None)
+    return ids, result.scores
+
+
+def id_index(ids: np.ndarray):
+  import pandas as pd
+  index = pd.Index(ids)
+  if not index.is_unique:
+    raise ValueError(f"entity ids are not unique (e.g. {index[index.duplicated()][0]!r})")
+  return index
+
+
+def _lookup(index, ids, what: str) -> np.ndarray:
+  rows = index.get_indexer(np.asarray(ids, dtype=object))
+  if (rows < 0).any():
+    raise KeyError(f"unknown {what} id {np.asarray(ids, dtype=object)[rows < 0][0]!r}")
+  return rows.astype(np.int64)
+
+
+_TOP_K_FN = None
+
+
+def _masked_top_k_fn():
+  """One traced function: gather excluded scores, mask them to -inf, top-k."""
+  global _TOP_K_FN
+  if _TOP_K_FN is None:
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                  tf.TensorSpec([None, 2], tf.int64),
+                                  tf.TensorSpec([], tf.int32)])
+    def masked_top_k(scores, exclusions, k):
+      excluded = tf.gather_nd(scores, exclusions)
+      masked = tf.tensor_scatter_nd_update(
+          scores, exclusions, tf.fill(tf.shape(excluded), tf.constant(-np.inf, tf.float32)))
+      values, indices = tf.math.top_k(masked, k=k, sorted=True)
+      return values, indices, excluded
+    _TOP_K_FN = masked_top_k
+  return _TOP_K_FN
+
+
+def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
+          exclusions: Optional[Exclusions] = None, batch_size: int = 1024) -> TopK:
+  """Top-K candidates of each query row over the whole corpus, exclusions removed.
+
+  Args:
+    scorer: what scores the rows.
+    query_rows: [U] rows of the scorer's query table, one list each.
+    k: list length (capped at the corpus size).
+    exclusions: per list (aligned with query_rows) candidates to leave out.
+    batch_size: query rows per block; the [B, N] score block is the memory peak.
+  Returns:
+    TopK with [U, K] candidates/scores and the scores of the excluded pairs.
+  """
+  import tensorflow as tf
+  query_rows = np.asarray(query_rows, np.int64)
+  num_lists = query_rows.size
+  exclusions = exclusions or Exclusions.none(num_lists)
+  if exclusions.indptr.size != num_lists + 1:
+    raise ValueError(f"exclusions cover {exclusions.indptr.size - 1} lists, not {num_lists}")
+  k = min(int(k), scorer.num_candidates)
+  fn = _masked_top_k_fn()
+  candidates = np.empty((num_lists, k), np.int64)
+  scores = np.empty((num_lists, k), np.float32)
+  excluded = np.empty(exclusions.candidates.size, np.float32)
+  k_tensor = tf.constant(k, tf.int32)
+  for start in range(0, num_lists, batch_size):
+    stop = min(start + batch_size, num_lists)
+    block = scorer.score_block(query_rows[start:stop])
+    values, indices, excluded_block = fn(block, tf.constant(exclusions.block(start, stop)),
+                                         k_tensor)
+    scores[start:stop] = values.numpy()
+    candidates[start:stop] = indices.numpy()
+    excluded[exclusions.indptr[start]:exclusions.indptr[stop]] = excluded_block.numpy()
+  candidates[~np.isfinite(scores)] = -1
+  return TopK(candidates, scores, excluded)
+
+
+class EmbeddingScorer(Scorer):
+  """Dot products of precomputed tower outputs: s(u, v) = q_u . c_v.
+
+  Args:
+    query_embeddings: [Nq, d] float32, row i for query_ids[i].
+    candidate_embeddings: [N, d] float32, row j for candidate_ids[j].
+  """
+  name = "model"
+
+  def __init__(self, query_ids, candidate_ids, query_embeddings: np.ndarray,
+               candidate_embeddings: np.ndarray, name: Optional[str] = None):
+    super().__init__(query_ids, candidate_ids)
+    import tensorflow as tf
+    query_embeddings = np.asarray(query_embeddings, np.float32)
+    candidate_embeddings = np.asarray(candidate_embeddings, np.float32)
+    if query_embeddings.shape[0] != self.query_ids.size or \
+        candidate_embeddings.shape[0] != self.candidate_ids.size:
+      raise ValueError(f"embeddings {query_embeddings.shape}/{candidate_embeddings.shape} do not "
+                       f"match {self.query_ids.size} query / {self.candidate_ids.size} "
+                       "candidate ids")
+    if query_embeddings.shape[1] != candidate_embeddings.shape[1]:
+      raise ValueError(f"query dim {query_embeddings.shape[1]} != candidate dim "
+                       f"{candidate_embeddings.shape[1]}")
+    self.query_embeddings = query_embeddings
+    self.candidate_embeddings = candidate_embeddings
+    self._candidates_t = tf.constant(candidate_embeddings)
+    self.name = name or self.name
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    return tf.matmul(tf.constant(self.query_embeddings[query_rows]), self._candidates_t,
+                     transpose_b=True)
+
+  def pair_scores(self, query_rows, candidate_rows):
+    return np.einsum("pd,pd->p", self.query_embeddings[np.asarray(query_rows)],
+                     self.candidate_embeddings[np.asarray(candidate_rows)]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PlattCalibration:
+  """P(like) = sigmoid(slope * score + intercept), a logistic fit of labels on scores."""
+  slope: float
+  intercept: float
+
+  @classmethod
+  def fit(cls, scores: np.ndarray, labels: np.ndarray, max_pairs: int = 200_000,
+          seed: int = 0) -> "PlattCalibration":
+    """Fits on (a random subsample of at most `max_pairs`) scored, labelled pairs."""
+    from sklearn.linear_model import LogisticRegression
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels).astype(int)
+    if scores.size > max_pairs:
+      pick = np.random.default_rng(seed).choice(scores.size, max_pairs, replace=False)
+      scores, labels = scores[pick], labels[pick]
+    if np.unique(labels).size < 2:
+      raise ValueError("calibration needs both likes and passes in the train swipes")
+    spread = scores.std() or 1.0  # fit on standardised scores: well conditioned for any scale
+    center = scores.mean()
+    model = LogisticRegression(C=1e6, max_iter=1000).fit(((scores - center) / spread)[:, None],
+                                                         labels)
+    slope = float(model.coef_[0, 0] / spread)
+    return cls(slope, float(model.intercept_[0] - slope * center))
+
+  def probability(self, scores):
+    """numpy or tf scores -> probabilities of the same kind."""
+    if isinstance(scores, np.ndarray) or np.isscalar(scores):
+      return 1.0 / (1.0 + np.exp(-(self.slope * np.asarray(scores, np.float64)
+                                   + self.intercept)))
+    import tensorflow as tf
+    return tf.sigmoid(self.slope * scores + self.intercept)
+
+
+class ReciprocalScorer(Scorer):
+  """RECON-style reciprocal score: harmonic mean of P(u likes v) and P(v likes u).
+
+  Args:
+    forward: scores u -> v (query u, candidate v).
+    backward: scores v -> u laid out like `forward`: backward.score_block(rows)[b, j]
+      is the score of candidate j liking query rows[b] (for the model: an
+      EmbeddingScorer of the candidate-tower embeddings of the query users against
+      the query-tower embeddings of the candidate users).
+    calibration: turns both directions' scores into probabilities.
+  """
+
+  def __init__(self, forward: Scorer, backward: Scorer, calibration: PlattCalibration,
+               name: Optional[str] = None):
+    super().__init__(forward.query_ids, forward.candidate_ids)
+    self.forward, self.backward, self.calibration = forward, backward, calibration
+    self.name = name or f"{forward.name}:reciprocal"
+
+  def score_block(self, query_rows):
+    p_uv = self.calibration.probability(self.forward.score_block(query_rows))
+    p_vu = self.calibration.probability(self.backward.score_block(query_rows))
+    return 2.0 * p_uv * p_vu / (p_uv + p_vu)
+
+  def pair_scores(self, query_rows, candidate_rows):
+    p_uv = self.calibration.probability(self.forward.pair_scores(query_rows, candidate_rows))
+    p_vu = self.calibration.probability(self.backward.pair_scores(query_rows, candidate_rows))
+    return (2.0 * p_uv * p_vu / (p_uv + p_vu)).astype(np.float32)
+
+
+def as_other_side(entities, from_side: str, to_side: str):
+  """Renames one side's entity-table keys to the other side's (`query_age` -> `candidate_age`).
+
+  For user-to-user data, where both towers read the same profile table: the
+  candidate tower can then embed the query users and the other way round.
+  """
+  prefix = f"{from_side}_"
+  return {(to_side + "_" + key[len(prefix):] if key.startswith(prefix) else key): value
+          for key, value in entities.items() if key != features_lib.CREATED_AT}

@@ -1,0 +1,297 @@
+"""evaluate.py: does Phase 3 beat feature matching? One report for baselines and run dirs.
+
+Reads a dataset directory (its time split), any number of run directories
+(trained on that dataset) and optionally the synthetic world that generated it
+(for oracle figures); evaluates random, popularity, feature matching and every
+model (one-way and reciprocal) with the same code; writes report.json,
+report.md, plots and a manifest into the output directory atomically, and the
+models' scalars + PR curve into `<run>/logs/eval`.
+"""
+
+import dataclasses
+import datetime
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+import tfrs_two_tower
+from tfrs_two_tower import files
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.evaluation import baselines as baselines_lib
+from tfrs_two_tower.evaluation import evaluator
+from tfrs_two_tower.evaluation import metrics
+from tfrs_two_tower.evaluation import report as report_lib
+from tfrs_two_tower.evaluation import retrieval
+from tfrs_two_tower.evaluation import segments as segments_lib
+
+BASELINES = ("random", "popularity", "feature_matching")
+LIFT_BASELINE = "feature_matching"
+KIND = "tfrs_two_tower.evaluation"
+
+
+class EvaluationInputError(ValueError):
+  """Inputs that do not belong together or cannot be evaluated; the message says which."""
+
+
+@dataclasses.dataclass
+class _Entry:
+  scorer: retrieval.Scorer
+  kind: str  # "baseline" | "model"
+  calibration: Optional[retrieval.PlattCalibration]
+  info: Dict[str, object]
+  run: object = None
+
+
+def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
+        ks: Sequence[int] = (10, 50, 100),
+        rules: segments_lib.SegmentRules = segments_lib.SegmentRules(),
+        world_dir: Optional[str] = None, bootstrap: int = 1000, seed: int = 0,
+        baselines: Sequence[str] = BASELINES, reciprocal: bool = True,
+        batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
+        verify_checksums: bool = True, log: Callable[..., None] = print) -> Dict[str, object]:
+  """Evaluates and writes the report; returns the report dict.
+
+  Raises:
+    EvaluationInputError (a ValueError) for mismatched or unusable inputs, before
+    any heavy work and before anything is written.
+  """
+  from tfrs_two_tower.model import run_dir as run_lib
+  ks = sorted(set(int(k) for k in ks))
+  if not ks or ks[0] < 1:
+    raise EvaluationInputError(f"--k: need positive list lengths, got {ks}")
+  unknown = sorted(set(baselines) - set(BASELINES))
+  if unknown:
+    raise EvaluationInputError(f"--baselines: unknown {unknown} (known: {', '.join(BASELINES)})")
+  if bootstrap < 10:
+    raise EvaluationInputError(f"--bootstrap: need at least 10 resamples, got {bootstrap}")
+  if os.path.exists(output_dir) and not overwrite:
+    raise EvaluationInputError(f"--output_dir {output_dir} already exists (pass --overwrite)")
+  dataset = reader.open_dataset(dataset_dir, verify_checksums=verify_checksums)
+  runs = [_open_run(run_lib, path, dataset, verify_checksums) for path in run_dirs]
+  world = _load_world(world_dir) if world_dir else None
+
+  started = time.time()
+  data = evaluator.prepare(dataset, rules)
+  log("evaluate: %d users with eval swipes (%d with eval likes), %d candidates, %d excluded "
+      "train pairs (%.1fs)" % (data.num_users, data.notes["users_with_eval_likes"],
+                               data.candidate_ids.size, data.notes["excluded_pairs"],
+                               time.time() - started))
+  oracle = None
+  if world is not None:
+    try:
+      world.user_index(np.concatenate([data.query_ids, data.candidate_ids]))
+    except KeyError as e:
+      raise EvaluationInputError(f"--world_dir {world_dir}: the world does not hold the "
+                                 f"dataset's users ({e}); give the world the dataset was "
+                                 "generated from") from None
+    oracle = world.like_probability
+
+  entries = _baselines(baselines, data, dataset, seed)
+  names = _run_names(run_dirs)
+  for name, run_dir in zip(names, runs):
+    entries += _models(name, run_dir, data, dataset, reciprocal)
+
+  counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
+  popular = metrics.top_popular_mask(data.likes_received, 0.01)
+  results, recommenders = {}, {}
+  for entry in entries:
+    result = evaluator.evaluate(entry.scorer, data, ks, entry.calibration, oracle, batch_size)
+    result.info = {"kind": entry.kind, **entry.info}
+    results[entry.scorer.name] = result
+    recommenders[entry.scorer.name] = evaluator.summarize(result, data, counts, ks, popular)
+    all_users = recommenders[entry.scorer.name]["segments"]["all"]
+    log("evaluate: %-28s AUC %s  recall@%d %s  (%.1fs)" % (
+        entry.scorer.name, report_lib._fmt(all_users["auc"]), ks[0],
+        report_lib._fmt(all_users[f"recall@{ks[0]}"]), result.seconds))
+
+  lifts = {}
+  if LIFT_BASELINE in results:
+    for name, result in results.items():
+      if result.info["kind"] == "model":
+        lifts[name] = evaluator.lift(result, results[LIFT_BASELINE], data, counts)
+  comparisons = {}
+  model_names = [n for n, r in results.items() if r.info["kind"] == "model"
+                 and not n.endswith(":reciprocal")]
+  for name in model_names[1:]:
+    comparisons[f"{name} vs {model_names[0]}"] = evaluator.lift(
+        results[name], results[model_names[0]], data, counts)
+
+  split_time = int(dataset.manifest["split_time"])
+  report = {
+      "kind": KIND,
+      "dataset": {"path": os.path.abspath(dataset_dir), "config_hash": dataset.config.hash,
+                  "manifest_sha256": files.sha256_file(dataset.file("manifest.json")),
+                  "split_time": split_time,
+                  "split_time_iso": datetime.datetime.fromtimestamp(
+                      split_time, datetime.timezone.utc).isoformat()},
+      "world_dir": os.path.abspath(world_dir) if world_dir else None,
+      "k": ks,
+      "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95,
+                    "unit": "user (query user with eval swipes)"},
+      "data": {**data.notes, "candidates": int(data.candidate_ids.size)},
+      "segments": {"definitions": rules.describe(), "rules": dataclasses.asdict(rules),
+                   "sizes": {s: int(m.sum()) for s, m in data.segments.items()}},
+      "recommenders": recommenders,
+      "lift_baseline": LIFT_BASELINE,
+      "lifts": lifts,
+      "run_comparisons": comparisons,
+      "feature_matching": _feature_matching_info(entries),
+      "notes": _notes(data, world is not None),
+  }
+  report["verdict"] = report_lib.verdict(report)
+  for line in report["verdict"].values():
+    log("evaluate: verdict: " + line["line"])
+
+  with files.atomic_directory(output_dir, overwrite=overwrite) as out:
+    curves = {n: {"labels": data.eval_swipes.labels, "scores": r.swipe_scores}
+              for n, r in results.items()}
+    percentiles = {n: report_lib.popularity_percentiles(r.top.candidates, data.likes_received,
+                                                        ks[-1]) for n, r in results.items()}
+    report["plots"] = report_lib.write_plots(out, report, curves, percentiles)
+    report_lib.write_report(out, report)
+    files.write_json(os.path.join(out, "manifest.json"), {
+        "kind": KIND, "created_by": {"package": "tfrs_two_tower",
+                                     "version": tfrs_two_tower.__version__},
+        "dataset": report["dataset"],
+        "runs": [{"path": os.path.abspath(r.path), "run_id": r.manifest.get("run_id"),
+                  "manifest_sha256": files.sha256_file(r.file(run_lib.MANIFEST))} for r in runs],
+        "flags": {"k": ks, "rules": dataclasses.asdict(rules), "world_dir": world_dir,
+                  "bootstrap": bootstrap, "seed": seed, "baselines": list(baselines),
+                  "reciprocal": reciprocal, "batch_size": batch_size},
+        "files": files.file_checksums(out)})
+  log("evaluate: report written to %s (%.1fs)" % (output_dir, time.time() - started))
+
+  if tensorboard:
+    for entry in entries:
+      if entry.run is None:
+        continue
+      result = results[entry.scorer.name]
+      probabilities = result.swipe_probabilities
+      if probabilities is None:  # reciprocal scores are already in [0, 1]
+        probabilities = result.swipe_scores
+      sub = "eval_reciprocal" if entry.scorer.name.endswith(":reciprocal") else "eval"
+      report_lib.write_tensorboard(
+          os.path.join(entry.run.path, run_lib.LOGS, sub),
+          int(entry.run.manifest.get("global_step", 0)), recommenders[entry.scorer.name],
+          data.eval_swipes.labels, probabilities, prefix=sub)
+  return report
+
+
+def _open_run(run_lib, path: str, dataset, verify_checksums: bool):
+  try:
+    run = run_lib.open_run(path, verify_checksums=verify_checksums)
+  except run_lib.RunFormatError as e:
+    raise EvaluationInputError(f"--run_dir: {e}") from None
+  try:
+    reader.check_config_matches(dataset, run.manifest["config_hash"], f"--run_dir {path}")
+  except reader.DatasetFormatError as e:
+    raise EvaluationInputError(str(e)) from None
+  trained_split = (run.manifest.get("dataset") or {}).get("split_time")
+  if trained_split is not None and int(trained_split) != int(dataset.manifest["split_time"]):
+    raise EvaluationInputError(
+        f"--run_dir {path} was trained on a dataset split at {trained_split}, but "
+        f"--dataset_dir {dataset.path} is split at {dataset.manifest['split_time']}: its eval "
+        "window would overlap the run's training data")
+  return run
+
+
+def _load_world(world_dir: str):
+  from tfrs_two_tower.data import synthetic
+  try:
+    return synthetic.World.load(world_dir)
+  except FileNotFoundError as e:
+    raise EvaluationInputError(f"--world_dir: {e}") from None
+
+
+def _run_names(paths: Sequence[str]) -> List[str]:
+  names = []
+  for path in paths:
+    base = os.path.basename(os.path.normpath(path)) or "run"
+    name, i = base, 2
+    while name in names:
+      name, i = f"{base}_{i}", i + 1
+    names.append(name)
+  return names
+
+
+def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: int) -> List[_Entry]:
+  entries = []
+  for name in names:
+    if name == "random":
+      scorer = baselines_lib.RandomScorer(data.query_ids, data.candidate_ids, seed)
+    elif name == "popularity":
+      scorer = baselines_lib.PopularityScorer(data.query_ids, data.candidate_ids,
+                                              data.likes_received)
+    else:
+      scorer = baselines_lib.FeatureMatching.from_entities(
+          dataset.config, data.query_entities, data.candidate_entities)
+    entries.append(_Entry(scorer, "baseline", evaluator.fit_calibration(scorer, data, seed), {}))
+  return entries
+
+
+def _models(name: str, run, data: evaluator.EvalData, dataset, reciprocal: bool) -> List[_Entry]:
+  started = time.time()
+  query_embeddings = run.embed("query", data.query_entities)
+  ids, embeddings = run.candidate_embeddings()
+  rows = retrieval.id_index(np.asarray(ids, dtype=object)).get_indexer(data.candidate_ids)
+  if (rows < 0).any():
+    raise EvaluationInputError(f"--run_dir {run.path}: candidate_embeddings.npz lacks "
+                               f"{int((rows < 0).sum())} of the dataset's candidates "
+                               f"(e.g. {data.candidate_ids[rows < 0][0]!r})")
+  forward = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids, query_embeddings,
+                                      embeddings[rows], name=name)
+  calibration = evaluator.fit_calibration(forward, data)
+  flags = run.flags
+  info = {"run_dir": os.path.abspath(run.path), "run_id": run.manifest.get("run_id"),
+          "global_step": run.manifest.get("global_step"),
+          "sampling_probability": run.manifest.get("sampling_probability"),
+          "pass_loss_weight": flags.get("pass_loss_weight"),
+          "num_hard_negatives": flags.get("num_hard_negatives"),
+          "calibration": dataclasses.asdict(calibration),
+          "embedding_seconds": round(time.time() - started, 2)}
+  entries = [_Entry(forward, "model", calibration, {**info, "mode": "one_way"}, run)]
+  if reciprocal and dataset.config.same_entity_both_sides:
+    # Both towers see the same profile table: embed every user in the other role too.
+    candidate_side_of_queries = run.embed(
+        "candidate", retrieval.as_other_side(data.query_entities, "query", "candidate"))
+    query_side_of_candidates = run.embed(
+        "query", retrieval.as_other_side(data.candidate_entities, "candidate", "query"))
+    backward = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
+                                         candidate_side_of_queries, query_side_of_candidates,
+                                         name=f"{name}:backward")
+    entries.append(_Entry(retrieval.ReciprocalScorer(forward, backward, calibration,
+                                                     name=f"{name}:reciprocal"),
+                          "model", None, {**info, "mode": "reciprocal"}, run))
+  return entries
+
+
+def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
+  for entry in entries:
+    if isinstance(entry.scorer, baselines_lib.FeatureMatching):
+      return {"weights": dataclasses.asdict(entry.scorer.weights),
+              "spec": {k: (dict(v) if k == "seeks" else v)
+                       for k, v in dataclasses.asdict(entry.scorer.spec).items()},
+              "active_terms": list(entry.scorer.active_terms)}
+  return None
+
+
+def _notes(data: evaluator.EvalData, with_world: bool) -> List[str]:
+  notes = [
+      "Eval likes of pairs already swiped in train are not counted as relevant (they are "
+      f"excluded from every list): {data.notes['eval_likes_already_swiped_in_train']} of "
+      f"{data.notes['eval_likes']}.",
+      "Offline recall only credits candidates the live feed happened to show: if that feed "
+      "was feature matching, the logged likes favour feature matching (exposure bias).",
+      "success@K = share of recommended users who liked the user back, among recommended "
+      "users whose swipe on the user is observed in the eval window (`trials` = observed).",
+      "factorized_topK_accuracy: TFRS FactorizedTopK definition (share of eval likes ranked "
+      "in the top K of ALL candidates, nothing excluded), for comparison with TFRS tutorials.",
+      "Log loss uses a Platt calibration fitted on train swipes; reciprocal scores are a "
+      "harmonic mean of two probabilities, not P(like), so they have no log loss.",
+  ]
+  if with_world:
+    notes.append("oracle_*@K: mean hidden probability from the synthetic world over the top-K "
+                 "pairs (like: u likes v, like_back: v likes u, match: both).")
+  return notes
