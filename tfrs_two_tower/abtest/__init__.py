@@ -1,0 +1,1 @@
+"""A/B testing: deterministic assignment, analysis with guardrails, power, simulation."""

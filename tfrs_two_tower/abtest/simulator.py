@@ -1,0 +1,252 @@
+"""Simulated experiments on the synthetic world: the proof that the A/B loop works end to end.
+
+The world's hidden model (`World.respond`) plays the users, so the true effect
+of a recommender is known to the simulation and hidden from the analysis:
+
+  users ──assignment.Experiment (the real hash)──▶ arm ──▶ that arm's recommender
+     each simulated day, each active user (P = hidden activity) opens the app:
+       first open -> exposure (first_exposed_at); feed = recommender.top_k(user, feed_size,
+       exclude = everyone the user already swiped); swipes ~ World.respond
+  history swipes + experiment swipes ──COPY──▶ PostgreSQL `swipes`
+  exposures ──ab_log_exposure()──▶ `ab_exposures`  (SQL assignment, idempotent)
+  analysis reads ONE snapshot of `ab_user_outcomes`
+
+A recommender is anything with the evaluation's `Scorer.top_k` interface,
+`top_k(user_ids [U], k, exclude=[U lists of ids]) -> (ids [U, k] with None
+padding, scores)`: `evaluation.baselines.FeatureMatching` (control) and
+`evaluation.retrieval.EmbeddingScorer` over a run dir's towers (treatment)
+both are.
+
+The experiment starts where the world's history ends, so the pre-period
+(CUPED covariates) is the world's own history.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.abtest import assignment
+from tfrs_two_tower.abtest import database
+from tfrs_two_tower.abtest import definition as definition_lib
+from tfrs_two_tower.data import synthetic
+
+SECONDS_PER_DAY = synthetic.SECONDS_PER_DAY
+SESSION_SECONDS = 1800  # a session's swipes fall within half an hour of opening the app
+
+# The app's tables as the synthetic world has them, created only when the
+# database has no `swipes` table yet (a real database already has them).
+MINIMAL_APP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS profiles (id uuid PRIMARY KEY, created_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS swipes (
+  swiper_id uuid NOT NULL REFERENCES profiles (id),
+  swipee_id uuid NOT NULL REFERENCES profiles (id),
+  action text NOT NULL CHECK (action IN ('like', 'superlike', 'pass')),
+  created_at timestamptz NOT NULL);
+CREATE INDEX IF NOT EXISTS swipes_swiper ON swipes (swiper_id, created_at);
+CREATE INDEX IF NOT EXISTS swipes_swipee ON swipes (swipee_id, created_at);
+"""
+
+
+class Recommender(Protocol):
+  """User ids -> ranked candidate ids (the `evaluation.retrieval.Scorer` interface)."""
+  name: str
+
+  def top_k(self, query_ids: Sequence[str], k: int,
+            exclude: Optional[Sequence[Sequence[str]]] = None,
+            exclude_self: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    ...
+
+
+def world_entities(world: synthetic.World, config, side: str) -> Dict[str, Any]:
+  """The world's profiles encoded as one side's entity table (dataset keys)."""
+  return features_lib.encode_entity_table(config, side, world.profiles, "world profiles")
+
+
+def feature_matching(world: synthetic.World, config):
+  """Control: the users' Phase 1&2 feature matching over the world's profiles."""
+  from tfrs_two_tower.evaluation import baselines
+  return baselines.FeatureMatching.from_entities(config, world_entities(world, config, "query"),
+                                                 world_entities(world, config, "candidate"))
+
+
+def two_tower(world: synthetic.World, run_path: str):
+  """Treatment: q_u . c_v from a run dir's towers, over the world's profiles."""
+  from tfrs_two_tower.evaluation import retrieval
+  from tfrs_two_tower.model import run_dir
+  run = run_dir.open_run(run_path)
+  ids = world.profiles["id"].astype(str).to_numpy()
+  query = run.embed("query", world_entities(world, run.config, "query"))
+  candidate = run.embed("candidate", world_entities(world, run.config, "candidate"))
+  return retrieval.EmbeddingScorer(ids, ids, query, candidate, name="two_tower")
+
+
+def oracle(world: synthetic.World):
+  """The ceiling: ranks by the world's hidden P(like) (no real recommender can know it)."""
+  from tfrs_two_tower.evaluation import retrieval
+
+  class Oracle(retrieval.Scorer):
+    name = "oracle"
+
+    def score_block(self, query_rows):
+      import tensorflow as tf
+      u = np.asarray(query_rows)[:, None]
+      return tf.constant(world.utility(u, np.arange(self.num_candidates)[None, :]), tf.float32)
+
+    def pair_scores(self, query_rows, candidate_rows):
+      return world.utility(np.asarray(query_rows), np.asarray(candidate_rows)).astype(np.float32)
+
+  ids = world.profiles["id"].astype(str).to_numpy()
+  return Oracle(ids, ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulationParams:
+  """Knobs of one simulated experiment.
+
+  Attributes:
+    days: experiment length in simulated days.
+    feed_size: profiles per app open (default: the world's).
+    seed: randomness of activity, timing and responses (NOT of assignment,
+      which is the experiment's hash).
+    exposure_log_loss: arm -> fraction of its users whose exposure log never
+      reaches the database (a buggy client); injects a sample-ratio mismatch.
+    pre_period_days: CUPED pre-period before the start.
+  """
+  days: int = 14
+  feed_size: Optional[int] = None
+  seed: int = 0
+  exposure_log_loss: Mapping[str, float] = dataclasses.field(default_factory=dict)
+  pre_period_days: float = 28.0
+
+
+@dataclasses.dataclass
+class Simulation:
+  """What happened (the truth) and what was logged.
+
+  Attributes:
+    definition: the experiment (starts where the world's history ends).
+    arms: [n users] every user's assigned arm (exposed or not).
+    exposures: logged exposures (user_id, arm, first_exposed_at).
+    swipes: the experiment's swipes (swiper_id, swipee_id, action, created_at).
+    true_like_probability: arm -> mean oracle P(like) of the profiles shown.
+  """
+  definition: definition_lib.Definition
+  arms: np.ndarray
+  exposures: pd.DataFrame
+  swipes: pd.DataFrame
+  true_like_probability: Dict[str, float]
+
+
+def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
+             experiment: assignment.Experiment, params: SimulationParams = SimulationParams(),
+             log=print) -> Simulation:
+  """Runs the experiment on the world (see the module docstring)."""
+  missing = set(experiment.arm_names) - set(recommenders)
+  if missing:
+    raise ValueError(f"no recommender for arm(s) {sorted(missing)}")
+  rng = np.random.default_rng(params.seed)
+  ids = world.profiles["id"].astype(str).to_numpy()
+  n = ids.size
+  feed_size = params.feed_size or world.params.feed_size
+  starts_at = synthetic.START + pd.Timedelta(days=world.params.days)
+  start_seconds = world.params.days * SECONDS_PER_DAY
+  arms = experiment.assign_many(ids)
+  # Already swiped pairs are never shown again (the app's rule; the world's too).
+  seen = [set() for _ in range(n)]
+  for u, v in zip(world.user_index(world.swipes["swiper_id"]),
+                  world.user_index(world.swipes["swipee_id"])):
+    seen[u].add(v)
+  first_exposure = np.full(n, -1, np.int64)
+  chunks = []
+  shown_probability = {arm: [] for arm in experiment.arm_names}
+  activity = world.hidden["activity"]
+  for day in range(params.days):
+    active = rng.random(n) < activity
+    opened = start_seconds + day * SECONDS_PER_DAY + rng.integers(
+        0, SECONDS_PER_DAY - SESSION_SECONDS, n)
+    newly = active & (first_exposure < 0)
+    first_exposure[newly] = opened[newly]
+    for arm in experiment.arm_names:
+      users = np.flatnonzero(active & (arms == arm))
+      if users.size == 0:
+        continue
+      feed, _ = recommenders[arm].top_k(ids[users], feed_size,
+                                        exclude=[ids[list(seen[u])] for u in users])
+      swiper = np.repeat(users, feed_size)
+      shown_ids = np.asarray(feed, dtype=object).ravel()
+      ok = np.array([s is not None for s in shown_ids], bool)
+      swiper, shown = swiper[ok], world.user_index(shown_ids[ok])
+      like = world.respond(ids[swiper], ids[shown], rng)
+      superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
+      shown_probability[arm].append(world.like_probability(ids[swiper], ids[shown]))
+      for u, v in zip(swiper, shown):
+        seen[u].add(v)
+      chunks.append(pd.DataFrame({
+          "swiper_id": ids[swiper], "swipee_id": ids[shown],
+          "action": np.where(like, np.where(superlike, "superlike", "like"), "pass"),
+          "t": opened[swiper] + rng.integers(1, SESSION_SECONDS, swiper.size)}))
+    log("simulate: day %d/%d, %d exposed" % (day + 1, params.days, (first_exposure >= 0).sum()))
+  swipes = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(
+      columns=["swiper_id", "swipee_id", "action", "t"])
+  swipes = swipes.sort_values("t", kind="stable").reset_index(drop=True)
+  swipes["created_at"] = synthetic.START + pd.to_timedelta(swipes.pop("t"), unit="s")
+
+  exposed = first_exposure >= 0
+  lost = np.zeros(n, bool)
+  for arm, fraction in params.exposure_log_loss.items():
+    lost |= (arms == arm) & (rng.random(n) < fraction)
+  logged = exposed & ~lost
+  exposures = pd.DataFrame({
+      "user_id": ids[logged], "arm": arms[logged],
+      "first_exposed_at": synthetic.START + pd.to_timedelta(first_exposure[logged], unit="s")})
+  definition = definition_lib.Definition(
+      experiment, starts_at, starts_at + pd.Timedelta(days=params.days),
+      pre_period_days=params.pre_period_days)
+  return Simulation(definition, arms, exposures, swipes,
+                    {a: float(np.concatenate(p).mean()) if p else float("nan")
+                     for a, p in shown_probability.items()})
+
+
+def prepare_database(conn, world: synthetic.World) -> None:
+  """Creates the app tables, loads the world's profiles and history, installs ab_*.
+
+  Refuses a database whose `swipes` table has rows: simulations write synthetic
+  users and swipes and delete their own swipes afterwards (`remove_experiment`),
+  which must never happen to real data.
+  """
+  with conn.cursor() as cur:
+    cur.execute("SELECT to_regclass('swipes') IS NOT NULL")
+    if cur.fetchone()[0]:
+      cur.execute("SELECT EXISTS (SELECT 1 FROM swipes)")
+      if cur.fetchone()[0]:
+        raise ValueError("the database already has swipes: simulate into an EMPTY database "
+                         "(omit --db_url for a throwaway one)")
+    else:
+      cur.execute(MINIMAL_APP_SCHEMA)
+      profiles = world.profiles[["id", "created_at"]]
+      cur.execute("INSERT INTO profiles (id, created_at) SELECT * FROM unnest(%s::uuid[], "
+                  "%s::timestamptz[])", (profiles["id"].astype(str).tolist(),
+                                         [t.isoformat() for t in profiles["created_at"]]))
+  conn.commit()
+  database.copy_swipes(conn, world.swipes)
+  database.install_schema(conn)
+
+
+def write_experiment(conn, simulation: Simulation) -> None:
+  """Writes one simulated experiment: its row, its swipes and its logged exposures."""
+  database.create_experiment(conn, simulation.definition)
+  database.copy_swipes(conn, simulation.swipes)
+  database.log_exposures(conn, simulation.definition.name, simulation.exposures["user_id"],
+                         simulation.exposures["first_exposed_at"])
+
+
+def remove_experiment(conn, simulation: Simulation) -> None:
+  """Deletes a simulated experiment: its row, exposures and every swipe since its start."""
+  with conn.cursor() as cur:
+    cur.execute("DELETE FROM swipes WHERE created_at >= %s",
+                (simulation.definition.starts_at.to_pydatetime(),))
+    cur.execute("DELETE FROM ab_experiments WHERE name = %s", (simulation.definition.name,))
+  conn.commit()
