@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Trains the two-tower retrieval model on a dataset directory; writes a run directory.
+
+The run directory holds the query/candidate SavedModels (raw features in), their
+numeric cores (what Core ML converts), a top-k index SavedModel, the candidate
+embeddings, checkpoints and TensorBoard logs (see docs/training.md). Example:
+
+  train_model.py --dataset_dir=out/dataset --run_dir=out/run
+  tensorboard --logdir=out/run.incomplete/logs   # while training; out/run/logs after
+
+Killed and started again with the same flags, training resumes from the last
+checkpoint and stops at the same step.
+"""
+import dataclasses
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from tfrs_two_tower.stages import train_stage
+
+D = train_stage.TrainOptions()
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dataset_dir", None, "Dataset directory (export_data.py / generate_world.py "
+                    "output).", required=True)
+flags.DEFINE_string("run_dir", None, "Where the run directory goes; training state lives in "
+                    "<run_dir>.incomplete until the run ends.", required=True)
+flags.DEFINE_boolean("overwrite", False, "Replace an existing run directory (atomically).")
+flags.DEFINE_integer("epochs", D.epochs, "Training epochs.")
+flags.DEFINE_integer("steps_per_epoch", D.steps_per_epoch, "Steps per epoch; 0: one pass over "
+                     "the train split (rows // batch_size).")
+flags.DEFINE_integer("batch_size", D.batch_size, "Global batch size (in-batch negatives: larger "
+                     "batches give more negatives per like).")
+flags.DEFINE_float("learning_rate", D.learning_rate, "Learning rate.")
+flags.DEFINE_enum("optimizer", D.optimizer, train_stage.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_integer("embedding_dim", D.embedding_dim, "Size of the L2-normalised tower output.")
+flags.DEFINE_string("layer_sizes", D.layer_sizes, "Comma-separated hidden ReLU layer sizes of "
+                    "each tower, before the projection to --embedding_dim; empty: none.")
+flags.DEFINE_integer("default_embedding_dim", D.default_embedding_dim, "Embedding size of "
+                     "features whose config gives no embedding_dim.")
+flags.DEFINE_float("l2", D.l2, "L2 regularisation of embeddings and hidden kernels.")
+flags.DEFINE_float("temperature", D.temperature, "Softmax temperature (logits = q.c / T; Yi et "
+                   "al. use ~0.05).")
+flags.DEFINE_enum("sampling_probability", D.sampling_probability, ["none", "static", "streaming"],
+                  "logQ correction of the in-batch softmax: none; static (candidate frequency "
+                  "in the train split, candidate_counts.tsv); streaming (Yi et al. "
+                  "streaming frequency estimate, updated every step).")
+flags.DEFINE_integer("estimator_buckets", D.estimator_buckets, "Streaming estimator: size H of "
+                     "each hash array.")
+flags.DEFINE_integer("estimator_hashes", D.estimator_hashes, "Streaming estimator: number m of "
+                     "hash arrays (1 = Algorithm 2, >1 = Algorithm 3).")
+flags.DEFINE_float("estimator_alpha", D.estimator_alpha, "Streaming estimator: moving-average "
+                   "rate of the gap between two appearances of a candidate.")
+flags.DEFINE_float("pass_loss_weight", D.pass_loss_weight, "Weight of the like-vs-pass logistic "
+                   "loss on the same dot product (passes as explicit negatives); 0 disables.")
+flags.DEFINE_integer("num_hard_negatives", D.num_hard_negatives, "Keep only the N hardest "
+                     "in-batch negatives per like in the softmax; 0: all.")
+flags.DEFINE_integer("seed", D.seed, "Random seed (weights, shuffling, hash functions).")
+flags.DEFINE_integer("checkpoint_every_steps", D.checkpoint_every_steps, "Checkpoint interval "
+                     "(and at every epoch end).")
+flags.DEFINE_integer("log_every_steps", D.log_every_steps, "TensorBoard/log interval of the "
+                     "training losses.")
+flags.DEFINE_string("eval_ks", D.eval_ks, "Comma-separated K of recall@K computed on the eval "
+                    "split over all candidates at each epoch end.")
+flags.DEFINE_integer("early_stopping_k", D.early_stopping_k, "Early stopping watches eval "
+                     "recall@K for this K.")
+flags.DEFINE_integer("early_stopping_patience", D.early_stopping_patience, "Stop when recall@K "
+                     "did not improve for this many epochs; 0: never.")
+flags.DEFINE_boolean("mixed_precision", D.mixed_precision, "mixed_float16 compute (GPU); the "
+                     "embedding output stays float32.")
+flags.DEFINE_boolean("jit_compile", D.jit_compile, "XLA-compile the training step.")
+flags.DEFINE_enum("strategy", D.strategy, list(train_stage.STRATEGIES), "default: one device; "
+                  "mirrored: all local GPUs; multi_worker: MultiWorkerMirroredStrategy from "
+                  "TF_CONFIG (run the same command on every worker).")
+
+
+def main(argv):
+  del argv
+  options = train_stage.TrainOptions(**{
+      f.name: FLAGS[f.name].value for f in dataclasses.fields(train_stage.TrainOptions)})
+  try:
+    train_stage.run(FLAGS.dataset_dir, FLAGS.run_dir, options, overwrite=FLAGS.overwrite,
+                    log=logging.info)
+  except train_stage.TrainError as e:
+    raise app.UsageError(str(e))
+
+
+if __name__ == "__main__":
+  app.run(main)

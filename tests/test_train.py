@@ -1,0 +1,112 @@
+"""End-to-end training: a real run directory, reloaded in a fresh process."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.stages import train_stage
+
+FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
+            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset_dir):
+  path = str(tmp_path_factory.mktemp("runs") / "run")
+  result = train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**FAST),
+                           log=lambda *a: None)
+  return path, result
+
+
+_RELOAD = r"""
+import json, sys
+import numpy as np
+import tfrs_two_tower
+import tensorflow as tf
+from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.data import reader
+path, dataset_dir, out = sys.argv[1:4]
+run = run_lib.open_run(path)
+ds = reader.open_dataset(dataset_dir)
+swipes = reader.read_interactions(ds, "eval")
+n = 50
+query = {k: v[:n] for k, v in swipes.items() if k.startswith("query_")}
+candidate = {k: v[:n] for k, v in swipes.items() if k.startswith("candidate_")}
+core_in = {k: tf.constant(v) for k, v in np.load(out + ".core_in.npz").items()}
+core = run.core("query").signatures["serving_default"](**core_in)["embedding"].numpy()
+top = run.index().signatures["serving_default"](
+    **{k: tf.constant(v) for k, v in query.items() if k in run.raw_input_specs("query")},
+    exclude_ids=tf.constant([[swipes["candidate_id"][0], ""]] * n), k=tf.constant(5))
+np.savez(out, query=run.embed("query", query), candidate=run.embed("candidate", candidate),
+         core=core, top_ids=top["ids"].numpy().astype(str), top_scores=top["scores"].numpy())
+"""
+
+
+def test_run_dir_contract_and_fresh_process_reload(trained, tiny_dataset_dir, tmp_path):
+  path, result = trained
+  for name in ("manifest.json", "flags.json", "config.json", "preprocessing.json", "vocab",
+               "query_model", "candidate_model", "query_core", "candidate_core", "index",
+               "candidate_embeddings.npz", "checkpoints", "logs"):
+    assert os.path.exists(os.path.join(path, name)), name
+  assert not os.path.exists(path + train_stage.INCOMPLETE_SUFFIX)
+  run = run_lib.open_run(path)
+  assert run.manifest["global_step"] == FAST["steps_per_epoch"]
+  assert run.flags["batch_size"] == FAST["batch_size"]
+
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  swipes = reader.read_interactions(dataset, "eval")
+  n = 50
+  query = {k: v[:n] for k, v in swipes.items() if k.startswith("query_")}
+  candidate = {k: v[:n] for k, v in swipes.items() if k.startswith("candidate_")}
+  keys = [s["key"] for s in result.query_tower.preprocessing.specs]
+  q_mem = result.query_tower({k: query[k] for k in keys}).numpy()
+  keys_c = [s["key"] for s in result.candidate_tower.preprocessing.specs]
+  c_mem = result.candidate_tower({k: candidate[k] for k in keys_c}).numpy()
+  core_in = {k: v.numpy() for k, v in
+             result.query_tower.preprocessing({k: query[k] for k in keys}).items()}
+  out = str(tmp_path / "reloaded.npz")
+  np.savez(out + ".core_in.npz", **core_in)
+  subprocess.run([sys.executable, "-c", _RELOAD, path, tiny_dataset_dir, out], check=True,
+                 env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+  got = np.load(out)
+  assert np.abs(got["query"] - q_mem).max() <= 1e-5
+  assert np.abs(got["candidate"] - c_mem).max() <= 1e-5
+  assert np.abs(got["core"] - q_mem).max() <= 1e-5
+  np.testing.assert_allclose(np.linalg.norm(got["query"], axis=1), 1.0, atol=1e-5)
+
+  # The index is an exact top-k over all candidates, minus the excluded id.
+  ids, emb = run.candidate_embeddings()
+  scores = q_mem @ emb.T
+  scores[:, list(ids).index(swipes["candidate_id"][0])] = -np.inf
+  expected = np.sort(scores, axis=1)[:, ::-1][:, :5]
+  np.testing.assert_allclose(got["top_scores"], expected, atol=1e-5)
+  assert swipes["candidate_id"][0] not in set(got["top_ids"].ravel())
+
+
+def test_open_run_refuses_tampered_or_incomplete(trained, tmp_path):
+  import shutil
+  path, _ = trained
+  copy = str(tmp_path / "copy")
+  shutil.copytree(path, copy)
+  with open(os.path.join(copy, "candidate_embeddings.npz"), "ab") as f:
+    f.write(b"x")
+  with pytest.raises(run_lib.RunFormatError, match="candidate_embeddings.npz"):
+    run_lib.open_run(copy)
+  os.remove(os.path.join(copy, "manifest.json"))
+  with pytest.raises(run_lib.RunFormatError, match="not a complete run"):
+    run_lib.open_run(copy)
+  with pytest.raises(run_lib.RunFormatError, match="config"):
+    run_lib.open_run(path, dataset_config_hash="0" * 64)
+
+
+def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
+  with pytest.raises(train_stage.TrainError, match="--layer_sizes"):
+    train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
+                    train_stage.TrainOptions(layer_sizes="64,x"))
+  with pytest.raises(train_stage.TrainError, match="--dataset_dir"):
+    train_stage.run(str(tmp_path / "nope"), str(tmp_path / "r"))

@@ -1,0 +1,87 @@
+"""SavedModels of a trained model: raw-feature towers, numeric cores, the top-k index.
+
+All signatures are `serving_default` with named inputs and a dict output, so a
+consumer needs no Python code of ours to call them.
+"""
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_two_tower.model import preprocessing as prep
+from tfrs_two_tower.model import towers
+
+SERVING = "serving_default"
+
+
+class _Serving(tf.Module):
+  """A module whose only job is to hold a model and its serving function."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.model = model
+
+
+def save_tower(path: str, tower: towers.Tower) -> None:
+  """Raw features by dataset key -> {"embedding": [B, d] float32}."""
+  module = _Serving(tower)
+  specs = prep.raw_input_specs(tower.preprocessing.specs)
+  fn = tf.function(lambda features: {"embedding": tf.cast(tower(features), tf.float32)})
+  tf.saved_model.save(module, path, signatures={SERVING: fn.get_concrete_function(specs)})
+
+
+def save_core(path: str, core: tf.keras.Model, specs: Sequence[Mapping]) -> None:
+  """Core inputs (int32/float32, see `preprocessing`) -> {"embedding": [B, d] float32}."""
+  module = _Serving(core)
+  fn = tf.function(lambda features: {"embedding": tf.cast(core(features), tf.float32)})
+  tf.saved_model.save(module, path,
+                      signatures={SERVING: fn.get_concrete_function(prep.core_input_specs(specs))})
+
+
+class BruteForceIndex(tf.Module):
+  """Exact top-k over every candidate: scores = q C^T, excluded ids masked out.
+
+  Inputs: the raw query features, `exclude_ids` [B, E] string ("" pads) and the
+  scalar `k`. Outputs `ids` [B, k] string and `scores` [B, k] float32 (cosine).
+  """
+
+  def __init__(self, query_tower: towers.Tower, candidate_ids: np.ndarray,
+               candidate_embeddings: np.ndarray):
+    super().__init__()
+    self.query_tower = query_tower
+    self.ids = tf.constant(np.asarray(candidate_ids, dtype=str).astype(object))
+    self.embeddings = tf.Variable(np.asarray(candidate_embeddings, np.float32), trainable=False,
+                                  name="candidate_embeddings")
+    self.rows = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            self.ids, tf.range(len(candidate_ids), dtype=tf.int64)), default_value=-1)
+
+  def top_k(self, features, exclude_ids, k):
+    q = tf.cast(self.query_tower(features), tf.float32)
+    scores = tf.matmul(q, self.embeddings, transpose_b=True)
+    rows = self.rows.lookup(exclude_ids)  # [B, E], -1 for "" and unknown ids
+    batch = tf.broadcast_to(tf.range(tf.shape(rows)[0], dtype=tf.int64)[:, None], tf.shape(rows))
+    hit = rows >= 0
+    hits = tf.scatter_nd(tf.stack([tf.boolean_mask(batch, hit), tf.boolean_mask(rows, hit)],
+                                  axis=1),
+                         tf.ones([tf.reduce_sum(tf.cast(hit, tf.int32))], tf.float32),
+                         tf.shape(scores, out_type=tf.int64))
+    excluded = hits > 0
+    scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+    k = tf.minimum(k, tf.shape(scores)[1])
+    top_scores, top_rows = tf.math.top_k(scores, k=k)
+    return {"ids": tf.gather(self.ids, top_rows), "scores": top_scores}
+
+
+def save_index(path: str, query_tower: towers.Tower, candidate_ids: np.ndarray,
+               candidate_embeddings: np.ndarray) -> str:
+  """Writes the brute-force top-k SavedModel; returns the index type written."""
+  index = BruteForceIndex(query_tower, candidate_ids, candidate_embeddings)
+  specs = dict(prep.raw_input_specs(query_tower.preprocessing.specs))
+  fn = tf.function(lambda features, exclude_ids, k: index.top_k(features, exclude_ids, k))
+  concrete = fn.get_concrete_function(specs, tf.TensorSpec([None, None], tf.string,
+                                                           name="exclude_ids"),
+                                      tf.TensorSpec([], tf.int32, name="k"))
+  tf.saved_model.save(index, path, signatures={SERVING: concrete})
+  return "brute_force"

@@ -1,0 +1,121 @@
+"""A tower: preprocessing (strings -> indices) followed by a numeric core.
+
+The core is a functional Keras model over the int32/float32 inputs of
+`preprocessing.core_input_specs` only:
+
+  per vocabulary feature  e = Embedding(1 + k + vocab_size, d)(index)         [B, d]
+  multi-valued            e = sum_l m_l E[i_l] / max(sum_l m_l, 1)  (mean)     [B, d]
+                              or sum_l m_l E[i_l]                   (sum),  m_l = [i_l > 0]
+  numeric                 [z, missing] (+ Embedding(len(boundaries) + 2, d)(bucket))
+  geo                     cell embedding and the unit-sphere xyz
+  h = concat(all) -> Dense(relu) x len(layer_sizes) -> Dense(embedding_dim)
+  out = h * rsqrt(max(sum(h^2), 1e-12))                                       [B, embedding_dim]
+
+It uses only gathers, matmuls, relu, concat, reduce_sum, maximum, rsqrt, mul,
+add and cast, so that coremltools' TensorFlow frontend converts it.
+"""
+
+from typing import Any, Dict, Mapping, Sequence
+
+import tensorflow as tf
+
+from tfrs_two_tower.model import preprocessing as prep
+
+DEFAULT_EMBEDDING_DIM = 8
+
+
+class MaskedPooling(tf.keras.layers.Layer):
+  """[B, L, d] embeddings of [B, L] indices -> [B, d], ignoring index 0 (padding)."""
+
+  def __init__(self, pooling: str = "mean", **kwargs):
+    super().__init__(**kwargs)
+    if pooling not in ("mean", "sum"):
+      raise ValueError(f"unknown pooling {pooling!r}")
+    self.pooling = pooling
+
+  def call(self, embeddings, indices):
+    mask = tf.cast(indices > 0, embeddings.dtype)[:, :, None]
+    total = tf.reduce_sum(embeddings * mask, axis=1)
+    if self.pooling == "sum":
+      return total
+    count = tf.reduce_sum(mask, axis=1)
+    return total / tf.maximum(count, tf.ones_like(count))
+
+  def get_config(self):
+    return {**super().get_config(), "pooling": self.pooling}
+
+
+class L2Normalize(tf.keras.layers.Layer):
+  """x / ||x||_2 per row, as x * rsqrt(max(sum x^2, eps)), computed in float32."""
+
+  def __init__(self, epsilon: float = 1e-12, **kwargs):
+    super().__init__(dtype="float32", **kwargs)
+    self.epsilon = epsilon
+
+  def call(self, x):
+    x = tf.cast(x, tf.float32)
+    squares = tf.reduce_sum(x * x, axis=1, keepdims=True)
+    return x * tf.math.rsqrt(tf.maximum(squares, self.epsilon))
+
+  def get_config(self):
+    return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
+               embedding_dim: int, name: str, l2: float = 0.0,
+               default_embedding_dim: int = DEFAULT_EMBEDDING_DIM) -> tf.keras.Model:
+  """The numeric core of a tower as a functional Keras model (dict in, [B, d] out)."""
+  inputs = {n: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=n)
+            for n, s in prep.core_input_specs(specs).items()}
+  regularizer = tf.keras.regularizers.l2(l2) if l2 else None
+  parts = []
+  for spec in specs:
+    key, ftype = spec["key"], spec["type"]
+    dim = int(spec.get("embedding_dim") or default_embedding_dim)
+    if ftype in prep.VOCAB_TYPES:
+      table = tf.keras.layers.Embedding(prep.num_rows(spec), dim, name=f"{key}_embedding",
+                                        embeddings_regularizer=regularizer)
+      embedded = table(inputs[key])
+      if ftype == "multi_categorical":
+        embedded = MaskedPooling(spec.get("pooling", "mean"), name=f"{key}_pooling")(
+            embedded, inputs[key])
+      parts.append(embedded)
+      if ftype == "geo":
+        parts.append(inputs[key + prep.XYZ_SUFFIX])
+    elif ftype == "numeric":
+      parts.append(tf.keras.layers.Reshape((1,))(inputs[key]))
+      parts.append(tf.keras.layers.Reshape((1,))(inputs[key + prep.MISSING_SUFFIX]))
+      if spec.get("bucket_boundaries"):
+        buckets = tf.keras.layers.Embedding(len(spec["bucket_boundaries"]) + 2, dim,
+                                            name=f"{key}_bucket_embedding")
+        parts.append(buckets(inputs[key + prep.BUCKET_SUFFIX]))
+  hidden = tf.keras.layers.Concatenate(name="features")(parts)
+  for i, units in enumerate(layer_sizes):
+    hidden = tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}",
+                                   kernel_regularizer=regularizer)(hidden)
+  hidden = tf.keras.layers.Dense(embedding_dim, name="projection")(hidden)
+  return tf.keras.Model(inputs, L2Normalize(name="embedding")(hidden), name=name)
+
+
+class Tower(tf.keras.Model):
+  """Raw features -> L2-normalised embedding: `core(preprocessing(raw))`."""
+
+  def __init__(self, preprocessing: prep.FeaturePreprocessing, core: tf.keras.Model, **kwargs):
+    super().__init__(**kwargs)
+    self.preprocessing = preprocessing
+    self.core = core
+
+  def call(self, raw: Mapping[str, tf.Tensor], training: bool = False) -> tf.Tensor:
+    return self.core(self.preprocessing(raw), training=training)
+
+
+def build_tower(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
+                embedding_dim: int, side: str, **core_kwargs) -> Tower:
+  return Tower(prep.FeaturePreprocessing(specs, name=f"{side}_preprocessing"),
+               build_core(specs, layer_sizes, embedding_dim, name=f"{side}_core", **core_kwargs),
+               name=f"{side}_tower")
+
+
+def core_inputs(core: tf.keras.Model, features: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  """The subset of `features` the core takes (a batch may carry more keys)."""
+  return {name: features[name] for name in core.input_names}
