@@ -1,0 +1,276 @@
+"""Evaluation: batched retrieval with exclusions, baselines, segments, the evaluate stage."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import baselines
+from tfrs_two_tower.evaluation import evaluator
+from tfrs_two_tower.evaluation import metrics
+from tfrs_two_tower.evaluation import retrieval
+from tfrs_two_tower.evaluation import segments
+from tfrs_two_tower.stages import evaluate_stage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = dict(log=lambda *a: None)
+
+
+def _random_scorer(rng, n_query=37, n_cand=53, dim=8):
+  q_ids = [f"u{i}" for i in range(n_query)]
+  c_ids = [f"u{i}" for i in range(n_cand)]
+  return retrieval.EmbeddingScorer(q_ids, c_ids, rng.normal(size=(n_query, dim)),
+                                   rng.normal(size=(n_cand, dim)))
+
+
+def test_top_k_matches_brute_force_with_exclusions():
+  rng = np.random.default_rng(0)
+  scorer = _random_scorer(rng)
+  rows = rng.permutation(37)[:30]
+  ex_rows = rng.integers(0, 30, 200)
+  ex_cols = rng.integers(0, 53, 200)
+  exclusions = retrieval.Exclusions.from_pairs(ex_rows, ex_cols, 30)
+  result = retrieval.top_k(scorer, rows, 10, exclusions, batch_size=7)
+  full = scorer.query_embeddings[rows] @ scorer.candidate_embeddings.T
+  masked = full.copy()
+  masked[ex_rows, ex_cols] = -np.inf
+  expected = np.argsort(-masked, axis=1, kind="stable")[:, :10]
+  np.testing.assert_array_equal(result.candidates, expected)
+  np.testing.assert_allclose(result.scores, np.take_along_axis(masked, expected, 1), rtol=1e-5)
+  # the excluded pairs' scores come back aligned with the exclusions
+  np.testing.assert_allclose(result.excluded_scores,
+                             full[exclusions.rows, exclusions.candidates], rtol=1e-5)
+  # batch size does not change the answer
+  again = retrieval.top_k(scorer, rows, 10, exclusions, batch_size=1000)
+  np.testing.assert_array_equal(again.candidates, result.candidates)
+
+
+def test_top_k_by_id_excludes_self_and_given_ids_and_pads_when_exhausted():
+  rng = np.random.default_rng(1)
+  scorer = _random_scorer(rng, n_query=5, n_cand=6)
+  ids, scores = scorer.top_k(["u0", "u1"], k=6, exclude=[["u2", "u3", "nobody"], []])
+  assert "u0" not in ids[0] and "u2" not in ids[0] and "u3" not in ids[0]
+  assert list(ids[0][3:]) == [None, None, None] and np.isneginf(scores[0][3:]).all()
+  assert "u1" not in ids[1] and ids[1][-1] is None
+  with pytest.raises(KeyError, match="unknown query id"):
+    scorer.top_k(["zz"], k=2)
+
+
+def test_platt_calibration_recovers_a_logistic_relation():
+  rng = np.random.default_rng(2)
+  scores = rng.normal(0, 3, 50_000)
+  labels = rng.random(50_000) < 1 / (1 + np.exp(-(0.7 * scores - 1.0)))
+  cal = retrieval.PlattCalibration.fit(scores, labels)
+  assert cal.slope == pytest.approx(0.7, rel=0.05)
+  assert cal.intercept == pytest.approx(-1.0, abs=0.06)
+
+
+def test_reciprocal_score_is_the_harmonic_mean_of_both_directions():
+  rng = np.random.default_rng(3)
+  n, d = 20, 4
+  ids = [f"u{i}" for i in range(n)]
+  q, c = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  forward = retrieval.EmbeddingScorer(ids, ids, q, c)
+  backward = retrieval.EmbeddingScorer(ids, ids, c, q)  # candidate-side of queries vs query-side
+  cal = retrieval.PlattCalibration(slope=1.5, intercept=-0.5)
+  recip = retrieval.ReciprocalScorer(forward, backward, cal)
+  block = recip.score_block(np.arange(n)).numpy()
+  p = 1 / (1 + np.exp(-(1.5 * (q @ c.T) - 0.5)))  # p[u, v] = P(u likes v)
+  np.testing.assert_allclose(block, 2 * p * p.T / (p + p.T), rtol=1e-5)
+  np.testing.assert_allclose(block, block.T, rtol=1e-5)  # same entity: symmetric
+  u, v = rng.integers(0, n, 30), rng.integers(0, n, 30)
+  np.testing.assert_allclose(recip.pair_scores(u, v), block[u, v], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tiny_dataset_dir):
+  return reader.open_dataset(tiny_dataset_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tiny_dataset):
+  return evaluator.prepare(tiny_dataset)
+
+
+def test_prepare_builds_consistent_relevance_and_exclusions(tiny_data, tiny_dataset):
+  data = tiny_data
+  assert data.num_users == np.unique(data.eval_swipes.users).size
+  assert (data.likes.labels == 1).all() and data.likes.users.size > 0
+  width = data.candidate_ids.size
+  excluded = set((data.exclusions.rows * width + data.exclusions.candidates).tolist())
+  assert not excluded & set((data.likes.users * width + data.likes.candidates).tolist())
+  # every user's own id is excluded from their list
+  own = retrieval.id_index(data.candidate_ids).get_indexer(data.query_ids[data.users])
+  assert all(u * width + c in excluded for u, c in enumerate(own))
+  # matches are eval likes that were liked back
+  assert set(zip(data.matches.users, data.matches.candidates)) <= set(
+      zip(data.likes.users, data.likes.candidates))
+  assert data.segments["all"].all() and data.segments["new"].sum() > 0
+  assert data.notes["eval_swipes"] == tiny_dataset.num_rows("eval")
+
+
+def test_segments_hand_built():
+  day = segments.SECONDS_PER_DAY
+  split = 200 * day
+  rules = segments.SegmentRules(active_window_days=10, active_min_swipes=2, long_time_days=100)
+  created = np.array([0, 150 * day, -1, -1])
+  # user 0: two swipes in the last 10 days; user 1: one old swipe; user 3: first swipe on day 50
+  users = np.array([0, 0, 1, 3])
+  times = np.array([195, 199, 20, 50]) * day
+  got = segments.assign_segments(4, created, users, times, split, rules)
+  np.testing.assert_array_equal(got["new"], [False, False, True, False])
+  np.testing.assert_array_equal(got["active"], [True, False, False, False])
+  np.testing.assert_array_equal(got["long_time"], [True, False, False, True])
+
+
+def test_feature_matching_scores_follow_the_documented_weights(tiny_dataset):
+  fm = baselines.FeatureMatching(tiny_dataset)
+  assert fm.active_terms == ("mutual", "age", "distance", "interests")
+  q = reader.read_entities(tiny_dataset, "query")
+  c = reader.read_entities(tiny_dataset, "candidate")
+  w = fm.weights
+  rng = np.random.default_rng(4)
+  u, v = rng.integers(0, q["query_id"].size, 200), rng.integers(0, c["candidate_id"].size, 200)
+  seeks = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
+  expected = []
+  for a, b in zip(u, v):
+    mutual = (c["candidate_gender"][b] in seeks[q["query_seeking"][a]]
+              and q["query_gender"][a] in seeks[c["candidate_seeking"][b]])
+    gap = abs(q["query_age"][a] - c["candidate_age"][b])
+    km = baselines.haversine_km(q["query_location"][a], c["candidate_location"][b])
+    shared = len(set(q["query_interests"][a]) & set(c["candidate_interests"][b]) - {""})
+    expected.append(w.mutual * (mutual - 1) - w.age_per_year * max(gap - w.age_window_years, 0)
+                    - w.distance_per_radius * min(max(km - w.distance_radius_km, 0)
+                                                  / w.distance_radius_km, w.distance_cap)
+                    + w.interest * shared)
+  np.testing.assert_allclose(fm.pair_scores(u, v), expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(fm.score_block(u[:5]).numpy()[np.arange(5), v[:5]],
+                             expected[:5], rtol=1e-4, atol=1e-4)
+  # the A/B simulator's API: ids in, ids out, exclusions respected
+  ids, scores = fm.top_k(q["query_id"][:3], k=5, exclude=[list(c["candidate_id"][:50])] * 3)
+  assert ids.shape == (3, 5) and (np.diff(scores, axis=1) <= 0).all()
+  assert not set(ids.ravel()) & (set(c["candidate_id"][:50]) | set(q["query_id"][:3]))
+  np.testing.assert_allclose(fm.score(q["query_id"][:3], ids[:, 0]), scores[:, 0], rtol=1e-5)
+
+
+def test_feature_matching_degrades_when_features_are_absent(tiny_dataset, default_config):
+  raw = json.loads(default_config.to_json())
+  raw["entities"]["user"]["features"] = [
+      f for f in raw["entities"]["user"]["features"] if f["name"] not in ("seeking", "interests")]
+  config = config_lib.parse_config(raw)
+  q = reader.read_entities(tiny_dataset, "query")
+  c = reader.read_entities(tiny_dataset, "candidate")
+  fm = baselines.FeatureMatching.from_entities(config, q, c)
+  assert fm.active_terms == ("age", "distance")
+  # missing values contribute nothing
+  q["query_age"] = np.full_like(q["query_age"], np.nan)
+  fm = baselines.FeatureMatching.from_entities(config, q, c)
+  assert np.isfinite(fm.pair_scores(np.arange(10), np.arange(10))).all()
+
+
+def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
+  data = tiny_data
+  counts = metrics.bootstrap_counts(data.num_users, 100)
+  popular = metrics.top_popular_mask(data.likes_received)
+  out = {}
+  for scorer in (baselines.RandomScorer(data.query_ids, data.candidate_ids),
+                 baselines.PopularityScorer(data.query_ids, data.candidate_ids,
+                                            data.likes_received),
+                 baselines.FeatureMatching(tiny_dataset)):
+    result = evaluator.evaluate(scorer, data, [5, 20], evaluator.fit_calibration(scorer, data),
+                                oracle=tiny_world.like_probability)
+    out[scorer.name] = evaluator.summarize(result, data, counts, [5, 20], popular)
+    # lists never contain an excluded candidate
+    top = result.top.candidates
+    width = data.candidate_ids.size
+    keys = np.arange(top.shape[0])[:, None] * width + top
+    assert not np.isin(keys, data.exclusions.rows * width + data.exclusions.candidates).any()
+  fm, pop, rnd = (out[n]["segments"]["all"] for n in ("feature_matching", "popularity", "random"))
+  assert abs(rnd["auc"]["value"] - 0.5) < 0.1
+  assert fm["auc"]["value"] > 0.65 and fm["recall@20"]["value"] > rnd["recall@20"]["value"]
+  assert fm["oracle_like@5"]["value"] > pop["oracle_like@5"]["value"] > rnd["oracle_like@5"][
+      "value"]
+  # popularity concentrates exposure; random spreads it
+  assert out["popularity"]["exposure"]["5"]["top1pct_share"]["value"] > 0.9
+  assert out["random"]["exposure"]["20"]["gini"]["value"] < out["popularity"]["exposure"]["20"][
+      "gini"]["value"]
+  for block in out.values():
+    for est in block["segments"]["all"].values():
+      if est["value"] is not None and est["ci"][0] is not None:
+        assert est["ci"][0] <= est["value"] + 1e-9 and est["value"] <= est["ci"][1] + 1e-9
+
+
+# -- the stage, end to end ----------------------------------------------------------
+
+FAST_TRAIN = dict(epochs=1, steps_per_epoch=25, batch_size=128, log_every_steps=25,
+                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_dataset_dir):
+  from tfrs_two_tower.stages import train_stage
+  path = str(tmp_path_factory.mktemp("eval_runs") / "run")
+  train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**FAST_TRAIN), **QUIET)
+  return path
+
+
+def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, tmp_path):
+  out = str(tmp_path / "eval")
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
+         f"--dataset_dir={tiny_dataset_dir}", f"--run_dir={tiny_run}", f"--output_dir={out}",
+         f"--world_dir={tiny_world_dir}", "--k=5,20", "--bootstrap=50"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.load(open(os.path.join(out, "report.json")))
+  name = os.path.basename(tiny_run)
+  assert set(report["recommenders"]) == {"random", "popularity", "feature_matching", name,
+                                         f"{name}:reciprocal"}
+  model = report["recommenders"][name]["segments"]
+  assert set(model) == {"all", "new", "active", "long_time"}
+  for metric in ("auc", "recall@5", "ndcg@20", "mrr", "match_recall@5", "success@5",
+                 "factorized_top20_accuracy", "log_loss", "oracle_match@5"):
+    assert metric in model["all"], metric
+  assert 0.4 < model["all"]["auc"]["value"] < 1
+  # the stage's AUC is the trainer's AUC on the same eval swipes
+  manifest = json.load(open(os.path.join(tiny_run, "manifest.json")))
+  assert model["all"]["auc"]["value"] == pytest.approx(manifest["metrics"]["final"]["auc"],
+                                                       abs=2e-3)
+  assert report["lifts"][name]["all"]["recall@5"]["ci"][0] is not None
+  assert name in report["verdict"] and "AUC" in report["verdict"][name]["line"]
+  md = open(os.path.join(out, "report.md")).read()
+  assert "## Verdict" in md and "feature_matching" in md and "Lift over" in md
+  for png in ("recall_at_k.png", "roc.png", "segments.png", "popularity.png"):
+    assert os.path.getsize(os.path.join(out, png)) > 1000
+  manifest = json.load(open(os.path.join(out, "manifest.json")))
+  assert "report.json" in manifest["files"]
+  assert os.listdir(os.path.join(tiny_run, "logs", "eval"))  # TensorBoard events
+  # the output directory is not overwritten silently
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "already exists" in proc.stderr
+
+
+def test_mismatched_run_and_dataset_are_refused(tiny_run, tiny_world, default_config, tmp_path):
+  raw = json.loads(default_config.to_json())
+  raw["entities"]["user"]["features"][1]["embedding_dim"] = 6  # another config, same data
+  other = str(tmp_path / "other_dataset")
+  synthetic.write_world_dataset(tiny_world, config_lib.parse_config(raw), other)
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="do not belong together"):
+    evaluate_stage.run(other, [tiny_run], str(tmp_path / "eval"), **QUIET)
+  assert not os.path.exists(tmp_path / "eval")
+
+
+def test_bad_inputs_are_named(tiny_dataset_dir, tmp_path):
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="--run_dir"):
+    evaluate_stage.run(tiny_dataset_dir, [str(tmp_path / "missing")], str(tmp_path / "e"),
+                       **QUIET)
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="--baselines"):
+    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), baselines=["oracle"], **QUIET)
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="--world_dir"):
+    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), world_dir=str(tmp_path),
+                       **QUIET)
