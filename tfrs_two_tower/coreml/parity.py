@@ -1,0 +1,108 @@
+"""Parity of a converted tower with its TensorFlow SavedModel, and the bars it must clear.
+
+The reference is the run's full TF tower (`<side>_model`: raw features ->
+embedding, via `run_dir.Run.embed`). The Core ML side is what a phone would do: `features.json`
+preprocessing (`features_json.preprocess_with_features_json`) followed by the
+saved `.mlpackage`, evaluated by `mil_emulator` (an emulation of the MIL program,
+not Apple's runtime). So the figures cover the exported preprocessing and the
+conversion together.
+
+Figures, over the rows of a batch (reference r, Core ML e, both [N, d]):
+  max_abs_error = max |r - e|,  min_cosine = min_i cos(r_i, e_i)
+  top10_overlap = mean over queries of |top10_ref(q) ∩ top10_coreml(q)| / 10, the
+                  candidates ranked by q.c over the candidate corpus.
+Bars (defaults): float32 uncompressed: max_abs_error <= 1e-4; float16
+uncompressed: min_cosine >= 0.999; compressed: top10_overlap >= 0.9.
+"""
+
+import dataclasses
+from typing import Any, Dict, Mapping
+
+import numpy as np
+
+from tfrs_two_tower.coreml import mil_emulator
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+  float32_max_abs_error: float = 1e-4
+  float16_min_cosine: float = 0.999
+  compressed_min_top10_overlap: float = 0.9
+  top_k: int = 10
+
+  def __post_init__(self):
+    if self.float32_max_abs_error < 0:
+      raise ValueError(f"float32 max abs error bar must be >= 0, got {self.float32_max_abs_error}")
+    for name in ("float16_min_cosine", "compressed_min_top10_overlap"):
+      value = getattr(self, name)
+      if not -1.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [-1, 1], got {value}")
+    if self.top_k < 1:
+      raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> Dict[str, float]:
+  """Row-wise agreement of two [N, d] embedding matrices."""
+  reference = np.asarray(reference, np.float64)
+  other = np.asarray(other, np.float64)
+  if reference.shape != other.shape:
+    raise ValueError(f"shape mismatch: reference {reference.shape} vs {other.shape}")
+  diff = np.abs(reference - other)
+  norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1)
+  cosine = np.where(norms > 0, (reference * other).sum(axis=1) / np.maximum(norms, 1e-30), 0.0)
+  return {"rows": int(reference.shape[0]), "max_abs_error": float(diff.max()),
+          "mean_abs_error": float(diff.mean()), "min_cosine": float(cosine.min()),
+          "mean_cosine": float(cosine.mean())}
+
+
+def top_k_overlap(queries_ref: np.ndarray, corpus_ref: np.ndarray, queries_other: np.ndarray,
+                  corpus_other: np.ndarray, k: int = 10) -> Dict[str, float]:
+  """Overlap of the top-k candidates each side ranks for the same queries."""
+  k = min(k, corpus_ref.shape[0])
+
+  def top(q, c):
+    scores = np.asarray(q, np.float64) @ np.asarray(c, np.float64).T
+    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+  ref, other = top(queries_ref, corpus_ref), top(queries_other, corpus_other)
+  overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(ref, other)])
+  return {"k": int(k), "queries": int(len(overlap)), "corpus": int(corpus_ref.shape[0]),
+          "mean_overlap": float(overlap.mean()), "min_overlap": float(overlap.min())}
+
+
+def gate(precision: str, compression: str, figures: Mapping[str, Any],
+         thresholds: Thresholds) -> Dict[str, Any]:
+  """The bar that applies to an option, and whether `figures` clear it.
+
+  `figures` holds `query`, `candidate` (each from `compare`) and `top_k` (from
+  `top_k_overlap`). Returns {"metric", "threshold", "value", "passed", "failures"}.
+  """
+  towers = ("query", "candidate")
+  if compression != "none":
+    metric, value = "top10_overlap", figures["top_k"]["mean_overlap"]
+    passed = value >= thresholds.compressed_min_top10_overlap
+    threshold, failures = thresholds.compressed_min_top10_overlap, [] if passed else [
+        f"top-{figures['top_k']['k']} overlap {value:.4f} < "
+        f"{thresholds.compressed_min_top10_overlap}"]
+  elif precision == "float16":
+    metric, threshold = "min_cosine", thresholds.float16_min_cosine
+    value = min(figures[t]["min_cosine"] for t in towers)
+    failures = [f"{t} tower min cosine {figures[t]['min_cosine']:.6f} < {threshold}"
+                for t in towers if figures[t]["min_cosine"] < threshold]
+  else:
+    metric, threshold = "max_abs_error", thresholds.float32_max_abs_error
+    value = max(figures[t]["max_abs_error"] for t in towers)
+    failures = [f"{t} tower max abs error {figures[t]['max_abs_error']:.3g} > {threshold}"
+                for t in towers if not figures[t]["max_abs_error"] <= threshold]
+  return {"metric": metric, "threshold": threshold, "value": value, "passed": not failures,
+          "failures": failures}
+
+
+def coreml_embed(emulator: mil_emulator.MilProgramEmulator, inputs: Mapping[str, np.ndarray],
+                 batch_size: int = 4096) -> np.ndarray:
+  """Embeddings from the emulated MIL program, in batches within the model's RangeDim."""
+  n = len(next(iter(inputs.values())))
+  parts = []
+  for start in range(0, n, batch_size):
+    feeds = {name: inputs[name][start:start + batch_size] for name in emulator.input_names}
+    parts.append(emulator.predict(feeds)["embedding"])
+  return np.concatenate(parts).astype(np.float32)
