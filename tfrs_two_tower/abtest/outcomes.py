@@ -1,9 +1,10 @@
 """Per-exposed-user outcomes from exposures and swipes, for CSV input.
 
-The same definitions as the `ab_user_outcomes` view in sql/abtest.sql (a test
-checks both agree on the same data):
-  * a like is the first 'like'/'superlike' swipe per (swiper, swipee);
-  * a match is a mutual like, made at the later of the two likes;
+The same definitions as the `ab_user_outcomes` view in sql/abtest.sql and the
+`matches` view in sql/schema.sql (a test checks both agree on the same data):
+  * likes given / received are swipes with action 'like' or 'superlike';
+  * a match is a mutual like on each user's LATEST swipe of the other (ties:
+    the greater action), made at the later of the two swipes;
   * outcomes count in [first_exposed_at, ends_at); pre-period counts
     (CUPED covariates) in [starts_at - pre_period, starts_at).
 """
@@ -97,16 +98,17 @@ def user_outcomes(exposures: pd.DataFrame, swipes: pd.DataFrame,
     swipes: `clean_swipes` output (all swipes; the windows select).
   """
   swipes = swipes.assign(is_like=swipes["action"].isin(LIKE_ACTIONS))
-  likes = (swipes[swipes["is_like"]].groupby(["swiper_id", "swipee_id"], as_index=False)
-           ["created_at"].min().rename(columns={"created_at": "liked_at"}))
+  latest = (swipes.sort_values(["created_at", "action"], kind="stable")
+            .drop_duplicates(["swiper_id", "swipee_id"], keep="last"))
+  likes = latest.loc[latest["is_like"], ["swiper_id", "swipee_id", "created_at"]]
   back = likes.rename(columns={"swiper_id": "swipee_id", "swipee_id": "swiper_id",
-                               "liked_at": "back_at"})
-  matches = likes.merge(back, on=["swiper_id", "swipee_id"])
-  matches["matched_at"] = np.maximum(matches["liked_at"], matches["back_at"])
+                               "created_at": "back_at"})
+  matches = likes.merge(back, on=["swiper_id", "swipee_id"])  # both directions of each pair
+  matches["matched_at"] = np.maximum(matches["created_at"], matches["back_at"])
   given = _windowed_counts(exposures, swipes, "swiper_id", "created_at", {
       "swipes": (None, "post"), "likes_given": ("is_like", "post"),
       "pre_swipes": (None, "pre"), "pre_likes_given": ("is_like", "pre")}, definition)
-  received = _windowed_counts(exposures, likes, "swipee_id", "liked_at", {
+  received = _windowed_counts(exposures, swipes[swipes["is_like"]], "swipee_id", "created_at", {
       "likes_received": (None, "post"), "pre_likes_received": (None, "pre")}, definition)
   matched = _windowed_counts(exposures, matches, "swiper_id", "matched_at", {
       "matches": (None, "post"), "pre_matches": (None, "pre")}, definition)

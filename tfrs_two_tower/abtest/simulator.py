@@ -36,20 +36,6 @@ from tfrs_two_tower.data import synthetic
 SECONDS_PER_DAY = synthetic.SECONDS_PER_DAY
 SESSION_SECONDS = 1800  # a session's swipes fall within half an hour of opening the app
 
-# The app's tables as the synthetic world has them, created only when the
-# database has no `swipes` table yet (a real database already has them).
-MINIMAL_APP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS profiles (id uuid PRIMARY KEY, created_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS swipes (
-  swiper_id uuid NOT NULL REFERENCES profiles (id),
-  swipee_id uuid NOT NULL REFERENCES profiles (id),
-  action text NOT NULL CHECK (action IN ('like', 'superlike', 'pass')),
-  created_at timestamptz NOT NULL);
-CREATE INDEX IF NOT EXISTS swipes_swiper ON swipes (swiper_id, created_at);
-CREATE INDEX IF NOT EXISTS swipes_swipee ON swipes (swipee_id, created_at);
-"""
-
-
 class Recommender(Protocol):
   """User ids -> ranked candidate ids (the `evaluation.retrieval.Scorer` interface)."""
   name: str
@@ -83,20 +69,26 @@ def two_tower(world: synthetic.World, run_path: str):
   return retrieval.EmbeddingScorer(ids, ids, query, candidate, name="two_tower")
 
 
-def oracle(world: synthetic.World):
-  """The ceiling: ranks by the world's hidden P(like) (no real recommender can know it)."""
+def oracle(world: synthetic.World, reciprocal: bool = False):
+  """The ceiling: ranks by the world's hidden P(u likes v), or with `reciprocal` by
+  P(match) = P(u likes v) P(v likes u). No real recommender can know either."""
   from tfrs_two_tower.evaluation import retrieval
 
+  def log_probability(u, v):
+    log_like = -np.logaddexp(0.0, -world.utility(u, v))  # log sigmoid
+    return log_like - np.logaddexp(0.0, -world.utility(v, u)) if reciprocal else log_like
+
   class Oracle(retrieval.Scorer):
-    name = "oracle"
+    name = "oracle:reciprocal" if reciprocal else "oracle"
 
     def score_block(self, query_rows):
       import tensorflow as tf
       u = np.asarray(query_rows)[:, None]
-      return tf.constant(world.utility(u, np.arange(self.num_candidates)[None, :]), tf.float32)
+      return tf.constant(log_probability(u, np.arange(self.num_candidates)[None, :]), tf.float32)
 
     def pair_scores(self, query_rows, candidate_rows):
-      return world.utility(np.asarray(query_rows), np.asarray(candidate_rows)).astype(np.float32)
+      return log_probability(np.asarray(query_rows), np.asarray(candidate_rows)).astype(
+          np.float32)
 
   ids = world.profiles["id"].astype(str).to_numpy()
   return Oracle(ids, ids)
@@ -210,12 +202,11 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
                      for a, p in shown_probability.items()})
 
 
-def prepare_database(conn, world: synthetic.World) -> None:
-  """Creates the app tables, loads the world's profiles and history, installs ab_*.
+def check_empty(conn) -> None:
+  """Refuses a database with swipes in it.
 
-  Refuses a database whose `swipes` table has rows: simulations write synthetic
-  users and swipes and delete their own swipes afterwards (`remove_experiment`),
-  which must never happen to real data.
+  Simulations write synthetic users and swipes and delete their own swipes
+  afterwards (`remove_experiment`), which must never happen to real data.
   """
   with conn.cursor() as cur:
     cur.execute("SELECT to_regclass('swipes') IS NOT NULL")
@@ -224,15 +215,7 @@ def prepare_database(conn, world: synthetic.World) -> None:
       if cur.fetchone()[0]:
         raise ValueError("the database already has swipes: simulate into an EMPTY database "
                          "(omit --db_url for a throwaway one)")
-    else:
-      cur.execute(MINIMAL_APP_SCHEMA)
-      profiles = world.profiles[["id", "created_at"]]
-      cur.execute("INSERT INTO profiles (id, created_at) SELECT * FROM unnest(%s::uuid[], "
-                  "%s::timestamptz[])", (profiles["id"].astype(str).tolist(),
-                                         [t.isoformat() for t in profiles["created_at"]]))
-  conn.commit()
-  database.copy_swipes(conn, world.swipes)
-  database.install_schema(conn)
+  conn.rollback()
 
 
 def write_experiment(conn, simulation: Simulation) -> None:

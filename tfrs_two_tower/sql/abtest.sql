@@ -1,9 +1,10 @@
 -- A/B testing for the dating app: assignment, exposure logging, outcomes.
 --
 -- PostgreSQL >= 11 (Supabase: 15). Idempotent: safe to run again after edits.
--- Needs the app's swipes table: swipes(swiper_id, swipee_id, action, created_at),
--- action 'like' | 'superlike' | 'pass' (see schema.sql). Ids may be uuid or text:
--- the experiment tables store them as text and the views compare id::text.
+-- Runs after schema.sql: needs the app's swipes table (swiper_id, swipee_id,
+-- action 'like' | 'superlike' | 'pass', created_at) and its matches view/table
+-- (user_a, user_b, matched_at; one row per pair). Ids may be uuid or text: the
+-- experiment tables store them as text and the views compare id::text.
 --
 -- Assignment (docs/abtest.md has the spec, test vectors and a Swift version):
 --   bucket = first 8 bytes of SHA-256(UTF-8(salt || ':' || user_id)), read as a
@@ -110,23 +111,17 @@ CREATE OR REPLACE VIEW ab_assignment_mismatches AS
 
 -- ------------------------------------------------------------------ outcomes
 
--- First like per direction (a re-swipe does not count twice).
-CREATE OR REPLACE VIEW ab_likes AS
-  SELECT swiper_id::text AS swiper_id, swipee_id::text AS swipee_id, min(created_at) AS liked_at
-  FROM swipes
-  WHERE action IN ('like', 'superlike')
-  GROUP BY 1, 2;
-
--- A match is a mutual like, made when the second like happens. One row per
--- direction: (user_id, partner_id) and (partner_id, user_id) both appear.
-CREATE OR REPLACE VIEW ab_matches AS
-  SELECT a.swiper_id AS user_id, a.swipee_id AS partner_id,
-         greatest(a.liked_at, b.liked_at) AS matched_at
-  FROM ab_likes a
-  JOIN ab_likes b ON b.swiper_id = a.swipee_id AND b.swipee_id = a.swiper_id;
+-- Matches from the app's `matches` view (schema.sql: mutual like on each user's
+-- latest swipe of the other, one row per pair, matched_at = the later like),
+-- one row per direction so that each user finds their own.
+CREATE OR REPLACE VIEW ab_user_matches AS
+  SELECT user_a::text AS user_id, user_b::text AS partner_id, matched_at FROM matches
+  UNION ALL
+  SELECT user_b::text, user_a::text, matched_at FROM matches;
 
 -- Per exposed user: outcomes in [first_exposed_at, ends_at) and the same counts in
--- the pre-period [starts_at - pre_period, starts_at) as CUPED covariates.
+-- the pre-period [starts_at - pre_period, starts_at) as CUPED covariates. Likes
+-- are swipes with action 'like' or 'superlike'.
 CREATE OR REPLACE VIEW ab_user_outcomes AS
 WITH w AS (
   SELECT x.experiment, x.user_id, x.arm, x.first_exposed_at,
@@ -148,18 +143,18 @@ WITH w AS (
   GROUP BY 1, 2
 ), received AS (
   SELECT w.experiment, w.user_id,
-         count(*) FILTER (WHERE l.liked_at >= w.first_exposed_at) AS likes_received,
-         count(*) FILTER (WHERE l.liked_at < w.starts_at) AS pre_likes_received
-  FROM w JOIN ab_likes l ON l.swipee_id = w.user_id
-  WHERE l.liked_at < w.ends_at
-    AND (l.liked_at >= w.first_exposed_at
-         OR (l.liked_at >= w.pre_starts_at AND l.liked_at < w.starts_at))
+         count(*) FILTER (WHERE s.created_at >= w.first_exposed_at) AS likes_received,
+         count(*) FILTER (WHERE s.created_at < w.starts_at) AS pre_likes_received
+  FROM w JOIN swipes s ON s.swipee_id::text = w.user_id
+  WHERE s.action IN ('like', 'superlike') AND s.created_at < w.ends_at
+    AND (s.created_at >= w.first_exposed_at
+         OR (s.created_at >= w.pre_starts_at AND s.created_at < w.starts_at))
   GROUP BY 1, 2
 ), matched AS (
   SELECT w.experiment, w.user_id,
          count(*) FILTER (WHERE m.matched_at >= w.first_exposed_at) AS matches,
          count(*) FILTER (WHERE m.matched_at < w.starts_at) AS pre_matches
-  FROM w JOIN ab_matches m ON m.user_id = w.user_id
+  FROM w JOIN ab_user_matches m ON m.user_id = w.user_id
   WHERE m.matched_at < w.ends_at
     AND (m.matched_at >= w.first_exposed_at
          OR (m.matched_at >= w.pre_starts_at AND m.matched_at < w.starts_at))

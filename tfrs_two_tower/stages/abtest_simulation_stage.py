@@ -35,6 +35,7 @@ from tfrs_two_tower.abtest import simulator
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.stages import abtest_stage
+from tfrs_two_tower.stages import seed_stage
 
 
 @contextlib.contextmanager
@@ -100,7 +101,9 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
       "run_dir": run_dir, "params": {**dataclasses.asdict(params), "exposure_log_loss": loss}}
   with files.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
       _database(db_url, log) as conn:
-    simulator.prepare_database(conn, world)
+    simulator.check_empty(conn)
+    seed_stage.seed(conn, world, log=log)  # the app schema (schema.sql) + the world's history
+    database.install_schema(conn)
     simulation = simulator.simulate(world, recommenders, exp, params, log=log)
     simulator.write_experiment(conn, simulation)
     result, outcomes, definition = _analyse(conn, exp.name, cuped)
