@@ -8,6 +8,9 @@ the average number of steps between two of its appearances:
     A_i[h_i(y)] <- t
   p(y) = 1 / max_i B_i[h_i(y)]            (clipped to [min_probability, 1])
 
+During training the update comes first, so a candidate of the batch always has
+a gap > 0; a never-updated bucket (gap 0) gives p = 1, i.e. no logQ boost.
+
 A hash collision makes a bucket look more frequent (smaller delta); taking the
 max over m independent arrays (Algorithm 3) keeps the least collided estimate.
 
@@ -31,7 +34,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     num_buckets: H, size of each hash array.
     num_hashes: m, number of arrays (1 = Algorithm 2).
     alpha: learning rate of the moving average of the gap between appearances.
-    min_probability: floor of the estimate (an unseen bucket has B = 0).
+    min_probability: floor of the estimate.
     seed: picks the hash functions.
   Calling with `training=True` updates the state (one step) before estimating.
   """
@@ -55,7 +58,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     state = dict(trainable=False, initializer="zeros",
                  synchronization=tf.VariableSynchronization.ON_WRITE,
                  aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    shape = (self.num_hashes, self.num_buckets)
+    shape = (self.num_hashes * self.num_buckets,)  # array i occupies [i H, (i + 1) H)
     self.last_step = self.add_weight(name="last_step", shape=shape, dtype=tf.float32, **state)
     self.gap = self.add_weight(name="gap", shape=shape, dtype=tf.float32, **state)
     self.step = self.add_weight(name="step", shape=(), dtype=tf.float32, **state)
@@ -69,8 +72,9 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     return tf.math.floormod(tf.math.floormod(a * x + b, _PRIME), self.num_buckets)
 
   def _indices(self, buckets: tf.Tensor) -> tf.Tensor:
-    rows = tf.broadcast_to(tf.range(self.num_hashes, dtype=tf.int64)[:, None], tf.shape(buckets))
-    return tf.reshape(tf.stack([rows, buckets], axis=-1), [-1, 2])
+    """[m, B] buckets -> [m * B] positions in the flat state."""
+    offsets = tf.range(self.num_hashes, dtype=tf.int64)[:, None] * self.num_buckets
+    return tf.reshape(buckets + offsets, [-1])
 
   def update(self, keys: tf.Tensor) -> tf.Operation:
     """One step of Algorithm 2/3 for the (global) batch of keys."""
@@ -79,19 +83,19 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
       keys = context.all_gather(keys, axis=0)
     index = self._indices(self.buckets(keys))
     t = self.step + 1.0
-    last = tf.gather_nd(self.last_step, index)
-    gap = tf.gather_nd(self.gap, index)
+    last = tf.gather(self.last_step, index)
+    gap = tf.gather(self.gap, index)
     new_gap = (1.0 - self.alpha) * gap + self.alpha * (t - last)
     # Duplicate indices (repeated ids, collisions) carry identical values.
     return tf.group(
-        self.gap.assign(tf.tensor_scatter_nd_update(self.gap, index, new_gap)),
+        self.gap.assign(tf.tensor_scatter_nd_update(self.gap, index[:, None], new_gap)),
         self.last_step.assign(tf.tensor_scatter_nd_update(
-            self.last_step, index, tf.fill(tf.shape(new_gap), t))),
+            self.last_step, index[:, None], tf.fill(tf.shape(new_gap), t))),
         self.step.assign(t))
 
   def probability(self, keys: tf.Tensor) -> tf.Tensor:
     index = self._indices(self.buckets(keys))
-    gap = tf.reshape(tf.gather_nd(self.gap, index), [self.num_hashes, -1])
+    gap = tf.reshape(tf.gather(self.gap, index), [self.num_hashes, -1])
     gap = tf.reduce_max(gap, axis=0)
     return tf.clip_by_value(1.0 / tf.maximum(gap, 1e-12), self.min_probability, 1.0)
 
