@@ -1,0 +1,125 @@
+"""Core ML building blocks without a trained run: OOV hashing, preprocessing rules, fp16 tail."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tfrs_two_tower.coreml import convert
+from tfrs_two_tower.coreml import features_json
+from tfrs_two_tower.coreml import fingerprint
+from tfrs_two_tower.coreml import mil_emulator
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=80), st.text(alphabet="ab", max_size=200)),
+                min_size=1, max_size=40))
+def test_fingerprint64_matches_tensorflow(tokens):
+  import tensorflow as tf
+  for buckets in (7, 2**63 - 1):
+    want = tf.strings.to_hash_bucket_fast(tokens, buckets).numpy().tolist()
+    assert [fingerprint.hash_bucket(t, buckets) for t in tokens] == want
+
+
+def _spec(key, ftype, tokens, k, **extra):
+  return {"key": key, "type": ftype, "tokens": tokens, "vocab_size": len(tokens),
+          "num_oov_buckets": k, **extra}
+
+
+def test_hashed_oov_buckets_and_numerics_match_tf_preprocessing():
+  """num_oov_buckets > 1 (FarmHash buckets), mean pooling cut/pad, numerics, geo."""
+  from tfrs_two_tower.model import preprocessing as prep
+  specs = [
+      _spec("query_id", "id", ["u1", "u2", "u3"], 5),
+      _spec("query_city", "categorical", ["Berlin", "Zürich"], 1),
+      _spec("query_interests", "multi_categorical", ["hiking", "cats"], 3, max_length=4),
+      _spec("query_location", "geo", ["105:206"], 2, cell_degrees=0.5),
+      {"key": "query_age", "type": "numeric", "transform": "identity", "mean": 30.5,
+       "std": 6.25, "fill_transformed": 30.5, "bucket_boundaries": [21.0, 30.0, 40.0]},
+      {"key": "query_bio_length", "type": "numeric", "transform": "log1p", "mean": 3.3,
+       "std": 1.9, "fill_transformed": 0.0, "bucket_boundaries": []},
+  ]
+  payload = features_json.build({"query": specs}, run_id="r", config_hash="h", embedding_dim=8,
+                                temperature=0.05)
+  tower = payload["towers"]["query"]
+  assert [i["name"] for i in tower["inputs"]] == [
+      "query_id", "query_city", "query_interests", "query_location", "query_location_xyz",
+      "query_age", "query_age_missing", "query_age_bucket", "query_bio_length",
+      "query_bio_length_missing"]
+  ids = ["u1", "u3", "", "new-user", "Ü", "🙂", "u4", "x" * 100]
+  raw = {
+      "query_id": np.array(ids, dtype=object),
+      "query_city": np.array(["Berlin", "", "Zürich", "zürich", "Paris", "Berlin", "東京", " "],
+                             dtype=object),
+      "query_interests": np.array([["hiking", "cats", "x", "y", "cats", "z"]] * 4 +
+                                  [["", "", "", "", "", ""], ["🙂", "hiking", "", "", "", ""],
+                                   ["a", "b", "c", "d", "e", "f"], ["cats"] + [""] * 5],
+                                  dtype=object),
+      "query_location": np.array([[52.5, 13.4], [np.nan, 1.0], [-33.9, 151.2], [0.0, 0.0],
+                                  [89.99, 179.99], [-90.0, -180.0], [52.5, np.nan], [1, 2]],
+                                 np.float32),
+      "query_age": np.array([18, 21, 29.99, 30, np.nan, 65, 40, 22], np.float32),
+      "query_bio_length": np.array([0, 1, 1000, np.nan, -5, 3, 17, 0.5], np.float32),
+  }
+  ours = features_json.preprocess_with_features_json(tower, raw)
+  theirs = {k: v.numpy() for k, v in prep.FeaturePreprocessing(specs)(raw).items()}
+  assert set(ours) == set(theirs)
+  for name in ours:
+    assert ours[name].dtype == theirs[name].dtype and ours[name].shape == theirs[name].shape
+    np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6, err_msg=name)
+  assert ours["query_id"][2] == 0 and 1 <= ours["query_id"][3] <= 5  # missing; hashed OOV
+  assert ours["query_interests"].shape == (8, 4)
+
+
+@pytest.fixture(scope="module")
+def overflowing_core(tmp_path_factory):
+  """A core whose pre-normalisation activations have sum(h^2) far above fp16's 65504."""
+  import tensorflow as tf
+  from tfrs_two_tower.model import towers
+  x = tf.keras.Input([3], dtype=tf.float32, name="query_x")
+  h = tf.keras.layers.Dense(16, kernel_initializer=tf.keras.initializers.Constant(10.0),
+                            bias_initializer="zeros")(x)
+  core = tf.keras.Model({"query_x": x}, towers.L2Normalize()(h))
+  module = tf.Module()
+  module.core = core
+  fn = tf.function(lambda features: {"embedding": core(features)})
+  path = str(tmp_path_factory.mktemp("fp16") / "core")
+  tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function(
+      {"query_x": tf.TensorSpec([None, 3], tf.float32, name="query_x")})})
+  return path
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_float16_keeps_the_l2_tail_in_float32(overflowing_core, tmp_path):
+  import coremltools as ct
+  inputs = convert.core_inputs(overflowing_core)
+  feeds = {"query_x": np.full((4, 3), 100.0, np.float32)}  # h = 3000 per unit: fine in fp16
+  want = np.full((4, 16), 0.25, np.float32)  # 16 equal components, unit norm
+
+  ours = convert.convert_core(overflowing_core, inputs, precision="float16")
+  ours.save(str(tmp_path / "ours.mlpackage"))
+  got = mil_emulator.MilProgramEmulator(str(tmp_path / "ours.mlpackage")).predict(feeds)
+  np.testing.assert_allclose(got["embedding"], want, atol=1e-3)
+
+  # Control: everything in fp16 (coremltools' default) overflows sum(h^2) -> zeros.
+  everything = ct.convert(overflowing_core, source="tensorflow", convert_to="mlprogram",
+                          inputs=[ct.TensorType(name="query_x", shape=(4, 3), dtype=np.float32)],
+                          compute_precision=ct.precision.FLOAT16,
+                          minimum_deployment_target=ct.target.iOS16)
+  everything.save(str(tmp_path / "fp16.mlpackage"))
+  naive = mil_emulator.MilProgramEmulator(str(tmp_path / "fp16.mlpackage")).predict(feeds)
+  assert np.all(np.nan_to_num(np.asarray(list(naive.values())[0], np.float32)) == 0)
+
+
+def test_emulator_names_missing_inputs(overflowing_core, tmp_path):
+  model = convert.convert_core(overflowing_core, convert.core_inputs(overflowing_core))
+  path = str(tmp_path / "m.mlpackage")
+  model.save(path)
+  emulator = mil_emulator.MilProgramEmulator(path)
+  assert emulator.input_names == ["query_x"] and emulator.output_names == ["embedding"]
+  with pytest.raises(ValueError, match="missing inputs.*query_x"):
+    emulator.predict({})
+  with pytest.raises(convert.ConversionError, match="precision"):
+    convert.convert_core(overflowing_core, [], precision="float64")
+  assert os.path.isdir(path)
