@@ -179,6 +179,58 @@ class DatasetWriter:
         raise
     return bool(self._context.__exit__(exc_type, exc, tb))
 
+  @property
+  def staging_dir(self) -> str:
+    """The temporary directory that becomes `output_dir`: extra files written here
+    inside the `with` block are part of the dataset (and of the manifest)."""
+    if self._tmp is None:
+      raise RuntimeError("staging_dir exists only inside the `with` block")
+    return self._tmp
+
+  # -- additive counters: partitions written separately sum to the whole ------
+  _ARRAY_COUNTERS = ("query_train", "query_all", "candidate_train", "candidate_train_positive")
+
+  def counters(self) -> Dict[str, Any]:
+    """Every counter the finalisation derives from (numpy arrays for per-entity ones)."""
+    out: Dict[str, Any] = {k: getattr(self, k).copy() for k in self._ARRAY_COUNTERS}
+    out.update(rows=dict(self.rows), labels={s: list(v) for s, v in self.labels.items()},
+               actions={s: dict(c) for s, c in self.actions.items()},
+               weekly={int(k): int(v) for k, v in self.weekly.items()},
+               dropped=_copy_dropped(self.dropped), time_range=list(self.time_range))
+    return out
+
+  def add_counters(self, counters: Mapping[str, Any]) -> None:
+    """Adds `counters()` of another writer over the same entity tables (another partition)."""
+    for key in self._ARRAY_COUNTERS:
+      value = np.asarray(counters[key], np.int64)
+      if value.shape != getattr(self, key).shape:
+        raise ValueError(f"counter {key}: shape {value.shape} != {getattr(self, key).shape} "
+                         "(the partitions were written with different entity tables)")
+      getattr(self, key).__iadd__(value)
+    for split in fmt.SPLITS:
+      self.rows[split] += int(counters["rows"][split])
+      self.labels[split] = [a + int(b) for a, b in zip(self.labels[split],
+                                                       counters["labels"][split])]
+      self.actions[split].update(counters["actions"][split])
+    self.weekly.update({int(k): int(v) for k, v in counters["weekly"].items()})
+    self.dropped = _add_dropped(self.dropped, counters["dropped"])
+    lo, hi = counters["time_range"]
+    if lo is not None:
+      self.time_range = [lo if self.time_range[0] is None else min(lo, self.time_range[0]),
+                         hi if self.time_range[1] is None else max(hi, self.time_range[1])]
+
+  def stats(self) -> Dict[str, Any]:
+    """stats.json (readiness report included) as the counters stand now."""
+    return self._stats()
+
+  def finalize(self, out: str) -> None:
+    """Writes everything but the interaction shards into `out` from the counters.
+
+    `__exit__` calls it; combining partitions calls it after placing the shards
+    (named by `self.num_shards`, rows in `self.shard_rows`) in `out`.
+    """
+    self._finalize(out)
+
   # -- streaming ----------------------------------------------------------------
   def add_interactions(self, chunk: pd.DataFrame, source: str = "interactions",
                        first_row: int = 0) -> None:
@@ -440,6 +492,23 @@ class DatasetWriter:
         filename_template=None, check_data=False,
         description="Swipe interactions written by tfrs_two_tower (gzip TFRecord shards; read "
                     "with tfrs_two_tower.data.reader.tfds_dataset).")
+
+
+def _copy_dropped(dropped: Mapping[str, Any]) -> Dict[str, Any]:
+  return {k: dict(v) if isinstance(v, Mapping) else v for k, v in dropped.items()}
+
+
+def _add_dropped(a: Mapping[str, Any], b: Mapping[str, Any]) -> Dict[str, Any]:
+  """Sums two `dropped` dicts: numbers add, nested value -> count dicts add per value."""
+  out = _copy_dropped(a)
+  for key, value in b.items():
+    if isinstance(value, Mapping):
+      merged = out.setdefault(key, {})
+      for k, n in value.items():
+        merged[k] = merged.get(k, 0) + int(n)
+    else:
+      out[key] = out.get(key, 0) + int(value)
+  return out
 
 
 def _numeric_constants(feature: config_lib.Feature, values: np.ndarray,

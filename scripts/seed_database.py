@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Writes a synthetic dating world into PostgreSQL with the default schema.
+
+Creates profiles, swipes and the matches view (tfrs_two_tower/sql/schema.sql) if
+missing, then inserts the world with COPY. Re-running inserts nothing twice.
+Examples:
+
+  seed_database.py --db_url=postgresql://postgres@localhost/app --world_dir=out/world
+  seed_database.py --num_users=20000 --days=120      # generate a world on the fly
+"""
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from tfrs_two_tower.stages import seed_stage  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("db_url", None, "PostgreSQL URL. Default: $SUPABASE_DB_URL, else "
+                    "$DATABASE_URL, else the same keys in --env_file. Never logged.")
+flags.DEFINE_string("env_file", ".env", "Dotenv file read when no URL is given otherwise.")
+flags.DEFINE_string("world_dir", None, "A world written by generate_world.py; empty: generate "
+                    "one from the flags below.")
+flags.DEFINE_integer("num_users", 5000, "Users of a generated world.", lower_bound=2)
+flags.DEFINE_integer("days", 120, "Simulated days of a generated world.", lower_bound=1)
+flags.DEFINE_integer("feed_size", 8, "Profiles shown per active user per day.", lower_bound=1)
+flags.DEFINE_float("mean_activity", 0.11, "Mean daily probability that a user opens the app.",
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer("seed", 0, "Random seed of a generated world.")
+flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreachable.",
+                     lower_bound=0)
+
+
+def main(argv):
+  del argv
+  seed_stage.run(db_url=FLAGS.db_url, env_file=FLAGS.env_file, world_dir=FLAGS.world_dir,
+                 num_users=FLAGS.num_users, days=FLAGS.days, feed_size=FLAGS.feed_size,
+                 mean_activity=FLAGS.mean_activity, seed_value=FLAGS.seed,
+                 connect_retries=FLAGS.connect_retries, log=logging.info)
+
+
+if __name__ == "__main__":
+  app.run(main)
