@@ -1,0 +1,104 @@
+"""Export from CSV/Parquet dumps: the same dataset, the same checks as the database path."""
+import os
+
+import pandas as pd
+import pytest
+
+from test_export import SMALL_GATE, assert_same_dataset, read, run_main
+from tfrs_two_tower.stages import export_stage
+from tfrs_two_tower.stages import seed_stage
+
+
+def supabase_csv(world, directory, swipes=None, profiles=None):
+  """The world's tables as Supabase's dashboard exports them: arrays {a,b}, times +00, t/f."""
+  os.makedirs(directory, exist_ok=True)
+  profiles = (world.profiles if profiles is None else profiles).copy()
+  profiles["interests"] = profiles["interests"].map(seed_stage.array_literal)
+  profiles["verified"] = profiles["verified"].map({True: "true", False: "false"})
+  swipes = (world.swipes if swipes is None else swipes).copy()
+  for frame in (profiles, swipes):
+    frame["created_at"] = frame["created_at"].dt.strftime("%Y-%m-%d %H:%M:%S+00")
+  profiles.to_csv(os.path.join(directory, "profiles.csv"), index=False)
+  swipes.to_csv(os.path.join(directory, "swipes.csv"), index=False)
+  return str(directory)
+
+
+def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp_path):
+  out = str(tmp_path / "parquet")
+  export_stage.run(out, input_dir=tiny_world_dir, train_shards=3, eval_shards=2,
+                   log=lambda m: None)
+  assert_same_dataset(out, tiny_dataset_dir)
+  assert read(out, "manifest.json")["source"]["kind"] == "files"
+
+
+def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tmp_path):
+  dump = supabase_csv(tiny_world, tmp_path / "dump")
+  assert '"{' in open(os.path.join(dump, "profiles.csv")).read()
+  out = str(tmp_path / "csv")
+  code, logs, errors = run_main(tmp_path, input_dir=dump, output_dir=out)
+  assert code == 0, errors
+  assert "rows/s" in logs
+  assert_same_dataset(out, tiny_dataset_dir)
+
+
+def test_file_partitions_combine_to_the_whole(tiny_world_dir, tiny_dataset_dir, tmp_path):
+  for p in range(2):
+    export_stage.run(str(tmp_path / f"part-{p}"), input_dir=tiny_world_dir, num_partitions=2,
+                     partition=p, log=lambda m: None)
+  out = str(tmp_path / "combined")
+  export_stage.run(out, combine=[str(tmp_path / "part-0"), str(tmp_path / "part-1")],
+                   log=lambda m: None)
+  assert_same_dataset(out, tiny_dataset_dir)
+
+
+def _swipes(world, case):
+  swipes = world.swipes.copy()
+  if case == "unknown_actions":
+    swipes.loc[swipes.index[:3], "action"] = "block"
+  elif case == "nulls":
+    swipes.loc[swipes.index[:2], "action"] = None
+  elif case == "missing_profiles":
+    swipes.loc[swipes.index[:4], "swiper_id"] = "00000000-0000-4000-8000-00000000beef"
+  elif case == "empty":
+    swipes = swipes.iloc[:0]
+  elif case == "missing_column":
+    swipes = swipes.rename(columns={"swiper_id": "swiper"})
+  elif case == "not_ready":
+    swipes = swipes.iloc[:300]
+  return swipes
+
+
+@pytest.mark.parametrize("case, code, expected", [
+    ("missing_file", 13, ["no file for table 'swipes'", "config interactions.table"]),
+    ("missing_column", 13, ["'swiper_id'", "config interactions.query_id_column"]),
+    ("wrong_type", 14, ["'age'", "features[3] (age)"]),
+    ("empty", 15, ["have no rows"]),
+    ("unknown_actions", 16, ["'block' x3"]),
+    ("nulls", 17, ["'action': 2"]),
+    ("missing_profiles", 18, ["4 with a 'swiper_id' not in 'profiles'"]),
+    ("not_ready", 10, ["readiness gate not met"]),
+])
+def test_file_errors_match_the_database_ones(tiny_world, tmp_path, case, code, expected):
+  profiles = tiny_world.profiles.copy()
+  if case == "wrong_type":
+    profiles["age"] = profiles["age"].astype(str) + " years"
+  dump = supabase_csv(tiny_world, tmp_path / "dump", _swipes(tiny_world, case), profiles)
+  if case == "missing_file":
+    os.remove(os.path.join(dump, "swipes.csv"))
+  got, logs, errors = run_main(tmp_path, input_dir=dump)
+  assert got == code, errors
+  for text in expected:
+    assert text in errors, (text, errors)
+  assert not (tmp_path / "out").exists()
+
+
+def test_duplicates_keep_the_latest_and_are_counted(tiny_world, tmp_path):
+  swipes = tiny_world.swipes.iloc[:2000]
+  again = swipes.iloc[:7].assign(action="superlike",
+                                 created_at=swipes["created_at"].iloc[:7] + pd.Timedelta("1h"))
+  dump = supabase_csv(tiny_world, tmp_path / "dump", pd.concat([again, swipes]))
+  out = str(tmp_path / "out")
+  code, logs, errors = run_main(tmp_path, input_dir=dump, **SMALL_GATE)
+  assert code == 0, errors
+  assert read(out, "stats.json")["dropped"]["duplicates"] == 7
+  assert read(out, "stats.json")["rows"]["train"] + read(out, "stats.json")["rows"]["eval"] == 2000
