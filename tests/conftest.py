@@ -96,3 +96,18 @@ def fresh_database(postgres):
   with admin.cursor() as cur:
     cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
   admin.close()
+
+
+# A few real training steps: enough for SavedModels, an index and embeddings that rank.
+TINY_TRAINING = dict(epochs=1, steps_per_epoch=12, batch_size=128, layer_sizes="32",
+                     embedding_dim=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, tiny_dataset_dir):
+  """A run directory trained briefly on the tiny dataset (read-only: copy before mutating)."""
+  from tfrs_two_tower.stages import train_stage
+  path = str(tmp_path_factory.mktemp("run") / "run")
+  train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**TINY_TRAINING),
+                  log=lambda *a: None)
+  return path

@@ -1,0 +1,70 @@
+"""publish_embeddings.py: a run's embeddings into PostgreSQL (pgvector) for recommend()."""
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import pandas as pd
+
+from tfrs_two_tower.data import postgres_source
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import sources
+from tfrs_two_tower.evaluation import retrieval
+from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.serving import pgvector
+
+
+def calibrate(query_ids: np.ndarray, query_embeddings: np.ndarray, candidate_ids: np.ndarray,
+              candidate_embeddings: np.ndarray, dataset: reader.DatasetDir,
+              seed: int = 0) -> retrieval.PlattCalibration:
+  """Platt calibration P(like) = sigmoid(a * q.c + b) on the dataset's train swipes."""
+  train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
+  q_rows = pd.Index(query_ids).get_indexer(train["query_id"])
+  c_rows = pd.Index(candidate_ids).get_indexer(train["candidate_id"])
+  known = (q_rows >= 0) & (c_rows >= 0)
+  scores = np.einsum("pd,pd->p", query_embeddings[q_rows[known]],
+                     candidate_embeddings[c_rows[known]])
+  return retrieval.PlattCalibration.fit(scores, train["label"][known], seed=seed)
+
+
+def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
+        env_file: Optional[str] = ".env", keep_versions: int = 3, republish: bool = False,
+        hnsw_m: int = 16, hnsw_ef_construction: int = 64, connect_retries: int = 3,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+  """Embeds every query entity, calibrates, and publishes the run as the active version."""
+  run = run_lib.open_run(run_dir)
+  dataset = reader.open_dataset(dataset_dir)
+  reader.check_config_matches(dataset, run.manifest["config_hash"], f"run dir {run_dir}")
+  started = time.time()
+  queries = reader.read_entities(dataset, "query")
+  query_embeddings = run.embed("query", queries)
+  candidate_ids, candidate_embeddings = run.candidate_embeddings()
+  calibration = calibrate(queries["query_id"], query_embeddings, candidate_ids,
+                          candidate_embeddings, dataset)
+  log(f"publish: embedded {len(query_embeddings):,} query users in {time.time() - started:.1f}s; "
+      f"calibration P(like) = sigmoid({calibration.slope:.3f} * score + "
+      f"{calibration.intercept:.3f})")
+  url, where = postgres_source.resolve_url(db_url, env_file)
+  params = postgres_source.connection_params(url)
+  secrets = [params.get("password", "")]
+  log(f"publish: into {postgres_source.describe_url(params)} (URL from {where})")
+  conn = postgres_source.connect(url, retries=connect_retries,
+                                 log=lambda m: log(sources.redact(m, secrets)))
+  try:
+    result = pgvector.publish(
+        conn, run_id=run.manifest["run_id"], config_hash=run.manifest["config_hash"],
+        temperature=float(run.manifest["temperature"]), query_ids=queries["query_id"],
+        query_embeddings=query_embeddings, candidate_ids=candidate_ids,
+        candidate_embeddings=candidate_embeddings,
+        calibration=(calibration.slope, calibration.intercept), hnsw_m=hnsw_m,
+        hnsw_ef_construction=hnsw_ef_construction, keep_versions=keep_versions,
+        republish=republish, log=log)
+  except Exception as e:  # psycopg2 errors can quote the DSN: never let a password out
+    if isinstance(e, ValueError):
+      raise
+    raise sources.ExportError(sources.redact(f"publish failed: {e}", secrets)) from None
+  finally:
+    conn.close()
+  log(f"publish: active version {result['version']} "
+      f"({'new' if result['created'] else 'already there'}); dropped old: {result['dropped']}")
+  return result
