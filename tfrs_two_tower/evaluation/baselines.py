@@ -57,6 +57,7 @@ class RandomScorer(retrieval.Scorer):
 class PopularityScorer(retrieval.Scorer):
   """Everyone gets the most liked candidates: score(u, v) = log(1 + train likes received by v)."""
   name = "popularity"
+  traceable = True
 
   def __init__(self, query_ids, candidate_ids, likes_received: np.ndarray):
     super().__init__(query_ids, candidate_ids)
@@ -66,7 +67,7 @@ class PopularityScorer(retrieval.Scorer):
 
   def score_block(self, query_rows):
     import tensorflow as tf
-    return tf.tile(tf.constant(self.scores)[None, :], [len(query_rows), 1])
+    return tf.tile(tf.constant(self.scores)[None, :], [tf.shape(query_rows)[0], 1])
 
   def pair_scores(self, query_rows, candidate_rows):
     return self.scores[np.asarray(candidate_rows)]

@@ -41,6 +41,12 @@ def verdict(report: Dict) -> Dict[str, object]:
       line.append(f"recall@{k} lift over feature matching {_pct(lift)}: "
                   f"{'PASS' if lift_pass else 'FAIL'} (users expected "
                   f"+{EXPECTED_LIFT[0]:.0%} to +{EXPECTED_LIFT[1]:.0%})")
+    oracle = report["lifts"].get(name, {}).get("all", {})
+    parts = [f"{m} {_pct(oracle[m])}" for m in (f"oracle_like@{k}", f"oracle_match@{k}")
+             if oracle.get(m) and oracle[m]["value"] is not None]
+    if parts:
+      line.append("lift in the synthetic world's hidden truth (free of the logging feed's "
+                  "bias): " + ", ".join(parts))
     out[name] = {"auc_gate": auc_pass, "lift_gate": lift_pass, "line": "; ".join(line)}
   return out
 
@@ -97,6 +103,24 @@ def render_markdown(report: Dict) -> str:
         lines.append(f"| {metric} | " + " | ".join(
             _pct(by_segment[s].get(metric)) for s in segments) + " |")
       lines.append("")
+  if report.get("run_comparisons"):
+    lines += ["## Run comparisons (relative, paired by user, all users)", "",
+              "| comparison | " + " | ".join(f"recall@{kk}" for kk in ks) + " | mrr |",
+              "|---|" + "---|" * (len(ks) + 1)]
+    for name, by_segment in report["run_comparisons"].items():
+      lines.append(f"| {name} | " + " | ".join(
+          _pct(by_segment["all"].get(m)) for m in [f"recall@{kk}" for kk in ks] + ["mrr"]) + " |")
+    lines.append("")
+  models = {n: r for n, r in recs.items() if r["kind"] == "model"}
+  if models:
+    lines += ["## Runs", "", "| recommender | mode | logQ (sampling_probability) | "
+              "pass_loss_weight | hard negatives | global step | run dir |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in models.items():
+      lines.append(f"| {name} | {r.get('mode')} | {r.get('sampling_probability')} | "
+                   f"{r.get('pass_loss_weight')} | {r.get('num_hard_negatives')} | "
+                   f"{r.get('global_step')} | `{r.get('run_dir')}` |")
+    lines.append("")
   lines += ["", "## Per segment", ""]
   for metric in ["auc", f"recall@{k}", f"ndcg@{k}", f"match_recall@{k}", f"oracle_like@{k}"]:
     if not any(metric in r["segments"]["all"] for r in recs.values()):

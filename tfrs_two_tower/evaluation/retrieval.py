@@ -101,6 +101,7 @@ class Scorer:
   and `pair_scores`; `top_k` / `recommend` come for free.
   """
   name = "scorer"
+  traceable = False  # True: score_block is TF ops on a [B] int64 row tensor (tf.function-safe)
 
   def __init__(self, query_ids: Sequence[str], candidate_ids: Sequence[str]):
     self.query_ids = np.asarray(query_ids, dtype=object)
@@ -112,8 +113,8 @@ class Scorer:
   def num_candidates(self) -> int:
     return self.candidate_ids.size
 
-  def score_block(self, query_rows: np.ndarray):
-    """[B] query rows -> [B, N] float32 tf.Tensor of scores (higher = better)."""
+  def score_block(self, query_rows):
+    """[B] query rows (numpy, or a tensor when `traceable`) -> [B, N] float32 tf.Tensor."""
     raise NotImplementedError
 
   def pair_scores(self, query_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
@@ -177,26 +178,39 @@ def _lookup(index, ids, what: str) -> np.ndarray:
   return rows.astype(np.int64)
 
 
-_TOP_K_FN = None
+def _masked_top_k(scores, exclusions, k):
+  """Gathers the excluded pairs' scores, masks them to -inf, then top-k (TF ops)."""
+  import tensorflow as tf
+  excluded = tf.gather_nd(scores, exclusions)
+  masked = tf.tensor_scatter_nd_update(
+      scores, exclusions, tf.fill(tf.shape(excluded), tf.constant(-np.inf, tf.float32)))
+  values, indices = tf.math.top_k(masked, k=k, sorted=True)
+  return values, indices, excluded
 
 
-def _masked_top_k_fn():
-  """One traced function: gather excluded scores, mask them to -inf, top-k."""
-  global _TOP_K_FN
-  if _TOP_K_FN is None:
+def _block_top_k_fn(scorer: "Scorer"):
+  """A traced block step for `scorer`, cached on it.
+
+  For a `traceable` scorer (its score_block is made of TF ops on a row tensor) the
+  scoring is traced together with the masking, so the [B, N] score block is
+  updated in place instead of being copied; otherwise the block is scored
+  eagerly and only masking + top-k are traced.
+  """
+  fn = getattr(scorer, "_block_top_k", None)
+  if fn is None:
     import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
-                                  tf.TensorSpec([None, 2], tf.int64),
-                                  tf.TensorSpec([], tf.int32)])
-    def masked_top_k(scores, exclusions, k):
-      excluded = tf.gather_nd(scores, exclusions)
-      masked = tf.tensor_scatter_nd_update(
-          scores, exclusions, tf.fill(tf.shape(excluded), tf.constant(-np.inf, tf.float32)))
-      values, indices = tf.math.top_k(masked, k=k, sorted=True)
-      return values, indices, excluded
-    _TOP_K_FN = masked_top_k
-  return _TOP_K_FN
+    specs = [tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int32)]
+    if scorer.traceable:
+      traced = tf.function(lambda rows, exclusions, k: _masked_top_k(
+          scorer.score_block(rows), exclusions, k),
+                           input_signature=[tf.TensorSpec([None], tf.int64)] + specs)
+      fn = lambda rows, exclusions, k: traced(tf.constant(rows), exclusions, k)  # noqa: E731
+    else:
+      traced = tf.function(_masked_top_k,
+                           input_signature=[tf.TensorSpec([None, None], tf.float32)] + specs)
+      fn = lambda rows, exclusions, k: traced(scorer.score_block(rows), exclusions, k)  # noqa
+    scorer._block_top_k = fn
+  return fn
 
 
 def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
@@ -219,16 +233,15 @@ def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
   if exclusions.indptr.size != num_lists + 1:
     raise ValueError(f"exclusions cover {exclusions.indptr.size - 1} lists, not {num_lists}")
   k = min(int(k), scorer.num_candidates)
-  fn = _masked_top_k_fn()
+  fn = _block_top_k_fn(scorer)
   candidates = np.empty((num_lists, k), np.int64)
   scores = np.empty((num_lists, k), np.float32)
   excluded = np.empty(exclusions.candidates.size, np.float32)
   k_tensor = tf.constant(k, tf.int32)
   for start in range(0, num_lists, batch_size):
     stop = min(start + batch_size, num_lists)
-    block = scorer.score_block(query_rows[start:stop])
-    values, indices, excluded_block = fn(block, tf.constant(exclusions.block(start, stop)),
-                                         k_tensor)
+    values, indices, excluded_block = fn(query_rows[start:stop],
+                                         tf.constant(exclusions.block(start, stop)), k_tensor)
     scores[start:stop] = values.numpy()
     candidates[start:stop] = indices.numpy()
     excluded[exclusions.indptr[start]:exclusions.indptr[stop]] = excluded_block.numpy()
@@ -244,6 +257,7 @@ class EmbeddingScorer(Scorer):
     candidate_embeddings: [N, d] float32, row j for candidate_ids[j].
   """
   name = "model"
+  traceable = True
 
   def __init__(self, query_ids, candidate_ids, query_embeddings: np.ndarray,
                candidate_embeddings: np.ndarray, name: Optional[str] = None):
@@ -261,12 +275,13 @@ class EmbeddingScorer(Scorer):
                        f"{candidate_embeddings.shape[1]}")
     self.query_embeddings = query_embeddings
     self.candidate_embeddings = candidate_embeddings
+    self._queries_t = tf.constant(query_embeddings)
     self._candidates_t = tf.constant(candidate_embeddings)
     self.name = name or self.name
 
   def score_block(self, query_rows):
     import tensorflow as tf
-    return tf.matmul(tf.constant(self.query_embeddings[query_rows]), self._candidates_t,
+    return tf.matmul(tf.gather(self._queries_t, query_rows), self._candidates_t,
                      transpose_b=True)
 
   def pair_scores(self, query_rows, candidate_rows):
@@ -324,6 +339,7 @@ class ReciprocalScorer(Scorer):
                name: Optional[str] = None):
     super().__init__(forward.query_ids, forward.candidate_ids)
     self.forward, self.backward, self.calibration = forward, backward, calibration
+    self.traceable = forward.traceable and backward.traceable
     self.name = name or f"{forward.name}:reciprocal"
 
   def score_block(self, query_rows):
