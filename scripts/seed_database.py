@@ -12,6 +12,8 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
 
+import sys  # noqa: E402
+
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
@@ -36,10 +38,11 @@ flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreach
 
 def main(argv):
   del argv
-  seed_stage.run(db_url=FLAGS.db_url, env_file=FLAGS.env_file, world_dir=FLAGS.world_dir,
-                 num_users=FLAGS.num_users, days=FLAGS.days, feed_size=FLAGS.feed_size,
-                 mean_activity=FLAGS.mean_activity, seed_value=FLAGS.seed,
-                 connect_retries=FLAGS.connect_retries, log=logging.info)
+  sys.exit(seed_stage.main(
+      db_url=FLAGS.db_url, env_file=FLAGS.env_file, world_dir=FLAGS.world_dir,
+      num_users=FLAGS.num_users, days=FLAGS.days, feed_size=FLAGS.feed_size,
+      mean_activity=FLAGS.mean_activity, seed_value=FLAGS.seed,
+      connect_retries=FLAGS.connect_retries, log=logging.info, error=logging.error))
 
 
 if __name__ == "__main__":

@@ -289,14 +289,18 @@ class Progress:
                what: str = "interactions"):
     self.total, self.log, self.every, self.what = total, log, every_seconds, what
     self.started = self.last = time.time()
-    self.rows = 0
+    self.rows = self.logged = 0
 
   def update(self, rows: int) -> None:
     self.rows += rows
     now = time.time()
     if now - self.last >= self.every:
-      self.last = now
+      self.last, self.logged = now, self.rows
       self.log(self.line(now))
+
+  def finish(self) -> None:
+    if self.logged != self.rows:
+      self.log(self.line())
 
   def line(self, now: Optional[float] = None) -> str:
     elapsed = max((now or time.time()) - self.started, 1e-9)
@@ -360,15 +364,15 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       if progress is not None:
         progress(streamed, audit.rows)
     writer.dropped["duplicates"] = audit.rows - streamed
-    log(tracker.line())
+    tracker.finish()
     if writer.dropped["duplicates"]:
       log(f"export: {writer.dropped['duplicates']:,} duplicate interactions (same query and "
           "candidate) dropped; kept the latest of each")
     stats = writer.stats()
     if partition.whole:
-      readiness_gate(stats["readiness"], force, readiness_path or output_dir.rstrip("/") + ".readiness.json",
-            log)
-    else:
+      readiness_gate(stats["readiness"], force,
+                     readiness_path or output_dir.rstrip("/") + ".readiness.json", log)
+    else:  # the gate applies to the combined dataset
       partitions.write_partition_files(writer, partition, queries, candidates)
   log(f"export: wrote {output_dir}: train {stats['rows']['train']:,}, eval "
       f"{stats['rows']['eval']:,} interactions in {time.time() - started:.1f}s")

@@ -137,3 +137,13 @@ def run(db_url: Optional[str] = None, env_file: Optional[str] = ".env",
                                              [params.get("password", "")])) from None
   finally:
     connection.close()
+
+
+def main(error: Callable[[str], None] = print, **kwargs) -> int:
+  """`run` for scripts: returns the process exit code (see `sources.EXIT_CODES`)."""
+  try:
+    run(**kwargs)
+    return 0
+  except sources.ExportError as e:
+    error(f"seed failed ({type(e).__name__}, exit {e.exit_code}): {e}")
+    return e.exit_code
