@@ -162,6 +162,10 @@ class FeaturePreprocessing(tf.keras.layers.Layer):
   def specs(self) -> List[Dict[str, Any]]:
     return json.loads(self._specs_json)
 
+  @property
+  def tables(self) -> List[tf.lookup.StaticHashTable]:
+    return list(self._tables.values())
+
   def get_config(self):
     return {**super().get_config(), "specs": self.specs}
 

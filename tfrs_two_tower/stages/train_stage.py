@@ -26,6 +26,7 @@ from tfrs_two_tower.model import frequency
 from tfrs_two_tower.model import inputs
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import tensorboard_logs
 from tfrs_two_tower.model import towers
 from tfrs_two_tower.model import two_tower
 
@@ -204,7 +205,7 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
   chief = _is_chief(strategy)
   work = run_dir + INCOMPLETE_SUFFIX
   if not chief:  # Non-chief workers save their (identical) state to a private place.
-    work = os.path.join(work, f"worker-{strategy.cluster_resolver.task_id}")
+    work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
   _resume_or_start(work, resolved)
 
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
@@ -234,6 +235,7 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
   candidate_tower = towers.Tower(preprocessing["candidate"], model.candidate_core,
                                  name="candidate_tower")
   writer = tf.summary.create_file_writer(os.path.join(work, run_lib.LOGS, "train"))
+  tensorboard_logs.write_hparams(writer, resolved, ["auc"] + [f"recall@{k}" for k in options.ks()])
   history: List[Dict[str, float]] = []
   step = int(model.optimizer.iterations.numpy())
   started, start_step = time.time(), step
@@ -258,13 +260,15 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
           for k, v in sums.items():
             tf.summary.scalar(f"train/{k}", v / count)
           tf.summary.scalar("train/learning_rate", _learning_rate(model.optimizer))
+        tensorboard_logs.write_embedding_norms(writer, step, [model.query_core,
+                                                              model.candidate_core])
         log("train: step %d/%d loss %.4f (softmax %.4f, pairwise %.4f) %.1f steps/s" % (
             step, total_steps, sums["loss"] / count, sums["softmax_loss"] / count,
             sums["pairwise_loss"] / count, (step - start_step) / (time.time() - started)))
         sums, count = {}, 0
       if step % options.checkpoint_every_steps == 0:
-        manager.save(checkpoint_number=step)
-    manager.save(checkpoint_number=step)
+        _save_checkpoint(manager, model, step, work)
+    _save_checkpoint(manager, model, step, work)
     result = evaluator(query_tower, candidate_tower)
     result["epoch"] = epoch + 1
     history.append(result)
@@ -281,10 +285,22 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
       break
   writer.flush()
   manifest = {}
-  if chief:
+  if not chief:
+    shutil.rmtree(work, ignore_errors=True)
+  else:
     manifest = _write_run(run_dir, work, dataset, options, resolved, query_tower,
                           candidate_tower, evaluator, history, step, overwrite, log)
   return TrainResult(manifest, query_tower, candidate_tower)
+
+
+def _save_checkpoint(manager, model, step: int, work: str) -> None:
+  """Saves only finite weights, so the last checkpoint is always a good one."""
+  if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
+    raise NonFiniteLossError(
+        f"weights are NaN/inf at step {step}: training stopped; the last good checkpoint "
+        f"({manager.latest_checkpoint or 'none'}) is kept in {work}. Lower --learning_rate or "
+        "raise --temperature and start again.")
+  manager.save(checkpoint_number=step)
 
 
 def _learning_rate(optimizer) -> float:
@@ -345,6 +361,8 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
                        "tensorflow": tf.__version__},
     }
     manifest["files"] = run_lib.artifact_checksums(out)
+    tensorboard_logs.write_projector(os.path.join(work, run_lib.LOGS), ids, embeddings,
+                                     _projector_metadata(dataset, evaluator))
     for name in (run_lib.CHECKPOINTS, run_lib.LOGS):
       if os.path.exists(os.path.join(work, name)):
         shutil.move(os.path.join(work, name), os.path.join(out, name))
@@ -354,3 +372,15 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
   return manifest
 
 
+
+
+def _projector_metadata(dataset, evaluator) -> Dict[str, np.ndarray]:
+  """Categorical candidate features and train interactions, per corpus row."""
+  out = {}
+  for feature in dataset.config.features("candidate"):
+    if feature.type in ("categorical", "multi_categorical"):
+      out[feature.name] = evaluator.corpus[feature.key("candidate")]
+  counts = dataset.candidate_counts()
+  interactions = dict(zip(counts["candidate_id"].astype(str), counts["interactions"]))
+  out["train_interactions"] = np.array([interactions.get(c, 0) for c in evaluator.candidate_ids])
+  return out
