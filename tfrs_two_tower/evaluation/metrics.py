@@ -88,7 +88,8 @@ def hit_rate_at_k(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndar
 def ndcg_at_k(hits: np.ndarray, num_relevant: np.ndarray, k: int) -> np.ndarray:
   """Binary-gain NDCG@K per user.  [U].
 
-  DCG@K(u) = sum_{i<K} hits[u, i] / log2(i + 2);  IDCG@K(u) = sum_{i < min(K, |R(u)|)} 1 / log2(i + 2);
+  DCG@K(u) = sum_{i<K} hits[u, i] / log2(i + 2);
+  IDCG@K(u) = sum_{i < min(K, |R(u)|)} 1 / log2(i + 2);
   NDCG = DCG / IDCG, NaN for users with R(u) empty.
   """
   k = min(k, hits.shape[1])

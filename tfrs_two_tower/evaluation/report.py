@@ -33,16 +33,16 @@ def verdict(report: Dict) -> Dict[str, object]:
     auc = rec["segments"]["all"]["auc"]
     lift = report["lifts"].get(name, {}).get("all", {}).get(f"recall@{k}")
     auc_pass = auc["ci"][0] is not None and auc["value"] > AUC_GATE
-    line = [f"AUC {_fmt(auc)} {'>' if auc_pass else '<='} {AUC_GATE}: "
+    line = [f"AUC {format_estimate(auc)} {'>' if auc_pass else '<='} {AUC_GATE}: "
             f"{'PASS' if auc_pass else 'FAIL'}"]
     lift_pass = None
     if lift and lift["value"] is not None:
       lift_pass = lift["ci"][0] is not None and lift["ci"][0] > 0
-      line.append(f"recall@{k} lift over feature matching {_pct(lift)}: "
+      line.append(f"recall@{k} lift over feature matching {format_lift(lift)}: "
                   f"{'PASS' if lift_pass else 'FAIL'} (users expected "
                   f"+{EXPECTED_LIFT[0]:.0%} to +{EXPECTED_LIFT[1]:.0%})")
     oracle = report["lifts"].get(name, {}).get("all", {})
-    parts = [f"{m} {_pct(oracle[m])}" for m in (f"oracle_like@{k}", f"oracle_match@{k}")
+    parts = [f"{m} {format_lift(oracle[m])}" for m in (f"oracle_like@{k}", f"oracle_match@{k}")
              if oracle.get(m) and oracle[m]["value"] is not None]
     if parts:
       line.append("lift in the synthetic world's hidden truth (free of the logging feed's "
@@ -51,7 +51,7 @@ def verdict(report: Dict) -> Dict[str, object]:
   return out
 
 
-def _fmt(est: Optional[Dict], digits: int = 3) -> str:
+def format_estimate(est: Optional[Dict], digits: int = 3) -> str:
   if not est or est.get("value") is None:
     return "n/a"
   low, high = est["ci"]
@@ -60,7 +60,7 @@ def _fmt(est: Optional[Dict], digits: int = 3) -> str:
   return f"{est['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _pct(est: Optional[Dict]) -> str:
+def format_lift(est: Optional[Dict]) -> str:
   if not est or est.get("value") is None:
     return "n/a"
   low, high = est["ci"]
@@ -74,7 +74,8 @@ def render_markdown(report: Dict) -> str:
   ks = sorted(report["k"])
   recs = report["recommenders"]
   lines = ["# Evaluation report", "",
-           f"Dataset `{report['dataset']['path']}` (config {report['dataset']['config_hash'][:12]}),"
+           f"Dataset `{report['dataset']['path']}` "
+           f"(config {report['dataset']['config_hash'][:12]}),"
            f" eval split after {report['dataset']['split_time_iso']}; "
            f"{report['data']['evaluated_users']} users with eval swipes, "
            f"{report['data']['users_with_eval_likes']} with eval likes. "
@@ -92,7 +93,7 @@ def render_markdown(report: Dict) -> str:
   lines.append("|---|" + "---|" * len(recs))
   for metric in present:
     lines.append(f"| {metric} | " + " | ".join(
-        _fmt(r["segments"]["all"].get(metric)) for r in recs.values()) + " |")
+        format_estimate(r["segments"]["all"].get(metric)) for r in recs.values()) + " |")
   if report["lifts"]:
     lines += ["", f"## Lift over {report['lift_baseline']} (relative, paired by user)", ""]
     segments = list(report["segments"]["definitions"])
@@ -101,15 +102,16 @@ def render_markdown(report: Dict) -> str:
                 "|---|" + "---|" * len(segments)]
       for metric in [m for m in present if m in by_segment["all"]]:
         lines.append(f"| {metric} | " + " | ".join(
-            _pct(by_segment[s].get(metric)) for s in segments) + " |")
+            format_lift(by_segment[s].get(metric)) for s in segments) + " |")
       lines.append("")
   if report.get("run_comparisons"):
     lines += ["## Run comparisons (relative, paired by user, all users)", "",
               "| comparison | " + " | ".join(f"recall@{kk}" for kk in ks) + " | mrr |",
               "|---|" + "---|" * (len(ks) + 1)]
     for name, by_segment in report["run_comparisons"].items():
-      lines.append(f"| {name} | " + " | ".join(
-          _pct(by_segment["all"].get(m)) for m in [f"recall@{kk}" for kk in ks] + ["mrr"]) + " |")
+      cells = [format_lift(by_segment["all"].get(m))
+               for m in [f"recall@{kk}" for kk in ks] + ["mrr"]]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
   models = {n: r for n, r in recs.items() if r["kind"] == "model"}
   if models:
@@ -129,8 +131,9 @@ def render_markdown(report: Dict) -> str:
         f"{s} ({report['segments']['sizes'][s]})" for s in report["segments"]["definitions"])
         + " |", "|---|" + "---|" * len(report["segments"]["definitions"])]
     for name, r in recs.items():
-      lines.append(f"| {name} | " + " | ".join(
-          _fmt(r["segments"][s].get(metric)) for s in report["segments"]["definitions"]) + " |")
+      cells = [format_estimate(r["segments"][s].get(metric))
+               for s in report["segments"]["definitions"]]
+      lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
   lines += ["## Diversity and exposure (all users)", "",
             "| recommender | " + " | ".join(f"coverage@{kk} | gini@{kk} | top-1% share@{kk}"
@@ -140,7 +143,7 @@ def render_markdown(report: Dict) -> str:
     cells = []
     for kk in ks:
       e = r["exposure"][str(kk)]
-      cells += [_fmt(e["coverage"]), _fmt(e["gini"]), _fmt(e["top1pct_share"])]
+      cells += [format_estimate(e[name]) for name in ("coverage", "gini", "top1pct_share")]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += ["", "## Segments", ""]
   for s, text in report["segments"]["definitions"].items():

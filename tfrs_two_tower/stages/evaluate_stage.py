@@ -103,8 +103,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     recommenders[entry.scorer.name] = evaluator.summarize(result, data, counts, ks, popular)
     all_users = recommenders[entry.scorer.name]["segments"]["all"]
     log("evaluate: %-28s AUC %s  recall@%d %s  (%.1fs)" % (
-        entry.scorer.name, report_lib._fmt(all_users["auc"]), ks[0],
-        report_lib._fmt(all_users[f"recall@{ks[0]}"]), result.seconds))
+        entry.scorer.name, report_lib.format_estimate(all_users["auc"]), ks[0],
+        report_lib.format_estimate(all_users[f"recall@{ks[0]}"]), result.seconds))
 
   lifts = {}
   if LIFT_BASELINE in results:
