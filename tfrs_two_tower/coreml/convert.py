@@ -97,6 +97,30 @@ class _Fp16ExceptTail:
     return op not in self._tails[id(block)]
 
 
+def _register_ones_like() -> None:
+  """TF `OnesLike` for coremltools' TF frontend (9.0 has ZerosLike but not OnesLike).
+
+  Keras' `tf.ones_like` (e.g. in a mean pooling's `maximum(count, ones_like(count))`)
+  lowers to it. Same lowering as coremltools' own ZerosLike: fill(shape(x), 1).
+  Registered once; a coremltools that has its own converter keeps it.
+  """
+  from coremltools.converters.mil import Builder as mb
+  from coremltools.converters.mil.frontend.tensorflow import tf_op_registry
+  from coremltools.converters.mil.mil import types
+  if "OnesLike" in tf_op_registry._TF_OPS_REGISTRY:
+    return
+
+  def OnesLike(context, node):  # noqa: N802 (the TF op name is the registry key)
+    x = context[node.inputs[0]]
+    if x.rank == 0:
+      x = mb.const(val=types.nptype_from_builtin(x.sym_type)(1), name=node.name)
+    else:
+      np_type = types.nptype_from_builtin(x.sym_type.get_primitive())
+      x = mb.fill(shape=mb.shape(x=x), value=np_type(1), name=node.name)
+    context.add(node.name, x)
+  tf_op_registry.register_tf_op(OnesLike)
+
+
 def convert_core(saved_model_dir: str, inputs: Sequence[CoreInput], precision: str = "float32",
                  minimum_deployment_target: str = "iOS16", max_batch: int = 4096):
   """Converts a core SavedModel; returns the `ct.models.MLModel` (output `embedding`)."""
@@ -110,6 +134,7 @@ def convert_core(saved_model_dir: str, inputs: Sequence[CoreInput], precision: s
   tensor_types = [ct.TensorType(name=i.name, shape=(batch,) + i.shape,
                                 dtype=np.int32 if i.dtype == "int32" else np.float32)
                   for i in inputs]
+  _register_ones_like()
   compute_precision = (ct.precision.FLOAT32 if precision == "float32"
                        else ct.transform.FP16ComputePrecision(op_selector=_Fp16ExceptTail()))
   try:

@@ -16,7 +16,8 @@ Layout::
                         "features": [{"key", "type", ...per type...}, ...]},
               "candidate": {...}}}
 
-Per feature (`features[]`), with k = num_oov_buckets:
+Per feature (`features[]`: "key" = input name, "name" = config feature name), with
+k = num_oov_buckets:
   vocabulary features (id, categorical, multi_categorical, geo):
     "vocabulary": [token, ...]      index(tokens[i]) = first_index + i, first_index = 1 + k
     "num_oov_buckets": k, "oov": "constant" (index 1) | "fingerprint64" (1 + FarmHash
@@ -66,7 +67,8 @@ def tower_features(specs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
   """`features[]` of one tower from the preprocessing specs (`side_feature_specs`)."""
   out = []
   for spec in specs:
-    entry: Dict[str, Any] = {"key": spec["key"], "type": spec["type"]}
+    entry: Dict[str, Any] = {"key": spec["key"], "name": spec.get("name", spec["key"]),
+                             "type": spec["type"]}
     if spec["type"] in VOCAB_TYPES:
       k = int(spec["num_oov_buckets"])
       entry.update(num_oov_buckets=k, oov="constant" if k == 1 else "fingerprint64",
