@@ -35,6 +35,11 @@ flags.DEFINE_integer("world_seed", 0, "Seed of a generated world (0 = the defaul
                      "one /tmp/ds-style datasets come from).")
 flags.DEFINE_string("run_dir", None, "Treatment: a trained run dir (train_model.py). Empty: the "
                     "treatment is feature matching too (an A/A test).")
+flags.DEFINE_enum("treatment", None, list(abtest_simulation_stage.TREATMENTS), "Treatment arm's "
+                  "recommender: two_tower (P(u likes v)) or two_tower_reciprocal (harmonic mean "
+                  "of both directions) from --run_dir; oracle / oracle_reciprocal (the world's "
+                  "hidden model: a ceiling); feature_matching (A/A). Default: two_tower with "
+                  "--run_dir, else feature_matching.")
 flags.DEFINE_string("config", None, "Feature config for feature matching; default: the packaged "
                     "dating config.")
 flags.DEFINE_string("db_url", None, "An EMPTY PostgreSQL database to write into. Empty: a "
@@ -62,6 +67,7 @@ def main(argv):
     abtest_simulation_stage.run(
         FLAGS.output_dir, world_dir=FLAGS.world_dir, num_users=FLAGS.num_users,
         world_days=FLAGS.world_days, world_seed=FLAGS.world_seed, run_dir=FLAGS.run_dir,
+        treatment_kind=FLAGS.treatment or "",
         config_path=FLAGS.config, db_url=FLAGS.db_url, experiment=FLAGS.experiment,
         salt=FLAGS.salt, arms=FLAGS.arms, days=FLAGS.days, feed_size=FLAGS.feed_size,
         seed=FLAGS.seed, exposure_log_loss=FLAGS.exposure_log_loss, cuped=FLAGS.cuped,

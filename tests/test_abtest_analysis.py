@@ -1,4 +1,4 @@
-"""Statistics against known values, SRM, power, the analysis' verdicts, reports, CSV mode, script."""
+"""Statistics against known values, SRM, power, verdicts, reports, CSV mode, the script."""
 import os
 import subprocess
 import sys
@@ -157,7 +157,8 @@ def test_peeking_warnings():
                             snapshot_at=pd.Timestamp("2026-05-08", tz="UTC"))
   assert any("horizon not reached" in w for w in result["warnings"])
   assert any("still running" in w for w in result["warnings"])
-  assert analysis.PEEKING_WARNING in result["notes"] and analysis.INTERFERENCE_NOTE in result["notes"]
+  assert analysis.PEEKING_WARNING in result["notes"]
+  assert analysis.INTERFERENCE_NOTE in result["notes"]
 
 
 def test_report_files(tmp_path):

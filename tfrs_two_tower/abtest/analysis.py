@@ -87,7 +87,8 @@ def _verdict(comparisons: Dict[str, Dict[str, Any]], definition, alpha: float):
             if comparisons[g]["p_value"] < alpha
             and (comparisons[g]["difference"] < 0) == metrics_lib.METRICS[g].higher_is_better]
   p = primary.get("p_value_adjusted", primary["p_value"])
-  better = (primary["difference"] > 0) == metrics_lib.METRICS[definition.primary_metric].higher_is_better
+  metric = metrics_lib.METRICS[definition.primary_metric]
+  better = (primary["difference"] > 0) == metric.higher_is_better
   if broken:
     return GUARDRAIL, broken
   if p < alpha:

@@ -47,8 +47,8 @@ def resplit(outcomes: pd.DataFrame, definition: definition_lib.Definition, num_s
   for i in range(num_splits):
     salted = assignment.Experiment(experiment.name, f"{salt_prefix}{i}", experiment.arms)
     split = outcomes.assign(arm=salted.assign_many(user_ids))
-    result = analysis.analyze(split, dataclasses.replace(definition, experiment=salted), alpha=alpha,
-                              cuped=cuped)
+    result = analysis.analyze(split, dataclasses.replace(definition, experiment=salted),
+                              alpha=alpha, cuped=cuped)
     if result["verdict"] == analysis.INVALID:
       srm_failures += 1
       continue

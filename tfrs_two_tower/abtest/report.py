@@ -93,7 +93,8 @@ def plot(result: Dict[str, Any], path: str) -> None:
                         [100 * (c["lift_ci_high"] - c["relative_lift"])]],
                   fmt="o", color=color, capsize=4)
       ticks.append(y)
-      labels.append(f"{name}{' (primary)' if name == result['experiment']['primary_metric'] else ''}"
+      primary = name == result["experiment"]["primary_metric"]
+      labels.append(name + (" (primary)" if primary else "")
                     + (f" [{arm}]" if len(comparisons) > 1 else ""))
       y -= 1
   ax.axvline(0, color="black", linewidth=0.8)

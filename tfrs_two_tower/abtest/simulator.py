@@ -58,15 +58,30 @@ def feature_matching(world: synthetic.World, config):
                                                  world_entities(world, config, "candidate"))
 
 
-def two_tower(world: synthetic.World, run_path: str):
-  """Treatment: q_u . c_v from a run dir's towers, over the world's profiles."""
+def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False):
+  """Treatment: q_u . c_v from a run dir's towers, over the world's profiles.
+
+  With `reciprocal`, the RECON-style harmonic mean of P(u likes v) and
+  P(v likes u) (`evaluation.retrieval.ReciprocalScorer`), both calibrated by a
+  Platt fit on the world's history swipes (what the model was trained on).
+  """
   from tfrs_two_tower.evaluation import retrieval
   from tfrs_two_tower.model import run_dir
   run = run_dir.open_run(run_path)
   ids = world.profiles["id"].astype(str).to_numpy()
   query = run.embed("query", world_entities(world, run.config, "query"))
   candidate = run.embed("candidate", world_entities(world, run.config, "candidate"))
-  return retrieval.EmbeddingScorer(ids, ids, query, candidate, name="two_tower")
+  forward = retrieval.EmbeddingScorer(ids, ids, query, candidate, name="two_tower")
+  if not reciprocal:
+    return forward
+  # backward.score_block(rows)[b, j] = s(j likes b) = q_j . c_b
+  backward = retrieval.EmbeddingScorer(ids, ids, candidate, query, name="two_tower:backward")
+  history = world.swipes
+  calibration = retrieval.PlattCalibration.fit(
+      forward.pair_scores(forward.query_rows(history["swiper_id"]),
+                          forward.candidate_rows(history["swipee_id"])),
+      (history["action"] != "pass").to_numpy())
+  return retrieval.ReciprocalScorer(forward, backward, calibration, name="two_tower:reciprocal")
 
 
 def oracle(world: synthetic.World, reciprocal: bool = False):
@@ -123,13 +138,17 @@ class Simulation:
     arms: [n users] every user's assigned arm (exposed or not).
     exposures: logged exposures (user_id, arm, first_exposed_at).
     swipes: the experiment's swipes (swiper_id, swipee_id, action, created_at).
-    true_like_probability: arm -> mean oracle P(like) of the profiles shown.
+    true_like_probability: arm -> mean oracle P(user likes shown profile).
+    true_match_probability: arm -> mean oracle P(both like each other) of the
+      pairs shown (the match potential, whether or not the other side ever
+      gets to see the user).
   """
   definition: definition_lib.Definition
   arms: np.ndarray
   exposures: pd.DataFrame
   swipes: pd.DataFrame
   true_like_probability: Dict[str, float]
+  true_match_probability: Dict[str, float]
 
 
 def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
@@ -153,7 +172,8 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
     seen[u].add(v)
   first_exposure = np.full(n, -1, np.int64)
   chunks = []
-  shown_probability = {arm: [] for arm in experiment.arm_names}
+  shown_like = {arm: [] for arm in experiment.arm_names}
+  shown_match = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
   for day in range(params.days):
     active = rng.random(n) < activity
@@ -173,7 +193,8 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       swiper, shown = swiper[ok], world.user_index(shown_ids[ok])
       like = world.respond(ids[swiper], ids[shown], rng)
       superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
-      shown_probability[arm].append(world.like_probability(ids[swiper], ids[shown]))
+      shown_like[arm].append(world.like_probability(ids[swiper], ids[shown]))
+      shown_match[arm].append(world.match_probability(ids[swiper], ids[shown]))
       for u, v in zip(swiper, shown):
         seen[u].add(v)
       chunks.append(pd.DataFrame({
@@ -197,9 +218,9 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   definition = definition_lib.Definition(
       experiment, starts_at, starts_at + pd.Timedelta(days=params.days),
       pre_period_days=params.pre_period_days)
-  return Simulation(definition, arms, exposures, swipes,
-                    {a: float(np.concatenate(p).mean()) if p else float("nan")
-                     for a, p in shown_probability.items()})
+  def mean(chunks):
+    return {a: float(np.concatenate(p).mean()) if p else float("nan") for a, p in chunks.items()}
+  return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match))
 
 
 def check_empty(conn) -> None:

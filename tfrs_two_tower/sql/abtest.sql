@@ -105,7 +105,8 @@ $$;
 -- Data-quality check: exposures whose logged arm is not the assigned arm
 -- (rows written around ab_log_exposure). Must be empty.
 CREATE OR REPLACE VIEW ab_assignment_mismatches AS
-  SELECT x.experiment, x.user_id, x.arm AS logged_arm, ab_assign(x.experiment, x.user_id) AS assigned_arm
+  SELECT x.experiment, x.user_id, x.arm AS logged_arm,
+         ab_assign(x.experiment, x.user_id) AS assigned_arm
   FROM ab_exposures x
   WHERE x.arm IS DISTINCT FROM ab_assign(x.experiment, x.user_id);
 

@@ -2,8 +2,9 @@
 
 One run:
   1. the world (loaded, or generated from its params) and the arms' recommenders:
-     control = feature matching; treatment = the run dir's two towers, or feature
-     matching again (A/A) when no run dir is given;
+     control = feature matching; treatment = the run dir's two towers (one-way or
+     reciprocal), the world's oracle (a ceiling), or feature matching again (A/A,
+     the default without a run dir);
   2. a database: --db_url (must be EMPTY: the simulation writes synthetic
      profiles and swipes), or a throwaway pgserver PostgreSQL;
   3. the experiment: simulated, written (swipes, ab_log_exposure), analysed from
@@ -64,6 +65,24 @@ def _database(db_url: Optional[str], log) -> Iterator[Any]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+TREATMENTS = ("two_tower", "two_tower_reciprocal", "oracle", "oracle_reciprocal",
+              "feature_matching")
+
+
+def _treatment(kind: str, world, run_dir: Optional[str], control):
+  """The treatment recommender; default: the two towers with a run dir, else A/A."""
+  kind = kind or ("two_tower" if run_dir else "feature_matching")
+  if kind not in TREATMENTS:
+    raise ValueError(f"--treatment must be one of {TREATMENTS}, got {kind!r}")
+  if kind.startswith("two_tower"):
+    if not run_dir:
+      raise ValueError(f"--treatment={kind} needs --run_dir")
+    return simulator.two_tower(world, run_dir, reciprocal=kind.endswith("reciprocal"))
+  if kind.startswith("oracle"):
+    return simulator.oracle(world, reciprocal=kind.endswith("reciprocal"))
+  return control
+
+
 def _analyse(conn, name: str, cuped: bool):
   definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, name)
   result = analysis.analyze(outcomes, definition, cuped=cuped, assignment_mismatches=mismatches,
@@ -74,7 +93,8 @@ def _analyse(conn, name: str, cuped: bool):
 def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 5000,
         world_days: int = 120, world_seed: int = 0, run_dir: Optional[str] = None,
         config_path: Optional[str] = None, db_url: Optional[str] = None,
-        experiment: str = "two_tower_v1", salt: str = "", arms: str = "control=1,treatment=1",
+        treatment_kind: str = "", experiment: str = "two_tower_v1", salt: str = "",
+        arms: str = "control=1,treatment=1",
         days: int = 14, feed_size: Optional[int] = None, seed: int = 0,
         exposure_log_loss: str = "", cuped: bool = False, aa_splits: int = 0,
         aa_db_runs: int = 0, overwrite: bool = False,
@@ -88,7 +108,7 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
   log("simulate: world %s" % world.summary())
   config = config_lib.load_config(config_path)
   control = simulator.feature_matching(world, config)
-  treatment = simulator.two_tower(world, run_dir) if run_dir else control
+  treatment = _treatment(treatment_kind, world, run_dir, control)
   exp = assignment.Experiment.from_weights(experiment, abtest_stage.parse_weights(arms), salt)
   recommenders = {exp.arm_names[0]: control, **{a: treatment for a in exp.arm_names[1:]}}
   loss = {a: w for a, w in abtest_stage.parse_weights(exposure_log_loss, "exposure_log_loss")}
@@ -108,7 +128,8 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
     simulator.write_experiment(conn, simulation)
     result, outcomes, definition = _analyse(conn, exp.name, cuped)
     simulator.remove_experiment(conn, simulation)  # the A/A runs below start from history again
-    log("simulate: true mean P(like) of shown profiles: %s" % simulation.true_like_probability)
+    log("simulate: truth: mean P(like) of shown profiles %s, mean P(match) of shown pairs %s" % (
+        simulation.true_like_probability, simulation.true_match_probability))
     log("simulate: verdict: %s. %s" % (result["verdict"], result["verdict_detail"]))
     report.write(result, os.path.join(tmp, "report"), {
         "kind": "tfrs_two_tower.abtest_report", "package_version": __version__,
@@ -116,6 +137,7 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
     summary["experiment"] = {"verdict": result["verdict"], "detail": result["verdict_detail"],
                              "srm": result["srm"],
                              "true_like_probability": simulation.true_like_probability,
+                             "true_match_probability": simulation.true_match_probability,
                              "exposed_users": len(simulation.exposures),
                              "swipes": len(simulation.swipes)}
     if aa_splits or aa_db_runs:

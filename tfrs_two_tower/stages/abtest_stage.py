@@ -28,7 +28,8 @@ def parse_weights(text: str, flag: str = "arms"):
     try:
       pairs.append((name.strip(), float(weight)))
     except ValueError:
-      raise ValueError(f"--{flag}: weight of {name.strip()!r} is not a number: {weight!r}") from None
+      raise ValueError(f"--{flag}: weight of {name.strip()!r} is not a number: "
+                       f"{weight!r}") from None
   return pairs
 
 
