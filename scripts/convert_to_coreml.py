@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Converts a run's query and candidate towers into a verified Core ML pair.
+r"""Converts a run's query and candidate towers into a verified Core ML pair.
 
 Writes QueryTower.mlpackage, CandidateTower.mlpackage, features.json (the
 preprocessing the app does before calling a tower), parity.json and a manifest

@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_TRAIN = dict(epochs=1, steps_per_epoch=10, batch_size=128, layer_sizes="32",
                   embedding_dim=16, checkpoint_every_steps=1000, log_every_steps=1000)
 # Parity on fewer examples keeps the per-option conversions fast.
-FAST_PARITY = dict(num_examples=800, num_queries=100)
+FAST_PARITY = dict(num_examples=500, num_queries=100)
 
 
 def _quiet(*args):
@@ -43,7 +43,8 @@ def tiny_run(tmp_path_factory, tiny_dataset_dir):
 @pytest.fixture(scope="session")
 def float32_pair(tmp_path_factory, tiny_run, tiny_dataset_dir):
   out = str(tmp_path_factory.mktemp("coreml") / "pair")
-  report = convert_stage.run(tiny_run, tiny_dataset_dir, out, log=_quiet)
+  report = convert_stage.run(tiny_run, tiny_dataset_dir, out, num_examples=1000,
+                             num_queries=200, log=_quiet)
   return out, report
 
 
@@ -95,7 +96,7 @@ def test_float32_parity_figures(float32_pair):
     assert saved["towers"][side]["min_cosine"] > 0.99999
     assert saved["conversion_only"][side]["max_abs_error"] <= 1e-5
   assert saved["top_k"]["mean_overlap"] >= 0.99
-  assert saved["examples"]["eval_rows"] > 500 and saved["examples"]["candidate_corpus"] >= 500
+  assert saved["examples"]["eval_rows"] == 1000 and saved["examples"]["candidate_corpus"] >= 500
   assert saved["sizes_bytes"]["QueryTower.mlpackage"] > 0
 
 

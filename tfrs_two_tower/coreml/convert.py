@@ -17,7 +17,7 @@ coremltools' TensorFlow path:
 
 import dataclasses
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
@@ -196,7 +196,7 @@ def package_size(path: str) -> int:
              for root, _, names in os.walk(path) for f in names)
 
 
-def describe(model) -> Dict[str, Optional[Any]]:
+def describe(model) -> Dict[str, Any]:
   """Inputs (name, dtype, shape range) and outputs as recorded in the saved spec."""
   from coremltools.proto import FeatureTypes_pb2
   names = FeatureTypes_pb2.ArrayFeatureType.ArrayDataType

@@ -24,6 +24,7 @@ from tfrs_two_tower.coreml import convert
 from tfrs_two_tower.coreml import features_json
 from tfrs_two_tower.coreml import mil_emulator
 from tfrs_two_tower.coreml import parity
+from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import run_dir as run_lib
 
@@ -66,7 +67,7 @@ def check_run_dir(run_dir: str) -> None:
                        "_core SavedModels, the preprocessing and the vocabularies)")
 
 
-def _check_inputs(side: str, core_dir: str, expected: List[Dict[str, Any]]) -> None:
+def _check_inputs(core_dir: str, expected: List[Dict[str, Any]]) -> None:
   """The core's signature must be exactly the inputs features.json documents."""
   got = {i.name: i.to_json() for i in convert.core_inputs(core_dir)}
   want = {i["name"]: {"name": i["name"], "dtype": i["dtype"], "shape": i["shape"]}
@@ -148,7 +149,7 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
       embedding_dim=run.embedding_dim, temperature=manifest["temperature"],
       calibration=manifest.get("calibration"))
   for side in SIDES:
-    _check_inputs(side, run.file(run_lib.core_dir(side)), payload["towers"][side]["inputs"])
+    _check_inputs(run.file(run_lib.core_dir(side)), payload["towers"][side]["inputs"])
 
   started = time.time()
   with files.atomic_directory(output_dir, overwrite=overwrite) as out:
@@ -201,7 +202,7 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
         "run": {"path": os.path.abspath(run_dir),
                 "manifest_sha256": files.sha256_file(run.file(run_lib.MANIFEST))},
         "dataset": {"path": dataset.path, "manifest_sha256": files.sha256_file(
-            dataset.file("manifest.json"))},
+            dataset.file(fmt.MANIFEST))},
         "options": {"minimum_deployment_target": minimum_deployment_target,
                     "precision": precision, "compress": compress, "max_batch": max_batch,
                     "weight_threshold": weight_threshold},
