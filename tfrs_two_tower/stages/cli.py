@@ -7,6 +7,7 @@ flag, column or row. A user should see that message, not a traceback; a bug
 """
 
 import contextlib
+import logging as std_logging
 import sys
 
 from absl import logging
@@ -17,7 +18,12 @@ EXIT_INPUT_ERROR = 2
 
 @contextlib.contextmanager
 def user_errors(exit_code: int = EXIT_INPUT_ERROR):
-  """Exits with `exit_code` and a one-paragraph message on bad input."""
+  """Exits with `exit_code` and a one-paragraph message on bad input.
+
+  Also hides TensorFlow's own INFO chatter (SavedModel fingerprints, signature
+  renames): at absl's INFO level it would drown the stages' progress lines.
+  """
+  std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
   try:
     yield
   except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:

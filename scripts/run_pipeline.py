@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Swipes to phone in one command: world/database -> export -> train -> evaluate -> Core ML -> pgvector.
+
+Without --db_url it runs on the embedded default: a synthetic dating world written into an
+embedded PostgreSQL (pgserver, started and stopped by this command). With --db_url (or
+SUPABASE_DB_URL in .env) it exports from your database and publishes embeddings back to it.
+Finished stages are skipped on a re-run; --rerun=train (for example) redoes a stage and the
+ones after it. Example:
+
+  run_pipeline.py --output_dir=out
+  run_pipeline.py --output_dir=out --rerun=train --epochs=10
+  run_pipeline.py --output_dir=prod --db_url="$SUPABASE_DB_URL" --stages=export,train,evaluate
+"""
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from tfrs_two_tower.stages import cli
+from tfrs_two_tower.stages import pipeline_stage
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output_dir", "out", "Where every stage writes (world/, dataset/, run/, "
+                    "report/, coreml/, pgdata/, summary.md).")
+flags.DEFINE_string("db_url", None, "Your PostgreSQL/Supabase URL; default: the embedded demo "
+                    "database with the synthetic world. The password is never logged.")
+flags.DEFINE_string("env_file", ".env", "File with SUPABASE_DB_URL=... (used with real databases).")
+flags.DEFINE_string("config", None, "Feature/data config JSON; default: the packaged dating config.")
+flags.DEFINE_list("stages", list(pipeline_stage.STAGES), "Stages to run, in pipeline order.")
+flags.DEFINE_list("rerun", [], "Stages to redo even if complete (later stages are redone too).")
+flags.DEFINE_integer("num_users", 5000, "Synthetic world: users.", lower_bound=2)
+flags.DEFINE_integer("days", 120, "Synthetic world: simulated days.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed for the world, training and the bootstrap.")
+flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) held out for eval.")
+flags.DEFINE_boolean("force", False, "Export even when the readiness gate is not met.")
+flags.DEFINE_integer("epochs", 6, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 1024, "Training batch size.", lower_bound=1)
+flags.DEFINE_enum("sampling_probability", "streaming", ["none", "static", "streaming"],
+                  "logQ correction of the sampled softmax.")
+flags.DEFINE_integer("bootstrap", 500, "Bootstrap resamples for the report's CIs.", lower_bound=10)
+flags.DEFINE_enum("coreml_precision", "float16", ["float32", "float16"], "Core ML precision.")
+flags.DEFINE_enum("coreml_compress", "none",
+                  ["none", "int8", "palettize4", "palettize6", "palettize8"],
+                  "Core ML weight compression.")
+
+
+def main(argv):
+  del argv
+  options = pipeline_stage.PipelineOptions(
+      output_dir=FLAGS.output_dir, db_url=FLAGS.db_url, env_file=FLAGS.env_file,
+      config_path=FLAGS.config, stages=FLAGS.stages, rerun=FLAGS.rerun,
+      num_users=FLAGS.num_users, days=FLAGS.days, seed=FLAGS.seed,
+      eval_fraction=FLAGS.eval_fraction, force=FLAGS.force, epochs=FLAGS.epochs,
+      batch_size=FLAGS.batch_size, sampling_probability=FLAGS.sampling_probability,
+      bootstrap=FLAGS.bootstrap, coreml_precision=FLAGS.coreml_precision,
+      coreml_compress=FLAGS.coreml_compress)
+  with cli.user_errors():
+    pipeline_stage.run(options, log=logging.info)
+
+
+if __name__ == "__main__":
+  app.run(main)
