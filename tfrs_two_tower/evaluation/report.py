@@ -207,11 +207,14 @@ def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.nda
   ax.legend(fontsize=7)
   written.append(_save(fig, directory, "segments.png"))
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = plt.subplots(figsize=(6, 4.5))
   for name, pct in popularity_percentiles.items():
-    ax.hist(pct, bins=50, range=(0, 100), histtype="step", density=True, label=name)
-  ax.set(xlabel="popularity percentile of recommended candidate (train likes received)",
-         ylabel="density", title=f"Who gets recommended (top-{ks[-1]} lists)")
+    x = np.sort(pct)
+    ax.plot(x, np.arange(1, x.size + 1) / max(x.size, 1), label=name)
+  ax.plot([0, 100], [0, 1], "k:", lw=1, label="popularity-neutral")
+  ax.set(xlabel="popularity percentile of the candidate (train likes received)",
+         ylabel="share of recommendations (cumulative)",
+         title=f"Who gets recommended (top-{ks[-1]} lists)")
   ax.legend(fontsize=7)
   written.append(_save(fig, directory, "popularity.png"))
   return written
