@@ -22,8 +22,6 @@ from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import convert_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_TRAIN = dict(epochs=1, steps_per_epoch=10, batch_size=128, layer_sizes="32",
-                  embedding_dim=16, checkpoint_every_steps=1000, log_every_steps=1000)
 # Parity on fewer examples keeps the per-option conversions fast.
 FAST_PARITY = dict(num_examples=500, num_queries=100)
 
@@ -33,11 +31,8 @@ def _quiet(*args):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_dataset_dir):
-  from tfrs_two_tower.stages import train_stage
-  path = str(tmp_path_factory.mktemp("coreml_runs") / "run")
-  train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**FAST_TRAIN), log=_quiet)
-  return path
+def tiny_run(tiny_run_dir):
+  return tiny_run_dir  # conftest's briefly trained run, shared with the other stages' tests
 
 
 @pytest.fixture(scope="session")
