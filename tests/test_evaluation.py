@@ -274,3 +274,22 @@ def test_bad_inputs_are_named(tiny_dataset_dir, tmp_path):
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--world_dir"):
     evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), world_dir=str(tmp_path),
                        **QUIET)
+
+
+def test_verdict_applies_the_users_gates():
+  from tfrs_two_tower.evaluation import report as report_lib
+
+  def est(value, low, high):
+    return {"value": value, "ci": [low, high]}
+  report = {"k": [10, 50], "recommenders": {
+      "fm": {"kind": "baseline", "segments": {"all": {"auc": est(0.72, 0.71, 0.73)}}},
+      "good": {"kind": "model", "segments": {"all": {"auc": est(0.78, 0.77, 0.79)}}},
+      "weak": {"kind": "model", "segments": {"all": {"auc": est(0.69, 0.68, 0.70)}}}},
+      "lifts": {"good": {"all": {"recall@10": est(0.25, 0.1, 0.4)}},
+                "weak": {"all": {"recall@10": est(0.05, -0.02, 0.12)}}}}
+  verdict = report_lib.verdict(report)
+  assert set(verdict) == {"good", "weak"}
+  assert verdict["good"]["auc_gate"] and verdict["good"]["lift_gate"]
+  assert "PASS" in verdict["good"]["line"] and "+25%" in verdict["good"]["line"]
+  assert not verdict["weak"]["auc_gate"] and not verdict["weak"]["lift_gate"]
+  assert "FAIL" in verdict["weak"]["line"]
