@@ -6,7 +6,7 @@ excluded), on the dataset's time split; writes report.json / report.md / plots
 to --output_dir (atomically) and TensorBoard scalars + a PR curve to
 <run>/logs/eval. Example:
 
-  evaluate.py --dataset_dir=out/dataset --run_dir=out/run_logq,out/run_nologq \
+  evaluate.py --dataset_dir=out/dataset --run_dir=out/run_logq,out/run_nologq
       --world_dir=out/world --output_dir=out/eval
 """
 import os
@@ -27,7 +27,7 @@ flags.DEFINE_string("dataset_dir", None, "Dataset directory (its eval split is e
                     required=True)
 flags.DEFINE_multi_string("run_dir", [], "Run directory to evaluate; repeat the flag or give a "
                           "comma-separated list to compare several runs (e.g. with/without logQ "
-                          "correction, with/without passes). None: baselines only.")
+                          "correction, with/without passes). Omit it to evaluate the baselines only")
 flags.DEFINE_string("output_dir", None, "Where the report directory goes (written atomically).",
                     required=True)
 flags.DEFINE_list("k", ["10", "50", "100"], "List lengths K of recall@K, NDCG@K, ...; the "
