@@ -193,9 +193,8 @@ def _block_top_k_fn(scorer: "Scorer"):
 
   For a `traceable` scorer (score_block is TF ops on a row tensor) scoring is
   traced together with masking and top-k: the score block then has a single
-  consumer and TF can update it in place instead of copying [B, N] floats
-  (measured ~25 % faster per block). Otherwise the block is scored eagerly and
-  only masking + top-k are traced.
+  consumer and TF can update it in place instead of copying [B, N] floats.
+  Otherwise the block is scored eagerly and only masking + top-k are traced.
   """
   fn = getattr(scorer, "_block_top_k", None)
   if fn is not None:
