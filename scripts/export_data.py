@@ -24,7 +24,6 @@ import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 
 from tfrs_two_tower.stages import export_stage  # noqa: E402
 

@@ -475,8 +475,8 @@ def test_url_resolution_env_file_and_sslmode(tmp_path):
     postgres_source.resolve_url(None, str(tmp_path / "none"), {})
   remote = postgres_source.connection_params("postgresql://u:p@db.abc.supabase.co:5432/postgres")
   assert remote["sslmode"] == "require"
-  assert postgres_source.connection_params(
-      "postgresql://u:p@db.abc.supabase.co/postgres?sslmode=verify-full")["sslmode"] == "verify-full"
+  pinned = "postgresql://u:p@db.abc.supabase.co/postgres?sslmode=verify-full"
+  assert postgres_source.connection_params(pinned)["sslmode"] == "verify-full"
   assert "sslmode" not in postgres_source.connection_params("postgresql://u@localhost/x")
   assert "sslmode" not in postgres_source.connection_params("postgresql://u@/x?host=/tmp/s")
 

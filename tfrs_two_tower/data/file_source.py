@@ -81,7 +81,8 @@ class FileSource:
     if any(s.sql for s in [config.interactions] + list(config.entities.values())):
       log("export: the config's sql queries do not apply to files; reading the table files")
     self.description: Dict[str, Any] = {
-        "kind": "files", "label": f"files {input_dir or os.path.dirname(self.paths['interactions'])}",
+        "kind": "files",
+        "label": f"files {input_dir or os.path.dirname(self.paths['interactions'])}",
         "files": {kind: {"path": os.path.abspath(p), "sha256": files.sha256_file(p)}
                   for kind, p in self.paths.items()}}
     self._entities: Dict[str, pd.DataFrame] = {}

@@ -131,7 +131,10 @@ def connect(url: str, retries: int = 3, backoff_seconds: float = 1.0,
 
 
 def partition_sql(column: sql.Composable, partition: sources.Partition) -> sql.Composable:
-  """SQL twin of `sources.partition_of`; NULL ids fall in every partition (so the audit sees them)."""
+  """SQL twin of `sources.partition_of`.
+
+  NULL ids fall in every partition, so that every partition's audit reports them.
+  """
   if partition.whole:
     return sql.SQL("TRUE")
   return sql.SQL("({c} IS NULL OR mod(('x' || lpad(substr(md5({c}::text), 1, 8), 16, '0'))"

@@ -23,7 +23,6 @@ A source is duck-typed (see `PostgresSource`, `FileSource`):
       greatest action string); timestamps as int64 unix seconds.
 """
 
-import collections
 import dataclasses
 import hashlib
 import math

@@ -53,6 +53,8 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
     return partitions.combine(dirs, output_dir, **gate)
   if file_mode and db_url:
     raise UsageError("give either --db_url or file inputs (--input_dir, --*_file), not both")
+  if not 0 < eval_fraction < 1:
+    raise UsageError(f"--eval_fraction must be in (0, 1), got {eval_fraction}")
   try:
     part = sources.Partition(num_partitions, partition)
   except sources.PartitionError as e:
