@@ -17,8 +17,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import segments
+from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages import evaluate_stage
 
 FLAGS = flags.FLAGS
@@ -59,22 +59,21 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing --output_dir (atom
 def main(argv):
   del argv
   run_dirs = [p.strip() for value in FLAGS.run_dir for p in value.split(",") if p.strip()]
-  try:
-    ks = [int(k) for k in FLAGS.k]
-  except ValueError:
-    raise app.UsageError(f"--k: expected comma-separated integers, got {FLAGS.k}") from None
-  rules = segments.SegmentRules(active_window_days=FLAGS.active_window_days,
-                                active_min_swipes=FLAGS.active_min_swipes,
-                                long_time_days=FLAGS.long_time_days)
-  try:
+  with cli.user_errors():
+    try:
+      ks = [int(k) for k in FLAGS.k]
+    except ValueError:
+      raise evaluate_stage.EvaluationInputError(
+          f"--k: expected comma-separated integers, got {FLAGS.k}") from None
+    rules = segments.SegmentRules(active_window_days=FLAGS.active_window_days,
+                                  active_min_swipes=FLAGS.active_min_swipes,
+                                  long_time_days=FLAGS.long_time_days)
     evaluate_stage.run(FLAGS.dataset_dir, run_dirs, FLAGS.output_dir, ks=ks, rules=rules,
                        world_dir=FLAGS.world_dir, bootstrap=FLAGS.bootstrap, seed=FLAGS.seed,
                        baselines=FLAGS.baselines, reciprocal=FLAGS.reciprocal,
                        batch_size=FLAGS.batch_size, tensorboard=FLAGS.tensorboard,
                        overwrite=FLAGS.overwrite, verify_checksums=FLAGS.verify_checksums,
                        log=logging.info)
-  except (evaluate_stage.EvaluationInputError, reader.DatasetFormatError) as e:
-    raise app.UsageError(str(e))
 
 
 if __name__ == "__main__":

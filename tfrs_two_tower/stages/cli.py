@@ -10,8 +10,6 @@ import contextlib
 import logging as std_logging
 import sys
 
-from absl import logging
-
 # Exit codes scripts share (documented in the README's troubleshooting table).
 EXIT_INPUT_ERROR = 2
 
@@ -28,6 +26,5 @@ def user_errors(exit_code: int = EXIT_INPUT_ERROR):
     yield
   except (ValueError, FileExistsError, FileNotFoundError, KeyError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    logging.error("%s", message)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(getattr(e, "exit_code", exit_code))
