@@ -17,8 +17,8 @@ max over m independent arrays (Algorithm 3) keeps the least collided estimate.
 Hashes are universal: h_i(x) = ((a_i (x mod P) + b_i) mod P) mod H with the
 Mersenne prime P = 2^31 - 1, so every product fits in int64 (XLA-friendly).
 The state lives in non-trainable variables (saved by checkpoints). Under a
-distribution strategy the keys of all replicas are gathered first, so every
-replica applies the same update and the copies stay identical.
+distribution strategy the positions of all replicas are gathered first, so
+every replica applies the same update and the copies stay identical.
 """
 
 import numpy as np
@@ -45,6 +45,9 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     if num_buckets < 1 or num_hashes < 1 or not 0 < alpha <= 1:
       raise ValueError("need num_buckets >= 1, num_hashes >= 1 and 0 < alpha <= 1")
+    if num_buckets * num_hashes > 2**24:
+      raise ValueError("num_buckets * num_hashes must be <= 2^24 (positions travel as float32 "
+                       "between replicas)")
     self.num_buckets = int(num_buckets)
     self.num_hashes = int(num_hashes)
     self.alpha = float(alpha)
@@ -78,10 +81,7 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
 
   def update(self, keys: tf.Tensor) -> tf.Operation:
     """One step of Algorithm 2/3 for the (global) batch of keys."""
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      keys = context.all_gather(keys, axis=0)
-    index = self._indices(self.buckets(keys))
+    index = _gather_from_replicas(self._indices(self.buckets(keys)))
     t = self.step + 1.0
     last = tf.gather(self.last_step, index)
     gap = tf.gather(self.gap, index)
@@ -109,3 +109,20 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     return {**super().get_config(), "num_buckets": self.num_buckets,
             "num_hashes": self.num_hashes, "alpha": self.alpha,
             "min_probability": self.min_probability, "seed": self.seed}
+
+
+def _gather_from_replicas(index: tf.Tensor) -> tf.Tensor:
+  """[N] int64 state positions of this replica -> those of every replica.
+
+  An all-reduce of a [replicas, N] float32 matrix holding this replica's row
+  (positions < 2^24 are exact in float32). `all_gather` would be the natural
+  op, but MultiWorkerMirroredStrategy (TF 2.20) fails on it inside a step.
+  """
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return index
+  replicas = context.num_replicas_in_sync
+  rows = tf.one_hot(context.replica_id_in_sync_group, replicas, dtype=tf.float32)[:, None]
+  gathered = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                rows * tf.cast(index, tf.float32)[None, :])
+  return tf.cast(tf.reshape(gathered, [-1]), tf.int64)

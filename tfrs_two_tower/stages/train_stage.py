@@ -217,8 +217,13 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
       inputs.StaticSamplingProbability(dataset)
       if options.sampling_probability == "static" else None)
   with strategy.scope():
+    # Every variable (estimator state, optimizer slots) is created here, in the
+    # strategy's scope, not lazily inside the first distributed step.
     model = build_model(options, specs)
+    if model.frequency_estimator is not None:
+      model.frequency_estimator.build(None)
     model.compile(optimizer=make_optimizer(options))
+    model.optimizer.build(model.trainable_variables)
   checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
   manager = tf.train.CheckpointManager(checkpoint, os.path.join(work, run_lib.CHECKPOINTS),
                                        max_to_keep=3)
@@ -241,10 +246,9 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
   started, start_step = time.time(), step
   for epoch in range(step // steps_per_epoch, options.epochs):
     skip = step - epoch * steps_per_epoch
-    ds = inputs.training_dataset(dataset, builder, options.batch_size, options.seed, epoch,
-                                 skip_batches=skip, num_batches=steps_per_epoch - skip)
     sums, count = {}, 0
-    for batch in strategy.experimental_distribute_dataset(ds):
+    for batch in _distributed_epoch(strategy, dataset, builder, options, epoch, skip,
+                                    steps_per_epoch - skip):
       parts = {k: float(v) for k, v in step_fn(batch).items()}
       step += 1
       if not np.isfinite(parts["loss"]):
@@ -305,7 +309,8 @@ def _save_checkpoint(manager, model, step: int, work: str) -> None:
 
 def _learning_rate(optimizer) -> float:
   lr = optimizer.learning_rate
-  return float(lr(optimizer.iterations) if callable(lr) else lr)
+  value = lr(optimizer.iterations) if callable(lr) else lr
+  return float(tf.convert_to_tensor(value))  # also a (mirrored) variable
 
 
 def _early_stop(history: List[Dict[str, float]], options: TrainOptions) -> bool:
@@ -315,6 +320,22 @@ def _early_stop(history: List[Dict[str, float]], options: TrainOptions) -> bool:
     return False
   best_before = max(h[key] for h in history[:-patience])
   return all(h[key] <= best_before for h in history[-patience:])
+
+
+def _distributed_epoch(strategy, dataset, builder, options, epoch: int, skip: int, steps: int):
+  """Per-replica batches of one epoch (from `skip` on, `steps` global steps).
+
+  Each input pipeline (one per worker) reads the whole split with its own shuffle
+  seed and yields per-replica batches of `batch_size / replicas`; a global step
+  takes one batch per replica.
+  """
+  def dataset_fn(context: tf.distribute.InputContext):
+    local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+    return inputs.training_dataset(
+        dataset, builder, context.get_per_replica_batch_size(options.batch_size),
+        options.seed + 7919 * context.input_pipeline_id, epoch,
+        skip_batches=skip * local_replicas, num_batches=steps * local_replicas)
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def _distributed_step(strategy, model, jit_compile: bool):
