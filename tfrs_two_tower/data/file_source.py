@@ -168,7 +168,7 @@ class FileSource:
     tables = {side: self.entities(side) for side in ("query", "candidate")}
     index = {side: pd.Index(t[self.config.entity(side).id_column].astype(str))
              for side, t in tables.items()}
-    columns = self._columns("interactions")
+    self._columns("interactions")  # presence and types
     path = self.paths["interactions"]
     required = [cfg.query_id_column, cfg.candidate_id_column, cfg.action_column,
                 cfg.timestamp_column]
@@ -218,14 +218,11 @@ class FileSource:
       parts["row"].append(rows)
       parts["mine"].append(mine)
     plan = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in parts.items()}
+    plan["mine"] = plan["mine"].astype(bool)
     # Ties on time keep the greatest action string, as the SQL source does.
-    rank = np.argsort(np.argsort(np.array(sorted(action_codes, key=action_codes.get) or [""],
-                                          dtype=object)))
-    order = np.lexsort((rank[plan["action"]] if plan["action"].size else plan["action"],
-                        plan["ts"], plan["key"]))
-    last = np.ones(order.size, bool)
-    last[:-1] = plan["key"][order][1:] != plan["key"][order][:-1]
-    latest = order[last]
+    names = np.array(sorted(action_codes, key=action_codes.get), dtype=object)
+    action_rank = np.argsort(np.argsort(names))[plan["action"]] if names.size else plan["action"]
+    latest = latest_rows(plan["key"], plan["ts"], action_rank)
     keep = np.zeros(offset, bool)
     keep[plan["row"][latest[plan["mine"][latest]]]] = True
     seconds = np.zeros(offset, np.int64)
@@ -266,6 +263,20 @@ class FileSource:
         pending, size = [], 0
     if size:
       yield pd.concat(pending, ignore_index=True)
+
+
+def latest_rows(keys: np.ndarray, timestamps: np.ndarray, tie_break: np.ndarray) -> np.ndarray:
+  """Positions of the last row of each key by (timestamp, tie_break): the kept swipes.
+
+  Args:
+    keys, timestamps, tie_break: [n] int64 (pair key, unix seconds, action rank).
+  Returns:
+    [number of distinct keys] positions into the inputs.
+  """
+  order = np.lexsort((tie_break, timestamps, keys))
+  last = np.ones(order.size, bool)
+  last[:-1] = keys[order][1:] != keys[order][:-1]
+  return order[last]
 
 
 def _partitions(ids: np.ndarray, partition: sources.Partition, cache: Dict[str, int]) -> np.ndarray:

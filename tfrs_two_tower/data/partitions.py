@@ -43,7 +43,7 @@ def write_partition_files(writer: writer_lib.DatasetWriter, partition: sources.P
   out = os.path.join(writer.staging_dir, PARTITION_DIR)
   os.makedirs(out)
   counters = writer.counters()
-  arrays = {k: counters.pop(k) for k in writer_lib.DatasetWriter._ARRAY_COUNTERS}
+  arrays = {k: counters.pop(k) for k in writer_lib.DatasetWriter.ARRAY_COUNTERS}
   np.savez(os.path.join(writer.staging_dir, COUNTERS), **arrays)
   files.write_json(os.path.join(writer.staging_dir, PARTITION_JSON),
                    {"count": partition.count, "index": partition.index,

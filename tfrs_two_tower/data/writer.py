@@ -188,11 +188,11 @@ class DatasetWriter:
     return self._tmp
 
   # -- additive counters: partitions written separately sum to the whole ------
-  _ARRAY_COUNTERS = ("query_train", "query_all", "candidate_train", "candidate_train_positive")
+  ARRAY_COUNTERS = ("query_train", "query_all", "candidate_train", "candidate_train_positive")
 
   def counters(self) -> Dict[str, Any]:
     """Every counter the finalisation derives from (numpy arrays for per-entity ones)."""
-    out: Dict[str, Any] = {k: getattr(self, k).copy() for k in self._ARRAY_COUNTERS}
+    out: Dict[str, Any] = {k: getattr(self, k).copy() for k in self.ARRAY_COUNTERS}
     out.update(rows=dict(self.rows), labels={s: list(v) for s, v in self.labels.items()},
                actions={s: dict(c) for s, c in self.actions.items()},
                weekly={int(k): int(v) for k, v in self.weekly.items()},
@@ -201,7 +201,7 @@ class DatasetWriter:
 
   def add_counters(self, counters: Mapping[str, Any]) -> None:
     """Adds `counters()` of another writer over the same entity tables (another partition)."""
-    for key in self._ARRAY_COUNTERS:
+    for key in self.ARRAY_COUNTERS:
       value = np.asarray(counters[key], np.int64)
       if value.shape != getattr(self, key).shape:
         raise ValueError(f"counter {key}: shape {value.shape} != {getattr(self, key).shape} "
