@@ -12,6 +12,7 @@ from tfrs_two_tower.abtest import calibration
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import outcomes as outcomes_lib
 from tfrs_two_tower.abtest import simulator
+from tfrs_two_tower.stages import abtest_stage
 from tfrs_two_tower.stages import seed_stage
 
 PARAMS = simulator.SimulationParams(days=10, seed=3)
@@ -82,7 +83,8 @@ def test_aa_round_trip_srm_injection_and_sql_equals_pandas(world_database, tiny_
   assert result["verdict"] == analysis.INVALID and "comparisons" not in result
 
 
-def test_a_real_lift_is_detected(world_database, tiny_world, recommenders):
+def test_a_real_lift_is_detected(world_database, fresh_database, tiny_world, recommenders,
+                                 tmp_path):
   exp = assignment.Experiment.from_weights("lift", {"control": 1, "treatment": 1})
   simulation = simulator.simulate(
       tiny_world, {"control": recommenders["feature_matching"],
@@ -96,6 +98,14 @@ def test_a_real_lift_is_detected(world_database, tiny_world, recommenders):
   # The CI covers the true difference in what the arms showed (means of the oracle's P(like)).
   assert like_rate["ci_low"] < truth["treatment"] - truth["control"] < like_rate["ci_high"]
   assert result["comparisons"]["treatment"]["matches_per_user"]["difference"] > 0
+  # The script's stage reads the same snapshot through the URL and writes the report.
+  out = tmp_path / "report"
+  staged = abtest_stage.run(experiment="lift", db_url=fresh_database, env_file=None,
+                            output_dir=str(out), log=lambda *a: None)
+  assert staged["verdict"] == result["verdict"]
+  assert staged["comparisons"] == result["comparisons"]
+  manifest = (out / "manifest.json").read_text()
+  assert '"database": "postgresql://postgres@' in manifest
 
 
 def test_simulation_refuses_a_database_with_data(world_database):
