@@ -344,7 +344,6 @@ def export(source, config: config_lib.Config, output_dir: str, *,
         f"{eval_fraction:.0%} of interactions by time are eval)")
   queries = source.entities("query")
   candidates = queries if config.same_entity_both_sides else source.entities("candidate")
-  tracker = Progress(audit.rows, log)
   description = dict(source.description, partition=dataclasses.asdict(partition))
   with writer_lib.DatasetWriter(
       config, output_dir, split_time, queries, candidates,
@@ -354,6 +353,7 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       unknown_actions=unknown_actions, missing_entities=missing_entities, min_users=min_users,
       min_interactions=min_interactions, source_description=description, overwrite=overwrite,
       log_every_seconds=math.inf) as writer:
+    tracker = Progress(audit.rows, log)  # after the writer's TensorFlow import
     streamed = 0
     for chunk in source.interaction_chunks(chunk_size, partition):
       writer.add_interactions(chunk, source=f"{label} {config.interactions.table}",
