@@ -110,3 +110,18 @@ def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
                     train_stage.TrainOptions(layer_sizes="64,x"))
   with pytest.raises(train_stage.TrainError, match="--dataset_dir"):
     train_stage.run(str(tmp_path / "nope"), str(tmp_path / "r"))
+
+
+def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
+  import tensorflow as tf
+  path = str(tmp_path / "run")
+  options = train_stage.TrainOptions(**{**FAST, "steps_per_epoch": 6, "mixed_precision": True,
+                                        "jit_compile": True, "eval_ks": "10"})
+  result = train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
+  assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
+  run = run_lib.open_run(path)
+  assert run.manifest["global_step"] == 6
+  ids, embeddings = run.candidate_embeddings()
+  assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
+  np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
+  assert result.manifest["metrics"]["final"]["auc"] > 0

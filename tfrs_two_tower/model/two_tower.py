@@ -23,6 +23,7 @@ single-machine step on the global batch):
   loss = softmax + pass_loss_weight * pairwise
 """
 
+import contextlib
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -39,6 +40,21 @@ def global_sum(value: tf.Tensor) -> tf.Tensor:
   if context is None or context.num_replicas_in_sync == 1:
     return value
   return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+@contextlib.contextmanager
+def float32_policy():
+  """Layers created inside run in float32, also under mixed precision.
+
+  The loss (q.c / temperature, softmax, logQ) is fragile in float16, and
+  `tfrs.tasks.Retrieval` takes no dtype: it follows the global policy.
+  """
+  policy = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy("float32")
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(policy)
 
 
 class TwoTowerModel(tfrs.Model):
@@ -70,11 +86,12 @@ class TwoTowerModel(tfrs.Model):
     self.sampling = sampling
     self.frequency_estimator = frequency_estimator
     self.pass_loss_weight = float(pass_loss_weight)
-    self.task = tfrs.tasks.Retrieval(
-        loss=tf.keras.losses.CategoricalCrossentropy(
-            from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
-        temperature=temperature, remove_accidental_hits=True,
-        num_hard_negatives=num_hard_negatives)
+    with float32_policy():
+      self.task = tfrs.tasks.Retrieval(
+          loss=tf.keras.losses.CategoricalCrossentropy(
+              from_logits=True, reduction=tf.keras.losses.Reduction.SUM),
+          temperature=temperature, remove_accidental_hits=True,
+          num_hard_negatives=num_hard_negatives)
     # Affine map of the cosine q.c to a like-vs-pass logit.
     self.pair_scale = tf.Variable(5.0, name="pair_scale", dtype=tf.float32)
     self.pair_bias = tf.Variable(0.0, name="pair_bias", dtype=tf.float32)
@@ -102,10 +119,12 @@ class TwoTowerModel(tfrs.Model):
     label = tf.cast(batch["label"], tf.float32)
     weight = tf.cast(batch["weight"], tf.float32)
     positive_weight = weight * label
-    softmax = self.task(q, c, sample_weight=positive_weight,
-                        candidate_sampling_probability=self.sampling_probability(batch, training),
-                        candidate_ids=batch["candidate_key"], compute_metrics=False,
-                        compute_batch_metrics=False)
+    with float32_policy():  # Retrieval builds its helper layers inside call()
+      softmax = self.task(q, c, sample_weight=positive_weight,
+                          candidate_sampling_probability=self.sampling_probability(batch,
+                                                                                   training),
+                          candidate_ids=batch["candidate_key"], compute_metrics=False,
+                          compute_batch_metrics=False)
     softmax = softmax / tf.maximum(global_sum(tf.reduce_sum(positive_weight)), 1e-6)
     pairwise = tf.nn.sigmoid_cross_entropy_with_logits(labels=label,
                                                        logits=self.pair_logits(q, c))

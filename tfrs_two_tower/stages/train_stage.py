@@ -54,10 +54,10 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class TrainOptions:
   """Every training knob (the flags of `train_model.py` use these defaults)."""
-  epochs: int = 6
+  epochs: int = 2
   steps_per_epoch: int = 0
   batch_size: int = 1024
-  learning_rate: float = 0.01
+  learning_rate: float = 0.003
   optimizer: str = "adam"
   embedding_dim: int = 32
   layer_sizes: str = "128"
@@ -198,8 +198,16 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
     raise TrainError(f"--dataset_dir: {e}") from None
   resolved = {"dataset_dir": os.path.abspath(dataset_dir), "run_dir": run_dir,
               **dataclasses.asdict(options)}
+  policy = tf.keras.mixed_precision.global_policy()
   if options.mixed_precision:
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
+  try:
+    return _train(dataset, run_dir, options, resolved, overwrite, log)
+  finally:
+    tf.keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
   tf.keras.utils.set_random_seed(options.seed)
   strategy = make_strategy(options.strategy)
   chief = _is_chief(strategy)
