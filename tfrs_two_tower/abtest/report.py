@@ -42,8 +42,11 @@ def markdown(result: Dict[str, Any]) -> str:
   if "comparisons" in result:
     for arm, comparisons in result["comparisons"].items():
       lines += [f"## {arm} vs control ({result['alpha']:.0%} two-sided tests, "
-                f"{1 - result['alpha']:.0%} CIs)", "",
-                "| metric | role | control | treatment | difference [CI] | relative lift [CI] "
+                f"{1 - result['alpha']:.0%} CIs)", ""]
+      if result["cuped"]:
+        lines += ["CUPED: control/treatment columns of adjusted metrics are CUPED-adjusted "
+                  "means (same expectation, less variance).", ""]
+      lines += ["| metric | role | control | treatment | difference [CI] | relative lift [CI] "
                 "| p-value | test |", "|---|---|---:|---:|---|---|---:|---|"]
       for name in names:
         c = comparisons[name]
