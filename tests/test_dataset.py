@@ -260,3 +260,10 @@ def test_geo_cells_agree_between_numpy_and_tensorflow():
     expected = features_lib.geo_cell_tokens(loc[:, 0], loc[:, 1], cell)
     got = features_lib.geo_cell_tokens_tf(tf.constant(loc), cell).numpy().astype(str)
     assert list(got) == list(expected)
+
+
+def test_text_booleans_and_numbers_from_csv_string_columns():
+  values = pd.Series(["t", "f", "TRUE", " false ", "2.5", "", None], dtype="str")
+  got = features_lib._as_float(values, "profiles.csv", "verified")
+  np.testing.assert_array_equal(got[:5], [1, 0, 1, 0, 2.5])
+  assert np.isnan(got[5:]).all()

@@ -142,8 +142,8 @@ def _as_float(values: pd.Series, source: str, column: str) -> np.ndarray:
   if values.dtype == bool or values.dtype == object and values.map(
       lambda v: isinstance(v, (bool, np.bool_))).all():
     return values.astype(np.float32).to_numpy()
-  if values.dtype == object:
-    lowered = values.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+  if not pd.api.types.is_numeric_dtype(values.dtype):  # object, or pandas' str dtype (CSV)
+    lowered = values.astype(object).map(lambda v: v.strip().lower() if isinstance(v, str) else v)
     values = lowered.replace({"true": 1.0, "false": 0.0, "t": 1.0, "f": 0.0, "": np.nan})
   numeric = pd.to_numeric(values, errors="coerce")
   bad = numeric.isna() & values.notna()
