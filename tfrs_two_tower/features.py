@@ -76,8 +76,8 @@ def densify(config: config_lib.Config, parsed: Dict[str, object],
   out = dict(parsed)
   for side in sides:
     for f in config.features(side):
-      if f.type == "multi_categorical":
-        key = f.key(side)
+      key = f.key(side)
+      if f.type == "multi_categorical" and key in parsed:  # absent when not parsed
         dense = tf.sparse.to_dense(parsed[key], default_value=MISSING_TOKEN)
         dense = dense[:, :f.max_length]
         pad = f.max_length - tf.shape(dense)[1]

@@ -126,7 +126,8 @@ def interactions_dataset(dataset: DatasetDir, split: str, batch_size: int, *,
                          seed: Optional[int] = None, repeat: bool = False,
                          deterministic: bool = False, drop_remainder: bool = False,
                          labels: Optional[Sequence[int]] = None,
-                         num_parallel_reads: Optional[int] = None):
+                         num_parallel_reads: Optional[int] = None,
+                         keys: Optional[Sequence[str]] = None):
   """A batched `tf.data.Dataset` of interaction records.
 
   Pipeline: shard list (shuffled) -> parallel interleave of gzip TFRecord
@@ -139,6 +140,8 @@ def interactions_dataset(dataset: DatasetDir, split: str, batch_size: int, *,
     labels: keep only these labels (e.g. [1] for likes); filtering happens after
       parsing, so batches may then be smaller than `batch_size`.
     deterministic: fixed element order for a given seed (slower interleave).
+    keys: parse only these record keys (faster; e.g. ids and targets when the
+      features come from the entity tables); default all.
   Yields:
     dicts of dense tensors: `<side>_<feature>` ([B] strings / floats, [B, L]
     strings for multi-categorical, [B, 2] for geo), `query_id`, `candidate_id`,
@@ -149,6 +152,8 @@ def interactions_dataset(dataset: DatasetDir, split: str, batch_size: int, *,
   if not shards:
     raise DatasetFormatError(f"{dataset.path}: split {split!r} has no shards")
   spec = features_lib.parse_spec(dataset.config)
+  if keys is not None:
+    spec = {k: v for k, v in spec.items() if k in set(keys)}
   autotune = tf.data.AUTOTUNE
   files_ds = tf.data.Dataset.from_tensor_slices(shards)
   if shuffle:

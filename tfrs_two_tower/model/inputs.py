@@ -1,21 +1,36 @@
 """`tf.data` pipelines that feed the two-tower model with core inputs.
 
-String work (vocabulary lookups, hashing, normalisation) runs in the input
-pipeline, in parallel with training, so that the training step itself is
-numeric only (and compiles with XLA). The batch layout is described in
-`two_tower.py`.
+An interaction record repeats its two entities' features (the dataset writer
+joins them from the entity tables). So the training input is built in two
+parts, each computed once before training:
+
+* `EntityFeatures`: the core inputs (all string work: lookups, hashing,
+  normalisation) of every entity of a side, one row per entity;
+* `InteractionIndex`: the split read once from its TFRecord shards, parsing only
+  ids and targets, as int/float arrays (entity rows, label, weight, candidate key
+  and, for static logQ, the sampling probability): ~30 bytes per interaction.
+
+A training batch is then a shuffled slice of the index plus row gathers: the
+per-step input work is tiny and numeric, the training step compiles with XLA,
+and a resumed run sees exactly the batches it would have seen. The batch layout
+is described in `two_tower.py`.
 """
 
 from typing import Dict, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import preprocessing as prep
 
 # Fingerprint64 mod this: a non-negative int64 id per candidate.
 KEY_SPACE = 2**63 - 1
+# Record keys the training input parses; the features come from `EntityFeatures`.
+RECORD_KEYS = (features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LABEL,
+               features_lib.WEIGHT)
 
 
 def candidate_key(ids: tf.Tensor) -> tf.Tensor:
@@ -44,38 +59,90 @@ class StaticSamplingProbability:
     return self.table.lookup(ids)
 
 
-class BatchBuilder:
-  """Raw interaction batch -> model batch (core inputs of both sides + targets)."""
+class EntityFeatures:
+  """Core inputs of every entity of one side, computed once; looked up by row."""
 
-  def __init__(self, query_preprocessing: prep.FeaturePreprocessing,
-               candidate_preprocessing: prep.FeaturePreprocessing,
+  def __init__(self, dataset: reader.DatasetDir, side: str,
+               preprocessing: prep.FeaturePreprocessing, batch_size: int = 65536):
+    self.side = side
+    parts: Dict[str, list] = {}
+    id_chunks = []
+    for raw in reader.entity_dataset(dataset, side, batch_size=batch_size):
+      for key, value in preprocessing(raw).items():
+        parts.setdefault(key, []).append(value)
+      id_chunks.append(raw[f"{side}_id"])
+    ids = tf.concat(id_chunks, axis=0)
+    self.values = {key: tf.concat(chunks, axis=0) for key, chunks in parts.items()}
+    self.rows = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, tf.range(tf.shape(ids, out_type=tf.int64)[0])),
+        default_value=-1)
+
+  def row(self, ids: tf.Tensor) -> tf.Tensor:
+    """[B] ids -> [B] int64 entity rows (-1: not in the entity table)."""
+    return self.rows.lookup(ids)
+
+  def gather(self, rows: tf.Tensor) -> Dict[str, tf.Tensor]:
+    return {key: tf.gather(value, rows) for key, value in self.values.items()}
+
+
+class InteractionIndex:
+  """One split as arrays: entity rows of both sides and the training targets."""
+
+  def __init__(self, dataset: reader.DatasetDir, split: str, query: EntityFeatures,
+               candidate: EntityFeatures,
                static_probability: Optional[StaticSamplingProbability] = None):
-    self.query_preprocessing = query_preprocessing
-    self.candidate_preprocessing = candidate_preprocessing
-    self.static_probability = static_probability
+    self.query, self.candidate = query, candidate
+    parts: Dict[str, list] = {}
+    records = reader.interactions_dataset(dataset, split, 65536, shuffle=False,
+                                          deterministic=True, keys=RECORD_KEYS)
+    for batch in records:
+      ids = batch[features_lib.CANDIDATE_ID]
+      columns = {"query_row": query.row(batch[features_lib.QUERY_ID]),
+                 "candidate_row": candidate.row(ids),
+                 "label": tf.cast(batch[features_lib.LABEL], tf.int32),
+                 "weight": tf.cast(batch[features_lib.WEIGHT], tf.float32),
+                 "candidate_key": candidate_key(ids)}
+      if static_probability is not None:
+        columns["candidate_sampling_probability"] = static_probability(ids)
+      for key, value in columns.items():
+        parts.setdefault(key, []).append(value.numpy())
+    columns = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    for side in ("query", "candidate"):
+      missing = int((columns[f"{side}_row"] < 0).sum())
+      if missing:
+        raise reader.DatasetFormatError(
+            f"{dataset.path}: {missing} {split} interactions name a {side} id that is not in "
+            f"{dataset.file(fmt.ENTITY_FILES[side])}")
+    self.tensors = {key: tf.constant(value) for key, value in columns.items()}
 
-  def __call__(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
-    out = dict(self.query_preprocessing(raw))
-    out.update(self.candidate_preprocessing(raw))
-    out["label"] = tf.cast(raw[features_lib.LABEL], tf.int32)
-    out["weight"] = tf.cast(raw[features_lib.WEIGHT], tf.float32)
-    out["candidate_key"] = candidate_key(raw[features_lib.CANDIDATE_ID])
-    if self.static_probability is not None:
-      out["candidate_sampling_probability"] = self.static_probability(
-          raw[features_lib.CANDIDATE_ID])
+  def __len__(self) -> int:
+    return int(self.tensors["label"].shape[0])
+
+  def batch(self, rows: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Model batch of the interactions at `rows` (see `two_tower.py`)."""
+    picked = {key: tf.gather(value, rows) for key, value in self.tensors.items()}
+    out = dict(self.query.gather(picked.pop("query_row")))
+    out.update(self.candidate.gather(picked.pop("candidate_row")))
+    out.update(picked)
     return out
 
 
-def training_dataset(dataset: reader.DatasetDir, builder: BatchBuilder, batch_size: int,
-                     seed: int, epoch: int, num_batches: int, skip_batches: int = 0,
-                     split: str = "train") -> tf.data.Dataset:
+def training_dataset(index: InteractionIndex, batch_size: int, seed: int, epoch: int,
+                     num_batches: int, skip_batches: int = 0) -> tf.data.Dataset:
   """Batches `skip_batches` .. `skip_batches + num_batches` of one epoch.
 
-  An epoch is a shuffled pass (shuffle seed = seed + epoch) over the split in
-  full batches, repeated if it holds fewer than the epoch's batches. A resumed
-  run skips the batches its checkpoint already trained on.
+  An epoch walks through random permutations of the split (seeded by seed and
+  epoch; as many passes as the epoch needs) in full batches, so the same seed
+  gives the same batches, also after a resume.
   """
-  ds = reader.interactions_dataset(dataset, split, batch_size, shuffle=True, seed=seed + epoch,
-                                   drop_remainder=True, repeat=True)
-  return (ds.skip(skip_batches).take(num_batches)
-          .map(builder, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE))
+  n = len(index)
+  if n < batch_size:
+    raise ValueError(f"the split has {n} interactions, fewer than a batch ({batch_size})")
+  per_pass = n // batch_size
+  passes = -(-(skip_batches + num_batches) // per_pass)
+  rng = np.random.RandomState([seed % 2**32, epoch])
+  order = np.concatenate([rng.permutation(n)[:per_pass * batch_size] for _ in range(passes)])
+  order = tf.constant(order.reshape(-1, batch_size).astype(np.int64))
+  return (tf.data.Dataset.range(skip_batches, skip_batches + num_batches)
+          .map(lambda i: index.batch(order[i]), num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))

@@ -220,8 +220,10 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
                                          side) for side in run_lib.SIDES}
   preprocessing = {side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
                    for side in run_lib.SIDES}
-  builder = inputs.BatchBuilder(
-      preprocessing["query"], preprocessing["candidate"],
+  query_features = inputs.EntityFeatures(dataset, "query", preprocessing["query"])
+  candidate_features = inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"])
+  train_index = inputs.InteractionIndex(
+      dataset, "train", query_features, candidate_features,
       inputs.StaticSamplingProbability(dataset)
       if options.sampling_probability == "static" else None)
   with strategy.scope():
@@ -239,8 +241,7 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
     checkpoint.restore(manager.latest_checkpoint)
     log("train: resuming from %s" % manager.latest_checkpoint)
 
-  train_rows = dataset.num_rows("train")
-  steps_per_epoch = options.steps_per_epoch or max(train_rows // options.batch_size, 1)
+  steps_per_epoch = options.steps_per_epoch or max(len(train_index) // options.batch_size, 1)
   total_steps = options.epochs * steps_per_epoch
   step_fn = _distributed_step(strategy, model, options.jit_compile)
   evaluator = epoch_eval.RetrievalEvaluator(dataset, ks=options.ks())
@@ -255,7 +256,7 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
   for epoch in range(step // steps_per_epoch, options.epochs):
     skip = step - epoch * steps_per_epoch
     sums, count = {}, 0
-    for batch in _distributed_epoch(strategy, dataset, builder, options, epoch, skip,
+    for batch in _distributed_epoch(strategy, train_index, options, epoch, skip,
                                     steps_per_epoch - skip):
       parts = {k: float(v) for k, v in step_fn(batch).items()}
       step += 1
@@ -330,17 +331,17 @@ def _early_stop(history: List[Dict[str, float]], options: TrainOptions) -> bool:
   return all(h[key] <= best_before for h in history[-patience:])
 
 
-def _distributed_epoch(strategy, dataset, builder, options, epoch: int, skip: int, steps: int):
+def _distributed_epoch(strategy, index, options, epoch: int, skip: int, steps: int):
   """Per-replica batches of one epoch (from `skip` on, `steps` global steps).
 
-  Each input pipeline (one per worker) reads the whole split with its own shuffle
-  seed and yields per-replica batches of `batch_size / replicas`; a global step
-  takes one batch per replica.
+  Each input pipeline (one per worker) draws from its own permutation of the
+  split (its own seed) and yields per-replica batches of `batch_size /
+  replicas`; a global step takes one batch per replica.
   """
   def dataset_fn(context: tf.distribute.InputContext):
     local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
     return inputs.training_dataset(
-        dataset, builder, context.get_per_replica_batch_size(options.batch_size),
+        index, context.get_per_replica_batch_size(options.batch_size),
         options.seed + 7919 * context.input_pipeline_id, epoch,
         skip_batches=skip * local_replicas, num_batches=steps * local_replicas)
   return strategy.distribute_datasets_from_function(dataset_fn)
