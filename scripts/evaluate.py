@@ -40,8 +40,13 @@ flags.DEFINE_integer("seed", 0, "Seed of the bootstrap, the random baseline and 
                      "subsample.")
 flags.DEFINE_list("baselines", list(evaluate_stage.BASELINES), "Baselines to evaluate "
                   "(random, popularity, feature_matching); lifts are over feature_matching.")
-flags.DEFINE_boolean("reciprocal", True, "Also rank by the reciprocal score (harmonic mean of "
-                     "P(u likes v) and P(v likes u)) when both towers see the same entity.")
+flags.DEFINE_boolean("reciprocal", True, "Also rank by a reciprocal score combining "
+                     "P(u likes v) and P(v likes u) when both towers see the same entity.")
+flags.DEFINE_list("reciprocal_combination", ["product"], "How the reciprocal mode combines the "
+                  "two probabilities: product (= P(match)) and/or harmonic (RECON); the first is "
+                  "<run>:reciprocal, others <run>:reciprocal_<combination>.")
+flags.DEFINE_boolean("reciprocal_back_swipes", True, "Reciprocal mode: when v swiped on u in "
+                     "train, use the observed outcome (like 1, pass 0) as P(v likes u).")
 flags.DEFINE_float("active_window_days", _RULES.active_window_days, "Segment 'active': window "
                    "before the split in which train swipes are counted.", lower_bound=0)
 flags.DEFINE_integer("active_min_swipes", _RULES.active_min_swipes, "Segment 'active': minimum "
@@ -71,6 +76,8 @@ def main(argv):
     evaluate_stage.run(FLAGS.dataset_dir, run_dirs, FLAGS.output_dir, ks=ks, rules=rules,
                        world_dir=FLAGS.world_dir, bootstrap=FLAGS.bootstrap, seed=FLAGS.seed,
                        baselines=FLAGS.baselines, reciprocal=FLAGS.reciprocal,
+                       reciprocal_combinations=FLAGS.reciprocal_combination,
+                       back_swipes=FLAGS.reciprocal_back_swipes,
                        batch_size=FLAGS.batch_size, tensorboard=FLAGS.tensorboard,
                        overwrite=FLAGS.overwrite, verify_checksums=FLAGS.verify_checksums,
                        log=logging.info)

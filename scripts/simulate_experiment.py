@@ -36,8 +36,10 @@ flags.DEFINE_integer("world_seed", 0, "Seed of a generated world (0 = the defaul
 flags.DEFINE_string("run_dir", None, "Treatment: a trained run dir (train_model.py). Empty: the "
                     "treatment is feature matching too (an A/A test).")
 flags.DEFINE_enum("treatment", None, list(abtest_simulation_stage.TREATMENTS), "Treatment arm's "
-                  "recommender: two_tower (P(u likes v)) or two_tower_reciprocal (harmonic mean "
-                  "of both directions) from --run_dir; oracle / oracle_reciprocal (the world's "
+                  "recommender: two_tower (P(u likes v)), two_tower_reciprocal (P(match): product "
+                  "of both directions, observed back-swipes used) or "
+                  "two_tower_reciprocal_harmonic (RECON harmonic mean) from --run_dir; "
+                  "oracle / oracle_reciprocal (the world's "
                   "hidden model: a ceiling); feature_matching (A/A). Default: two_tower with "
                   "--run_dir, else feature_matching.")
 flags.DEFINE_string("config", None, "Feature config for feature matching; default: the packaged "

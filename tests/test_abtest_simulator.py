@@ -1,6 +1,7 @@
 """The simulator through a real PostgreSQL: A/A, injected SRM, a real lift, SQL == pandas."""
 import dataclasses
 
+import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
@@ -111,3 +112,46 @@ def test_a_real_lift_is_detected(world_database, fresh_database, tiny_world, rec
 def test_simulation_refuses_a_database_with_data(world_database):
   with pytest.raises(ValueError, match="EMPTY database"):
     simulator.check_empty(world_database)
+
+
+def test_reciprocal_treatment_knows_the_swipes_so_far(tiny_world, tiny_run_dir):
+  """two_tower_reciprocal is re-armed each day with every swipe made before that day: people
+  who already liked the user are shown (P(v likes u) = 1), people who passed on them never
+  (P(v likes u) = 0); the one-way towers know neither."""
+  one_way = simulator.two_tower(tiny_world, tiny_run_dir)
+  reciprocal = simulator.two_tower(tiny_world, tiny_run_dir, reciprocal=True)
+  assert reciprocal.combination == "product" and reciprocal.back_swipes is None
+  exp = assignment.Experiment.from_weights("recip", {"control": 1, "treatment": 1})
+  params = dataclasses.replace(PARAMS, days=3)
+  shares = {}
+  for name, recommender in (("one_way", one_way), ("reciprocal", reciprocal)):
+    simulation = simulator.simulate(tiny_world, {"control": recommender,
+                                                 "treatment": recommender}, exp, params,
+                                    log=lambda *a: None)
+    # What the other side had said before each shown pair's day (history + earlier days).
+    swipes = pd.concat([tiny_world.swipes, simulation.swipes], ignore_index=True)
+    day = (swipes["created_at"] - simulation.definition.starts_at).dt.days
+    shown = simulation.swipes.assign(day=day[len(tiny_world.swipes):].to_numpy())
+    back = swipes.assign(day=day).rename(columns={"swiper_id": "swipee_id",
+                                                  "swipee_id": "swiper_id",
+                                                  "action": "back", "day": "back_day"})
+    pairs = shown.merge(back[["swiper_id", "swipee_id", "back", "back_day"]],
+                        on=["swiper_id", "swipee_id"], how="left")
+    known = pairs[pairs["back_day"] < pairs["day"]]
+    shares[name] = {"liked_me": known["back"].isin(["like", "superlike"]).sum() / len(shown),
+                    "passed_me": (known["back"] == "pass").sum() / len(shown)}
+  assert shares["reciprocal"]["passed_me"] == 0
+  assert shares["one_way"]["passed_me"] > 0.01
+  assert shares["reciprocal"]["liked_me"] > 3 * shares["one_way"]["liked_me"]
+  # The re-armed scorer holds exactly the observed outcomes.
+  observed = simulator.retrieval.BackSwipes.from_swipes(
+      tiny_world.user_index(tiny_world.swipes["swipee_id"]),
+      tiny_world.user_index(tiny_world.swipes["swiper_id"]),
+      (tiny_world.swipes["action"] != "pass").to_numpy(), len(tiny_world.profiles))
+  armed = simulator._observing(reciprocal, observed, tiny_world.profiles["id"].to_numpy(str))
+  last = tiny_world.swipes.drop_duplicates(["swiper_id", "swipee_id"], keep="last")
+  np.testing.assert_array_equal(
+      armed.back_swipes.lookup(armed.query_rows(last["swipee_id"]),
+                               armed.candidate_rows(last["swiper_id"])),
+      (last["action"] != "pass").to_numpy())
+  assert simulator._observing(one_way, observed, None) is one_way

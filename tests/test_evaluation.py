@@ -71,7 +71,7 @@ def test_platt_calibration_recovers_a_logistic_relation():
   assert cal.intercept == pytest.approx(-1.0, abs=0.06)
 
 
-def test_reciprocal_score_is_the_harmonic_mean_of_both_directions():
+def test_reciprocal_score_combines_both_directions():
   rng = np.random.default_rng(3)
   n, d = 20, 4
   ids = [f"u{i}" for i in range(n)]
@@ -79,13 +79,63 @@ def test_reciprocal_score_is_the_harmonic_mean_of_both_directions():
   forward = retrieval.EmbeddingScorer(ids, ids, q, c)
   backward = retrieval.EmbeddingScorer(ids, ids, c, q)  # candidate-side of queries vs query-side
   cal = retrieval.PlattCalibration(slope=1.5, intercept=-0.5)
-  recip = retrieval.ReciprocalScorer(forward, backward, cal)
-  block = recip.score_block(np.arange(n)).numpy()
   p = 1 / (1 + np.exp(-(1.5 * (q @ c.T) - 0.5)))  # p[u, v] = P(u likes v)
-  np.testing.assert_allclose(block, 2 * p * p.T / (p + p.T), rtol=1e-5)
-  np.testing.assert_allclose(block, block.T, rtol=1e-5)  # same entity: symmetric
   u, v = rng.integers(0, n, 30), rng.integers(0, n, 30)
-  np.testing.assert_allclose(recip.pair_scores(u, v), block[u, v], rtol=1e-5)
+  for combination, expected in (("product", p * p.T), ("harmonic", 2 * p * p.T / (p + p.T))):
+    recip = retrieval.ReciprocalScorer(forward, backward, cal, combination=combination)
+    block = recip.score_block(np.arange(n)).numpy()
+    np.testing.assert_allclose(block, expected, rtol=1e-5)
+    np.testing.assert_allclose(block, block.T, rtol=1e-5)  # same entity: symmetric
+    np.testing.assert_allclose(recip.pair_scores(u, v), block[u, v], rtol=1e-5)
+  assert retrieval.ReciprocalScorer(forward, backward, cal).combination == "product"
+
+
+def test_reciprocal_uses_observed_back_swipes_in_blocks_pairs_and_top_k():
+  rng = np.random.default_rng(4)
+  n, d = 30, 4
+  ids = [f"u{i}" for i in range(n)]
+  q, c = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+  forward = retrieval.EmbeddingScorer(ids, ids, q, c)
+  backward = retrieval.EmbeddingScorer(ids, ids, c, q)
+  cal = retrieval.PlattCalibration(slope=1.5, intercept=-0.5)
+  p = 1 / (1 + np.exp(-(1.5 * (q @ c.T) - 0.5)))  # p[u, v] = P(u likes v)
+  # Swipes by id in time order (swiper, swipee, liked); u7 -> u0 changes its mind: last wins.
+  swipes = [("u7", "u0", 0), ("u3", "u0", 1), ("u9", "u0", 0), ("u3", "u2", 1),
+            ("u7", "u0", 1), ("nobody", "u0", 1)]
+  back = retrieval.BackSwipes.of_swipes(forward, *zip(*swipes))
+  np.testing.assert_array_equal(back.indptr[:4], [0, 3, 3, 4])
+  np.testing.assert_array_equal(back.candidates, [3, 7, 9, 3])
+  np.testing.assert_array_equal(back.liked, [1, 1, 0, 1])
+  np.testing.assert_array_equal(back.lookup([0, 0, 0, 2, 1], [3, 9, 5, 3, 3]),
+                                [1, 0, np.nan, 1, np.nan])
+  p_back = p.T.copy()  # p_back[u, v] = P(v likes u)
+  p_back[0, 3] = p_back[0, 7] = p_back[2, 3] = 1
+  p_back[0, 9] = 0
+  expected = {"product": p * p_back, "harmonic": 2 * p * p_back / (p + p_back)}
+  for combination, want in expected.items():
+    recip = retrieval.ReciprocalScorer(forward, backward, cal, combination=combination,
+                                       back_swipes=back)
+    rows = np.array([2, 0, 5, 0])  # any order, repeats: the block gathers per row
+    np.testing.assert_allclose(recip.score_block(rows).numpy(), want[rows], rtol=1e-5,
+                               atol=1e-7)
+    u, v = rng.integers(0, n, 200), rng.integers(0, n, 200)
+    u[:3], v[:3] = 0, [3, 9, 7]
+    np.testing.assert_allclose(recip.pair_scores(u, v), want[u, v], rtol=1e-5, atol=1e-7)
+    # The traced top-k path applies the same rule: u9 passed on u0, so never first.
+    top = retrieval.top_k(recip, np.arange(n), 5, retrieval.Exclusions.none(n), batch_size=7)
+    masked = want.copy()
+    np.testing.assert_allclose(top.scores, -np.sort(-masked, axis=1)[:, :5], rtol=1e-5,
+                               atol=1e-7)
+  # Product ranks a sure back-like at exactly P(u likes v); without back swipes it is lower.
+  plain = retrieval.ReciprocalScorer(forward, backward, cal)
+  observed = plain.with_back_swipes(back)
+  assert observed.pair_scores([0], [3])[0] == pytest.approx(p[0, 3], rel=1e-5)
+  assert plain.pair_scores([0], [3])[0] == pytest.approx(p[0, 3] * p[3, 0], rel=1e-5)
+  with pytest.raises(ValueError, match="combination must be one of"):
+    retrieval.ReciprocalScorer(forward, backward, cal, combination="max")
+  with pytest.raises(ValueError, match="back swipes cover"):
+    retrieval.ReciprocalScorer(forward, backward, cal, back_swipes=retrieval.BackSwipes(
+        np.zeros(3, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)))
 
 
 @pytest.fixture(scope="module")
@@ -224,13 +274,19 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
   out = str(tmp_path / "eval")
   cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),
          f"--dataset_dir={tiny_dataset_dir}", f"--run_dir={tiny_run}", f"--output_dir={out}",
-         f"--world_dir={tiny_world_dir}", "--k=5,20", "--bootstrap=50"]
+         f"--world_dir={tiny_world_dir}", "--k=5,20", "--bootstrap=50",
+         "--reciprocal_combination=product,harmonic"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = json.load(open(os.path.join(out, "report.json")))
   name = os.path.basename(tiny_run)
   assert set(report["recommenders"]) == {"random", "popularity", "feature_matching", name,
-                                         f"{name}:reciprocal"}
+                                         f"{name}:reciprocal", f"{name}:reciprocal_harmonic"}
+  for suffix, combination in ((":reciprocal", "product"), (":reciprocal_harmonic", "harmonic")):
+    info = report["recommenders"][name + suffix]
+    assert (info["mode"], info["combination"], info["back_swipes"]) == (
+        "reciprocal", combination, True)
+  assert os.listdir(os.path.join(tiny_run, "logs", "eval_reciprocal_harmonic"))
   model = report["recommenders"][name]["segments"]
   assert set(model) == {"all", "new", "active", "long_time"}
   for metric in ("auc", "recall@5", "ndcg@20", "mrr", "match_recall@5", "success@5",
@@ -265,12 +321,35 @@ def test_mismatched_run_and_dataset_are_refused(tiny_run, tiny_world, default_co
   assert not os.path.exists(tmp_path / "eval")
 
 
+def test_reciprocal_entries_see_train_back_swipes_and_the_oracle_their_outcome(
+    tiny_data, tiny_world):
+  data = tiny_data
+  scorer = retrieval.Scorer(data.query_ids, data.candidate_ids)
+  back = evaluate_stage._train_back_swipes(scorer, data)
+  train = data.train_swipes
+  swipers, swipees = data.query_ids[train.users], data.candidate_ids[train.candidates]
+  # Every train swipe of v on u is P(v likes u) in u's query row, v's candidate column.
+  u, v = scorer.query_rows(swipees), scorer.candidate_rows(swipers)
+  np.testing.assert_array_equal(back.lookup(u, v), train.labels)
+  assert back.candidates.size == len(set(zip(u, v))) > 1000
+  # The oracle: observed outcomes for swiped pairs, the hidden probability otherwise.
+  oracle = evaluate_stage._realised_oracle(tiny_world, data)
+  np.testing.assert_array_equal(oracle(swipers[:500], swipees[:500]), train.labels[:500])
+  unswiped = np.setdiff1d(data.candidate_ids[:50], swipees[swipers == swipers[0]])
+  first = np.full(unswiped.size, swipers[0], dtype=object)
+  np.testing.assert_allclose(oracle(first, unswiped),
+                             tiny_world.like_probability(first, unswiped))
+
+
 def test_bad_inputs_are_named(tiny_dataset_dir, tmp_path):
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--run_dir"):
     evaluate_stage.run(tiny_dataset_dir, [str(tmp_path / "missing")], str(tmp_path / "e"),
                        **QUIET)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--baselines"):
     evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), baselines=["oracle"], **QUIET)
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="--reciprocal_combination"):
+    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"),
+                       reciprocal_combinations=["max"], **QUIET)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--world_dir"):
     evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), world_dir=str(tmp_path),
                        **QUIET)

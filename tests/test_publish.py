@@ -1,4 +1,6 @@
 """Embeddings in PostgreSQL (pgvector): exact == TF index, HNSW recall, atomic versions."""
+import json
+
 import numpy as np
 import psycopg2
 import pytest
@@ -6,6 +8,7 @@ import tensorflow as tf
 
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.serving import pgvector
 from tfrs_two_tower.stages import publish_stage
@@ -145,3 +148,98 @@ def test_version_names_are_safe():
       "run_2026_11_24t10_00_drop_table_x"
   with pytest.raises(ValueError):
     pgvector.version_name("---")
+
+
+def _embeddings(conn, table):
+  with conn.cursor() as cur:
+    cur.execute(f"SELECT id, embedding::text FROM {table}")
+    rows = cur.fetchall()
+  return {i: np.asarray(json.loads(e), np.float32) for i, e in rows}
+
+
+def _reference_reciprocal(conn, user, k, pool, combination):
+  """The same rule through `retrieval.ReciprocalScorer`, from what the database holds: the
+  exact one-way top `pool` plus every eligible user who liked `user`, P(v likes u) = the
+  latest observed swipe of v on u when there is one."""
+  with conn.cursor() as cur:
+    cur.execute("SELECT m.version, m.calibration_scale, m.calibration_bias "
+                "FROM tt_active_model JOIN tt_model_versions m USING (version)")
+    version, scale, bias = cur.fetchone()
+    cur.execute("SELECT swiper_id::text, swipee_id::text, action FROM swipes "
+                "ORDER BY created_at, action")
+    swipes = cur.fetchall()
+  conn.rollback()
+  queries = _embeddings(conn, f"tt_query_embeddings_{version}")
+  candidates = _embeddings(conn, f"tt_candidate_embeddings_{version}")
+  eligible = {c for c, _ in pgvector.recommend(conn, user, 10_000, exact=True)}
+  pool_ids = [c for c, _ in pgvector.recommend(conn, user, pool, exact=True)]
+  latest = {(a, b): action for a, b, action in swipes}
+  admirers = sorted(c for c in eligible if latest.get((c, user)) in ("like", "superlike"))
+  ids = sorted(set(pool_ids) | set(admirers))
+  forward = retrieval.EmbeddingScorer([user], ids, queries[user][None],
+                                      np.stack([candidates[c] for c in ids]))
+  backward = retrieval.EmbeddingScorer([user], ids, candidates[user][None],
+                                       np.stack([queries[c] for c in ids]))
+  back = [(a, b, action in ("like", "superlike")) for (a, b), action in latest.items()]
+  scorer = retrieval.ReciprocalScorer(
+      forward, backward, retrieval.PlattCalibration(scale, bias), combination=combination,
+      back_swipes=retrieval.BackSwipes.of_swipes(
+          forward, [a for a, _, _ in back], [b for _, b, _ in back], [l for *_, l in back]))
+  top, scores = scorer.top_k([user], k, exclude_self=False)
+  return [(c, float(s)) for c, s in zip(top[0], scores[0]) if c is not None], admirers
+
+
+def test_reciprocal_uses_observed_back_swipes(published, tiny_world):
+  """A like from v makes P(v likes u) = 1 (v joins the pool however far down the one-way
+  ranking), a pass makes it 0; the SQL ranks exactly as `retrieval.ReciprocalScorer`."""
+  _, conn, _ = published
+  pool = 30
+  swipes = tiny_world.swipes
+  user = swipes["swipee_id"].value_counts().index[5]
+  liked_before = set(swipes.loc[(swipes["swipee_id"] == user), "swiper_id"])
+  ranked = [c for c, _ in pgvector.recommend(conn, user, 10_000, exact=True)]
+  fresh = [c for c in ranked if c not in liked_before]
+  before = [c for c, _ in pgvector.recommend(conn, user, K, exact=True, reciprocal=True,
+                                             pool=pool)]
+  admirer, refuser = fresh[-1], next(c for c in before if c not in liked_before)
+  assert admirer not in before and ranked.index(admirer) >= pool
+  with conn.cursor() as cur:
+    cur.execute("INSERT INTO swipes (swiper_id, swipee_id, action) VALUES "
+                "(%s, %s, 'like'), (%s, %s, 'pass')", (admirer, user, refuser, user))
+  conn.commit()
+  results = {}
+  try:
+    for combination in ("product", "harmonic"):
+      with conn.cursor() as cur:
+        cur.execute("SELECT candidate_id, score FROM recommend_reciprocal(%s, %s, 10, true, %s, "
+                    "%s)", (user, len(ranked), pool, combination))
+        got = results[combination] = cur.fetchall()
+      conn.rollback()
+      expected, admirers = _reference_reciprocal(conn, user, len(ranked), pool, combination)
+      assert admirer in admirers
+      assert [c for c, _ in got] == [c for c, _ in expected]
+      np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], rtol=1e-4,
+                                 atol=1e-6)
+      scores = dict(got)
+      assert scores[refuser] == 0  # a pass: never a match
+      assert admirer in scores  # a like: in the pool though ranked last one-way
+      if combination == "product":  # P(v likes u) = 1: the score is P(u likes v)
+        with conn.cursor() as cur:
+          cur.execute("SELECT calibration_scale, calibration_bias FROM tt_model_versions "
+                      "JOIN tt_active_model USING (version)")
+          scale, bias = cur.fetchone()
+        conn.rollback()
+        one_way = dict(pgvector.recommend(conn, user, 10_000, exact=True))[admirer]
+        assert scores[admirer] == pytest.approx(1 / (1 + np.exp(-(scale * one_way + bias))),
+                                                rel=1e-4)
+    default = pgvector.recommend(conn, user, K, exact=True, reciprocal=True, pool=pool)
+    assert default == results["product"][:K]  # the default combination
+    with pytest.raises(psycopg2.Error, match="combination must be"):
+      with conn.cursor() as cur:
+        cur.execute("SELECT * FROM recommend_reciprocal(%s, 5, 10, true, 30, 'max')", (user,))
+    conn.rollback()
+  finally:
+    with conn.cursor() as cur:
+      cur.execute("DELETE FROM swipes WHERE swipee_id = %s AND swiper_id IN (%s, %s) "
+                  "AND created_at > now() - interval '1 hour'", (user, admirer, refuser))
+    conn.commit()

@@ -7,6 +7,7 @@ of a recommender is known to the simulation and hidden from the analysis:
      each simulated day, each active user (P = hidden activity) opens the app:
        first open -> exposure (first_exposed_at); feed = recommender.top_k(user, feed_size,
        exclude = everyone the user already swiped); swipes ~ World.respond
+       (a reciprocal recommender also knows every swipe made before that day)
   history swipes + experiment swipes ──COPY──▶ PostgreSQL `swipes`
   exposures ──ab_log_exposure()──▶ `ab_exposures`  (SQL assignment, idempotent)
   analysis reads ONE snapshot of `ab_user_outcomes`
@@ -15,7 +16,8 @@ A recommender is anything with the evaluation's `Scorer.top_k` interface,
 `top_k(user_ids [U], k, exclude=[U lists of ids]) -> (ids [U, k] with None
 padding, scores)`: `evaluation.baselines.FeatureMatching` (control) and
 `evaluation.retrieval.EmbeddingScorer` over a run dir's towers (treatment)
-both are.
+both are. A `retrieval.ReciprocalScorer` is re-armed each day with the swipes
+observed so far (`with_back_swipes`): who already liked or passed on the user.
 
 The experiment starts where the world's history ends, so the pre-period
 (CUPED covariates) is the world's own history.
@@ -32,6 +34,7 @@ from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import definition as definition_lib
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import retrieval
 
 SECONDS_PER_DAY = synthetic.SECONDS_PER_DAY
 SESSION_SECONDS = 1800  # a session's swipes fall within half an hour of opening the app
@@ -58,14 +61,15 @@ def feature_matching(world: synthetic.World, config):
                                                  world_entities(world, config, "candidate"))
 
 
-def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False):
+def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False,
+              combination: str = "product"):
   """Treatment: q_u . c_v from a run dir's towers, over the world's profiles.
 
-  With `reciprocal`, the RECON-style harmonic mean of P(u likes v) and
-  P(v likes u) (`evaluation.retrieval.ReciprocalScorer`), both calibrated by a
-  Platt fit on the world's history swipes (what the model was trained on).
+  With `reciprocal`, `evaluation.retrieval.ReciprocalScorer`: P(u likes v) and
+  P(v likes u) combined by `combination` ("product" = P(match), "harmonic" =
+  RECON), both calibrated by a Platt fit on the world's history swipes (what the
+  model was trained on); `simulate` adds the observed back-swipes.
   """
-  from tfrs_two_tower.evaluation import retrieval
   from tfrs_two_tower.model import run_dir
   run = run_dir.open_run(run_path)
   ids = world.profiles["id"].astype(str).to_numpy()
@@ -81,13 +85,13 @@ def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False):
       forward.pair_scores(forward.query_rows(history["swiper_id"]),
                           forward.candidate_rows(history["swipee_id"])),
       (history["action"] != "pass").to_numpy())
-  return retrieval.ReciprocalScorer(forward, backward, calibration, name="two_tower:reciprocal")
+  return retrieval.ReciprocalScorer(forward, backward, calibration, combination=combination,
+                                    name="two_tower:reciprocal")
 
 
 def oracle(world: synthetic.World, reciprocal: bool = False):
   """The ceiling: ranks by the world's hidden P(u likes v), or with `reciprocal` by
   P(match) = P(u likes v) P(v likes u). No real recommender can know either."""
-  from tfrs_two_tower.evaluation import retrieval
 
   def log_probability(u, v):
     log_like = -np.logaddexp(0.0, -world.utility(u, v))  # log sigmoid
@@ -139,9 +143,10 @@ class Simulation:
     exposures: logged exposures (user_id, arm, first_exposed_at).
     swipes: the experiment's swipes (swiper_id, swipee_id, action, created_at).
     true_like_probability: arm -> mean oracle P(user likes shown profile).
-    true_match_probability: arm -> mean oracle P(both like each other) of the
-      pairs shown (the match potential, whether or not the other side ever
-      gets to see the user).
+    true_match_probability: arm -> mean P(both like each other) of the pairs
+      shown (the match potential, whether or not the other side ever gets to
+      see the user): oracle P(u likes v) times P(v likes u), the latter 1 / 0
+      when v had already liked / passed on u before that day.
   """
   definition: definition_lib.Definition
   arms: np.ndarray
@@ -167,8 +172,10 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   arms = experiment.assign_many(ids)
   # Already swiped pairs are never shown again (the app's rule; the world's too).
   seen = [set() for _ in range(n)]
-  for u, v in zip(world.user_index(world.swipes["swiper_id"]),
-                  world.user_index(world.swipes["swipee_id"])):
+  swipers = [world.user_index(world.swipes["swiper_id"])]
+  swipees = [world.user_index(world.swipes["swipee_id"])]
+  liked = [(world.swipes["action"] != "pass").to_numpy()]
+  for u, v in zip(swipers[0], swipees[0]):
     seen[u].add(v)
   first_exposure = np.full(n, -1, np.int64)
   chunks = []
@@ -176,6 +183,11 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   shown_match = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
   for day in range(params.days):
+    # Swipes before today, by world index: (swipee u, swiper v) -> did v like u.
+    observed = retrieval.BackSwipes.from_swipes(np.concatenate(swipees), np.concatenate(swipers),
+                                                np.concatenate(liked), n)
+    todays = {arm: _observing(recommender, observed, ids)
+              for arm, recommender in recommenders.items()}
     active = rng.random(n) < activity
     opened = start_seconds + day * SECONDS_PER_DAY + rng.integers(
         0, SECONDS_PER_DAY - SESSION_SECONDS, n)
@@ -185,7 +197,7 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       users = np.flatnonzero(active & (arms == arm))
       if users.size == 0:
         continue
-      feed, _ = recommenders[arm].top_k(ids[users], feed_size,
+      feed, _ = todays[arm].top_k(ids[users], feed_size,
                                         exclude=[ids[list(seen[u])] for u in users])
       swiper = np.repeat(users, feed_size)
       shown_ids = np.asarray(feed, dtype=object).ravel()
@@ -194,9 +206,14 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       like = world.respond(ids[swiper], ids[shown], rng)
       superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
       shown_like[arm].append(world.like_probability(ids[swiper], ids[shown]))
-      shown_match[arm].append(world.match_probability(ids[swiper], ids[shown]))
+      back = observed.lookup(swiper, shown)
+      shown_match[arm].append(world.like_probability(ids[swiper], ids[shown]) * np.where(
+          np.isnan(back), world.like_probability(ids[shown], ids[swiper]), back))
       for u, v in zip(swiper, shown):
         seen[u].add(v)
+      swipers.append(swiper)
+      swipees.append(shown)
+      liked.append(like)
       chunks.append(pd.DataFrame({
           "swiper_id": ids[swiper], "swipee_id": ids[shown],
           "action": np.where(like, np.where(superlike, "superlike", "like"), "pass"),
@@ -221,6 +238,15 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   def mean(chunks):
     return {a: float(np.concatenate(p).mean()) if p else float("nan") for a, p in chunks.items()}
   return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match))
+
+
+def _observing(recommender: Recommender, observed: retrieval.BackSwipes,
+               ids: np.ndarray) -> Recommender:
+  """A reciprocal scorer knowing the observed swipes (world index space); others as they are."""
+  if not isinstance(recommender, retrieval.ReciprocalScorer):
+    return recommender
+  return recommender.with_back_swipes(retrieval.BackSwipes.of_swipes(
+      recommender, ids[observed.candidates], ids[observed.rows], observed.liked))
 
 
 def check_empty(conn) -> None:

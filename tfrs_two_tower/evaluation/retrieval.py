@@ -11,16 +11,20 @@ arbitrary (query, candidate) pairs. `top_k` runs the same loop for all of them:
     scores[exclusion pairs] = -inf          train swipes of the user, and the user
     values, indices = tf.math.top_k(scores, K)
 
-Reciprocal ranking (RECON, Pizzato et al. 2010) combines both directions of a
-user-to-user pair, each calibrated to a probability:
+Reciprocal ranking combines both directions of a user-to-user pair, each
+calibrated to a probability:
 
   P(u likes v) = sigmoid(a * s(u, v) + b),   s(u, v) = q_u . c_v
-  P(v likes u) = sigmoid(a * s(v, u) + b),   s(v, u) = q_v . c_u
-  reciprocal(u, v) = 2 P(u->v) P(v->u) / (P(u->v) + P(v->u))   (harmonic mean)
+  P(v likes u) = 1 / 0 when v already liked / passed on u before ranking time
+                 (`BackSwipes`), else sigmoid(a * s(v, u) + b),  s(v, u) = q_v . c_u
+  product:  P(u->v) P(v->u)                                 = P(match), independence
+  harmonic: 2 P(u->v) P(v->u) / (P(u->v) + P(v->u))          (RECON, Pizzato et al. 2010)
 
 (a, b) is a Platt (logistic) fit of like-vs-pass on TRAIN swipes
 (`PlattCalibration`), so the probabilities mean what they say on the swipes
-the model was trained on, and the eval split stays untouched.
+the model was trained on, and the eval split stays untouched. The product is
+what a match rate rewards; the harmonic mean is a softer trade-off that ranks
+a sure back-like (P(v->u) = 1) at 2p / (1 + p) instead of p.
 """
 
 import dataclasses
@@ -45,13 +49,7 @@ class Exclusions:
   @classmethod
   def from_pairs(cls, rows: np.ndarray, candidates: np.ndarray, num_lists: int) -> "Exclusions":
     """From (list index, candidate index) pairs in any order, duplicates allowed."""
-    rows = np.asarray(rows, np.int64)
-    candidates = np.asarray(candidates, np.int64)
-    width = np.int64(max(int(candidates.max(initial=0)) + 1, 1))
-    keys = np.unique(rows * width + candidates)
-    rows, candidates = keys // width, keys % width
-    indptr = np.zeros(num_lists + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=num_lists), out=indptr[1:])
+    indptr, candidates, _ = _csr(rows, candidates, num_lists)
     return cls(indptr, candidates)
 
   @classmethod
@@ -61,7 +59,7 @@ class Exclusions:
   @property
   def rows(self) -> np.ndarray:
     """[E] list index of each excluded candidate."""
-    return np.repeat(np.arange(self.indptr.size - 1), np.diff(self.indptr))
+    return _csr_rows(self.indptr)
 
   def block(self, start: int, stop: int) -> np.ndarray:
     """[E_b, 2] int64 (row within the block, candidate) pairs of lists start..stop-1."""
@@ -69,6 +67,76 @@ class Exclusions:
     counts = np.diff(self.indptr[start:stop + 1])
     rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
     return np.stack([rows, self.candidates[lo:hi]], axis=1)
+
+
+def _csr_rows(indptr: np.ndarray) -> np.ndarray:
+  """[E] row of each CSR entry."""
+  return np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+
+
+def _csr(rows: np.ndarray, candidates: np.ndarray, num_rows: int):
+  """(row, candidate) pairs -> CSR (indptr [R + 1], candidates [E]) + [E] index of each
+  kept pair in the input: the first occurrence of duplicates; sorted within each row."""
+  rows = np.asarray(rows, np.int64)
+  candidates = np.asarray(candidates, np.int64)
+  width = np.int64(max(int(candidates.max(initial=0)) + 1, 1))
+  keys, first = np.unique(rows * width + candidates, return_index=True)
+  indptr = np.zeros(num_rows + 1, np.int64)
+  np.cumsum(np.bincount(keys // width, minlength=num_rows), out=indptr[1:])
+  return indptr, keys % width, first
+
+
+@dataclasses.dataclass
+class BackSwipes:
+  """Swipes of candidates ON query users, observed before ranking time, as CSR by query row.
+
+  Attributes:
+    indptr: [Nq + 1] int64; query row u was swiped by candidates[indptr[u]:indptr[u + 1]].
+    candidates: [E] int64 candidate rows, sorted and unique within each query row.
+    liked: [E] float32, 1 for a like or superlike, 0 for a pass.
+  """
+  indptr: np.ndarray
+  candidates: np.ndarray
+  liked: np.ndarray
+
+  @classmethod
+  def from_swipes(cls, swipee_rows: np.ndarray, swiper_rows: np.ndarray, liked: np.ndarray,
+                  num_queries: int) -> "BackSwipes":
+    """From swipes in time order: swipee = query row, swiper = candidate row; pairs with a
+    negative row (someone outside the tables) are dropped; the LAST swipe of a pair wins."""
+    swipee_rows, swiper_rows = np.asarray(swipee_rows), np.asarray(swiper_rows)
+    liked = np.asarray(liked, np.float32)
+    known = (swipee_rows >= 0) & (swiper_rows >= 0)
+    indptr, candidates, first = _csr(swipee_rows[known][::-1], swiper_rows[known][::-1],
+                                     num_queries)
+    return cls(indptr, candidates, liked[known][::-1][first])
+
+  @classmethod
+  def of_swipes(cls, scorer: "Scorer", swiper_ids: Sequence[str], swipee_ids: Sequence[str],
+                liked: np.ndarray) -> "BackSwipes":
+    """For `scorer`'s tables, from swipes by id in time order (swipee = a query user,
+    swiper = a candidate); swipes naming someone outside the tables are ignored."""
+    swipee_rows = scorer._query_index.get_indexer(np.asarray(swipee_ids, dtype=object))
+    swiper_rows = scorer._candidate_index.get_indexer(np.asarray(swiper_ids, dtype=object))
+    return cls.from_swipes(swipee_rows, swiper_rows, liked, scorer.query_ids.size)
+
+  @property
+  def rows(self) -> np.ndarray:
+    """[E] query row (the swiped user) of each observed swipe."""
+    return _csr_rows(self.indptr)
+
+  def lookup(self, query_rows: np.ndarray, candidate_rows: np.ndarray) -> np.ndarray:
+    """[P] pairs -> [P] float32: 1 liked, 0 passed, NaN not observed."""
+    query_rows = np.asarray(query_rows, np.int64)
+    candidate_rows = np.asarray(candidate_rows, np.int64)
+    if self.candidates.size == 0:
+      return np.full(query_rows.shape, np.nan, np.float32)
+    # CSR order is (row, candidate) key order: one binary search over all pairs.
+    width = np.int64(max(self.candidates.max(), candidate_rows.max(initial=0)) + 1)
+    keys = self.rows * width + self.candidates
+    wanted = query_rows * width + candidate_rows
+    pos = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+    return np.where(keys[pos] == wanted, self.liked[pos], np.nan).astype(np.float32)
 
 
 @dataclasses.dataclass
@@ -328,8 +396,11 @@ class PlattCalibration:
     return tf.sigmoid(self.slope * scores + self.intercept)
 
 
+COMBINATIONS = ("product", "harmonic")
+
+
 class ReciprocalScorer(Scorer):
-  """RECON-style reciprocal score: harmonic mean of P(u likes v) and P(v likes u).
+  """Ranks for matches: combines P(u likes v) and P(v likes u) (module docstring).
 
   Args:
     forward: scores u -> v (query u, candidate v).
@@ -338,24 +409,61 @@ class ReciprocalScorer(Scorer):
       EmbeddingScorer of the candidate-tower embeddings of the query users against
       the query-tower embeddings of the candidate users).
     calibration: turns both directions' scores into probabilities.
+    combination: "product" (P(match) under independence) or "harmonic" (RECON).
+    back_swipes: swipes of candidates on query users known at ranking time; they
+      replace the model's P(v likes u) by the observed 1 (like) / 0 (pass).
   """
 
   def __init__(self, forward: Scorer, backward: Scorer, calibration: PlattCalibration,
-               name: Optional[str] = None):
+               name: Optional[str] = None, combination: str = "product",
+               back_swipes: Optional[BackSwipes] = None):
     super().__init__(forward.query_ids, forward.candidate_ids)
+    if combination not in COMBINATIONS:
+      raise ValueError(f"reciprocal combination must be one of {COMBINATIONS}, "
+                       f"got {combination!r}")
+    if back_swipes is not None and back_swipes.indptr.size != self.query_ids.size + 1:
+      raise ValueError(f"back swipes cover {back_swipes.indptr.size - 1} query rows, "
+                       f"not {self.query_ids.size}")
     self.forward, self.backward, self.calibration = forward, backward, calibration
+    self.combination, self.back_swipes = combination, back_swipes
     self.traceable = forward.traceable and backward.traceable
     self.name = name or f"{forward.name}:reciprocal"
+    self._observed = None
+    if back_swipes is not None:
+      import tensorflow as tf
+      # [Nq, None] ragged rows: gathering a block's rows is then one traceable op.
+      self._observed = (
+          tf.RaggedTensor.from_row_splits(back_swipes.candidates, back_swipes.indptr),
+          tf.RaggedTensor.from_row_splits(back_swipes.liked, back_swipes.indptr))
+
+  def with_back_swipes(self, back_swipes: Optional[BackSwipes]) -> "ReciprocalScorer":
+    """The same scorer knowing other observed swipes (e.g. the swipes so far, each day)."""
+    return ReciprocalScorer(self.forward, self.backward, self.calibration, self.name,
+                            self.combination, back_swipes)
+
+  def _combine(self, p_uv, p_vu):
+    if self.combination == "product":
+      return p_uv * p_vu
+    # + 1e-12: an observed pass (P(v->u) = 0) with P(u->v) underflowing to 0 scores 0, not NaN.
+    return 2.0 * p_uv * p_vu / (p_uv + p_vu + 1e-12)
 
   def score_block(self, query_rows):
+    import tensorflow as tf
     p_uv = self.calibration.probability(self.forward.score_block(query_rows))
     p_vu = self.calibration.probability(self.backward.score_block(query_rows))
-    return 2.0 * p_uv * p_vu / (p_uv + p_vu)
+    if self._observed is not None:
+      candidates, liked = (tf.gather(r, query_rows) for r in self._observed)
+      observed = tf.stack([candidates.value_rowids(), candidates.flat_values], axis=1)
+      p_vu = tf.tensor_scatter_nd_update(p_vu, observed, liked.flat_values)
+    return self._combine(p_uv, p_vu)
 
   def pair_scores(self, query_rows, candidate_rows):
     p_uv = self.calibration.probability(self.forward.pair_scores(query_rows, candidate_rows))
     p_vu = self.calibration.probability(self.backward.pair_scores(query_rows, candidate_rows))
-    return (2.0 * p_uv * p_vu / (p_uv + p_vu)).astype(np.float32)
+    if self.back_swipes is not None:
+      observed = self.back_swipes.lookup(query_rows, candidate_rows)
+      p_vu = np.where(np.isnan(observed), p_vu, observed)
+    return self._combine(p_uv, p_vu).astype(np.float32)
 
 
 def as_other_side(entities, from_side: str, to_side: str):

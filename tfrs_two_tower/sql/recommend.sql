@@ -38,14 +38,35 @@ LANGUAGE sql IMMUTABLE AS $$
       OR (seeking = 'women' AND gender = 'woman')
 $$;
 
--- recommend(user_id, k): the top k candidates for user_id by the active model's dot product
--- q_u . c_v, excluding the user, everyone they already swiped on, and profiles that fail the
--- hard filters. exact => brute force (sequential scan; the reference); otherwise the HNSW
--- index returns the `pool` nearest candidates, which are then filtered (pgvector before 0.8
--- filters after the index scan, so pool must exceed k by the filtered-out share).
-CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
-                                     age_window integer DEFAULT 10, exact boolean DEFAULT false,
-                                     pool integer DEFAULT 400)
+-- The type of profiles.id (uuid in the default schema): ids are compared in it so that the
+-- primary key of profiles and the indexes of swipes are used.
+CREATE OR REPLACE FUNCTION tt_id_type() RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT format_type(a.atttypid, a.atttypmod)
+  FROM pg_attribute a WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'id'
+$$;
+
+-- tt_back_swipes(user_id): everyone who swiped on the user, with their latest swipe
+-- (liked: like or superlike; false for a pass or any other action). What the other side of a
+-- pair has already said, so recommend_reciprocal need not estimate it.
+CREATE OR REPLACE FUNCTION tt_back_swipes(user_id text)
+RETURNS TABLE (swiper_id text, liked boolean)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN QUERY EXECUTE format($q$
+    SELECT DISTINCT ON (s.swiper_id) s.swiper_id::text, s.action IN ('like', 'superlike')
+    FROM swipes s
+    WHERE s.swipee_id = $1::%s
+    ORDER BY s.swiper_id, s.created_at DESC, s.action DESC$q$, tt_id_type())
+  USING user_id;
+END;
+$$;
+
+-- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below;
+-- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
+-- beyond the top k, whatever their dot product (the reciprocal ranking must see them).
+CREATE OR REPLACE FUNCTION tt_ranked(user_id text, k integer, age_window integer,
+                                     exact boolean, pool integer, admirers boolean)
 RETURNS TABLE (candidate_id text, score real)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -54,6 +75,7 @@ DECLARE
   my_gender text;
   my_seeking text;
   my_age integer;
+  id_type text := tt_id_type();
 BEGIN
   SELECT a.version INTO v FROM tt_active_model a;
   IF v IS NULL THEN
@@ -64,8 +86,8 @@ BEGIN
   IF q IS NULL THEN
     RAISE EXCEPTION 'user % has no query embedding in model version %', user_id, v;
   END IF;
-  SELECT p.gender, p.seeking, p.age INTO my_gender, my_seeking, my_age
-  FROM profiles p WHERE p.id::text = user_id;
+  EXECUTE format('SELECT gender, seeking, age FROM profiles WHERE id = $1::%s', id_type)
+    INTO my_gender, my_seeking, my_age USING user_id;
   IF exact THEN
     PERFORM set_config('enable_indexscan', 'off', true);
   ELSE
@@ -73,32 +95,60 @@ BEGIN
   END IF;
   RETURN QUERY EXECUTE format($q$
     WITH nearest AS MATERIALIZED (
-      SELECT c.id, (c.embedding <#> $1) AS neg_ip
-      FROM %I c
+      SELECT c.id, (c.embedding <#> $1) AS neg_ip, false AS admirer
+      FROM %1$I c
       ORDER BY c.embedding <#> $1
-      LIMIT $2)
-    SELECT n.id, (-n.neg_ip)::real
-    FROM nearest n JOIN profiles p ON p.id::text = n.id
-    WHERE n.id <> $3
-      AND tt_seeks($4, p.gender) AND tt_seeks(p.seeking, $5)
-      AND abs(p.age - $6) <= $7
-      AND NOT EXISTS (SELECT 1 FROM swipes s
-                      WHERE s.swiper_id::text = $3 AND s.swipee_id::text = n.id)
-    ORDER BY n.neg_ip, n.id
-    LIMIT $8$q$, 'tt_candidate_embeddings_' || v)
+      LIMIT $2),
+    liked_me AS (
+      SELECT c.id, (c.embedding <#> $1) AS neg_ip, true AS admirer
+      FROM tt_back_swipes($3) b JOIN %1$I c ON c.id = b.swiper_id
+      WHERE $9 AND b.liked),
+    eligible AS (
+      SELECT n.id, n.neg_ip, n.admirer
+      FROM (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me) n
+      JOIN profiles p ON p.id = n.id::%2$s
+      WHERE n.id <> $3
+        AND tt_seeks($4, p.gender) AND tt_seeks(p.seeking, $5)
+        AND abs(p.age - $6) <= $7
+        AND NOT EXISTS (SELECT 1 FROM swipes s
+                        WHERE s.swiper_id = $3::%2$s AND s.swipee_id = n.id::%2$s)),
+    top AS (
+      SELECT e.id, e.neg_ip FROM eligible e WHERE NOT e.admirer
+      ORDER BY e.neg_ip, e.id
+      LIMIT $8)
+    SELECT r.id, (-r.neg_ip)::real
+    FROM (SELECT * FROM top UNION SELECT e.id, e.neg_ip FROM eligible e WHERE e.admirer) r
+    ORDER BY r.neg_ip, r.id$q$, 'tt_candidate_embeddings_' || v, id_type)
   USING q, CASE WHEN exact THEN NULL ELSE pool END, user_id, my_seeking, my_gender, my_age,
-        age_window, k;
+        age_window, k, admirers;
 END;
 $$;
 
--- recommend_reciprocal(user_id, k): ranks for matches, not just likes. The one-way pool from
--- recommend() is re-scored by the harmonic mean (RECON) of P(u likes v) and P(v likes u),
--- both from the same towers: sigmoid(scale * q_u.c_v + bias) and sigmoid(scale * q_v.c_u +
--- bias), with the calibration (scale, bias) published with the version.
+-- recommend(user_id, k): the top k candidates for user_id by the active model's dot product
+-- q_u . c_v, excluding the user, everyone they already swiped on, and profiles that fail the
+-- hard filters. exact => brute force (sequential scan; the reference); otherwise the HNSW
+-- index returns the `pool` nearest candidates, which are then filtered (pgvector before 0.8
+-- filters after the index scan, so pool must exceed k by the filtered-out share).
+CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
+                                     age_window integer DEFAULT 10, exact boolean DEFAULT false,
+                                     pool integer DEFAULT 400)
+RETURNS TABLE (candidate_id text, score real)
+LANGUAGE sql STABLE AS $$
+  SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+$$;
+
+-- recommend_reciprocal(user_id, k): ranks for matches, not just likes. The one-way pool of
+-- recommend() (its top `pool`), plus everyone who already liked the user, is re-scored by
+-- combining P(u likes v) = sigmoid(scale * q_u.c_v + bias) and P(v likes u): 1 / 0 when v's
+-- latest swipe on u is a like / a pass, else sigmoid(scale * q_v.c_u + bias) from the same
+-- towers, with the calibration (scale, bias) published with the version. combination:
+-- 'product' (P(match) under independence; what a match rate rewards) or 'harmonic' (RECON).
+DROP FUNCTION IF EXISTS recommend_reciprocal(text, integer, integer, boolean, integer);
 CREATE OR REPLACE FUNCTION recommend_reciprocal(user_id text, k integer DEFAULT 20,
                                                 age_window integer DEFAULT 10,
                                                 exact boolean DEFAULT false,
-                                                pool integer DEFAULT 400)
+                                                pool integer DEFAULT 400,
+                                                combination text DEFAULT 'product')
 RETURNS TABLE (candidate_id text, score real)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -106,22 +156,31 @@ DECLARE
   a real;
   b real;
 BEGIN
+  IF combination IS NULL OR combination NOT IN ('product', 'harmonic') THEN
+    RAISE EXCEPTION 'combination must be ''product'' or ''harmonic'', got %', combination;
+  END IF;
   SELECT m.version, m.calibration_scale, m.calibration_bias INTO v, a, b
   FROM tt_active_model t JOIN tt_model_versions m USING (version);
   RETURN QUERY EXECUTE format($q$
     WITH one_way AS (
-      SELECT r.candidate_id, r.score FROM recommend($1, $2, $3, $4, $2) r),
+      SELECT r.candidate_id, r.score FROM tt_ranked($1, $2, $3, $4, $2, true) r),
     both_ways AS (
       SELECT o.candidate_id,
              1 / (1 + exp(-($5 * o.score + $6))) AS p_forward,
-             1 / (1 + exp(-($5 * -(qv.embedding <#> cu.embedding) + $6))) AS p_back
+             CASE WHEN bs.liked THEN 1.0
+                  WHEN NOT bs.liked THEN 0.0
+                  ELSE 1 / (1 + exp(-($5 * -(qv.embedding <#> cu.embedding) + $6))) END AS p_back
       FROM one_way o
       JOIN %I qv ON qv.id = o.candidate_id
-      JOIN %I cu ON cu.id = $1)
-    SELECT w.candidate_id, (2 * w.p_forward * w.p_back / (w.p_forward + w.p_back))::real
+      JOIN %I cu ON cu.id = $1
+      LEFT JOIN tt_back_swipes($1) bs ON bs.swiper_id = o.candidate_id)
+    SELECT w.candidate_id,
+           (CASE WHEN $8 = 'product' THEN w.p_forward * w.p_back
+                 ELSE 2 * w.p_forward * w.p_back / greatest(w.p_forward + w.p_back, 1e-12)
+            END)::real
     FROM both_ways w
     ORDER BY 2 DESC, 1
     LIMIT $7$q$, 'tt_query_embeddings_' || v, 'tt_candidate_embeddings_' || v)
-  USING user_id, pool, age_window, exact, a, b, k;
+  USING user_id, pool, age_window, exact, a, b, k, combination;
 END;
 $$;

@@ -65,8 +65,8 @@ def _database(db_url: Optional[str], log) -> Iterator[Any]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-TREATMENTS = ("two_tower", "two_tower_reciprocal", "oracle", "oracle_reciprocal",
-              "feature_matching")
+TREATMENTS = ("two_tower", "two_tower_reciprocal", "two_tower_reciprocal_harmonic", "oracle",
+              "oracle_reciprocal", "feature_matching")
 
 
 def _treatment(kind: str, world, run_dir: Optional[str], control):
@@ -77,7 +77,9 @@ def _treatment(kind: str, world, run_dir: Optional[str], control):
   if kind.startswith("two_tower"):
     if not run_dir:
       raise ValueError(f"--treatment={kind} needs --run_dir")
-    return simulator.two_tower(world, run_dir, reciprocal=kind.endswith("reciprocal"))
+    # two_tower_reciprocal: P(match) (product); _harmonic: the RECON harmonic mean.
+    return simulator.two_tower(world, run_dir, reciprocal="reciprocal" in kind,
+                               combination="harmonic" if kind.endswith("harmonic") else "product")
   if kind.startswith("oracle"):
     return simulator.oracle(world, reciprocal=kind.endswith("reciprocal"))
   return control

@@ -49,9 +49,16 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         rules: segments_lib.SegmentRules = segments_lib.SegmentRules(),
         world_dir: Optional[str] = None, bootstrap: int = 1000, seed: int = 0,
         baselines: Sequence[str] = BASELINES, reciprocal: bool = True,
+        reciprocal_combinations: Sequence[str] = ("product",), back_swipes: bool = True,
         batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
         verify_checksums: bool = True, log: Callable[..., None] = print) -> Dict[str, object]:
   """Evaluates and writes the report; returns the report dict.
+
+  With `reciprocal` (and one profile table on both sides) each run is also
+  ranked reciprocally, once per combination in `reciprocal_combinations`
+  (`retrieval.COMBINATIONS`; the first is `<run>:reciprocal`, others
+  `<run>:reciprocal_<combination>`), using the train swipes of candidates on the
+  user as observed P(v likes u) when `back_swipes`.
 
   Raises:
     EvaluationInputError (a ValueError) for mismatched or unusable inputs, before
@@ -64,6 +71,10 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   unknown = sorted(set(baselines) - set(BASELINES))
   if unknown:
     raise EvaluationInputError(f"--baselines: unknown {unknown} (known: {', '.join(BASELINES)})")
+  bad = sorted(set(reciprocal_combinations) - set(retrieval.COMBINATIONS))
+  if bad or (reciprocal and not reciprocal_combinations):
+    raise EvaluationInputError(f"--reciprocal_combination: unknown {bad or 'empty list'} "
+                               f"(known: {', '.join(retrieval.COMBINATIONS)})")
   if bootstrap < 10:
     raise EvaluationInputError(f"--bootstrap: need at least 10 resamples, got {bootstrap}")
   if os.path.exists(output_dir) and not overwrite:
@@ -86,12 +97,13 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       raise EvaluationInputError(f"--world_dir {world_dir}: the world does not hold the "
                                  f"dataset's users ({e}); give the world the dataset was "
                                  "generated from") from None
-    oracle = world.like_probability
+    oracle = _realised_oracle(world, data)
 
   entries = _baselines(baselines, data, dataset, seed)
   names = _run_names(run_dirs)
   for name, run_dir in zip(names, runs):
-    entries += _models(name, run_dir, data, dataset, reciprocal)
+    entries += _models(name, run_dir, data, dataset,
+                       reciprocal_combinations if reciprocal else (), back_swipes)
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -113,7 +125,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         lifts[name] = evaluator.lift(result, results[LIFT_BASELINE], data, counts)
   comparisons = {}
   model_names = [n for n, r in results.items() if r.info["kind"] == "model"
-                 and not n.endswith(":reciprocal")]
+                 and r.info["mode"] == "one_way"]
   for name in model_names[1:]:
     comparisons[f"{name} vs {model_names[0]}"] = evaluator.lift(
         results[name], results[model_names[0]], data, counts)
@@ -159,7 +171,9 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
                   "manifest_sha256": files.sha256_file(r.file(run_lib.MANIFEST))} for r in runs],
         "flags": {"k": ks, "rules": dataclasses.asdict(rules), "world_dir": world_dir,
                   "bootstrap": bootstrap, "seed": seed, "baselines": list(baselines),
-                  "reciprocal": reciprocal, "batch_size": batch_size},
+                  "reciprocal": reciprocal,
+                  "reciprocal_combinations": list(reciprocal_combinations),
+                  "back_swipes": back_swipes, "batch_size": batch_size},
         "files": files.file_checksums(out)})
   log("evaluate: report written to %s (%.1fs)" % (output_dir, time.time() - started))
 
@@ -171,7 +185,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       probabilities = result.swipe_probabilities
       if probabilities is None:  # reciprocal scores are already in [0, 1]
         probabilities = result.swipe_scores
-      sub = "eval_reciprocal" if entry.scorer.name.endswith(":reciprocal") else "eval"
+      sub = "eval" if entry.info["mode"] == "one_way" else "eval_" + entry.scorer.name.rsplit(
+          ":", 1)[1]
       report_lib.write_tensorboard(
           os.path.join(entry.run.path, run_lib.LOGS, sub),
           int(entry.run.manifest.get("global_step", 0)), recommenders[entry.scorer.name],
@@ -231,7 +246,8 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
   return entries
 
 
-def _models(name: str, run, data: evaluator.EvalData, dataset, reciprocal: bool) -> List[_Entry]:
+def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
+            back_swipes: bool) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -252,7 +268,7 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, reciprocal: bool)
           "calibration": dataclasses.asdict(calibration),
           "embedding_seconds": round(time.time() - started, 2)}
   entries = [_Entry(forward, "model", calibration, {**info, "mode": "one_way"}, run)]
-  if reciprocal and dataset.config.same_entity_both_sides:
+  if combinations and dataset.config.same_entity_both_sides:
     # Both towers see the same profile table: embed every user in the other role too.
     candidate_side_of_queries = run.embed(
         "candidate", retrieval.as_other_side(data.query_entities, "query", "candidate"))
@@ -261,10 +277,42 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, reciprocal: bool)
     backward = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
                                          candidate_side_of_queries, query_side_of_candidates,
                                          name=f"{name}:backward")
-    entries.append(_Entry(retrieval.ReciprocalScorer(forward, backward, calibration,
-                                                     name=f"{name}:reciprocal"),
-                          "model", None, {**info, "mode": "reciprocal"}, run))
+    observed = _train_back_swipes(forward, data) if back_swipes else None
+    for i, combination in enumerate(combinations):
+      scorer = retrieval.ReciprocalScorer(
+          forward, backward, calibration, combination=combination, back_swipes=observed,
+          name=f"{name}:reciprocal" + (f"_{combination}" if i else ""))
+      entries.append(_Entry(scorer, "model", None,
+                            {**info, "mode": "reciprocal", "combination": combination,
+                             "back_swipes": back_swipes}, run))
   return entries
+
+
+def _train_back_swipes(scorer: retrieval.Scorer,
+                       data: evaluator.EvalData) -> retrieval.BackSwipes:
+  """Train swipes of candidates on query users: known when the eval-time lists are made."""
+  train = data.train_swipes
+  return retrieval.BackSwipes.of_swipes(scorer, data.query_ids[train.users],
+                                        data.candidate_ids[train.candidates], train.labels)
+
+
+def _realised_oracle(world, data: evaluator.EvalData):
+  """The world's P(swiper likes swipee), except for pairs swiped in train: their outcome.
+
+  A candidate who already liked (passed on) the user matches with certainty
+  (never) if the user likes them; the hidden probability would hide what the
+  app already knows when it ranks.
+  """
+  train = data.train_swipes
+  swipers, swipees = data.query_ids[train.users], data.candidate_ids[train.candidates]
+  observed = retrieval.BackSwipes.from_swipes(world.user_index(swipers),
+                                              world.user_index(swipees), train.labels,
+                                              len(world.profiles))
+
+  def oracle(swiper_ids, swipee_ids):
+    outcome = observed.lookup(world.user_index(swiper_ids), world.user_index(swipee_ids))
+    return np.where(np.isnan(outcome), world.like_probability(swiper_ids, swipee_ids), outcome)
+  return oracle
 
 
 def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
@@ -288,10 +336,14 @@ def _notes(data: evaluator.EvalData, with_world: bool) -> List[str]:
       "users whose swipe on the user is observed in the eval window (`trials` = observed).",
       "factorized_topK_accuracy: TFRS FactorizedTopK definition (share of eval likes ranked "
       "in the top K of ALL candidates, nothing excluded), for comparison with TFRS tutorials.",
-      "Log loss uses a Platt calibration fitted on train swipes; reciprocal scores are a "
-      "harmonic mean of two probabilities, not P(like), so they have no log loss.",
+      "Log loss uses a Platt calibration fitted on train swipes; reciprocal scores combine "
+      "two probabilities (product or harmonic mean), not P(like), so they have no log loss.",
+      "Reciprocal modes (back_swipes on) take P(v likes u) = 1 / 0 when v liked / passed on u "
+      "in train; such v rarely swipe u again in the eval window, so success@K judges them "
+      "less often (fewer trials).",
   ]
   if with_world:
     notes.append("oracle_*@K: mean hidden probability from the synthetic world over the top-K "
-                 "pairs (like: u likes v, like_back: v likes u, match: both).")
+                 "pairs (like: u likes v, like_back: v likes u, match: both); a pair already "
+                 "swiped in train counts with its observed outcome (1 like, 0 pass).")
   return notes
