@@ -75,6 +75,9 @@ flags.DEFINE_boolean("jit_compile", D.jit_compile, "XLA-compile the training ste
 flags.DEFINE_enum("strategy", D.strategy, list(train_stage.STRATEGIES), "default: one device; "
                   "mirrored: all local GPUs; multi_worker: MultiWorkerMirroredStrategy from "
                   "TF_CONFIG (run the same command on every worker).")
+flags.DEFINE_enum("index", D.index, ["brute_force", "scann"], "The index/ SavedModel: exact "
+                  "brute force over all candidates, or ScaNN (approximate; needs `scann`, and "
+                  "`import scann` before loading).")
 
 
 def main(argv):

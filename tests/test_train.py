@@ -125,3 +125,32 @@ def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
   assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
   assert result.manifest["metrics"]["final"]["auc"] > 0
+
+
+def test_scann_index_agrees_with_brute_force(trained, tmp_path):
+  scann = pytest.importorskip("scann")  # noqa: F841  (registers the ops for loading)
+  import tensorflow as tf
+  from tfrs_two_tower.model import export
+  path, result = trained
+  run = run_lib.open_run(path)
+  ids, embeddings = run.candidate_embeddings()
+  assert export.save_index(str(tmp_path / "index"), result.query_tower, ids, embeddings,
+                           "scann") == "scann"
+  index = tf.saved_model.load(str(tmp_path / "index")).signatures["serving_default"]
+  query = {s["key"]: v[:20] for s in result.query_tower.preprocessing.specs
+           for v in [reader.read_entities(reader.open_dataset(run.manifest["dataset"]["path"]),
+                                          "query")[s["key"]]]}
+  excluded = ids[0]
+  got = index(**{k: tf.constant(v) for k, v in query.items()},
+              exclude_ids=tf.constant([[excluded]] * 20), k=tf.constant(10))
+  got_ids = got["ids"].numpy().astype(str)
+  assert excluded not in set(got_ids.ravel())
+  scores = result.query_tower(query).numpy() @ embeddings.T
+  scores[:, 0] = -np.inf
+  exact = ids[np.argsort(-scores, axis=1)[:, :10]]
+  # Approximate (a quarter of the partitions searched), but the scores are exact re-scores.
+  overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got_ids, exact)])
+  assert overlap >= 0.5, overlap
+  row = {c: i for i, c in enumerate(ids)}
+  expected = np.take_along_axis(scores, np.vectorize(row.get)(got_ids), axis=1)
+  np.testing.assert_allclose(got["scores"].numpy(), expected, atol=1e-4)

@@ -80,14 +80,64 @@ class BruteForceIndex(_Serving):
     return {"ids": tf.gather(self.ids, top_rows), "scores": top_scores}
 
 
+class ScannIndex(_Serving):
+  """Approximate top-k with ScaNN (`tfrs.layers.factorized_top_k.ScaNN`).
+
+  Same signature as `BruteForceIndex`. ScaNN is asked for k + E neighbours so
+  that the excluded ids can be dropped and k remain. Loading needs `import scann`.
+  """
+
+  def __init__(self, query_tower: towers.Tower, candidate_ids: np.ndarray,
+               candidate_embeddings: np.ndarray):
+    import tensorflow_recommenders as tfrs
+    super().__init__(query_tower)
+    self.query_tower = query_tower.__call__  # a method: not tracked, its resources are
+    leaves = max(1, min(100, int(np.sqrt(len(candidate_ids)))))
+    self.scann = tfrs.layers.factorized_top_k.ScaNN(
+        k=10, distance_measure="dot_product", num_leaves=leaves,
+        num_leaves_to_search=max(1, leaves // 4), num_reordering_candidates=500)
+    self.scann.index(tf.constant(np.asarray(candidate_embeddings, np.float32)),
+                     tf.constant(np.asarray(candidate_ids, dtype=str).astype(object)))
+
+  def top_k(self, features, exclude_ids, k):
+    q = tf.cast(self.query_tower(features), tf.float32)
+    scores, ids = self.scann(q, k=k + tf.shape(exclude_ids)[1])
+    excluded = tf.reduce_any(tf.equal(ids[:, :, None], exclude_ids[:, None, :]) &
+                             tf.not_equal(exclude_ids, "")[:, None, :], axis=2)
+    scores = tf.where(excluded, tf.fill(tf.shape(scores), -np.inf), scores)
+    k = tf.minimum(k, tf.shape(scores)[1])
+    top_scores, top = tf.math.top_k(scores, k=k)
+    return {"ids": tf.gather(ids, top, batch_dims=1), "scores": top_scores}
+
+
+def scann_available() -> bool:
+  try:
+    import scann  # noqa: F401
+    return True
+  except ImportError:
+    return False
+
+
+INDEX_TYPES = ("brute_force", "scann")
+
+
 def save_index(path: str, query_tower: towers.Tower, candidate_ids: np.ndarray,
-               candidate_embeddings: np.ndarray) -> str:
-  """Writes the brute-force top-k SavedModel; returns the index type written."""
-  index = BruteForceIndex(query_tower, candidate_ids, candidate_embeddings)
+               candidate_embeddings: np.ndarray, index_type: str = "brute_force") -> str:
+  """Writes the top-k SavedModel (`INDEX_TYPES`); returns the index type written."""
+  if index_type not in INDEX_TYPES:
+    raise ValueError(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
+  options = None
+  if index_type == "scann":
+    if not scann_available():
+      raise ValueError("--index=scann needs the scann package (pip install scann)")
+    index = ScannIndex(query_tower, candidate_ids, candidate_embeddings)
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+  else:
+    index = BruteForceIndex(query_tower, candidate_ids, candidate_embeddings)
   specs = dict(prep.raw_input_specs(query_tower.preprocessing.specs))
   fn = tf.function(lambda features, exclude_ids, k: index.top_k(features, exclude_ids, k))
   concrete = fn.get_concrete_function(specs, tf.TensorSpec([None, None], tf.string,
                                                            name="exclude_ids"),
                                       tf.TensorSpec([], tf.int32, name="k"))
-  tf.saved_model.save(index, path, signatures={SERVING: concrete})
-  return "brute_force"
+  tf.saved_model.save(index, path, signatures={SERVING: concrete}, options=options)
+  return index_type

@@ -79,6 +79,7 @@ class TrainOptions:
   mixed_precision: bool = False
   jit_compile: bool = False
   strategy: str = "default"
+  index: str = "brute_force"
 
   def check(self) -> None:
     problems = []
@@ -93,6 +94,10 @@ class TrainOptions:
       problems.append(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
     if self.strategy not in STRATEGIES:
       problems.append(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+    if self.index not in export.INDEX_TYPES:
+      problems.append(f"--index must be one of {export.INDEX_TYPES}, got {self.index!r}")
+    elif self.index == "scann" and not export.scann_available():
+      problems.append("--index=scann needs the scann package (pip install scann)")
     if self.sampling_probability not in two_tower.SAMPLING_MODES:
       problems.append(f"--sampling_probability must be one of {two_tower.SAMPLING_MODES}, "
                       f"got {self.sampling_probability!r}")
@@ -372,7 +377,7 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
     run_lib.save_candidate_embeddings(os.path.join(out, run_lib.CANDIDATE_EMBEDDINGS), ids,
                                       embeddings)
     index_type = export.save_index(os.path.join(out, run_lib.INDEX), query_tower, ids,
-                                   embeddings)
+                                   embeddings, options.index)
     shutil.copy(dataset.file(fmt.CONFIG), os.path.join(out, run_lib.CONFIG))
     shutil.copy(dataset.file(fmt.PREPROCESSING), os.path.join(out, run_lib.PREPROCESSING))
     shutil.copytree(dataset.file(fmt.VOCAB_DIR), os.path.join(out, run_lib.VOCAB_DIR))
