@@ -128,7 +128,7 @@ def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
 
 
 def test_scann_index_agrees_with_brute_force(trained, tmp_path):
-  scann = pytest.importorskip("scann")  # noqa: F841  (registers the ops for loading)
+  pytest.importorskip("scann")  # importing registers the Scann ops needed for loading
   import tensorflow as tf
   from tfrs_two_tower.model import export
   path, result = trained
