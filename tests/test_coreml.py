@@ -50,6 +50,8 @@ def test_pair_files_inputs_and_metadata(float32_pair, tiny_run):
                                       "features.json", "manifest.json", "parity.json"]
   run = run_lib.open_run(tiny_run)
   features = files.read_json(os.path.join(out, "features.json"))
+  # The Platt calibration for reciprocal ranking on the phone: higher scores, more likes.
+  assert features["calibration"]["scale"] > 0 and set(features["calibration"]) == {"scale", "bias"}
   manifest = files.read_json(os.path.join(out, "manifest.json"))
   assert manifest["kind"] == convert_stage.KIND and manifest["run_id"] == run.manifest["run_id"]
   assert set(manifest["files"]) >= {"features.json", "parity.json"}

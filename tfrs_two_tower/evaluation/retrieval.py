@@ -399,6 +399,24 @@ class PlattCalibration:
 COMBINATIONS = ("product", "harmonic")
 
 
+def calibrate_on_train_swipes(dataset, query_ids: np.ndarray, query_embeddings: np.ndarray,
+                              candidate_ids: np.ndarray, candidate_embeddings: np.ndarray,
+                              seed: int = 0) -> PlattCalibration:
+  """Platt calibration of the dot product q.c on a dataset's train swipes (like vs pass).
+
+  For consumers that hold embeddings rather than an `EvalData` (pgvector
+  publishing, the Core ML pair's features.json).
+  """
+  from tfrs_two_tower.data import reader
+  train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
+  q_rows = id_index(np.asarray(query_ids, dtype=object)).get_indexer(train["query_id"])
+  c_rows = id_index(np.asarray(candidate_ids, dtype=object)).get_indexer(train["candidate_id"])
+  known = (q_rows >= 0) & (c_rows >= 0)
+  scores = np.einsum("pd,pd->p", query_embeddings[q_rows[known]],
+                     candidate_embeddings[c_rows[known]])
+  return PlattCalibration.fit(scores, train["label"][known], seed=seed)
+
+
 class ReciprocalScorer(Scorer):
   """Ranks for matches: combines P(u likes v) and P(v likes u) (module docstring).
 

@@ -128,12 +128,19 @@ def _drop_old_versions(conn, keep: int) -> list:
 
 
 def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciprocal: bool = False,
-              age_window: int = 10, pool: int = 400) -> list:
-  """Calls the SQL RPC; returns [(candidate_id, score), ...] best first."""
-  function = "recommend_reciprocal" if reciprocal else "recommend"
+              age_window: int = 10, pool: int = 400, combination: str = "product") -> list:
+  """Calls the SQL RPC; returns [(candidate_id, score), ...] best first.
+
+  `combination` ("product" = P(match), or "harmonic" for RECON) applies to
+  `reciprocal` only.
+  """
   with conn.cursor() as cur:
-    cur.execute(f"SELECT candidate_id, score FROM {function}(%s, %s, %s, %s, %s)",
-                (user_id, k, age_window, exact, pool))
+    if reciprocal:
+      cur.execute("SELECT candidate_id, score FROM recommend_reciprocal(%s, %s, %s, %s, %s, %s)",
+                  (user_id, k, age_window, exact, pool, combination))
+    else:
+      cur.execute("SELECT candidate_id, score FROM recommend(%s, %s, %s, %s, %s)",
+                  (user_id, k, age_window, exact, pool))
     rows = cur.fetchall()
   conn.rollback()  # the functions set transaction-local planner settings
   return rows

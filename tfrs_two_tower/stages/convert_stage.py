@@ -26,6 +26,7 @@ from tfrs_two_tower.coreml import mil_emulator
 from tfrs_two_tower.coreml import parity
 from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
 
 KIND = "tfrs_two_tower.coreml"
@@ -144,10 +145,15 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
     raise ConvertError(f"--run_dir: {e}") from None
   manifest = run.manifest
   specs = {side: run.feature_specs(side) for side in SIDES}
+  # The app turns dot products into P(like) for reciprocal ranking: the same Platt
+  # calibration (train swipes) that evaluation and pgvector publishing use.
+  queries = reader.read_entities(dataset, "query")
+  calibration = retrieval.calibrate_on_train_swipes(
+      dataset, queries["query_id"], run.embed("query", queries), *run.candidate_embeddings())
   payload = features_json.build(
       specs, run_id=manifest["run_id"], config_hash=manifest["config_hash"],
       embedding_dim=run.embedding_dim, temperature=manifest["temperature"],
-      calibration=manifest.get("calibration"))
+      calibration={"scale": calibration.slope, "bias": calibration.intercept})
   for side in SIDES:
     _check_inputs(run.file(run_lib.core_dir(side)), payload["towers"][side]["inputs"])
 

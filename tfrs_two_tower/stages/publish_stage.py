@@ -3,28 +3,12 @@
 import time
 from typing import Any, Callable, Dict, Optional
 
-import numpy as np
-import pandas as pd
-
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.serving import pgvector
-
-
-def calibrate(query_ids: np.ndarray, query_embeddings: np.ndarray, candidate_ids: np.ndarray,
-              candidate_embeddings: np.ndarray, dataset: reader.DatasetDir,
-              seed: int = 0) -> retrieval.PlattCalibration:
-  """Platt calibration P(like) = sigmoid(a * q.c + b) on the dataset's train swipes."""
-  train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
-  q_rows = pd.Index(query_ids).get_indexer(train["query_id"])
-  c_rows = pd.Index(candidate_ids).get_indexer(train["candidate_id"])
-  known = (q_rows >= 0) & (c_rows >= 0)
-  scores = np.einsum("pd,pd->p", query_embeddings[q_rows[known]],
-                     candidate_embeddings[c_rows[known]])
-  return retrieval.PlattCalibration.fit(scores, train["label"][known], seed=seed)
 
 
 def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
@@ -39,8 +23,8 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
   queries = reader.read_entities(dataset, "query")
   query_embeddings = run.embed("query", queries)
   candidate_ids, candidate_embeddings = run.candidate_embeddings()
-  calibration = calibrate(queries["query_id"], query_embeddings, candidate_ids,
-                          candidate_embeddings, dataset)
+  calibration = retrieval.calibrate_on_train_swipes(
+      dataset, queries["query_id"], query_embeddings, candidate_ids, candidate_embeddings)
   log(f"publish: embedded {len(query_embeddings):,} query users in {time.time() - started:.1f}s; "
       f"calibration P(like) = sigmoid({calibration.slope:.3f} * score + "
       f"{calibration.intercept:.3f})")
