@@ -37,6 +37,7 @@ def test_first_run_produces_every_artifact_and_a_summary(pipeline_out):
   summary = json.load(open(out / "summary.json"))
   assert summary["readiness"]["verdict"] == "ready"
   assert 0.5 < summary["headline"]["auc"]["value"] <= 1.0
+  assert summary["headline"]["auc"]["value"] < summary["oracle_auc"] < 1.0  # the ceiling
   assert summary["coreml"]["gate"]["passed"]
   assert summary["published"]["created"] is True
   text = open(out / "summary.md").read()

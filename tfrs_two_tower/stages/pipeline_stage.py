@@ -23,9 +23,8 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from tfrs_two_tower import files
 from tfrs_two_tower.data import readiness
@@ -226,6 +225,8 @@ def summarize(options: PipelineOptions, published: Optional[Dict[str, Any]],
   if stats:
     summary["readiness"] = stats["readiness"]
     summary["oracle_auc"] = stats.get("oracle", {}).get("eval_auc")
+    if summary["oracle_auc"] is None and options.db_url is None:
+      summary["oracle_auc"] = _oracle_auc(options)
   if report:
     summary["verdict"] = report["verdict"].get(model)
     summary["headline"] = _headline(report, model)
@@ -233,6 +234,19 @@ def summarize(options: PipelineOptions, published: Optional[Dict[str, Any]],
     summary["coreml"] = parity
   summary["tensorboard"] = f"tensorboard --logdir {options.path('run', 'logs')}"
   return summary
+
+
+def _oracle_auc(options: PipelineOptions) -> Optional[float]:
+  """The synthetic world's ceiling on the exported eval swipes (the export cannot know it)."""
+  from tfrs_two_tower.data import reader
+  from tfrs_two_tower.data import synthetic
+  if not os.path.exists(options.path("world", "world.json")):
+    return None
+  world = synthetic.World.load(options.path("world"))
+  swipes = reader.read_interactions(reader.open_dataset(options.path("dataset")), "eval",
+                                    keys=["query_id", "candidate_id", "label"])
+  return round(synthetic.oracle_auc(world, swipes["query_id"], swipes["candidate_id"],
+                                    swipes["label"]), 4)
 
 
 def _headline(report: Dict[str, Any], model: str) -> Dict[str, Any]:
