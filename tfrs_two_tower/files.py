@@ -59,6 +59,25 @@ def file_checksums(directory: str, exclude=("manifest.json",)) -> Dict[str, Dict
   return dict(sorted(out.items()))
 
 
+def verify_listed_files(directory: str, listed: Dict[str, Dict[str, Any]], verify_checksums: bool,
+                        error: type) -> None:
+  """Checks the files a manifest lists (`file_checksums` output) against the disk.
+
+  Raises `error` naming the first file that is missing, of another size (always
+  checked), or, with `verify_checksums`, of another sha256.
+  """
+  for rel, expected in listed.items():
+    full = os.path.join(directory, rel)
+    if not os.path.exists(full):
+      raise error(f"{full}: listed in the manifest but missing")
+    if os.path.getsize(full) != expected["bytes"]:
+      raise error(f"{full}: size {os.path.getsize(full)} != {expected['bytes']} in the manifest "
+                  "(truncated or modified)")
+    if verify_checksums and sha256_file(full) != expected["sha256"]:
+      raise error(f"{full}: sha256 does not match the manifest (corrupt, or modified after it "
+                  "was written)")
+
+
 @contextlib.contextmanager
 def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
   """Yields a temporary sibling directory that becomes `final_path` on success.

@@ -90,16 +90,8 @@ def open_dataset(path: str, verify_checksums: bool = True) -> DatasetDir:
   if version not in fmt.SUPPORTED_FORMAT_VERSIONS:
     raise DatasetFormatError(f"{manifest_path}: format_version {version!r} is not supported "
                              f"by this tfrs_two_tower (supports {fmt.SUPPORTED_FORMAT_VERSIONS})")
-  for rel, expected in manifest.get("files", {}).items():
-    full = os.path.join(path, rel)
-    if not os.path.exists(full):
-      raise DatasetFormatError(f"{full}: listed in the manifest but missing")
-    if os.path.getsize(full) != expected["bytes"]:
-      raise DatasetFormatError(f"{full}: size {os.path.getsize(full)} != {expected['bytes']} "
-                               "in the manifest (truncated or corrupt)")
-    if verify_checksums and files.sha256_file(full) != expected["sha256"]:
-      raise DatasetFormatError(f"{full}: sha256 does not match the manifest (corrupt or "
-                               "modified after export)")
+  files.verify_listed_files(path, manifest.get("files", {}), verify_checksums,
+                            DatasetFormatError)
   try:
     config = config_lib.load_config(os.path.join(path, fmt.CONFIG))
   except config_lib.ConfigError as e:

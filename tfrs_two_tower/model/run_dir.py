@@ -200,14 +200,7 @@ def open_run(path: str, verify_checksums: bool = True,
   if manifest.get("format_version") != FORMAT_VERSION:
     raise RunFormatError(f"{manifest_path}: format_version {manifest.get('format_version')!r} "
                          f"is not supported (supports {FORMAT_VERSION})")
-  for rel, expected in manifest.get("files", {}).items():
-    full = os.path.join(path, rel)
-    if not os.path.exists(full):
-      raise RunFormatError(f"{full}: listed in the manifest but missing")
-    if os.path.getsize(full) != expected["bytes"]:
-      raise RunFormatError(f"{full}: size differs from the manifest (truncated or modified)")
-    if verify_checksums and files.sha256_file(full) != expected["sha256"]:
-      raise RunFormatError(f"{full}: sha256 does not match the manifest (modified after training)")
+  files.verify_listed_files(path, manifest.get("files", {}), verify_checksums, RunFormatError)
   try:
     config = config_lib.load_config(os.path.join(path, CONFIG))
   except config_lib.ConfigError as e:
