@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """recommend() latency in PostgreSQL + pgvector: HNSW vs exact, for 10k and 100k candidates.
 
-For each corpus size a synthetic world of that many users is embedded by a
+For each corpus size a synthetic world of that many users (3 days of swipes;
+optionally also a saved world such as the default one) is embedded by a
 trained run's towers (profiles the model never saw embed through their
 features, as cold-start users do), seeded into an embedded PostgreSQL (pgserver)
 and published. Then `recommend(user, 20)` is timed for random users with the
@@ -34,8 +35,8 @@ def embed_profiles(run, world, side):
                                                          "world profiles"))
 
 
-def measure(run, size, queries, k, seed):
-  world = synthetic.generate_world(synthetic.WorldParams(num_users=size, days=3, seed=seed))
+def measure(run, world, queries, k, seed):
+  size = len(world.profiles)
   started = time.time()
   q_emb = embed_profiles(run, world, "query")
   c_emb = embed_profiles(run, world, "candidate")
@@ -73,13 +74,19 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--run_dir", default="out/run")
   parser.add_argument("--sizes", default="10000,100000")
+  parser.add_argument("--world_dir", default=None,
+                      help="also measure on this world (e.g. the default world, out/world)")
   parser.add_argument("--queries", type=int, default=200)
   parser.add_argument("--k", type=int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   run = run_lib.open_run(args.run_dir)
-  for size in (int(s) for s in args.sizes.split(",")):
-    r = measure(run, size, args.queries, args.k, args.seed)
+  worlds = [synthetic.World.load(args.world_dir)] if args.world_dir else []
+  worlds += [synthetic.generate_world(synthetic.WorldParams(num_users=int(size), days=3,
+                                                            seed=args.seed))
+             for size in args.sizes.split(",") if size]
+  for world in worlds:
+    r = measure(run, world, args.queries, args.k, args.seed)
     print(f"{r['size']:>7,} candidates: recommend(k={args.k}) HNSW median {r['hnsw_ms']:.1f} ms "
           f"(p95 {r['hnsw_p95_ms']:.1f}), exact {r['exact_ms']:.1f} ms -> ratio exact/HNSW "
           f"{r['exact_ms'] / r['hnsw_ms']:.1f}x; HNSW recall@{args.k} vs exact {r['recall']:.3f}; "

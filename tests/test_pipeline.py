@@ -67,3 +67,21 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
   assert "--stages: unknown stage(s) ['deploy']" in proc.stderr
   with pytest.raises(pipeline_stage.PipelineError, match="--rerun"):
     pipeline_stage.PipelineOptions(rerun=["everything"]).check()
+
+
+def test_db_url_runs_on_that_database_only(fresh_database, tiny_world, tmp_path):
+  import contextlib
+  import psycopg2
+  from tfrs_two_tower.stages import seed_stage
+  with contextlib.closing(psycopg2.connect(fresh_database)) as conn:
+    seed_stage.seed(conn, tiny_world, log=lambda *a: None)
+  out = tmp_path / "real"
+  proc = _run(out, f"--db_url={fresh_database}", "--stages=world,database,export,train,publish")
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  # A real database is only read (export) and written by publish: no world, no embedded server.
+  assert not (out / "world").exists() and not (out / "pgdata").exists()
+  assert (out / "dataset" / "manifest.json").exists() and (out / "run" / "manifest.json").exists()
+  with contextlib.closing(psycopg2.connect(fresh_database)) as conn, conn.cursor() as cur:
+    cur.execute("SELECT m.run_id FROM tt_active_model a JOIN tt_model_versions m USING (version)")
+    run_id = cur.fetchone()[0]
+  assert run_id == json.load(open(out / "run" / "manifest.json"))["run_id"]
