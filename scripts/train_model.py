@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages import train_stage
 
 D = train_stage.TrainOptions()
@@ -84,11 +85,9 @@ def main(argv):
   del argv
   options = train_stage.TrainOptions(**{
       f.name: FLAGS[f.name].value for f in dataclasses.fields(train_stage.TrainOptions)})
-  try:
+  with cli.user_errors():
     train_stage.run(FLAGS.dataset_dir, FLAGS.run_dir, options, overwrite=FLAGS.overwrite,
                     log=logging.info)
-  except train_stage.TrainError as e:
-    raise app.UsageError(str(e))
 
 
 if __name__ == "__main__":
