@@ -18,8 +18,8 @@ def parse_time(value: Optional[str], flag: str) -> Optional[int]:
   try:
     if value.lstrip("-").isdigit():
       return int(value)
-    return int(pd.Timestamp(value, tz="UTC").timestamp()) if pd.Timestamp(value).tzinfo is None \
-        else int(pd.Timestamp(value).timestamp())
+    stamp = pd.Timestamp(value)  # naive times are UTC
+    return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp())
   except ValueError:
     raise ValueError(f"--{flag}: not an ISO time or unix seconds: {value!r}") from None
 
