@@ -23,12 +23,7 @@ flags.DEFINE_string("world_dir", None, "Where the world goes (profiles.parquet, 
                     "hidden.npz, world.json).", required=True)
 flags.DEFINE_string("dataset_dir", None, "Where its dataset directory goes; empty: world only.")
 flags.DEFINE_string("config", None, "Feature/data config JSON; default: the packaged dating config.")
-flags.DEFINE_integer("num_users", 5000, "Users in the world.", lower_bound=2)
-flags.DEFINE_integer("days", 120, "Simulated days.", lower_bound=1)
-flags.DEFINE_integer("feed_size", 8, "Profiles shown per active user per day.", lower_bound=1)
-flags.DEFINE_float("mean_activity", 0.11, "Mean daily probability that a user opens the app.",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_integer("seed", 0, "Random seed: same seed and flags give byte-identical outputs.")
+cli.define_world_flags()
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) kept for eval, "
                    "unless --split_time is given.")
 flags.DEFINE_string("split_time", None, "ISO time of the train/eval boundary (overrides "

@@ -18,6 +18,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tfrs_two_tower.stages import cli  # noqa: E402
 from tfrs_two_tower.stages import seed_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -26,12 +27,7 @@ flags.DEFINE_string("db_url", None, "PostgreSQL URL. Default: $SUPABASE_DB_URL, 
 flags.DEFINE_string("env_file", ".env", "Dotenv file read when no URL is given otherwise.")
 flags.DEFINE_string("world_dir", None, "A world written by generate_world.py; empty: generate "
                     "one from the flags below.")
-flags.DEFINE_integer("num_users", 5000, "Users of a generated world.", lower_bound=2)
-flags.DEFINE_integer("days", 120, "Simulated days of a generated world.", lower_bound=1)
-flags.DEFINE_integer("feed_size", 8, "Profiles shown per active user per day.", lower_bound=1)
-flags.DEFINE_float("mean_activity", 0.11, "Mean daily probability that a user opens the app.",
-                   lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_integer("seed", 0, "Random seed of a generated world.")
+cli.define_world_flags()  # used when --world_dir is empty
 flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreachable.",
                      lower_bound=0)
 

@@ -28,3 +28,24 @@ def user_errors(exit_code: int = EXIT_INPUT_ERROR):
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(getattr(e, "exit_code", exit_code))
+
+
+def define_world_flags() -> None:
+  """The synthetic world's knobs, shared by every script that can generate a world.
+
+  Defaults are `synthetic.WorldParams`'s, so the scripts and the library agree.
+  """
+  from absl import flags
+  from tfrs_two_tower.data import synthetic
+  defaults = synthetic.WorldParams()
+  flags.DEFINE_integer("num_users", defaults.num_users, "Users of the synthetic world.",
+                       lower_bound=2)
+  flags.DEFINE_integer("days", defaults.days, "Simulated days of the synthetic world.",
+                       lower_bound=1)
+  flags.DEFINE_integer("feed_size", defaults.feed_size,
+                       "Profiles shown per active user per day.", lower_bound=1)
+  flags.DEFINE_float("mean_activity", defaults.mean_activity,
+                     "Mean daily probability that a user opens the app.", lower_bound=0.0,
+                     upper_bound=1.0)
+  flags.DEFINE_integer("seed", defaults.seed, "Random seed: same seed and flags give "
+                       "byte-identical outputs.")
