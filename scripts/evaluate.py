@@ -47,6 +47,15 @@ flags.DEFINE_list("reciprocal_combination", ["product"], "How the reciprocal mod
                   "<run>:reciprocal, others <run>:reciprocal_<combination>.")
 flags.DEFINE_boolean("reciprocal_back_swipes", True, "Reciprocal mode: when v swiped on u in "
                      "train, use the observed outcome (like 1, pass 0) as P(v likes u).")
+flags.DEFINE_list("popularity_penalty", [], "Betas of a serving-time popularity penalty: each "
+                  "non-zero beta adds <run>:pop<beta>, the model ranked by s(u, v) - beta * "
+                  "log(1 + train likes of v), to measure accuracy vs spread of exposure "
+                  "(e.g. 0.002,0.01). Empty (default): no extra entries. It lowers the top "
+                  "1 %'s share but RAISES Gini (docs/evaluation.md).")
+flags.DEFINE_list("hubness_penalty", [], "Betas of a serving-time hubness penalty: each non-zero "
+                  "beta adds <run>:hub<beta>, the model ranked by s(u, v) - beta * qbar . c_v "
+                  "(qbar = mean query embedding; = centred queries), which spreads exposure "
+                  "(e.g. 0.25,0.5). Empty (default): no extra entries.")
 flags.DEFINE_float("active_window_days", _RULES.active_window_days, "Segment 'active': window "
                    "before the split in which train swipes are counted.", lower_bound=0)
 flags.DEFINE_integer("active_min_swipes", _RULES.active_min_swipes, "Segment 'active': minimum "
@@ -70,6 +79,13 @@ def main(argv):
     except ValueError:
       raise evaluate_stage.EvaluationInputError(
           f"--k: expected comma-separated integers, got {FLAGS.k}") from None
+    betas = {}
+    for name in ("popularity_penalty", "hubness_penalty"):
+      try:
+        betas[name] = [float(b) for b in FLAGS[name].value]
+      except ValueError:
+        raise evaluate_stage.EvaluationInputError(
+            f"--{name}: expected comma-separated numbers, got {FLAGS[name].value}") from None
     rules = segments.SegmentRules(active_window_days=FLAGS.active_window_days,
                                   active_min_swipes=FLAGS.active_min_swipes,
                                   long_time_days=FLAGS.long_time_days)
@@ -78,6 +94,8 @@ def main(argv):
                        baselines=FLAGS.baselines, reciprocal=FLAGS.reciprocal,
                        reciprocal_combinations=FLAGS.reciprocal_combination,
                        back_swipes=FLAGS.reciprocal_back_swipes,
+                       popularity_penalties=betas["popularity_penalty"],
+                       hubness_penalties=betas["hubness_penalty"],
                        batch_size=FLAGS.batch_size, tensorboard=FLAGS.tensorboard,
                        overwrite=FLAGS.overwrite, verify_checksums=FLAGS.verify_checksums,
                        log=logging.info)

@@ -25,6 +25,9 @@ calibrated to a probability:
 the model was trained on, and the eval split stays untouched. The product is
 what a match rate rewards; the harmonic mean is a softer trade-off that ranks
 a sure back-like (P(v->u) = 1) at 2p / (1 + p) instead of p.
+
+`CandidatePenalty` subtracts a per-candidate penalty (popularity or hubness)
+from any scorer: serving-time knobs trading some accuracy for spreading exposure.
 """
 
 import dataclasses
@@ -360,6 +363,66 @@ class EmbeddingScorer(Scorer):
   def pair_scores(self, query_rows, candidate_rows):
     return np.einsum("pd,pd->p", self.query_embeddings[np.asarray(query_rows)],
                      self.candidate_embeddings[np.asarray(candidate_rows)]).astype(np.float32)
+
+
+class CandidatePenalty(Scorer):
+  """Serving-time knobs that spread exposure: s'(u, v) = s(u, v) - penalty_v.
+
+  The penalty is one [N] vector broadcast over every [B, N] block, so ranking
+  stays one matrix product plus a subtraction. It moves pair scores too: AUC,
+  log loss and calibration change with it (measured, not assumed). Two choices:
+
+    popularity: penalty_v = beta * log(1 + n_v), n_v = train likes of v
+      (candidate_counts.tsv `positives`). Pushes the most liked down, but the
+      zero-like cold tail then rises in EVERY list: fewer slots for the top 1 %,
+      yet a higher Gini (docs/evaluation.md).
+    hubness: penalty_v = beta * qbar . c_v, qbar = mean query embedding. Hubs,
+      candidates close to everybody's query, lose the most; the same as ranking
+      with centred queries (q_u - beta * qbar) . c_v, so an ANN index or
+      pgvector serves it unchanged (Radovanovic et al. 2010, on hubness).
+
+  Args:
+    scored: the scorer to penalise.
+    penalty: [N] float, subtracted from every score of candidate row v.
+  """
+
+  def __init__(self, scored: Scorer, penalty: np.ndarray, name: str):
+    super().__init__(scored.query_ids, scored.candidate_ids)
+    penalty = np.asarray(penalty, np.float32)
+    if penalty.shape != (self.num_candidates,):
+      raise ValueError(f"penalty has shape {penalty.shape}, expected ({self.num_candidates},) "
+                       "(one value per candidate)")
+    self.scored, self.penalty, self.name = scored, penalty, name
+    self.traceable = scored.traceable
+
+  @classmethod
+  def popularity(cls, scored: Scorer, likes_received: np.ndarray,
+                 beta: float) -> "CandidatePenalty":
+    """s(u, v) - beta * log(1 + likes_received[v]), named `<scored>:pop<beta>`."""
+    _check_beta(beta)
+    return cls(scored, beta * np.log1p(np.asarray(likes_received, np.float64)),
+               f"{scored.name}:pop{beta:g}")
+
+  @classmethod
+  def hubness(cls, scored: "EmbeddingScorer", beta: float) -> "CandidatePenalty":
+    """s(u, v) - beta * qbar . c_v with qbar the mean of ALL the scorer's query embeddings
+    (no eval data involved), named `<scored>:hub<beta>`."""
+    _check_beta(beta)
+    qbar = scored.query_embeddings.mean(axis=0, dtype=np.float64)
+    return cls(scored, beta * (scored.candidate_embeddings @ qbar), f"{scored.name}:hub{beta:g}")
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    return self.scored.score_block(query_rows) - tf.constant(self.penalty)[None, :]
+
+  def pair_scores(self, query_rows, candidate_rows):
+    return (self.scored.pair_scores(query_rows, candidate_rows)
+            - self.penalty[np.asarray(candidate_rows)]).astype(np.float32)
+
+
+def _check_beta(beta: float):
+  if not beta >= 0:
+    raise ValueError(f"penalty beta must be >= 0, got {beta}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,6 +50,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         world_dir: Optional[str] = None, bootstrap: int = 1000, seed: int = 0,
         baselines: Sequence[str] = BASELINES, reciprocal: bool = True,
         reciprocal_combinations: Sequence[str] = ("product",), back_swipes: bool = True,
+        popularity_penalties: Sequence[float] = (), hubness_penalties: Sequence[float] = (),
         batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
         verify_checksums: bool = True, log: Callable[..., None] = print) -> Dict[str, object]:
   """Evaluates and writes the report; returns the report dict.
@@ -58,7 +59,11 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   ranked reciprocally, once per combination in `reciprocal_combinations`
   (`retrieval.COMBINATIONS`; the first is `<run>:reciprocal`, others
   `<run>:reciprocal_<combination>`), using the train swipes of candidates on the
-  user as observed P(v likes u) when `back_swipes`.
+  user as observed P(v likes u) when `back_swipes`. Each non-zero beta of
+  `popularity_penalties` adds `<run>:pop<beta>`, the one-way model ranked by
+  s(u, v) - beta * log(1 + train likes of v), and of `hubness_penalties`
+  `<run>:hub<beta>`, ranked by s(u, v) - beta * qbar . c_v
+  (`retrieval.CandidatePenalty`).
 
   Raises:
     EvaluationInputError (a ValueError) for mismatched or unusable inputs, before
@@ -75,6 +80,11 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   if bad or (reciprocal and not reciprocal_combinations):
     raise EvaluationInputError(f"--reciprocal_combination: unknown {bad or 'empty list'} "
                                f"(known: {', '.join(retrieval.COMBINATIONS)})")
+  penalties = {}
+  for kind, given in (("popularity", popularity_penalties), ("hubness", hubness_penalties)):
+    penalties[kind] = sorted(set(float(b) for b in given if float(b) != 0.0))
+    if any(not b > 0 for b in penalties[kind]):
+      raise EvaluationInputError(f"--{kind}_penalty: betas must be >= 0, got {list(given)}")
   if bootstrap < 10:
     raise EvaluationInputError(f"--bootstrap: need at least 10 resamples, got {bootstrap}")
   if os.path.exists(output_dir) and not overwrite:
@@ -103,7 +113,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   names = _run_names(run_dirs)
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
-                       reciprocal_combinations if reciprocal else (), back_swipes)
+                       reciprocal_combinations if reciprocal else (), back_swipes, penalties)
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -173,7 +183,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
                   "bootstrap": bootstrap, "seed": seed, "baselines": list(baselines),
                   "reciprocal": reciprocal,
                   "reciprocal_combinations": list(reciprocal_combinations),
-                  "back_swipes": back_swipes, "batch_size": batch_size},
+                  "back_swipes": back_swipes, "penalties": penalties,
+                  "batch_size": batch_size},
         "files": files.file_checksums(out)})
   log("evaluate: report written to %s (%.1fs)" % (output_dir, time.time() - started))
 
@@ -247,7 +258,7 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
 
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
-            back_swipes: bool) -> List[_Entry]:
+            back_swipes: bool, penalties: Dict[str, Sequence[float]]) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -268,6 +279,12 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
           "calibration": dataclasses.asdict(calibration),
           "embedding_seconds": round(time.time() - started, 2)}
   entries = [_Entry(forward, "model", calibration, {**info, "mode": "one_way"}, run)]
+  for kind, betas in penalties.items():
+    for beta in betas:
+      penalised = (retrieval.CandidatePenalty.popularity(forward, data.likes_received, beta)
+                   if kind == "popularity" else retrieval.CandidatePenalty.hubness(forward, beta))
+      entries.append(_Entry(penalised, "model", evaluator.fit_calibration(penalised, data),
+                            {**info, "mode": f"{kind}_penalty", "beta": beta}, run))
   if combinations and dataset.config.same_entity_both_sides:
     # Both towers see the same profile table: embed every user in the other role too.
     candidate_side_of_queries = run.embed(
