@@ -14,7 +14,6 @@ exact is reported.
 import argparse
 import contextlib
 import os
-import tempfile
 import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -23,10 +22,10 @@ import numpy as np  # noqa: E402
 import psycopg2  # noqa: E402
 
 from tfrs_two_tower import features as features_lib  # noqa: E402
+from tfrs_two_tower.data import postgres_source  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
 from tfrs_two_tower.serving import pgvector  # noqa: E402
-from tfrs_two_tower.stages import pipeline_stage  # noqa: E402
 from tfrs_two_tower.stages import seed_stage  # noqa: E402
 
 
@@ -41,8 +40,8 @@ def measure(run, world, queries, k, seed):
   q_emb = embed_profiles(run, world, "query")
   c_emb = embed_profiles(run, world, "candidate")
   embed_seconds = time.time() - started
-  with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-    url = stack.enter_context(pipeline_stage.embedded_postgres(tmp, log=lambda m: None))
+  with contextlib.ExitStack() as stack:
+    url = stack.enter_context(postgres_source.embedded_postgres(log=lambda m: None))
     conn = stack.enter_context(contextlib.closing(psycopg2.connect(url)))
     seed_stage.seed(conn, world, log=lambda m: None)
     ids = world.profiles["id"].tolist()

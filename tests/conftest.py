@@ -73,29 +73,51 @@ def postgres():
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def _drop_database(server_uri, name):
+  import psycopg2
+  from psycopg2 import sql
+  admin = psycopg2.connect(server_uri)
+  admin.autocommit = True
+  with admin.cursor() as cur:
+    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+  admin.close()
+
+
+@pytest.fixture(scope="session")
+def make_database(postgres):
+  """make_database(name) -> URI of a new, empty database of that name on the shared server.
+
+  An existing database of that name is dropped first; all are dropped at the end.
+  """
+  import psycopg2
+  from psycopg2 import sql
+  created = []
+
+  def make(name):
+    _drop_database(postgres, name)
+    admin = psycopg2.connect(postgres)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+      cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin.close()
+    created.append(name)
+    base, _, query = postgres.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+  yield make
+  for name in created:
+    _drop_database(postgres, name)
+
+
 _db_counter = [0]
 
 
 @pytest.fixture
-def fresh_database(postgres):
-  """A new empty database on the shared server; returns its URI."""
-  import psycopg2
+def fresh_database(postgres, make_database):
+  """A new empty database on the shared server, dropped after the test; returns its URI."""
   _db_counter[0] += 1
   name = f"test_{os.getpid()}_{_db_counter[0]}"
-  admin = psycopg2.connect(postgres)
-  admin.autocommit = True
-  with admin.cursor() as cur:
-    cur.execute(f'CREATE DATABASE "{name}"')
-  admin.close()
-  base, _, query = postgres.partition("?")
-  prefix = base.rsplit("/", 1)[0]
-  uri = f"{prefix}/{name}" + (f"?{query}" if query else "")
-  yield uri
-  admin = psycopg2.connect(postgres)
-  admin.autocommit = True
-  with admin.cursor() as cur:
-    cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-  admin.close()
+  yield make_database(name)
+  _drop_database(postgres, name)
 
 
 # A few real training steps: enough for SavedModels, an index and embeddings that rank.

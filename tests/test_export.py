@@ -96,21 +96,6 @@ def assert_same_dataset(a, b, stats_keys=("rows", "labels", "actions", "split_ti
 # -- databases ------------------------------------------------------------------------
 
 
-def database_url(server_url, name):
-  base, _, query = server_url.partition("?")
-  return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-
-def create_database(server_url, name):
-  admin = psycopg2.connect(server_url)
-  admin.autocommit = True
-  with admin.cursor() as cur:
-    cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-  admin.close()
-  return database_url(server_url, name)
-
-
 def execute(url, *statements):
   with psycopg2.connect(url) as conn, conn.cursor() as cur:
     for statement in statements:
@@ -127,9 +112,9 @@ def query(url, statement, params=None):
 
 
 @pytest.fixture(scope="module")
-def world_db(postgres, tiny_world):
+def world_db(make_database, tiny_world):
   """A database with the default schema and the tiny world (tests add tables, never edit)."""
-  url = create_database(postgres, f"export_world_{os.getpid()}")
+  url = make_database(f"export_world_{os.getpid()}")
   conn = psycopg2.connect(url)
   inserted = seed_stage.seed(conn, tiny_world, log=lambda m: None)
   conn.close()

@@ -7,7 +7,6 @@ import pytest
 import tensorflow as tf
 
 from tfrs_two_tower.data import reader
-from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.serving import pgvector
@@ -19,16 +18,9 @@ _SEEKS = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonb
 
 
 @pytest.fixture(scope="module")
-def published(postgres, tiny_world, tiny_run_dir, tiny_dataset_dir):
+def published(make_database, tiny_world, tiny_run_dir, tiny_dataset_dir):
   """The tiny world seeded into a real database with the tiny run published."""
-  import uuid
-  name = f"publish_{uuid.uuid4().hex[:8]}"
-  admin = psycopg2.connect(postgres)
-  admin.autocommit = True
-  admin.cursor().execute(f'CREATE DATABASE "{name}"')
-  admin.close()
-  base, _, query = postgres.partition("?")
-  url = f"{base.rsplit('/', 1)[0]}/{name}?{query}"
+  url = make_database("publish")
   conn = psycopg2.connect(url)
   seed_stage.seed(conn, tiny_world, log=lambda *a: None)
   result = publish_stage.run(tiny_run_dir, tiny_dataset_dir, db_url=url, env_file=None,

@@ -12,7 +12,10 @@ exist); values are query parameters. A config `sql` (entity or interactions)
 replaces the table: it is the user's own SQL and runs as a subquery.
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -401,3 +404,27 @@ class PostgresSource:
             inner=sql.SQL(", ").join(map(sql.Identifier, inner)),
             where=partition_sql(sql.SQL("q"), partition))
     yield from self._stream(query, names, chunk_size, "tfrs_export_interactions")
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Optional[str] = None,
+                      log: Callable[[str], None] = print) -> Iterator[str]:
+  """Starts pgserver (PostgreSQL 16 + pgvector) and yields its URI; stops it on exit.
+
+  With `data_dir` the data persists there (the pipeline's demo database);
+  without, a temporary directory is used and removed afterwards.
+  """
+  import pgserver
+  temporary = data_dir is None
+  data_dir = tempfile.mkdtemp(prefix="tfrs-pg-") if temporary else data_dir
+  os.makedirs(data_dir, exist_ok=True)
+  started = time.time()
+  server = pgserver.get_server(data_dir, cleanup_mode="stop")
+  log(f"database: embedded PostgreSQL at {data_dir} up in {time.time() - started:.1f}s")
+  try:
+    yield server.get_uri()
+  finally:
+    server.cleanup()
+    if temporary:
+      shutil.rmtree(data_dir, ignore_errors=True)
+

@@ -19,8 +19,6 @@ each arm showed), the verdicts and the calibration figures.
 import contextlib
 import dataclasses
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, Optional
 
@@ -49,20 +47,13 @@ def _database(db_url: Optional[str], log) -> Iterator[Any]:
     finally:
       conn.close()
     return
-  import pgserver
   import psycopg2
-  directory = tempfile.mkdtemp(prefix="abtest-pg-")
-  server = pgserver.get_server(directory, cleanup_mode="stop")
-  conn = None
-  try:
-    conn = psycopg2.connect(server.get_uri())
-    log("simulate: throwaway PostgreSQL in %s" % directory)
-    yield conn
-  finally:
-    if conn is not None:
+  with postgres_source.embedded_postgres(log=lambda m: log("simulate: throwaway %s" % m)) as url:
+    conn = psycopg2.connect(url)
+    try:
+      yield conn
+    finally:
       conn.close()
-    server.cleanup()
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 TREATMENTS = ("two_tower", "two_tower_reciprocal", "two_tower_reciprocal_harmonic", "oracle",

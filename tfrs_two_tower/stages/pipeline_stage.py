@@ -24,9 +24,10 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from tfrs_two_tower import files
+from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import readiness
 
 STAGES = ("world", "database", "export", "train", "evaluate", "convert", "publish")
@@ -69,20 +70,6 @@ class PipelineOptions:
 
 def _complete(path: str) -> bool:
   return os.path.exists(os.path.join(path, "manifest.json"))
-
-
-@contextlib.contextmanager
-def embedded_postgres(data_dir: str, log: Callable[[str], None]) -> Iterator[str]:
-  """Starts pgserver (PostgreSQL 16 + pgvector) on `data_dir`; yields its URI; stops it."""
-  import pgserver
-  os.makedirs(data_dir, exist_ok=True)
-  started = time.time()
-  server = pgserver.get_server(data_dir, cleanup_mode="stop")
-  log(f"database: embedded PostgreSQL at {data_dir} up in {time.time() - started:.1f}s")
-  try:
-    yield server.get_uri()
-  finally:
-    server.cleanup()
 
 
 def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[str, Any]:
@@ -137,7 +124,7 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
     db_url = options.db_url
     needs_db = any(s in wanted for s in ("database", "export", "publish"))
     if synthetic_world and needs_db:
-      db_url = stack.enter_context(embedded_postgres(options.path("pgdata"), log))
+      db_url = stack.enter_context(postgres_source.embedded_postgres(options.path("pgdata"), log))
     seeded_marker = options.path("pgdata", "seeded_world.json")
     if synthetic_world and "database" in wanted and (
         redo or "database" in options.rerun or not os.path.exists(seeded_marker)):
