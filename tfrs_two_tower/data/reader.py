@@ -17,7 +17,6 @@ from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
-from tfrs_two_tower.data.writer import read_tsv_counts
 
 
 class DatasetFormatError(ValueError):
@@ -58,7 +57,7 @@ class DatasetDir:
     spec = self.preprocessing.get(key)
     if not spec or "vocabulary" not in spec:
       raise KeyError(f"{self.path}: feature {key!r} has no vocabulary")
-    return read_tsv_counts(self.file(spec["vocabulary"]))
+    return fmt.read_tsv_counts(self.file(spec["vocabulary"]))
 
   def candidate_counts(self):
     import pandas as pd

@@ -36,6 +36,7 @@ import pandas as pd
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
+from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import writer as writer_lib
 
@@ -329,7 +330,6 @@ def export(source, config: config_lib.Config, output_dir: str, *,
     ExportError subclasses (see EXIT_CODES); writer_lib.DataError for bad values.
     Nothing is left at `output_dir` when it raises.
   """
-  from tfrs_two_tower.data import partitions  # partitions imports this module
   started = time.time()
   audit = source.audit(partition)
   label = source.description.get("label", source.description.get("kind", "source"))
@@ -372,10 +372,29 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       readiness_gate(stats["readiness"], force,
                      readiness_path or output_dir.rstrip("/") + ".readiness.json", log)
     else:  # the gate applies to the combined dataset
-      partitions.write_partition_files(writer, partition, queries, candidates)
+      write_partition_files(writer, partition, queries, candidates)
   log(f"export: wrote {output_dir}: train {stats['rows']['train']:,}, eval "
       f"{stats['rows']['eval']:,} interactions in {time.time() - started:.1f}s")
   return stats
+
+
+def write_partition_files(writer: writer_lib.DatasetWriter, partition: Partition,
+                          queries: pd.DataFrame, candidates: pd.DataFrame) -> None:
+  """Adds the `partition/` folder to a writer's staging directory (inside its `with`)."""
+  out = os.path.join(writer.staging_dir, fmt.PARTITION_DIR)
+  os.makedirs(out)
+  counters = writer.counters()
+  arrays = {k: counters.pop(k) for k in writer_lib.DatasetWriter.ARRAY_COUNTERS}
+  np.savez(os.path.join(writer.staging_dir, fmt.PARTITION_COUNTERS), **arrays)
+  files.write_json(os.path.join(writer.staging_dir, fmt.PARTITION_JSON),
+                   {"count": partition.count, "index": partition.index,
+                    "shard_rows": writer.shard_rows, "counters": counters})
+  queries.to_parquet(os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES["query"]),
+                   index=False)
+  if not writer.config.same_entity_both_sides:
+    candidates.to_parquet(
+        os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES["candidate"]),
+                          index=False)
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,

@@ -41,10 +41,10 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
 from tfrs_two_tower.data import writer as writer_lib
-from tfrs_two_tower.evaluation import metrics
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
 SECONDS_PER_DAY = 86_400
@@ -371,7 +371,10 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
 
 def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
   """AUC of the oracle probability against realised labels: the ceiling for any model."""
-  return metrics.roc_auc(np.asarray(labels), world.like_probability(swiper_ids, swipee_ids))
+  labels = np.asarray(labels)
+  if labels.min(initial=1) == labels.max(initial=0):  # one class only: AUC undefined
+    return float("nan")
+  return float(sk_metrics.roc_auc_score(labels, world.like_probability(swiper_ids, swipee_ids)))
 
 
 def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction: float = 0.15,

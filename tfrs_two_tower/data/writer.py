@@ -549,12 +549,6 @@ def _write_tsv(path: str, frame: pd.DataFrame, header: bool = False) -> None:
   frame.to_csv(path, sep="\t", index=False, header=header, lineterminator="\n")
 
 
-def read_tsv_counts(path: str) -> pd.DataFrame:
-  """Reads a vocabulary TSV ("token<TAB>count", no header) keeping tokens as strings."""
-  return pd.read_csv(path, sep="\t", header=None, names=["token", "count"], dtype={"token": str},
-                     keep_default_na=False, quoting=3)
-
-
 def default_split_time(timestamps: Sequence[int], eval_fraction: float) -> int:
   """The time boundary leaving the last `eval_fraction` of interactions for eval."""
   if not 0 < eval_fraction < 1:

@@ -29,6 +29,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import retrieval
 
 EARTH_RADIUS_KM = 6371.0
@@ -125,7 +126,6 @@ class FeatureMatching(retrieval.Scorer):
                query_entities: Optional[Dict[str, np.ndarray]] = None,
                candidate_entities: Optional[Dict[str, np.ndarray]] = None):
     if dataset is not None:
-      from tfrs_two_tower.data import reader
       config = dataset.config
       query_entities = reader.read_entities(dataset, "query")
       candidate_entities = reader.read_entities(dataset, "candidate")

@@ -36,6 +36,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.data import reader
 
 
 @dataclasses.dataclass
@@ -470,7 +471,6 @@ def calibrate_on_train_swipes(dataset, query_ids: np.ndarray, query_embeddings: 
   For consumers that hold embeddings rather than an `EvalData` (pgvector
   publishing, the Core ML pair's features.json).
   """
-  from tfrs_two_tower.data import reader
   train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
   q_rows = id_index(np.asarray(query_ids, dtype=object)).get_indexer(train["query_id"])
   c_rows = id_index(np.asarray(candidate_ids, dtype=object)).get_indexer(train["candidate_id"])

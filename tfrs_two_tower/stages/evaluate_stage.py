@@ -19,12 +19,14 @@ import numpy as np
 import tfrs_two_tower
 from tfrs_two_tower import files
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.evaluation import report as report_lib
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments as segments_lib
+from tfrs_two_tower.model import run_dir as run_lib
 
 BASELINES = ("random", "popularity", "feature_matching")
 LIFT_BASELINE = "feature_matching"
@@ -69,7 +71,6 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     EvaluationInputError (a ValueError) for mismatched or unusable inputs, before
     any heavy work and before anything is written.
   """
-  from tfrs_two_tower.model import run_dir as run_lib
   ks = sorted(set(int(k) for k in ks))
   if not ks or ks[0] < 1:
     raise EvaluationInputError(f"--k: need positive list lengths, got {ks}")
@@ -224,7 +225,6 @@ def _open_run(run_lib, path: str, dataset, verify_checksums: bool):
 
 
 def _load_world(world_dir: str):
-  from tfrs_two_tower.data import synthetic
   try:
     return synthetic.World.load(world_dir)
   except FileNotFoundError as e:
