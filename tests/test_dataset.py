@@ -117,6 +117,7 @@ def test_tfds_builder_loads_splits(tiny_dataset_dir):
   assert {"query_id", "candidate_interests", "label"} <= set(eval_rows[0])
 
 
+@pytest.mark.slow
 def test_pipeline_is_deterministic_and_filters_labels(tiny_dataset_dir):
   ds = reader.open_dataset(tiny_dataset_dir)
 
@@ -177,6 +178,7 @@ def test_exception_mid_write_leaves_nothing(tmp_path, default_config):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_complete_looking_directory(tmp_path, tiny_world_dir):
   out = str(tmp_path / "ds")
   script = textwrap.dedent(f"""

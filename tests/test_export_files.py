@@ -23,6 +23,7 @@ def supabase_csv(world, directory, swipes=None, profiles=None):
   return str(directory)
 
 
+@pytest.mark.slow
 def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp_path):
   out = str(tmp_path / "parquet")
   export_stage.run(out, input_dir=tiny_world_dir, train_shards=3, eval_shards=2,
@@ -31,6 +32,7 @@ def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp
   assert read(out, "manifest.json")["source"]["kind"] == "files"
 
 
+@pytest.mark.slow
 def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tmp_path):
   dump = supabase_csv(tiny_world, tmp_path / "dump")
   assert '"{' in open(os.path.join(dump, "profiles.csv")).read()
@@ -41,6 +43,7 @@ def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tm
   assert_same_dataset(out, tiny_dataset_dir)
 
 
+@pytest.mark.slow
 def test_file_partitions_combine_to_the_whole(tiny_world_dir, tiny_dataset_dir, tmp_path):
   for p in range(2):
     export_stage.run(str(tmp_path / f"part-{p}"), input_dir=tiny_world_dir, num_partitions=2,

@@ -14,6 +14,9 @@ import tensorflow as tf
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import train_stage
 
+# Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "train_model.py")
 
 
