@@ -48,10 +48,14 @@ def write_partition_files(writer: writer_lib.DatasetWriter, partition: sources.P
   files.write_json(os.path.join(writer.staging_dir, PARTITION_JSON),
                    {"count": partition.count, "index": partition.index,
                     "shard_rows": writer.shard_rows, "counters": counters})
-  queries.to_parquet(os.path.join(writer.staging_dir, RAW_ENTITIES["query"]), index=False)
-  if not writer.config.same_entity_both_sides:
-    candidates.to_parquet(os.path.join(writer.staging_dir, RAW_ENTITIES["candidate"]),
-                          index=False)
+  for side, table, entities in (("query", queries, writer.queries),
+                                ("candidate", candidates, writer.candidates)):
+    if side == "candidate" and writer.config.same_entity_both_sides:
+      break
+    column = writer.config.entity(side).created_at_column
+    if column:  # as datetimes: the source's unit of numeric times is not stored
+      table = table.assign(**{column: pd.to_datetime(entities.created_at, unit="s", utc=True)})
+    table.to_parquet(os.path.join(writer.staging_dir, RAW_ENTITIES[side]), index=False)
 
 
 def _load(path: str) -> Dict[str, Any]:

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from tfrs_two_tower import files
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 from tfrs_two_tower.evaluation import metrics
 
@@ -384,7 +385,8 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
   the eval swipes, the ceiling any model can reach.
   """
   swipes = world.swipes
-  seconds = writer_lib.to_unix_seconds(swipes["created_at"], "world swipes", "created_at")
+  seconds = timestamps.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
+                                       check_dates=False)
   if split_time is None:
     split_time = writer_lib.default_split_time(seconds, eval_fraction)
   eval_rows = seconds >= split_time
@@ -395,7 +397,7 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
       config, output_dir, split_time, world.profiles, world.profiles,
       query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
       source_description={"kind": "synthetic", "params": dataclasses.asdict(world.params)},
-      **writer_kwargs) as writer:
+      check_dates=False, **writer_kwargs) as writer:
     for start in range(0, len(swipes), chunk_size):
       writer.add_interactions(swipes.iloc[start:start + chunk_size], source="world swipes",
                               first_row=start)
