@@ -30,6 +30,7 @@ from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import writer as writer_lib
 
+
 def _load(path: str) -> Dict[str, Any]:
   try:
     dataset = reader.open_dataset(path)

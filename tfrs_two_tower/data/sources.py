@@ -352,7 +352,7 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       num_train_shards=num_train_shards, num_eval_shards=num_eval_shards,
       unknown_actions=unknown_actions, missing_entities=missing_entities, min_users=min_users,
       min_interactions=min_interactions, source_description=description, overwrite=overwrite,
-      log_every_seconds=math.inf) as writer:
+      log_every_seconds=math.inf, timestamp_unit=source.timestamp_unit) as writer:
     tracker = Progress(audit.rows, log)  # after the writer's TensorFlow import
     streamed = 0
     for chunk in source.interaction_chunks(chunk_size, partition):
@@ -389,12 +389,15 @@ def write_partition_files(writer: writer_lib.DatasetWriter, partition: Partition
   files.write_json(os.path.join(writer.staging_dir, fmt.PARTITION_JSON),
                    {"count": partition.count, "index": partition.index,
                     "shard_rows": writer.shard_rows, "counters": counters})
-  queries.to_parquet(os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES["query"]),
-                   index=False)
-  if not writer.config.same_entity_both_sides:
-    candidates.to_parquet(
-        os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES["candidate"]),
-                          index=False)
+  for side, table, entities in (("query", queries, writer.queries),
+                                ("candidate", candidates, writer.candidates)):
+    if side == "candidate" and writer.config.same_entity_both_sides:
+      break
+    column = writer.config.entity(side).created_at_column
+    if column:  # as datetimes: the source's unit of numeric times is not stored
+      table = table.assign(**{column: pd.to_datetime(entities.created_at, unit="s", utc=True)})
+    table.to_parquet(os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES[side]),
+                     index=False)
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,

@@ -44,6 +44,7 @@ import pandas as pd
 from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
@@ -387,7 +388,8 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
   the eval swipes, the ceiling any model can reach.
   """
   swipes = world.swipes
-  seconds = writer_lib.to_unix_seconds(swipes["created_at"], "world swipes", "created_at")
+  seconds = timestamps.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
+                                       check_dates=False)
   if split_time is None:
     split_time = writer_lib.default_split_time(seconds, eval_fraction)
   eval_rows = seconds >= split_time
@@ -398,7 +400,7 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
       config, output_dir, split_time, world.profiles, world.profiles,
       query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
       source_description={"kind": "synthetic", "params": dataclasses.asdict(world.params)},
-      **writer_kwargs) as writer:
+      check_dates=False, **writer_kwargs) as writer:
     for start in range(0, len(swipes), chunk_size):
       writer.add_interactions(swipes.iloc[start:start + chunk_size], source="world swipes",
                               first_row=start)

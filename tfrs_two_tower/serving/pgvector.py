@@ -1,6 +1,7 @@
 """Publishes a run's embeddings into PostgreSQL (pgvector) for the `recommend()` RPC.
 
-A model version is a pair of tables, `tt_query_embeddings_<v>` and
+A model version (key `v` + 12 hex digits of sha256(run id), see `version_name`)
+is a pair of tables, `tt_query_embeddings_<v>` and
 `tt_candidate_embeddings_<v>` (`vector(d)`, HNSW index with inner-product ops on
 the candidates), plus a row in `tt_model_versions`. Publishing writes the pair
 and the row in one transaction, then switches `tt_active_model` in a second
@@ -9,23 +10,27 @@ the old version or the new one, never a half-published one, and publishing the
 same run again is a no-op (unless `republish`).
 """
 
+import hashlib
 import io
 import os
-import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 SQL_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sql", "recommend.sql")
-_VERSION_RE = re.compile(r"[^a-z0-9_]+")
+VERSION_HEX_DIGITS = 12  # 48 bits: a collision needs ~16 million published runs
 
 
 def version_name(run_id: str) -> str:
-  """A table-name-safe version derived from the run id (lowercase, [a-z0-9_], <= 40 chars)."""
-  name = _VERSION_RE.sub("_", run_id.lower()).strip("_")[:40]
-  if not name:
-    raise ValueError(f"run id {run_id!r} gives an empty version name")
-  return name
+  """The version key of a run: "v" + the first 12 hex digits of sha256(run id).
+
+  Fixed length (13 characters), so every table and index name derived from it
+  stays far below PostgreSQL's 63-byte identifier limit whatever the run id;
+  the run id itself is kept as data (`tt_model_versions.run_id`).
+  """
+  if not run_id:
+    raise ValueError("an empty run id has no version key")
+  return "v" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:VERSION_HEX_DIGITS]
 
 
 def install_sql(conn) -> None:
@@ -61,7 +66,7 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
       by `recommend_reciprocal`.
     keep_versions: older inactive versions beyond this many are dropped.
   Returns:
-    {"version", "created" (False when it already existed), "dropped": [...]}.
+    {"version", "run_id", "created" (False when it already existed), "dropped": [...]}.
   """
   from psycopg2 import sql
   dim = int(candidate_embeddings.shape[1])
@@ -102,14 +107,14 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
                    float(calibration[1]), config_hash, len(candidate_ids), len(query_ids)))
     conn.commit()
   else:
-    log(f"publish: version {version} already published; switching to it")
+    log(f"publish: version {version} (run {run_id}) already published; switching to it")
   with conn.cursor() as cur:  # the atomic switch
     cur.execute("INSERT INTO tt_active_model (singleton, version) VALUES (true, %s) "
                 "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, "
                 "switched_at = now()", (version,))
   conn.commit()
   dropped = _drop_old_versions(conn, keep_versions)
-  return {"version": version, "created": created, "dropped": dropped}
+  return {"version": version, "run_id": run_id, "created": created, "dropped": dropped}
 
 
 def _drop_old_versions(conn, keep: int) -> list:

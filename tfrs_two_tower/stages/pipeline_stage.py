@@ -277,7 +277,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
   if summary.get("coreml"):
     lines.append("Core ML: " + _coreml_line(summary["coreml"]))
   if summary.get("published"):
-    lines.append(f"published to PostgreSQL as version {summary['published']['version']}: "
+    lines.append(f"published to PostgreSQL as version {summary['published']['version']} "
+                 f"(run {summary['published']['run_id']}): "
                  "SELECT * FROM recommend('<user id>', 20);")
   lines.append("artifacts: " + ", ".join(f"{k}={v}" for k, v in summary["artifacts"].items()))
   lines.append(f"TensorBoard: {summary['tensorboard']}")
