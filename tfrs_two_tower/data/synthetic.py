@@ -28,7 +28,17 @@ Generative story (all vectorised; one numpy Generator seeded from `seed`):
    (80 % from their own city), ranked by a feature-matching score (mutual
    gender/seeking, age gap, shared interests) plus exploration noise, the top
    `feed_size` are shown. Repeated pairs are dropped (keep the first).
+   With `exploration` = eps > 0 a feed is, with probability eps, a uniformly
+   random `feed_size` of its (de-duplicated) candidate pool instead (an
+   epsilon-exploring feed, opt-in: eps = 0 leaves the swipes byte-identical).
 6. Matches are mutual likes.
+7. Every feed is logged (`World.impressions`, the impressions log of
+   docs/data.md): viewer, profile, time, position, the feed's score and the
+   probability that the feed showed the profile given its pool and its score
+   noise (the propensity). With eps = 0 only the shown profiles are logged
+   (propensity 1); with eps > 0 every pool member is, shown or not:
+      propensity(v) = eps * F / M + (1 - eps) * 1[v is in the scored top F]
+   for a pool of M distinct candidates and F = min(feed_size, M) slots.
 
 What it does not model: messaging, unmatching, profile edits, churn, time of
 day, the feed reacting to who liked whom, photos themselves, fake accounts.
@@ -37,7 +47,7 @@ day, the feed reacting to who liked whom, photos themselves, fake accounts.
 import dataclasses
 import os
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -90,7 +100,12 @@ class WorldParams:
   attractiveness_scale: float = 1.0
   base_utility: float = -0.6
   superlike_utility: float = 3.0
+  exploration: float = 0.0  # share of feeds drawn uniformly from their pool (see step 5)
   seed: int = 0
+
+  def __post_init__(self):
+    if not 0.0 <= self.exploration <= 1.0:
+      raise ValueError(f"exploration must be in [0, 1], got {self.exploration}")
 
 
 class World:
@@ -104,11 +119,15 @@ class World:
     swipes: DataFrame in the default `swipes` schema (swiper_id, swipee_id,
       action, created_at), sorted by time.
     hidden: name -> numpy array of hidden traits, indexed like `profiles`.
+    impressions: DataFrame in the default impressions-log schema (feed_id,
+      viewer_id, profile_id, shown_at, position, score, propensity, shown), or
+      None for a world saved before the log existed.
   """
 
   def __init__(self, params: WorldParams, profiles: pd.DataFrame, swipes: pd.DataFrame,
-               hidden: Dict[str, np.ndarray]):
+               hidden: Dict[str, np.ndarray], impressions: Optional[pd.DataFrame] = None):
     self.params, self.profiles, self.swipes, self.hidden = params, profiles, swipes, hidden
+    self.impressions = impressions
     self._index = pd.Index(profiles["id"].to_numpy())
 
   # -- the oracle -----------------------------------------------------------------
@@ -137,10 +156,12 @@ class World:
 
   # -- persistence ------------------------------------------------------------------
   def save(self, directory: str, overwrite: bool = False) -> None:
-    """Writes profiles.parquet, swipes.parquet, hidden.npz, world.json atomically."""
+    """Writes profiles, swipes (and impressions) .parquet, hidden.npz, world.json atomically."""
     with files.atomic_directory(directory, overwrite=overwrite) as tmp:
       self.profiles.to_parquet(os.path.join(tmp, "profiles.parquet"), index=False)
       self.swipes.to_parquet(os.path.join(tmp, "swipes.parquet"), index=False)
+      if self.impressions is not None:
+        self.impressions.to_parquet(os.path.join(tmp, "impressions.parquet"), index=False)
       np.savez(os.path.join(tmp, "hidden.npz"), **self.hidden)
       files.write_json(os.path.join(tmp, "world.json"),
                        {"params": dataclasses.asdict(self.params), "summary": self.summary()})
@@ -153,8 +174,11 @@ class World:
     params = WorldParams(**files.read_json(meta_path)["params"])
     with np.load(os.path.join(directory, "hidden.npz")) as npz:
       hidden = {k: npz[k] for k in npz.files}
+    impressions_path = os.path.join(directory, "impressions.parquet")
+    impressions = (pd.read_parquet(impressions_path) if os.path.exists(impressions_path)
+                   else None)
     return cls(params, pd.read_parquet(os.path.join(directory, "profiles.parquet")),
-               pd.read_parquet(os.path.join(directory, "swipes.parquet")), hidden)
+               pd.read_parquet(os.path.join(directory, "swipes.parquet")), hidden, impressions)
 
   def summary(self) -> Dict[str, Any]:
     actions = self.swipes["action"].value_counts().to_dict()
@@ -210,7 +234,7 @@ def generate_world(params: WorldParams = WorldParams(), progress=None) -> World:
   rng = np.random.default_rng(params.seed)
   n = params.num_users
   profiles, hidden = _make_users(params, rng)
-  swipes = _simulate_feed(params, hidden, rng, progress)
+  swipes, log = _simulate_feed(params, hidden, rng, progress)
   ids = profiles["id"].to_numpy()
   # 0 pass, 1 like, 2 superlike: index a 3-element object array (8 bytes a swipe).
   action = np.array(["pass", "like", "superlike"], dtype=object)[
@@ -218,8 +242,12 @@ def generate_world(params: WorldParams = WorldParams(), progress=None) -> World:
   created = START + pd.to_timedelta(swipes.pop("t"), unit="s")
   swipe_frame = pd.DataFrame({"swiper_id": ids[swipes.pop("u")], "swipee_id": ids[swipes.pop("v")],
                               "action": action, "created_at": created})
+  impressions = pd.DataFrame({
+      "feed_id": log["feed"], "viewer_id": ids[log["u"]], "profile_id": ids[log["v"]],
+      "shown_at": START + pd.to_timedelta(log["t"], unit="s"), "position": log["position"],
+      "score": log["score"], "propensity": log["propensity"], "shown": log["shown"]})
   assert len(profiles) == n
-  return World(params, profiles, swipe_frame.reset_index(drop=True), hidden)
+  return World(params, profiles, swipe_frame.reset_index(drop=True), hidden, impressions)
 
 
 def _make_users(p: WorldParams, rng: np.random.Generator):
@@ -313,13 +341,15 @@ def feature_matching_score(h: Dict[str, np.ndarray], u: np.ndarray, v: np.ndarra
 
 
 def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Generator,
-                   progress=None) -> Dict[str, np.ndarray]:
+                   progress=None) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+  """Returns (swipes: u, v, t, like, superlike arrays; impressions log arrays)."""
   n = p.num_users
   join_day = np.floor(h["join"] / SECONDS_PER_DAY)
   by_city = [np.flatnonzero(h["city"] == c) for c in range(len(CITIES))]
   pool = p.feed_size * 4
   chunks = {k: [] for k in ("u", "v", "t", "like", "superlike")}
-  total = 0
+  logs = {k: [] for k in ("feed", "u", "v", "t", "position", "score", "propensity", "shown")}
+  total = feeds = 0
   for day in range(p.days):
     joined = np.searchsorted(join_day, day, side="right")  # ids are join-ordered
     if joined < 2:
@@ -340,10 +370,14 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     users = np.repeat(active[:, None], pool, axis=1)
     score = feature_matching_score(h, users, cand) + rng.gumbel(0, 1.0, cand.shape)
     score[cand == users] = -np.inf
-    top = np.argsort(-score, axis=1, kind="stable")[:, :p.feed_size]
+    order = np.argsort(-score, axis=1, kind="stable")
+    if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
+      order, pool_log = _explore(p, cand, users, score, order, rng)
+    top = order[:, :p.feed_size]
     shown = np.take_along_axis(cand, top, axis=1).ravel()
     swipers = np.repeat(active, p.feed_size)
     ok = shown != swipers
+    session = np.repeat(np.arange(active.size), p.feed_size)[ok]
     swipers, shown = swipers[ok], shown[ok]
     utility = _utility(p, h, swipers, shown)
     like = rng.random(utility.size) < _sigmoid(utility)
@@ -354,11 +388,23 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
                        ("t", t.astype(np.int64)), ("like", like),
                        ("superlike", like & (utility > p.superlike_utility))):
       chunks[key].append(value)
+    # The feed is logged when it is opened: at its first swipe.
+    opened = np.full(active.size, np.iinfo(np.int64).max)
+    np.minimum.at(opened, session, t.astype(np.int64))
+    if p.exploration == 0:
+      pool_log = _shown_only_log(cand, users, score, top)
+    keep = np.isin(pool_log["row"], np.unique(session))  # feeds that showed someone
+    for key in ("u", "v", "position", "score", "propensity", "shown"):
+      logs[key].append(pool_log[key][keep])
+    logs["feed"].append(feeds + pool_log["row"][keep])
+    logs["t"].append(opened[pool_log["row"][keep]])
+    feeds += active.size
     total += swipers.size
     if progress is not None:
       progress(day, total)
   out = {k: np.concatenate(chunks.pop(k)) if chunks[k] else np.array([], np.int64)
          for k in list(chunks)}
+  log = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in logs.items()}
   # A pair is shown once: keep its first swipe; then order by time.
   order = np.lexsort((out["v"], out["u"], out["t"]))
   pair = out["u"][order].astype(np.int64) * np.int64(n) + out["v"][order]
@@ -366,8 +412,53 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
   del pair
   keep = order[np.sort(first)]
   del order, first
-  return {k: out.pop(k)[keep] for k in list(out)}
+  return {k: out.pop(k)[keep] for k in list(out)}, log
 
+
+def _distinct_pool(cand: np.ndarray, users: np.ndarray) -> np.ndarray:
+  """[A, M] bool: the first occurrence of each candidate in its pool, self excluded."""
+  ordered = np.sort(cand, axis=1)
+  rank = np.argsort(np.argsort(cand, axis=1, kind="stable"), axis=1, kind="stable")
+  first = np.take_along_axis(np.c_[np.ones(len(cand), bool),
+                                   ordered[:, 1:] != ordered[:, :-1]], rank, axis=1)
+  return first & (cand != users)
+
+
+def _explore(p: WorldParams, cand, users, score, order, rng):
+  """The epsilon-exploring feed: its pool order and the log of every distinct pool member.
+
+  A feed explores with probability eps: its order is then a uniform shuffle of
+  the M distinct candidates of its pool (duplicates and the viewer last);
+  otherwise the scored order with duplicates moved last. Returns ([A, pool]
+  order, log arrays with one row per distinct pool member).
+  """
+  valid = _distinct_pool(cand, users)
+  explore = rng.random(len(cand)) < p.exploration
+  keys = np.where(valid, rng.random(cand.shape), 2.0)
+  scored = np.where(valid, score, -np.inf)
+  exploit = np.argsort(-scored, axis=1, kind="stable")
+  shuffled = np.argsort(keys, axis=1, kind="stable")
+  order = np.where(explore[:, None], shuffled, exploit)
+  m = valid.sum(axis=1)
+  f = np.minimum(p.feed_size, m)
+  exploit_rank = np.argsort(exploit, axis=1, kind="stable")
+  position = np.argsort(order, axis=1, kind="stable")
+  propensity = (p.exploration * f / np.maximum(m, 1))[:, None] + (1 - p.exploration) * (
+      exploit_rank < f[:, None])
+  row, col = np.nonzero(valid)
+  return order, {"row": row, "u": users[row, col], "v": cand[row, col],
+                 "position": position[row, col], "score": score[row, col],
+                 "propensity": propensity[row, col], "shown": position[row, col] < f[row]}
+
+
+def _shown_only_log(cand, users, score, top):
+  """The non-exploring feed's log: its shown, distinct, non-self profiles (propensity 1)."""
+  shown = np.take_along_axis(cand, top, axis=1)
+  valid = _distinct_pool(shown, np.take_along_axis(users, top, axis=1))
+  row, col = np.nonzero(valid)
+  return {"row": row, "u": users[row, 0], "v": shown[row, col], "position": col,
+          "score": np.take_along_axis(score, top, axis=1)[row, col],
+          "propensity": np.ones(row.size), "shown": np.ones(row.size, bool)}
 
 
 def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
