@@ -140,6 +140,37 @@ class Interactions:
 
 
 @dataclasses.dataclass(frozen=True)
+class Impressions:
+  """The feed's impressions log (optional): one row per profile a feed considered.
+
+  Roles (dataset name -> config key): feed_id (one app open), query_id (viewer),
+  candidate_id (profile), timestamp, position (0-based rank in the feed's order),
+  score (the feed's score), propensity (P(the feed shows the profile), in (0, 1]),
+  shown (whether it was shown). See docs/data.md.
+  """
+  table: str
+  sql: Optional[str]
+  feed_id_column: str
+  viewer_column: str
+  profile_column: str
+  timestamp_column: str
+  position_column: str
+  score_column: str
+  propensity_column: str
+  shown_column: str
+
+  ROLES = (("feed_id", "feed_id_column"), ("query_id", "viewer_column"),
+           ("candidate_id", "profile_column"), ("timestamp", "timestamp_column"),
+           ("position", "position_column"), ("score", "score_column"),
+           ("propensity", "propensity_column"), ("shown", "shown_column"))
+
+  @property
+  def columns(self) -> Dict[str, str]:
+    """Dataset role -> the log's column name."""
+    return {role: getattr(self, key) for role, key in self.ROLES}
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   interactions: Interactions
   entities: Dict[str, Entity]
@@ -147,6 +178,7 @@ class Config:
   candidate_entity: str
   raw: Dict[str, Any]
   source: str
+  impressions: Optional[Impressions] = None
 
   def entity(self, side: str) -> Entity:
     return self.entities[self.query_entity if side == "query" else self.candidate_entity]
@@ -193,7 +225,7 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
   if raw.get("format_version") != FORMAT_VERSION:
     problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
   _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
-                        "description"}, problems)
+                        "description", "impressions"}, problems)
 
   entities: Dict[str, Entity] = {}
   raw_entities = raw.get("entities")
@@ -218,11 +250,29 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
     side_entities[side] = section["entity"]
 
   interactions = _parse_interactions(raw.get("interactions"), problems)
+  impressions = _parse_impressions(raw.get("impressions"), problems)
   if problems:
     raise ConfigError(source, problems)
   return Config(interactions=interactions, entities=entities,
                 query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
-                raw=raw, source=source)
+                raw=raw, source=source, impressions=impressions)
+
+
+def _parse_impressions(section: Any, problems: List[str]) -> Optional[Impressions]:
+  """The optional `impressions` section (None when absent or null)."""
+  if section is None:
+    return None
+  path = "impressions"
+  if not isinstance(section, dict):
+    problems.append(f"{path}: must be an object naming the impressions table and its columns")
+    return None
+  keys = ["table"] + [key for _, key in Impressions.ROLES]
+  _check_keys(section, path, set(keys) | {"sql"}, problems)
+  fields = {k: _require_str(section, k, path, problems) for k in keys}
+  sql = _require_str(section, "sql", path, problems, optional=True)
+  if None in fields.values():
+    return None
+  return Impressions(sql=sql, **fields)
 
 
 def _check_keys(section: Dict[str, Any], path: str, allowed: set, problems: List[str]) -> None:

@@ -149,6 +149,22 @@ class FileSource:
                              na_values=[""], chunksize=self.read_chunk_rows)
 
   # -- the source interface -----------------------------------------------------------------
+  def impressions(self) -> Optional[pd.DataFrame]:
+    """The impressions log file named by config `impressions.table` beside the interactions
+    file (.csv/.parquet), or None when there is none."""
+    table = self.config.impressions.table
+    folder = os.path.dirname(self.paths["interactions"])
+    for name in dict.fromkeys([table, table.split(".")[-1]]):
+      for ext in EXTENSIONS:
+        path = os.path.join(folder, name + ext)
+        if os.path.exists(path):
+          self.description["files"]["impressions"] = {"path": os.path.abspath(path),
+                                                      "sha256": files.sha256_file(path)}
+          if path.endswith(".parquet"):
+            return pd.read_parquet(path)
+          return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
+    return None
+
   def entities(self, side: str) -> pd.DataFrame:
     if side not in self._entities:
       columns = self._columns(side)

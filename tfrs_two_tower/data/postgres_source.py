@@ -399,6 +399,25 @@ class PostgresSource:
     chunks = list(self._stream(query, list(roles), 50_000, f"tfrs_export_{side}_entities"))
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(roles))
 
+  def impressions(self) -> Optional[pd.DataFrame]:
+    """The impressions log (config `impressions`: table or sql), or None when the table
+    does not exist. Timestamps as UTC, ids as text."""
+    cfg = self.config.impressions
+    if not cfg.sql and self._execute(sql.SQL("SELECT to_regclass(%s) IS NULL"), (cfg.table,),
+                                     "impressions table")[0][0]:
+      return None
+    names = cfg.columns
+    casts = {"feed_id": "::text", "query_id": "::text", "candidate_id": "::text"}
+    select = sql.SQL(", ").join(sql.SQL("r.{}{} AS {}").format(
+        sql.Identifier(column), sql.SQL(casts.get(role, "")), sql.Identifier(column))
+        for role, column in names.items())
+    query = sql.SQL("SELECT {} FROM {} AS r ORDER BY r.{}, r.{}").format(
+        select, _relation(cfg.table, cfg.sql), sql.Identifier(names["timestamp"]),
+        sql.Identifier(names["feed_id"]))
+    chunks = list(self._stream(query, list(names.values()), 100_000, "tfrs_export_impressions"))
+    return (pd.concat(chunks, ignore_index=True) if chunks
+            else pd.DataFrame(columns=list(names.values())))
+
   def interaction_chunks(self, chunk_size: int,
                          partition: sources.Partition) -> Iterator[pd.DataFrame]:
     """Deduplicated interactions (latest per pair; ties: greatest action), in time order."""

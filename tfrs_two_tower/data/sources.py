@@ -37,6 +37,7 @@ import pandas as pd
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
+from tfrs_two_tower.data import impressions as impressions_lib
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import writer as writer_lib
 
@@ -364,6 +365,7 @@ def export(source, config: config_lib.Config, output_dir: str, *,
         progress(streamed, audit.rows)
     writer.dropped["duplicates"] = audit.rows - streamed
     tracker.finish()
+    _add_impressions(source, config, writer, partition, label, log)
     if writer.dropped["duplicates"]:
       log(f"export: {writer.dropped['duplicates']:,} duplicate interactions (same query and "
           "candidate) dropped; kept the latest of each")
@@ -398,6 +400,23 @@ def write_partition_files(writer: writer_lib.DatasetWriter, partition: Partition
       table = table.assign(**{column: pd.to_datetime(entities.created_at, unit="s", utc=True)})
     table.to_parquet(os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES[side]),
                      index=False)
+
+
+def _add_impressions(source, config: config_lib.Config, writer, partition: Partition,
+                     label: str, log: Callable[[str], None]) -> None:
+  """Copies the feed's impressions log (config `impressions`) into the dataset, if any."""
+  if config.impressions is None:
+    return
+  if not partition.whole:
+    log("export: impressions are exported with whole datasets only, not partitions")
+    return
+  frame = source.impressions()
+  if frame is None:
+    log(f"export: no impressions log ({config.impressions.table!r} not found): off-policy "
+        "estimates will be unavailable (docs/evaluation.md, 'Propensity logging')")
+    return
+  impressions_lib.add_to_dataset(writer, frame, f"{label} {config.impressions.table}")
+  log(f"export: {len(frame):,} impressions")
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,

@@ -55,6 +55,7 @@ from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
 from tfrs_two_tower.data import timestamps
+from tfrs_two_tower.data import impressions as impressions_lib
 from tfrs_two_tower.data import writer as writer_lib
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
@@ -476,7 +477,8 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
 
   The world's profiles are both the query and the candidate entity table (users
   swipe on users). `stats.json` gets an `oracle` section: the oracle's AUC on
-  the eval swipes, the ceiling any model can reach.
+  the eval swipes, the ceiling any model can reach. The feed's impressions log
+  goes in too (`impressions.parquet`) when the config declares one.
   """
   swipes = world.swipes
   seconds = timestamps.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
@@ -500,4 +502,6 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
         "note": "AUC of the hidden like-probabilities on the eval swipes: the ceiling for "
                 "any model of this world."}
     writer.extra_stats["world"] = world.summary()
+    if world.impressions is not None and config.impressions is not None:
+      impressions_lib.add_to_dataset(writer, world.impressions, "world impressions")
   return output_dir

@@ -1,0 +1,131 @@
+"""The feed's impressions log in the dataset directory (`impressions.parquet`).
+
+One row per profile a feed considered when a user opened the app (docs/data.md):
+
+  feed_id       str    one app open (a feed); rows of a feed share viewer and time
+  query_id      str    the viewer
+  candidate_id  str    the profile considered
+  timestamp     int64  unix seconds (UTC) the feed was opened
+  position      int64  0-based rank in the feed's final order
+  score         float  the feed's own ranking score
+  propensity    float  P(the feed shows this profile | its candidate pool), in (0, 1]
+  shown         bool   whether it was shown
+
+A feed that only logs what it showed writes propensity 1 for every row; an
+exploring feed (docs/evaluation.md) also logs the pool members it did not show,
+each with the probability it would have shown them. Off-policy estimators
+(`evaluation.off_policy`) need exactly that probability.
+"""
+
+import os
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.data import writer as writer_lib
+
+FILE = "impressions.parquet"
+COLUMNS = tuple(role for role, _ in config_lib.Impressions.ROLES)
+
+
+def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+  """The config's impressions columns -> the dataset's, validated.
+
+  Raises:
+    writer_lib.DataError naming `source`, the column and the first bad row: a
+    missing column, an empty value, a position that is not a non-negative
+    integer, a propensity outside (0, 1], a shown flag that is not boolean.
+  """
+  names = config.impressions.columns
+  missing = [c for c in names.values() if c not in frame.columns]
+  if missing:
+    raise writer_lib.DataError(f"{source}: impressions column(s) {missing} missing (config "
+                               f"impressions.*_column; has {list(frame.columns)})")
+  out = {}
+  for role, column in names.items():
+    values = frame[column]
+    empty = values.isna().to_numpy()
+    if empty.any():
+      raise writer_lib.DataError(f"{source}: column {column!r} row {int(np.flatnonzero(empty)[0])}"
+                                 f": missing {role.replace('_', ' ')}")
+    out[role] = values
+  timestamp = writer_lib.to_unix_seconds(out["timestamp"], source, names["timestamp"])
+  position = pd.to_numeric(out["position"], errors="coerce").to_numpy(np.float64)
+  bad = ~(np.isfinite(position) & (position >= 0) & (position == np.round(position)))
+  _refuse(bad, source, names["position"], "position must be an integer >= 0")
+  propensity = pd.to_numeric(out["propensity"], errors="coerce").to_numpy(np.float64)
+  bad = ~((propensity > 0) & (propensity <= 1))  # NaN fails both
+  _refuse(bad, source, names["propensity"], "propensity must be in (0, 1]",
+          out["propensity"])
+  score = pd.to_numeric(out["score"], errors="coerce").to_numpy(np.float64)
+  _refuse(np.isnan(score), source, names["score"], "score must be a number")
+  shown = _booleans(out["shown"], source, names["shown"])
+  return pd.DataFrame({
+      "feed_id": out["feed_id"].astype(str).to_numpy(dtype=object),
+      "query_id": out["query_id"].astype(str).to_numpy(dtype=object),
+      "candidate_id": out["candidate_id"].astype(str).to_numpy(dtype=object),
+      "timestamp": timestamp, "position": position.astype(np.int64), "score": score,
+      "propensity": propensity, "shown": shown})
+
+
+def _refuse(bad: np.ndarray, source: str, column: str, rule: str,
+            values: Optional[pd.Series] = None) -> None:
+  if bad.any():
+    row = int(np.flatnonzero(bad)[0])
+    got = f" (got {values.iloc[row]!r})" if values is not None else ""
+    raise writer_lib.DataError(f"{source}: column {column!r} row {row}: {rule}{got}; "
+                               f"{int(bad.sum())} such rows")
+
+
+def _booleans(values: pd.Series, source: str, column: str) -> np.ndarray:
+  if pd.api.types.is_bool_dtype(values):
+    return values.to_numpy(bool)
+  text = values.astype(str).str.strip().str.lower()
+  truth = text.isin(["true", "t", "1", "yes"]).to_numpy()
+  bad = ~(truth | text.isin(["false", "f", "0", "no"]).to_numpy())
+  _refuse(bad, source, column, "shown must be true/false", values)
+  return truth
+
+
+def check_entities(frame: pd.DataFrame, writer: "writer_lib.DatasetWriter", source: str,
+                   names: config_lib.Impressions) -> None:
+  """Refuses impressions of viewers or profiles missing from the dataset's entity tables."""
+  for role, table, column in (("query_id", writer.queries, names.viewer_column),
+                              ("candidate_id", writer.candidates, names.profile_column)):
+    unknown = table.lookup(frame[role].to_numpy()) < 0
+    if unknown.any():
+      row = int(np.flatnonzero(unknown)[0])
+      raise writer_lib.DataError(
+          f"{source}: column {column!r} row {row}: {frame[role].iloc[row]!r} is not in the "
+          f"{'query' if role == 'query_id' else 'candidate'} entity table; "
+          f"{int(unknown.sum())} such rows")
+
+
+def add_to_dataset(writer: "writer_lib.DatasetWriter", frame: pd.DataFrame, source: str) -> None:
+  """Validates a raw impressions log and writes it into the dataset being written.
+
+  Call inside the writer's `with` block: the file lands in its staging directory,
+  so it is listed (with its checksum) in manifest.json. Adds an `impressions`
+  section to stats.json.
+  """
+  config = writer.config
+  log = from_log(config, frame, source)
+  check_entities(log, writer, source, config.impressions)
+  log.to_parquet(os.path.join(writer.staging_dir, FILE), index=False)
+  shown = log["shown"].to_numpy()
+  writer.extra_stats["impressions"] = {
+      "file": FILE, "rows": int(len(log)), "feeds": int(log["feed_id"].nunique()),
+      "shown": int(shown.sum()),
+      "explored_rows": int((log["propensity"] < 1).sum()),
+      "min_propensity": float(log["propensity"].min()) if len(log) else None,
+      "note": "rows with propensity < 1 come from an exploring feed; off-policy estimates "
+              "need them (docs/evaluation.md)"}
+
+
+def read(dataset) -> Optional[pd.DataFrame]:
+  """The dataset's impressions log (dataset columns), or None when it has none."""
+  if FILE not in dataset.manifest.get("files", {}):
+    return None
+  return pd.read_parquet(dataset.file(FILE))
