@@ -235,6 +235,7 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
 
   swipes = data.eval_swipes
   swipe_scores = scorer.pair_scores(data.users[swipes.users], swipes.candidates)
+  per_user.update(shown_metrics(data, swipe_scores, ks[0]))
   probabilities = None
   if calibration is not None:
     probabilities = calibration.probability(swipe_scores)
@@ -245,6 +246,26 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
                          np.bincount(swipes.users, minlength=u).astype(float))
   return Result(scorer.name, per_user, rates, top, swipe_scores, probabilities,
                 time.time() - started)
+
+
+def shown_metrics(data: EvalData, swipe_scores: np.ndarray, k: int) -> Dict[str, np.ndarray]:
+  """Impression-conditioned per-user metrics: each user's eval swipes (what the feed
+  showed) re-ranked by the recommender's scores [P]. Free of the logging feed's
+  choice of WHAT to show (not of whom it showed): GAUC (per-user AUC), and among
+  the top k shown: like precision, NDCG, and match precision (liked and liked back).
+  """
+  swipes = data.eval_swipes
+  u = data.num_users
+  width = np.int64(data.candidate_ids.size)
+  matched = np.isin(swipes.users * width + swipes.candidates,
+                    data.matches.users * width + data.matches.candidates)
+  ranks = metrics.rank_within_users(swipes.users, swipe_scores)
+  return {"gauc": metrics.per_user_auc(swipes.users, swipes.labels, swipe_scores, u),
+          f"shown_precision@{k}": metrics.precision_among_shown(ranks, swipes.users,
+                                                                swipes.labels, u, k),
+          f"shown_ndcg@{k}": metrics.ndcg_among_shown(ranks, swipes.users, swipes.labels, u, k),
+          f"shown_match_precision@{k}": metrics.precision_among_shown(ranks, swipes.users,
+                                                                      matched, u, k)}
 
 
 def fit_calibration(scorer: retrieval.Scorer, data: EvalData,

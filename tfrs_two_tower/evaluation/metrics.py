@@ -156,6 +156,69 @@ def factorized_top_k_accuracy(ranks: np.ndarray, k: int) -> float:
   return float(np.mean(ranks < k)) if ranks.size else float("nan")
 
 
+# -- impression-conditioned: ranking what each user was actually shown ---------------
+
+def rank_within_users(users: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  """[P] 0-based rank of each pair among its user's pairs by score (highest first).
+
+  Ties keep input order. Args: users [P] int, scores [P].
+  """
+  order = np.lexsort((np.arange(users.size), -np.asarray(scores, np.float64), users))
+  sorted_users = np.asarray(users)[order]
+  ranks = np.empty(users.size, np.int64)
+  ranks[order] = np.arange(users.size) - np.searchsorted(sorted_users, sorted_users)
+  return ranks
+
+
+def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                 num_users: int) -> np.ndarray:
+  """[U] AUC of each user's own pairs (ties half); NaN without both classes. Mean = GAUC.
+
+  AUC_u = (sum of positives' ascending ranks among u's pairs - n+(n+ + 1)/2) / (n+ n-),
+  ranks averaged over ties, all users at once from one ordering of (user, score).
+  """
+  users = np.asarray(users, np.int64)
+  labels = np.asarray(labels).astype(bool)
+  dense = np.unique(np.asarray(scores, np.float64), return_inverse=True)[1]
+  ranks = _stats.rankdata(users * np.int64(dense.size + 1) + dense)  # average over ties
+  n = np.bincount(users, minlength=num_users)
+  ranks -= np.r_[0, np.cumsum(n)][users]  # 1-based rank within the user
+  n_pos = np.bincount(users, weights=labels, minlength=num_users)
+  n_neg = n - n_pos
+  rank_sum = np.bincount(users, weights=np.where(labels, ranks, 0.0), minlength=num_users)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where((n_pos > 0) & (n_neg > 0),
+                    (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg), np.nan)
+
+
+def precision_among_shown(ranks: np.ndarray, users: np.ndarray, labels: np.ndarray,
+                          num_users: int, k: int) -> np.ndarray:
+  """[U] share of positives among each user's top min(k, n_u) shown pairs; NaN if n_u = 0.
+
+  ranks: [P] from `rank_within_users`; labels [P] 0/1.
+  """
+  n = np.bincount(users, minlength=num_users)
+  top = np.bincount(users, weights=(ranks < k) * np.asarray(labels, np.float64),
+                    minlength=num_users)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(n > 0, top / np.minimum(n, k), np.nan)
+
+
+def ndcg_among_shown(ranks: np.ndarray, users: np.ndarray, labels: np.ndarray,
+                     num_users: int, k: int) -> np.ndarray:
+  """[U] binary NDCG@k of each user's shown pairs re-ranked by score; NaN without positives.
+
+  DCG = sum_{rank < k} y / log2(rank + 2); IDCG = the same with the positives first.
+  """
+  labels = np.asarray(labels, np.float64)
+  gain = np.where(ranks < k, labels / np.log2(ranks + 2.0), 0.0)
+  dcg = np.bincount(users, weights=gain, minlength=num_users)
+  n_pos = np.bincount(users, weights=labels, minlength=num_users).astype(np.int64)
+  ideal = np.r_[0.0, np.cumsum(1.0 / np.log2(np.arange(k) + 2.0))][np.minimum(n_pos, k)]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(n_pos > 0, dcg / ideal, np.nan)
+
+
 # -- exposure (diversity / fairness) ------------------------------------------------
 
 def exposure_counts(top_candidates: np.ndarray, num_candidates: int, k: int) -> np.ndarray:
@@ -299,6 +362,24 @@ def bootstrap_lift(per_user_model: np.ndarray, per_user_baseline: np.ndarray,
     samples = ratio_of_sums(a, den, counts) / ratio_of_sums(b, den, counts) - 1
   return estimate(value, samples, level, users=int(defined.sum()),
                   difference=_finite(ratio_of_sums(a, den) - ratio_of_sums(b, den)))
+
+
+def bootstrap_ratio_lift(num_model: np.ndarray, den_model: np.ndarray, num_base: np.ndarray,
+                         den_base: np.ndarray, counts: np.ndarray,
+                         mask: Optional[np.ndarray] = None,
+                         level: float = 0.95) -> Dict[str, object]:
+  """Relative lift of two pooled rates, (sum n_a / sum d_a) / (sum n_b / sum d_b) - 1, paired CI.
+
+  Each resample reweights the same users in both rates (counts [B, U]); inputs [U].
+  """
+  keep = np.ones_like(den_model, bool) if mask is None else np.asarray(mask, bool)
+  a = [np.where(keep, x, 0.0) for x in (num_model, den_model)]
+  b = [np.where(keep, x, 0.0) for x in (num_base, den_base)]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    value = ratio_of_sums(*a) / ratio_of_sums(*b) - 1
+    samples = ratio_of_sums(*a, counts) / ratio_of_sums(*b, counts) - 1
+  return estimate(value, samples, level, users=int((keep & ((a[1] > 0) | (b[1] > 0))).sum()),
+                  difference=_finite(ratio_of_sums(*a) - ratio_of_sums(*b)))
 
 
 def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
