@@ -150,7 +150,9 @@ def prepare(dataset: reader.DatasetDir,
              "evaluated_users": int(users.size),
              "users_with_eval_likes": int(np.unique(e_user[like]).size),
              "eval_matches": int((like & liked_back).sum()),
-             "excluded_pairs": int(exclusions.candidates.size)},
+             "excluded_pairs": int(exclusions.candidates.size),
+             "median_eval_swipes_per_user": int(np.median(np.bincount(e_user)))
+             if e_user.size else 0},
       _query_gid=q_gid, _candidate_gid=c_gid, _num_gids=int(g), back_keys=back_keys,
       back_labels=back_labels)
 
@@ -235,7 +237,7 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
 
   swipes = data.eval_swipes
   swipe_scores = scorer.pair_scores(data.users[swipes.users], swipes.candidates)
-  per_user.update(shown_metrics(data, swipe_scores, ks[0]))
+  per_user.update(shown_metrics(data, swipe_scores, shown_k(data, ks[0])))
   probabilities = None
   if calibration is not None:
     probabilities = calibration.probability(swipe_scores)
@@ -248,11 +250,18 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
                 time.time() - started)
 
 
+def shown_k(data: EvalData, k: int) -> int:
+  """List length for metrics among shown profiles: half the median number of eval swipes
+  per user, at most k (precision@k among n shown is the same for every ranking when k >= n)."""
+  return int(max(1, min(k, data.notes.get("median_eval_swipes_per_user", 2 * k) // 2)))
+
+
 def shown_metrics(data: EvalData, swipe_scores: np.ndarray, k: int) -> Dict[str, np.ndarray]:
   """Impression-conditioned per-user metrics: each user's eval swipes (what the feed
   showed) re-ranked by the recommender's scores [P]. Free of the logging feed's
   choice of WHAT to show (not of whom it showed): GAUC (per-user AUC), and among
-  the top k shown: like precision, NDCG, and match precision (liked and liked back).
+  the top k shown (k from `shown_k`): like precision, NDCG, and match precision
+  (liked and liked back).
   """
   swipes = data.eval_swipes
   u = data.num_users
@@ -261,11 +270,11 @@ def shown_metrics(data: EvalData, swipe_scores: np.ndarray, k: int) -> Dict[str,
                     data.matches.users * width + data.matches.candidates)
   ranks = metrics.rank_within_users(swipes.users, swipe_scores)
   return {"gauc": metrics.per_user_auc(swipes.users, swipes.labels, swipe_scores, u),
-          f"shown_precision@{k}": metrics.precision_among_shown(ranks, swipes.users,
-                                                                swipes.labels, u, k),
-          f"shown_ndcg@{k}": metrics.ndcg_among_shown(ranks, swipes.users, swipes.labels, u, k),
-          f"shown_match_precision@{k}": metrics.precision_among_shown(ranks, swipes.users,
-                                                                      matched, u, k)}
+          "shown_precision": metrics.precision_among_shown(ranks, swipes.users, swipes.labels,
+                                                           u, k),
+          "shown_ndcg": metrics.ndcg_among_shown(ranks, swipes.users, swipes.labels, u, k),
+          "shown_match_precision": metrics.precision_among_shown(ranks, swipes.users, matched,
+                                                                 u, k)}
 
 
 def fit_calibration(scorer: retrieval.Scorer, data: EvalData,

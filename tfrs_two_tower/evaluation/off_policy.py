@@ -273,3 +273,59 @@ def lift(model: PerUser, baseline: PerUser, counts: np.ndarray,
       baseline.denominators[name], counts, mask, level) for name in model.numerators
       if name in baseline.numerators}
       for segment, mask in segments.items()}
+
+
+@dataclasses.dataclass
+class RewardModel:
+  """The DR reward model on the logged rows: calibrated P(like) both ways.  Arrays [R]."""
+  name: str
+  like: np.ndarray  # P(viewer likes profile)
+  back: np.ndarray  # P(profile likes viewer)
+
+
+def reward_model(scorer: retrieval.Scorer, calibration: retrieval.PlattCalibration,
+                 feeds: LoggedFeeds, data, two_sided: bool) -> RewardModel:
+  """A run's Platt-calibrated P(like) on the logged rows.
+
+  With `two_sided` (one profile table on both sides) P(profile likes viewer) is the
+  same model with the roles swapped; otherwise matches do not exist and back = 1.
+  """
+  viewers = data.users[feeds.users]
+  like = calibration.probability(scorer.pair_scores(viewers, feeds.candidates))
+  if not two_sided:
+    return RewardModel(scorer.name, like, np.ones_like(like))
+  back = calibration.probability(scorer.pair_scores(
+      scorer.query_rows(data.candidate_ids[feeds.candidates]),
+      scorer.candidate_rows(data.query_ids[viewers])))
+  return RewardModel(scorer.name, like, back)
+
+
+def evaluate_ranking(scorer: retrieval.Scorer, feeds: LoggedFeeds, data, reward: RewardModel,
+                     k: int, counts: np.ndarray, oracle=None,
+                     top_candidates: Optional[np.ndarray] = None,
+                     level: float = 0.95):
+  """Every estimate for one ranking, with its support figures (or its refusal).
+
+  Args:
+    oracle: optional callable(swiper ids, swipee ids) -> true P(like) (a world's).
+    top_candidates: optional [U, K] whole-catalogue lists, for `catalogue_overlap`.
+  Returns:
+    (PerUser or None when refused, report section: {"support", "warnings",
+    "catalogue_overlap", "segments"} or {"refused": message, "support"}).
+  """
+  viewers = data.users[feeds.users]
+  in_list = ranked_lists(feeds, scorer.pair_scores(viewers, feeds.candidates), k)
+  truth = {}
+  if oracle is not None:
+    ids_u, ids_v = data.query_ids[viewers], data.candidate_ids[feeds.candidates]
+    truth = {"oracle_like": oracle(ids_u, ids_v), "oracle_back": oracle(ids_v, ids_u)}
+  sums = per_user_sums(feeds, in_list, reward.like, reward.back, data.num_users, **truth)
+  try:
+    warnings = check_support(sums.support, feeds.source, scorer.name)
+  except NoSupportError as e:
+    return None, {"refused": str(e), "support": sums.support}
+  section = {"support": sums.support, "warnings": warnings, "reward_model": reward.name,
+             "segments": summarize(sums, counts, data.segments, level)}
+  if top_candidates is not None:
+    section["catalogue_overlap"] = round(catalogue_overlap(feeds, top_candidates, k), 4)
+  return sums, section

@@ -14,7 +14,8 @@ from tfrs_two_tower import files
 
 AUC_GATE = 0.7
 EXPECTED_LIFT = (0.20, 0.40)  # the users' expected "+20-40 % accuracy" over feature matching
-HEADLINE_METRICS = ("auc", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
+HEADLINE_METRICS = ("auc", "gauc", "shown_precision", "shown_ndcg",
+                    "shown_match_precision", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
                     "success@{k}", "factorized_top{k}_accuracy", "log_loss",
                     "oracle_like@{k}", "oracle_match@{k}")
 
@@ -22,8 +23,9 @@ HEADLINE_METRICS = ("auc", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "mat
 def verdict(report: Dict) -> Dict[str, object]:
   """The users' gates for each model: AUC > 0.7, and lift over feature matching.
 
-  The lift gate uses recall@K at the smallest K (a feed shows about that many
-  profiles): "beats" when the whole 95 % interval of the lift is above 0.
+  The lift gate uses the best estimator the data supports (`answer`), at the
+  smallest K (a feed shows about that many profiles): "beats" when the whole
+  95 % interval of the lift is above 0. Logged recall is shown, never decisive.
   """
   k = min(report["k"])
   out = {}
@@ -35,12 +37,9 @@ def verdict(report: Dict) -> Dict[str, object]:
     auc_pass = auc["ci"][0] is not None and auc["value"] > AUC_GATE
     line = [f"AUC {format_estimate(auc)} {'>' if auc_pass else '<='} {AUC_GATE}: "
             f"{'PASS' if auc_pass else 'FAIL'}"]
-    lift_pass = None
-    if lift and lift["value"] is not None:
-      lift_pass = lift["ci"][0] is not None and lift["ci"][0] > 0
-      line.append(f"recall@{k} lift over feature matching {format_lift(lift)}: "
-                  f"{'PASS' if lift_pass else 'FAIL'} (users expected "
-                  f"+{EXPECTED_LIFT[0]:.0%} to +{EXPECTED_LIFT[1]:.0%})")
+    lift_pass, lift_line = _lift_gate(report, name, lift)
+    if lift_line:
+      line.append(lift_line)
     oracle = report["lifts"].get(name, {}).get("all", {})
     parts = [f"{m} {format_lift(oracle[m])}" for m in (f"oracle_like@{k}", f"oracle_match@{k}")
              if oracle.get(m) and oracle[m]["value"] is not None]
@@ -49,6 +48,110 @@ def verdict(report: Dict) -> Dict[str, object]:
                   "bias): " + ", ".join(parts))
     out[name] = {"auc_gate": auc_pass, "lift_gate": lift_pass, "line": "; ".join(line)}
   return out
+
+
+# -- the answer to the users' question: which estimator, why, under what assumptions --------
+
+ASSUMPTIONS = {
+    "off_policy_dr": [
+        "logged propensities are the true probabilities that the feed showed each profile",
+        "a profile's like does not depend on its position or on the rest of the feed",
+        "the new ranking re-ranks the feed's candidate pools (see catalogue overlap)",
+        "match rate: unobserved back-swipes come from the run's calibrated P(like)"],
+    "impression_conditioned": [
+        "users' swipes on what they were shown reflect their taste",
+        "only re-ranking of what the feed showed is measured: profiles it never showed "
+        "cannot count, for or against"],
+}
+
+
+def answer(report: Dict) -> Dict[str, Dict[str, object]]:
+  """Per model: does it beat feature matching, by the best estimator the data supports.
+
+  1. off-policy doubly robust like rate@K, when the dataset has an exploring
+     impressions log and both lists have an effective sample size >= the minimum:
+     unbiased under its assumptions, and of IPS / SNIPS / DR the lowest variance;
+  2. otherwise impression-conditioned like precision@K among shown profiles (GAUC
+     beside it): independent of what the old feed chose to show;
+  never logged recall, which favours the feed that produced the logs.
+  Returns name -> {"estimator", "why", "assumptions", "lift", "match_lift", "beats",
+  "line", "logged_recall_lift", "oracle_lift"}.
+  """
+  k = min(report["k"])
+  out = {}
+  for name, rec in report["recommenders"].items():
+    if rec["kind"] != "model" or name not in report["lifts"]:
+      continue
+    lifts = report["lifts"][name]["all"]
+    chosen = _off_policy_choice(report, name) or {
+        "estimator": "impression_conditioned",
+        "metric": f"like precision@{report['data']['shown_k']} among shown",
+        "lift": lifts.get("shown_precision"), "match_lift": lifts.get("shown_match_precision"),
+        "why": _no_off_policy_reason(report, name) + "; so the lift is measured on what each "
+               f"user was shown: like precision among the top {report['data']['shown_k']} of "
+               "their shown profiles re-ranked by each recommender (GAUC lift "
+               f"{format_lift(lifts.get('gauc'))})"}
+    lift = chosen["lift"]
+    beats = bool(lift and lift.get("ci") and lift["ci"][0] is not None and lift["ci"][0] > 0)
+    chosen.update(
+        assumptions=ASSUMPTIONS[chosen["estimator"]], beats=beats,
+        logged_recall_lift=lifts.get(f"recall@{k}"),
+        oracle_lift=lifts.get(f"oracle_like@{k}"))
+    text = (f"{chosen['metric']} lift over feature matching {format_lift(lift)}: "
+            f"{'PASS' if beats else 'FAIL'} (users expected +{EXPECTED_LIFT[0]:.0%} to "
+            f"+{EXPECTED_LIFT[1]:.0%}; estimator: {chosen['estimator']})")
+    if chosen.get("match_lift"):
+      text += f"; match: {format_lift(chosen['match_lift'])}"
+    chosen["line"] = text
+    out[name] = chosen
+  return out
+
+
+def _off_policy_choice(report: Dict, name: str) -> Optional[Dict[str, object]]:
+  off = report.get("off_policy") or {}
+  lifts = (off.get("lifts") or {}).get(name)
+  if not lifts or not off.get("explored"):
+    return None
+  sections = [off["recommenders"][n] for n in (name, report["lift_baseline"])]
+  ess = min(s["support"]["effective_sample_size"] for s in sections)
+  if ess < off["min_effective_sample_size"]:
+    return None
+  k = off["k"]
+  return {"estimator": "off_policy_dr", "metric": f"off-policy DR like rate@{k}",
+          "lift": lifts["all"]["dr_like"], "match_lift": lifts["all"]["dr_match"],
+          "why": f"the impressions log explores (propensities < 1) and both rankings have "
+                 f"an effective sample size >= {ess:.0f}: doubly robust is unbiased given the "
+                 "logged propensities and, with the run's calibrated P(like) as reward "
+                 "model, has the smallest interval of IPS/SNIPS/DR (all in the table)"}
+
+
+def _no_off_policy_reason(report: Dict, name: str) -> str:
+  off = report.get("off_policy")
+  if not off:
+    return "the dataset has no impressions log (docs/data.md), so no off-policy estimate"
+  if off.get("refused"):
+    return "off-policy refused: " + off["refused"]
+  if not off.get("explored"):
+    return ("the impressions log has no exploration (every propensity is 1), so off-policy "
+            "estimates cannot reach beyond what the feed showed")
+  for n in (name, report["lift_baseline"]):
+    section = off["recommenders"].get(n, {})
+    if section.get("refused"):
+      return f"off-policy refused for {n}: {section['refused']}"
+  return (f"the effective sample size is below {off['min_effective_sample_size']}: too little "
+          "logged support for an off-policy interval")
+
+
+def _lift_gate(report: Dict, name: str, recall_lift: Optional[Dict]):
+  """(beats or None, verdict text): the answer's lift; logged recall only as a labelled aside."""
+  chosen = (report.get("answer") or {}).get(name)
+  aside = ""
+  if recall_lift and recall_lift.get("value") is not None:
+    aside = (f" [logged recall@{min(report['k'])} lift {format_lift(recall_lift)}: biased "
+             "toward the logging feed, not used]")
+  if chosen is None:
+    return None, aside.strip(" []")
+  return chosen["beats"], chosen["line"] + aside
 
 
 def format_estimate(est: Optional[Dict], digits: int = 3) -> str:
@@ -86,6 +189,7 @@ def render_markdown(report: Dict) -> str:
     lines.append(f"- **{name}**: {v['line']}")
   if not report["verdict"]:
     lines.append("- no model run given: baselines only")
+  lines += render_answer(report)
   lines += ["", f"## All users (K = {', '.join(map(str, ks))})", ""]
   names = [m.format(k=kk) for m in HEADLINE_METRICS for kk in (ks if "{k}" in m else [None])]
   present = [n for n in names if any(n in r["segments"]["all"] for r in recs.values())]
@@ -94,6 +198,11 @@ def render_markdown(report: Dict) -> str:
   for metric in present:
     lines.append(f"| {metric} | " + " | ".join(
         format_estimate(r["segments"]["all"].get(metric)) for r in recs.values()) + " |")
+  lines += ["", "recall, ndcg, hit_rate, mrr, match_recall, success, factorized accuracy: "
+            "**logged** metrics, biased toward the feed that produced the logs (a perfect "
+            "ranker can score below it). gauc, shown_*: impression-conditioned (each user's eval "
+            f"swipes re-ranked; shown_* among the top {report['data'].get('shown_k')}). oracle_*: a synthetic world's hidden truth."]
+  lines += render_off_policy(report)
   if report["lifts"]:
     lines += ["", f"## Lift over {report['lift_baseline']} (relative, paired by user)", ""]
     segments = list(report["segments"]["definitions"])
@@ -124,7 +233,8 @@ def render_markdown(report: Dict) -> str:
                    f"{r.get('global_step')} | `{r.get('run_dir')}` |")
     lines.append("")
   lines += ["", "## Per segment", ""]
-  for metric in ["auc", f"recall@{k}", f"ndcg@{k}", f"match_recall@{k}", f"oracle_like@{k}"]:
+  for metric in ["auc", "gauc", "shown_precision", f"recall@{k}", f"ndcg@{k}", f"match_recall@{k}",
+                 f"oracle_like@{k}"]:
     if not any(metric in r["segments"]["all"] for r in recs.values()):
       continue
     lines += [f"### {metric}", "", "| recommender | " + " | ".join(
@@ -151,6 +261,53 @@ def render_markdown(report: Dict) -> str:
   lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
   lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in report["plots"]), ""]
   return "\n".join(lines)
+
+
+def render_answer(report: Dict) -> List[str]:
+  """'Does it beat feature matching?': per model the estimator used, why, its assumptions."""
+  if not report.get("answer"):
+    return []
+  lines = ["", "## Does it beat feature matching?", ""]
+  for name, a in report["answer"].items():
+    lines += [f"- **{name}**: {a['line']}.", f"  - why this estimator: {a['why']}.",
+              "  - assumptions: " + "; ".join(a["assumptions"]) + "."]
+    if a.get("oracle_lift"):
+      lines.append(f"  - check against the synthetic world's truth: oracle like rate lift "
+                   f"{format_lift(a['oracle_lift'])}.")
+  return lines
+
+
+def render_off_policy(report: Dict) -> List[str]:
+  """Off-policy table: every estimator beside its support figures (never one without)."""
+  off = report.get("off_policy")
+  if not off:
+    return []
+  k = off["k"]
+  lines = ["", f"## Off-policy estimates from `{off['file']}` (the feed re-ranked, top {k})", ""]
+  if off.get("refused"):
+    return lines + [f"Refused: {off['refused']}"]
+  names = ["ips_like", "snips_like", "dr_like", "ips_match", "snips_match", "dr_match"]
+  names += [n for n in ("oracle_like", "oracle_match")
+            if any(n in r.get("segments", {}).get("all", {}) for r in off["recommenders"].values())]
+  lines += [f"Log: {off['log']['feeds']} eval-window feeds, {off['log']['rows']} logged rows, "
+            f"{off['log']['shown']} shown; exploring: {'yes' if off['explored'] else 'NO'}; "
+            f"reward model for DR: {off['reward_model']}.", "",
+            "| recommender | " + " | ".join(names) + " | matched | ESS | min propensity | "
+            "catalogue overlap | warnings |", "|---|" + "---|" * (len(names) + 5)]
+  for name, r in off["recommenders"].items():
+    s = r["support"]
+    if r.get("refused"):
+      cells = ["refused"] * len(names)
+    else:
+      cells = [format_estimate(r["segments"]["all"].get(n)) for n in names]
+    lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['matched_impressions']} | "
+                 f"{s['effective_sample_size']:.0f} | {s['min_propensity_in_lists']} | "
+                 f"{r.get('catalogue_overlap', 'n/a')} | "
+                 f"{'; '.join(r.get('warnings', [])) or r.get('refused', '')} |")
+  for name, by_segment in off.get("lifts", {}).items():
+    lines += ["", f"Lift of {name} over {report['lift_baseline']}: " + ", ".join(
+        f"{n} {format_lift(by_segment['all'].get(n))}" for n in names)]
+  return lines
 
 
 def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.ndarray]],

@@ -18,11 +18,13 @@ import numpy as np
 
 import tfrs_two_tower
 from tfrs_two_tower import files
+from tfrs_two_tower.data import impressions as impressions_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
+from tfrs_two_tower.evaluation import off_policy
 from tfrs_two_tower.evaluation import report as report_lib
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments as segments_lib
@@ -141,6 +143,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     comparisons[f"{name} vs {model_names[0]}"] = evaluator.lift(
         results[name], results[model_names[0]], data, counts)
 
+  off_policy_section = _off_policy(dataset, data, entries, results, counts, ks[0], oracle, log)
+
   split_time = int(dataset.manifest["split_time"])
   report = {
       "kind": KIND,
@@ -153,7 +157,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       "k": ks,
       "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95,
                     "unit": "user (query user with eval swipes)"},
-      "data": {**data.notes, "candidates": int(data.candidate_ids.size)},
+      "data": {**data.notes, "candidates": int(data.candidate_ids.size),
+               "shown_k": evaluator.shown_k(data, ks[0])},
       "segments": {"definitions": rules.describe(), "rules": dataclasses.asdict(rules),
                    "sizes": {s: int(m.sum()) for s, m in data.segments.items()}},
       "recommenders": recommenders,
@@ -162,7 +167,9 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       "run_comparisons": comparisons,
       "feature_matching": _feature_matching_info(entries),
       "notes": _notes(data, world is not None),
+      "off_policy": off_policy_section,
   }
+  report["answer"] = report_lib.answer(report)
   report["verdict"] = report_lib.verdict(report)
   for line in report["verdict"].values():
     log("evaluate: verdict: " + line["line"])
@@ -330,6 +337,49 @@ def _realised_oracle(world, data: evaluator.EvalData):
     outcome = observed.lookup(world.user_index(swiper_ids), world.user_index(swipee_ids))
     return np.where(np.isnan(outcome), world.like_probability(swiper_ids, swipee_ids), outcome)
   return oracle
+
+
+def _off_policy(dataset, data: evaluator.EvalData, entries: List[_Entry],
+                results: Dict[str, evaluator.Result], counts: np.ndarray, k: int, oracle,
+                log: Callable[..., None]) -> Optional[Dict[str, object]]:
+  """Off-policy estimates of like/match rate@k for every recommender from the dataset's
+  impressions log (None without one). Reward model: the first one-way run's calibrated
+  P(like), else the lift baseline's; the same for every recommender so DR compares alike."""
+  log_frame = impressions_lib.read(dataset)
+  if log_frame is None:
+    return None
+  source = dataset.file(impressions_lib.FILE)
+  try:
+    feeds = off_policy.logged_feeds(log_frame, data, source)
+  except off_policy.ImpressionLogError as e:
+    raise EvaluationInputError(str(e)) from None
+  if feeds.feed.size == 0:
+    return {"refused": f"{source}: no logged feed of an evaluated user in the eval window",
+            "log": feeds.notes}
+  ranked = [e for e in entries if e.calibration is not None]
+  reference = next((e for e in ranked if e.kind == "model"),
+                   next((e for e in ranked if e.scorer.name == LIFT_BASELINE), ranked[0]))
+  reward = off_policy.reward_model(reference.scorer, reference.calibration, feeds, data,
+                                   dataset.config.same_entity_both_sides)
+  sections, sums = {}, {}
+  for entry in entries:
+    name = entry.scorer.name
+    sums[name], sections[name] = off_policy.evaluate_ranking(
+        entry.scorer, feeds, data, reward, k, counts, oracle, results[name].top.candidates)
+    support = sections[name]["support"]
+    log("evaluate: off-policy %-24s %s (matched %d, ESS %.0f)" % (
+        name, "refused" if sums[name] is None else "DR like@%d %s" % (
+            k, report_lib.format_estimate(sections[name]["segments"]["all"]["dr_like"])),
+        support["matched_impressions"], support["effective_sample_size"]))
+  lifts = {}
+  if sums.get(LIFT_BASELINE) is not None:
+    lifts = {name: off_policy.lift(s, sums[LIFT_BASELINE], counts, data.segments)
+             for name, s in sums.items()
+             if s is not None and results[name].info["kind"] == "model"}
+  return {"file": impressions_lib.FILE, "k": k, "log": feeds.notes,
+          "explored": feeds.explored, "reward_model": reward.name,
+          "min_effective_sample_size": off_policy.MIN_EFFECTIVE_SAMPLE,
+          "recommenders": sections, "lifts": lifts}
 
 
 def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
