@@ -147,6 +147,8 @@ class Simulation:
       shown (the match potential, whether or not the other side ever gets to
       see the user): oracle P(u likes v) times P(v likes u), the latter 1 / 0
       when v had already liked / passed on u before that day.
+    impressions: every arm's feeds in the world's impressions-log schema
+      (`synthetic.World.impressions`), propensity 1 (a deterministic top-k).
   """
   definition: definition_lib.Definition
   arms: np.ndarray
@@ -154,6 +156,7 @@ class Simulation:
   swipes: pd.DataFrame
   true_like_probability: Dict[str, float]
   true_match_probability: Dict[str, float]
+  impressions: Optional[pd.DataFrame] = None
 
 
 def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
@@ -178,7 +181,7 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   for u, v in zip(swipers[0], swipees[0]):
     seen[u].add(v)
   first_exposure = np.full(n, -1, np.int64)
-  chunks = []
+  chunks, impressions = [], []
   shown_like = {arm: [] for arm in experiment.arm_names}
   shown_match = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
@@ -197,11 +200,14 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       users = np.flatnonzero(active & (arms == arm))
       if users.size == 0:
         continue
-      feed, _ = todays[arm].top_k(ids[users], feed_size,
-                                        exclude=[ids[list(seen[u])] for u in users])
+      feed, feed_scores = todays[arm].top_k(ids[users], feed_size,
+                                            exclude=[ids[list(seen[u])] for u in users])
       swiper = np.repeat(users, feed_size)
       shown_ids = np.asarray(feed, dtype=object).ravel()
       ok = np.array([s is not None for s in shown_ids], bool)
+      impressions.append(_feed_log(arm, day, swiper[ok], shown_ids[ok],
+                                   np.tile(np.arange(feed_size), users.size)[ok],
+                                   np.asarray(feed_scores).ravel()[ok], opened, ids))
       swiper, shown = swiper[ok], world.user_index(shown_ids[ok])
       like = world.respond(ids[swiper], ids[shown], rng)
       superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
@@ -237,7 +243,21 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       pre_period_days=params.pre_period_days)
   def mean(chunks):
     return {a: float(np.concatenate(p).mean()) if p else float("nan") for a, p in chunks.items()}
-  return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match))
+  return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match),
+                    pd.concat(impressions, ignore_index=True) if impressions else None)
+
+
+def _feed_log(arm: str, day: int, swiper: np.ndarray, shown_ids: np.ndarray,
+              position: np.ndarray, score: np.ndarray, opened: np.ndarray,
+              ids: np.ndarray) -> pd.DataFrame:
+  """One arm-day of the impressions log (docs/data.md): each arm's feed is a deterministic
+  top-k of its recommender, so every logged row was shown with propensity 1."""
+  return pd.DataFrame({
+      "feed_id": [f"{arm}:{day}:{u}" for u in ids[swiper]], "viewer_id": ids[swiper],
+      "profile_id": shown_ids, "shown_at": synthetic.START + pd.to_timedelta(opened[swiper],
+                                                                               unit="s"),
+      "position": position, "score": score.astype(np.float64),
+      "propensity": np.ones(swiper.size), "shown": np.ones(swiper.size, bool)})
 
 
 def _observing(recommender: Recommender, observed: retrieval.BackSwipes,

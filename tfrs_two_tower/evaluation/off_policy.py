@@ -39,9 +39,10 @@ Assumptions (the estimates are unbiased only under them):
   3. The estimand is re-ranking the feed's pool, not ranking the whole catalogue:
      `catalogue_overlap` says how much of pi's whole-catalogue top-k the pools
      contain.
-  4. Match rate: whether v likes u back is not randomised by u's feed. It is the
-     observed eval-window swipe of v on u where there is one, else the reward
-     model's P(v likes u) -- the match estimates lean on that model's calibration.
+  4. Match rate: whether v likes u back is not randomised by u's feed. It is v's
+     observed swipe on u where there is one (eval window, else train), else the
+     reward model's P(v likes u) -- the match estimates lean on that model's
+     calibration where v never swiped u.
 
 Bootstrap: per-user sums of numerators and denominators, resampled over users
 with the evaluation's shared [B, U] matrix (`metrics.bootstrap_counts`), so lifts
@@ -78,7 +79,7 @@ class LoggedFeeds:
     users: [R] evaluated-user index of the viewer; candidates: [R] candidate row.
     position, score, propensity, shown: the log's columns.
     like: [R] 1 when the viewer liked the profile (in either split), else 0.
-    back: [R] the profile's eval-window swipe on the viewer: 1, 0, or NaN unobserved.
+    back: [R] the profile's own swipe on the viewer (eval, else train): 1, 0, NaN if none.
     source: the log's file, for messages.  notes: counts of what was left out.
   """
   feed: np.ndarray
@@ -139,15 +140,33 @@ def logged_feeds(log: pd.DataFrame, data, source: str) -> LoggedFeeds:
   users, candidates = pos[order], c_rows[order]
   liked = _liked_keys(data, width)
   like = np.isin(data.users[users] * width + candidates, liked).astype(np.float64)
-  back = data.back_label(users, candidates).astype(np.float64)
+  back = _back_labels(data, users, candidates)
   notes.update(rows=int(order.size), feeds=int(feed.max(initial=-1) + 1),
                shown=int(log["shown"].to_numpy(bool)[order].sum()))
   return LoggedFeeds(feed=feed, users=users, candidates=candidates,
                      position=log["position"].to_numpy(np.int64)[order],
                      score=log["score"].to_numpy(np.float64)[order],
                      propensity=propensity[order], shown=log["shown"].to_numpy(bool)[order],
-                     like=like, back=np.where(back < 0, np.nan, back), source=source,
+                     like=like, back=back, source=source,
                      notes=notes)
+
+
+def _back_labels(data, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+  """[R] the profile's own swipe on the viewer: eval window, else train; NaN when none.
+
+  Train back-swipes need one profile table on both sides (the profile as a query).
+  """
+  back = data.back_label(users, candidates).astype(np.float64)
+  as_query = retrieval.id_index(data.query_ids).get_indexer(data.candidate_ids[candidates])
+  viewer = retrieval.id_index(data.candidate_ids).get_indexer(data.query_ids[data.users[users]])
+  train = data.train_swipes
+  width = np.int64(data.candidate_ids.size)
+  keys, first = np.unique(train.users * width + train.candidates, return_index=True)
+  wanted = as_query.astype(np.int64) * width + viewer
+  pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+  found = (as_query >= 0) & (viewer >= 0) & (keys.size > 0) & (keys[pos] == wanted)
+  back = np.where(back < 0, np.where(found, train.labels[first[pos]], -1), back)
+  return np.where(back < 0, np.nan, back)
 
 
 def _liked_keys(data, width: np.int64) -> np.ndarray:
