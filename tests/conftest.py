@@ -48,6 +48,22 @@ def tiny_dataset_dir(tmp_path_factory, tiny_world, default_config):
   return path
 
 
+@pytest.fixture(scope="session")
+def exploring_world():
+  """The tiny world with an epsilon-exploring feed (eps = 0.2): propensities < 1 logged."""
+  import dataclasses
+  return synthetic.generate_world(dataclasses.replace(TINY_WORLD, exploration=0.2))
+
+
+@pytest.fixture(scope="session")
+def exploring_dataset_dir(tmp_path_factory, exploring_world, default_config):
+  """The exploring world's dataset directory, impressions log included (read-only)."""
+  path = str(tmp_path_factory.mktemp("exploring") / "dataset")
+  synthetic.write_world_dataset(exploring_world, default_config, path, num_train_shards=2,
+                                num_eval_shards=1)
+  return path
+
+
 @pytest.fixture
 def dataset_copy(tmp_path, tiny_dataset_dir):
   """A private, mutable copy of the tiny dataset."""

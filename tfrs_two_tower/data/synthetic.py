@@ -157,12 +157,12 @@ class World:
 
   # -- persistence ------------------------------------------------------------------
   def save(self, directory: str, overwrite: bool = False) -> None:
-    """Writes profiles, swipes (and impressions) .parquet, hidden.npz, world.json atomically."""
+    """Writes profiles, swipes, feed_impressions (.parquet), hidden.npz, world.json atomically."""
     with files.atomic_directory(directory, overwrite=overwrite) as tmp:
       self.profiles.to_parquet(os.path.join(tmp, "profiles.parquet"), index=False)
       self.swipes.to_parquet(os.path.join(tmp, "swipes.parquet"), index=False)
       if self.impressions is not None:
-        self.impressions.to_parquet(os.path.join(tmp, "impressions.parquet"), index=False)
+        self.impressions.to_parquet(os.path.join(tmp, "feed_impressions.parquet"), index=False)
       np.savez(os.path.join(tmp, "hidden.npz"), **self.hidden)
       files.write_json(os.path.join(tmp, "world.json"),
                        {"params": dataclasses.asdict(self.params), "summary": self.summary()})
@@ -175,7 +175,7 @@ class World:
     params = WorldParams(**files.read_json(meta_path)["params"])
     with np.load(os.path.join(directory, "hidden.npz")) as npz:
       hidden = {k: npz[k] for k in npz.files}
-    impressions_path = os.path.join(directory, "impressions.parquet")
+    impressions_path = os.path.join(directory, "feed_impressions.parquet")
     impressions = (pd.read_parquet(impressions_path) if os.path.exists(impressions_path)
                    else None)
     return cls(params, pd.read_parquet(os.path.join(directory, "profiles.parquet")),
