@@ -349,6 +349,12 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
                                                        abs=2e-3)
   assert report["lifts"][name]["all"]["recall@5"]["ci"][0] is not None
   assert name in report["verdict"] and "AUC" in report["verdict"][name]["line"]
+  # The tiny world's feed does not explore: the answer falls back to what users were shown.
+  assert report["off_policy"]["explored"] is False
+  assert report["answer"][name]["estimator"] == "impression_conditioned"
+  assert "no exploration" in report["answer"][name]["why"]
+  for metric in ("gauc", "shown_precision", "shown_ndcg", "shown_match_precision"):
+    assert metric in model["all"] and metric in report["lifts"][name]["all"], metric
   md = open(os.path.join(out, "report.md")).read()
   assert "## Verdict" in md and "feature_matching" in md and "Lift over" in md
   for png in ("recall_at_k.png", "roc.png", "segments.png", "popularity.png"):
@@ -406,19 +412,50 @@ def test_bad_inputs_are_named(tiny_dataset_dir, tmp_path):
 
 
 def test_verdict_applies_the_users_gates():
+  """The lift gate follows the answer's estimator (here impression-conditioned, no log),
+  never logged recall: "weak" has the better recall lift and still fails."""
   from tfrs_two_tower.evaluation import report as report_lib
 
   def est(value, low, high):
     return {"value": value, "ci": [low, high]}
-  report = {"k": [10, 50], "recommenders": {
+  report = {"k": [10, 50], "lift_baseline": "fm", "data": {"shown_k": 5}, "recommenders": {
       "fm": {"kind": "baseline", "segments": {"all": {"auc": est(0.72, 0.71, 0.73)}}},
       "good": {"kind": "model", "segments": {"all": {"auc": est(0.78, 0.77, 0.79)}}},
       "weak": {"kind": "model", "segments": {"all": {"auc": est(0.69, 0.68, 0.70)}}}},
-      "lifts": {"good": {"all": {"recall@10": est(0.25, 0.1, 0.4)}},
-                "weak": {"all": {"recall@10": est(0.05, -0.02, 0.12)}}}}
+      "lifts": {"good": {"all": {"recall@10": est(-0.1, -0.2, 0.0),
+                                 "shown_precision": est(0.25, 0.1, 0.4)}},
+                "weak": {"all": {"recall@10": est(0.3, 0.2, 0.4),
+                                 "shown_precision": est(0.05, -0.02, 0.12)}}}}
+  report["answer"] = report_lib.answer(report)
+  assert report["answer"]["good"]["estimator"] == "impression_conditioned"
+  assert "no impressions log" in report["answer"]["good"]["why"]
   verdict = report_lib.verdict(report)
   assert set(verdict) == {"good", "weak"}
   assert verdict["good"]["auc_gate"] and verdict["good"]["lift_gate"]
   assert "PASS" in verdict["good"]["line"] and "+25%" in verdict["good"]["line"]
+  assert "biased toward the logging feed, not used" in verdict["good"]["line"]
   assert not verdict["weak"]["auc_gate"] and not verdict["weak"]["lift_gate"]
   assert "FAIL" in verdict["weak"]["line"]
+
+
+def test_answer_prefers_off_policy_when_the_log_explores():
+  from tfrs_two_tower.evaluation import report as report_lib
+
+  def est(value, low, high):
+    return {"value": value, "ci": [low, high]}
+  lifts = {f"{e}_{t}": est(0.3, 0.1, w) for e, w in (("ips", 0.6), ("snips", 0.5),
+                                                      ("dr", 0.4)) for t in ("like", "match")}
+  support = {"support": {"effective_sample_size": 500}}
+  report = {"k": [10], "lift_baseline": "fm", "data": {"shown_k": 5},
+            "recommenders": {"m": {"kind": "model"}},
+            "lifts": {"m": {"all": {"shown_precision": est(-0.1, -0.2, 0.0)}}},
+            "off_policy": {"explored": True, "k": 10, "min_effective_sample_size": 100,
+                           "reward_model": "m", "recommenders": {"m": support, "fm": support},
+                           "lifts": {"m": {"all": lifts}}}}
+  answer = report_lib.answer(report)["m"]
+  assert answer["estimator"] == "off_policy_dr" and answer["beats"]
+  assert "narrowest" in answer["why"] and answer["assumptions"]
+  report["off_policy"]["recommenders"]["fm"] = {"support": {"effective_sample_size": 20}}
+  fallback = report_lib.answer(report)["m"]
+  assert fallback["estimator"] == "impression_conditioned" and not fallback["beats"]
+  assert "effective sample size" in fallback["why"]

@@ -240,3 +240,32 @@ def test_impression_conditioned_metrics_rank_the_oracle_first(exploring_eval, ex
   for name in ("gauc", "shown_precision", "shown_ndcg"):
     assert np.nanmean(best[name]) > np.nanmean(worst[name]), name
   assert np.nanmean(best["gauc"]) > 0.7
+
+
+@pytest.mark.slow
+def test_evaluate_answers_with_off_policy_on_an_exploring_log(exploring_dataset_dir,
+                                                               exploring_world, tmp_path):
+  from conftest import TINY_TRAINING
+  from tfrs_two_tower.stages import evaluate_stage
+  from tfrs_two_tower.stages import train_stage
+  world_dir, run_dir = str(tmp_path / "world"), str(tmp_path / "run")
+  exploring_world.save(world_dir)
+  train_stage.run(exploring_dataset_dir, run_dir, train_stage.TrainOptions(**TINY_TRAINING),
+                  log=lambda *a: None)
+  report = evaluate_stage.run(exploring_dataset_dir, [run_dir], str(tmp_path / "eval"),
+                              world_dir=world_dir, bootstrap=100, reciprocal=False,
+                              tensorboard=False, log=lambda *a: None)
+  off = report["off_policy"]
+  assert off["explored"] and off["reward_model"] == "run"
+  for name, section in off["recommenders"].items():
+    assert section["support"]["matched_impressions"] > 0, name
+    assert 0 < section["catalogue_overlap"] <= 1
+    assert {"ips_like", "snips_like", "dr_like", "dr_match", "oracle_like"} <= set(
+        section["segments"]["all"])
+  answer = report["answer"]["run"]
+  assert answer["estimator"].startswith("off_policy_"), answer["why"]
+  assert answer["lift"] is off["lifts"]["run"]["all"][answer["estimator"][11:] + "_like"]
+  assert "biased toward the logging feed, not used" in report["verdict"]["run"]["line"]
+  md = open(str(tmp_path / "eval" / "report.md")).read()
+  assert "## Does it beat feature matching?" in md and "why this estimator" in md
+  assert "| matched | ESS |" in md and "**logged** metrics" in md
