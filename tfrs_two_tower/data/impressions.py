@@ -24,14 +24,19 @@ import numpy as np
 import pandas as pd
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 
 FILE = "impressions.parquet"
 COLUMNS = tuple(role for role, _ in config_lib.Impressions.ROLES)
 
 
-def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
+             timestamp_unit: Optional[str] = None, check_dates: bool = True) -> pd.DataFrame:
   """The config's impressions columns -> the dataset's, validated.
+
+  Times follow the interactions' rules (`timestamps.to_unix_seconds`: numbers need
+  `timestamp_unit`; dates outside [1990, tomorrow] refused unless `check_dates` is off).
 
   Raises:
     writer_lib.DataError naming `source`, the column and the first bad row: a
@@ -51,7 +56,8 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str) -> pd.
       raise writer_lib.DataError(f"{source}: column {column!r} row {int(np.flatnonzero(empty)[0])}"
                                  f": missing {role.replace('_', ' ')}")
     out[role] = values
-  timestamp = writer_lib.to_unix_seconds(out["timestamp"], source, names["timestamp"])
+  timestamp = timestamps.to_unix_seconds(out["timestamp"], source, names["timestamp"],
+                                         timestamp_unit, check_dates=check_dates)
   position = pd.to_numeric(out["position"], errors="coerce").to_numpy(np.float64)
   bad = ~(np.isfinite(position) & (position >= 0) & (position == np.round(position)))
   _refuse(bad, source, names["position"], "position must be an integer >= 0")
@@ -111,7 +117,7 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", frame: pd.DataFrame, sour
   section to stats.json.
   """
   config = writer.config
-  log = from_log(config, frame, source)
+  log = from_log(config, frame, source, writer.timestamp_unit, writer.check_dates)
   check_entities(log, writer, source, config.impressions)
   log.to_parquet(os.path.join(writer.staging_dir, FILE), index=False)
   shown = log["shown"].to_numpy()

@@ -54,8 +54,8 @@ import pandas as pd
 from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
-from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import impressions as impressions_lib
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
