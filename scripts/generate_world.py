@@ -20,10 +20,14 @@ from tfrs_two_tower.stages import world_stage
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("world_dir", None, "Where the world goes (profiles.parquet, swipes.parquet, "
-                    "hidden.npz, world.json).", required=True)
+                    "feed_impressions.parquet, hidden.npz, world.json).", required=True)
 flags.DEFINE_string("dataset_dir", None, "Where its dataset directory goes; empty: world only.")
 flags.DEFINE_string("config", None, "Feature/data config JSON; default: the packaged dating config.")
 cli.define_world_flags()
+flags.DEFINE_float("exploration", 0.0, "Share of feeds drawn uniformly from their candidate pool "
+                   "(an epsilon-exploring feed whose impressions log supports off-policy "
+                   "estimates; 0 keeps the default world unchanged).", lower_bound=0.0,
+                   upper_bound=1.0)
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) kept for eval, "
                    "unless --split_time is given.")
 flags.DEFINE_string("split_time", None, "ISO time of the train/eval boundary (overrides "
@@ -39,7 +43,7 @@ def main(argv):
     world_stage.run(world_dir=FLAGS.world_dir, dataset_dir=FLAGS.dataset_dir,
                     config_path=FLAGS.config, num_users=FLAGS.num_users, days=FLAGS.days,
                     feed_size=FLAGS.feed_size, mean_activity=FLAGS.mean_activity,
-                    seed=FLAGS.seed, eval_fraction=FLAGS.eval_fraction,
+                    exploration=FLAGS.exploration, seed=FLAGS.seed, eval_fraction=FLAGS.eval_fraction,
                     split_time=FLAGS.split_time, train_shards=FLAGS.train_shards,
                     eval_shards=FLAGS.eval_shards, overwrite=FLAGS.overwrite, log=logging.info)
 

@@ -12,12 +12,13 @@ from tfrs_two_tower.stages.cli import parse_time
 
 def run(world_dir: str, dataset_dir: Optional[str] = None, config_path: Optional[str] = None,
         num_users: int = 5000, days: int = 120, feed_size: int = 8, mean_activity: float = 0.11,
-        seed: int = 0, eval_fraction: float = 0.15, split_time: Optional[str] = None,
+        exploration: float = 0.0, seed: int = 0, eval_fraction: float = 0.15, split_time: Optional[str] = None,
         train_shards: int = 4, eval_shards: int = 2, overwrite: bool = False,
         log: Callable[..., None] = print) -> synthetic.World:
   config = config_lib.load_config(config_path)
   params = synthetic.WorldParams(num_users=num_users, days=days, feed_size=feed_size,
-                                 mean_activity=mean_activity, seed=seed)
+                                 mean_activity=mean_activity, exploration=exploration,
+                                 seed=seed)
   started = time.time()
   last = [started]
 
