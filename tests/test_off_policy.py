@@ -269,3 +269,55 @@ def test_evaluate_answers_with_off_policy_on_an_exploring_log(exploring_dataset_
   md = open(str(tmp_path / "eval" / "report.md")).read()
   assert "## Does it beat feature matching?" in md and "why this estimator" in md
   assert "| matched | ESS |" in md and "**logged** metrics" in md
+
+
+# -- export: PostgreSQL and files carry the log into the dataset ---------------------------
+
+def _dataset_log(path):
+  log = impressions.read(reader.open_dataset(path))
+  return log.sort_values(["feed_id", "candidate_id"]).reset_index(drop=True)
+
+
+def test_postgres_export_carries_the_impressions_log(make_database, exploring_world,
+                                                     exploring_dataset_dir, tmp_path):
+  import io
+  import os
+  import psycopg2
+  from tfrs_two_tower.stages import export_stage
+  from tfrs_two_tower.stages import seed_stage
+  url = make_database(f"offpolicy_{os.getpid()}")
+  conn = psycopg2.connect(url)
+  seed_stage.seed(conn, exploring_world, log=lambda m: None)
+  buffer = io.StringIO()
+  exploring_world.impressions.to_csv(buffer, index=False, header=False)
+  buffer.seek(0)
+  with conn, conn.cursor() as cur:
+    cur.execute("CREATE TABLE feed_impressions (feed_id bigint, viewer_id uuid, profile_id uuid,"
+                " shown_at timestamptz, position int, score float8, propensity float8,"
+                " shown boolean)")
+    cur.copy_expert("COPY feed_impressions FROM STDIN WITH (FORMAT csv)", buffer)
+  conn.close()
+  out = str(tmp_path / "db")
+  logs = []
+  export_stage.run(out, db_url=url, train_shards=2, eval_shards=1, log=logs.append)
+  assert any("impressions from" in line and "'feed_impressions'" in line for line in logs)
+  pd.testing.assert_frame_equal(_dataset_log(out), _dataset_log(exploring_dataset_dir))
+
+
+def test_file_export_carries_the_log_and_refuses_a_bad_row(exploring_world,
+                                                           exploring_dataset_dir, tmp_path):
+  from tfrs_two_tower.stages import export_stage
+  world_dir = str(tmp_path / "world")
+  exploring_world.save(world_dir)  # profiles, swipes and feed_impressions .parquet
+  out = str(tmp_path / "files")
+  export_stage.run(out, input_dir=world_dir, train_shards=2, eval_shards=1, log=lambda m: None)
+  pd.testing.assert_frame_equal(_dataset_log(out), _dataset_log(exploring_dataset_dir))
+  bad = exploring_world.impressions.copy()
+  bad.loc[7, "propensity"] = 0.0
+  bad.to_csv(str(tmp_path / "world" / "feed_impressions.csv"), index=False)
+  (tmp_path / "world" / "feed_impressions.parquet").unlink()
+  errors = []
+  code = export_stage.main(output_dir=str(tmp_path / "bad"), input_dir=world_dir, env_file=None,
+                           log=lambda m: None, error=errors.append)
+  assert code != 0 and not (tmp_path / "bad").exists()
+  assert "feed_impressions.csv" in errors[0] and "'propensity' row 7" in errors[0], errors

@@ -14,7 +14,7 @@ second pass streams the kept rows into the writer.
 """
 
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -149,9 +149,9 @@ class FileSource:
                              na_values=[""], chunksize=self.read_chunk_rows)
 
   # -- the source interface -----------------------------------------------------------------
-  def impressions(self) -> Optional[pd.DataFrame]:
-    """The impressions log file named by config `impressions.table` beside the interactions
-    file (.csv/.parquet), or None when there is none."""
+  def impressions(self) -> Optional[Tuple[pd.DataFrame, str]]:
+    """(the impressions log, its file) from the file named by config `impressions.table`
+    beside the interactions file (.csv/.parquet), or None when there is none."""
     table = self.config.impressions.table
     folder = os.path.dirname(self.paths["interactions"])
     for name in dict.fromkeys([table, table.split(".")[-1]]):
@@ -161,8 +161,8 @@ class FileSource:
           self.description["files"]["impressions"] = {"path": os.path.abspath(path),
                                                       "sha256": files.sha256_file(path)}
           if path.endswith(".parquet"):
-            return pd.read_parquet(path)
-          return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""])
+            return pd.read_parquet(path), path
+          return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""]), path
     return None
 
   def entities(self, side: str) -> pd.DataFrame:

@@ -399,9 +399,9 @@ class PostgresSource:
     chunks = list(self._stream(query, list(roles), 50_000, f"tfrs_export_{side}_entities"))
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(roles))
 
-  def impressions(self) -> Optional[pd.DataFrame]:
-    """The impressions log (config `impressions`: table or sql), or None when the table
-    does not exist. Timestamps as UTC, ids as text."""
+  def impressions(self) -> Optional[Tuple[pd.DataFrame, str]]:
+    """(the impressions log, where it came from) per config `impressions` (table or sql),
+    or None when the table does not exist. Ids as text."""
     cfg = self.config.impressions
     if not cfg.sql and self._execute(sql.SQL("SELECT to_regclass(%s) IS NULL"), (cfg.table,),
                                      "impressions table")[0][0]:
@@ -415,8 +415,10 @@ class PostgresSource:
         select, _relation(cfg.table, cfg.sql), sql.Identifier(names["timestamp"]),
         sql.Identifier(names["feed_id"]))
     chunks = list(self._stream(query, list(names.values()), 100_000, "tfrs_export_impressions"))
-    return (pd.concat(chunks, ignore_index=True) if chunks
-            else pd.DataFrame(columns=list(names.values())))
+    frame = (pd.concat(chunks, ignore_index=True) if chunks
+             else pd.DataFrame(columns=list(names.values())))
+    return frame, (f"{self.description['label']} config impressions.sql" if cfg.sql
+                   else f"{self.description['label']} table {cfg.table!r}")
 
   def interaction_chunks(self, chunk_size: int,
                          partition: sources.Partition) -> Iterator[pd.DataFrame]:

@@ -402,21 +402,22 @@ def write_partition_files(writer: writer_lib.DatasetWriter, partition: Partition
                      index=False)
 
 
-def _add_impressions(source, config: config_lib.Config, writer, partition: Partition,
-                     label: str, log: Callable[[str], None]) -> None:
+def _add_impressions(source, config: config_lib.Config, writer: writer_lib.DatasetWriter,
+                     partition: Partition, label: str, log: Callable[[str], None]) -> None:
   """Copies the feed's impressions log (config `impressions`) into the dataset, if any."""
   if config.impressions is None:
     return
   if not partition.whole:
     log("export: impressions are exported with whole datasets only, not partitions")
     return
-  frame = source.impressions()
-  if frame is None:
-    log(f"export: no impressions log ({config.impressions.table!r} not found): off-policy "
-        "estimates will be unavailable (docs/evaluation.md, 'Propensity logging')")
+  found = source.impressions()
+  if found is None:
+    log(f"export: no impressions log ({config.impressions.table!r} not found in {label}): "
+        "off-policy estimates will be unavailable (docs/evaluation.md, 'Propensity logging')")
     return
-  impressions_lib.add_to_dataset(writer, frame, f"{label} {config.impressions.table}")
-  log(f"export: {len(frame):,} impressions")
+  frame, where = found
+  impressions_lib.add_to_dataset(writer, frame, where)
+  log(f"export: {len(frame):,} impressions from {where}")
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,
