@@ -14,8 +14,8 @@ from tfrs_two_tower import files
 
 AUC_GATE = 0.7
 EXPECTED_LIFT = (0.20, 0.40)  # the users' expected "+20-40 % accuracy" over feature matching
-HEADLINE_METRICS = ("auc", "gauc", "shown_precision", "shown_ndcg",
-                    "shown_match_precision", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
+HEADLINE_METRICS = ("auc", "gauc", "shown_precision", "shown_ndcg", "shown_match_precision",
+                    "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
                     "success@{k}", "factorized_top{k}_accuracy", "log_loss",
                     "oracle_like@{k}", "oracle_match@{k}")
 
@@ -214,7 +214,8 @@ def render_markdown(report: Dict) -> str:
   lines += ["", "recall, ndcg, hit_rate, mrr, match_recall, success, factorized accuracy: "
             "**logged** metrics, biased toward the feed that produced the logs (a perfect "
             "ranker can score below it). gauc, shown_*: impression-conditioned (each user's eval "
-            f"swipes re-ranked; shown_* among the top {report['data'].get('shown_k')}). oracle_*: a synthetic world's hidden truth."]
+            f"swipes re-ranked; shown_* among the top {report['data'].get('shown_k')}). "
+            "oracle_*: a synthetic world's hidden truth."]
   lines += render_off_policy(report)
   if report["lifts"]:
     lines += ["", f"## Lift over {report['lift_baseline']} (relative, paired by user)", ""]
