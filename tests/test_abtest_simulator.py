@@ -56,6 +56,13 @@ def test_aa_round_trip_srm_injection_and_sql_equals_pandas(world_database, tiny_
   exposed = simulation.exposures.set_index("user_id")["arm"]
   assert (exposed == exp.assign_many(list(exposed.index))).all()
   assert len(simulation.exposures) > 300
+  # The arms' feeds are logged in the impressions schema: one shown row per swipe.
+  log = simulation.impressions
+  assert len(log) == len(simulation.swipes) and log["shown"].all()
+  assert (log["propensity"] == 1).all()
+  assert log["position"].between(0, tiny_world.params.feed_size - 1).all()
+  assert set(zip(log["viewer_id"], log["profile_id"])) == set(
+      zip(simulation.swipes["swiper_id"], simulation.swipes["swipee_id"]))
   result, outcomes, definition = _round_trip(world_database, simulation)
   assert result["srm"]["passed"] and result["assignment_mismatches"] == 0
   assert result["verdict"] != analysis.INVALID
