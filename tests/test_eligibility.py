@@ -312,16 +312,20 @@ def _report(lift_value, mode="one_way", violations=0):
               "m": {"kind": "model", "mode": mode,
                     "segments": {"all": {"auc": _estimate(0.68)}}}},
           "lifts": {"m": {"all": {"recall@10": _estimate(lift_value),
-                                  "match_recall@10": _estimate(lift_value)}}}}
+                                  "match_recall@10": _estimate(lift_value)}}},
+          "answer": {"m": {"beats": lift_value > 0.01, "estimator": "impression_conditioned",
+                           "line": f"like precision lift {lift_value:+.0%}",
+                           "lift": _estimate(lift_value), "match_lift": _estimate(lift_value)}}}
 
 
 def test_verdict_gates_by_what_scores_mean():
   one_way = report_lib.verdict(_report(0.25))["m"]
   assert one_way["auc_gate"] is True and "> 0.65" in one_way["line"]  # the config's gate
-  assert one_way["lift_gate"] and "+10% to +30%" in one_way["line"] and not one_way["alarm"]
+  assert one_way["lift_gate"] and not one_way["alarm"] and one_way["judged_on"] == "like"
   recip = report_lib.verdict(_report(0.25, mode="reciprocal"))["m"]
   assert recip["auc_gate"] is None and "AUC gate not applied" in recip["line"]
-  assert recip["lift_metric"] == "match_recall@10"
+  assert recip["judged_on"] == "match" and recip["lift_gate"]
+  assert "match lift over feature matching" in recip["line"] and "+10% to +30%" in recip["line"]
   alarm = report_lib.verdict(_report(158.13))["m"]
   assert "probably a broken baseline" in alarm["line"] and alarm["alarm"]
   broken = report_lib.verdict(_report(0.25, violations=12))["m"]
