@@ -64,8 +64,8 @@ def evaluate_world(world, dataset_dir, run, bootstrap):
   dataset = reader.open_dataset(dataset_dir)
   data = evaluator.prepare(dataset)
   model = model_scorer(run, data)
-  fm = baselines.FeatureMatching.from_entities(dataset.config, data.query_entities,
-                                               data.candidate_entities)
+  fm = baselines.FeatureMatching(dataset.config, data.query_entities,
+                                 data.candidate_entities, data.eligible)
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed=0)
   calibration = evaluator.fit_calibration(model, data)
   feeds = off_policy.logged_feeds(impressions.read(dataset), data, impressions.FILE)

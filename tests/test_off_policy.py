@@ -106,8 +106,8 @@ def exploring_eval(exploring_dataset_dir, exploring_world):
   dataset = reader.open_dataset(exploring_dataset_dir)
   data = evaluator.prepare(dataset)
   feeds = off_policy.logged_feeds(impressions.read(dataset), data, impressions.FILE)
-  fm = baselines.FeatureMatching.from_entities(dataset.config, data.query_entities,
-                                               data.candidate_entities)
+  fm = baselines.FeatureMatching(dataset.config, data.query_entities,
+                                 data.candidate_entities, data.eligible)
   reward = off_policy.reward_model(fm, evaluator.fit_calibration(fm, data), feeds, data, True)
   return dataset, data, feeds, fm, reward
 
