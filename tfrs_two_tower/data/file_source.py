@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import sources
-from tfrs_two_tower.data import timestamps
+from tfrs_two_tower.data import writer as writer_lib
 
 EXTENSIONS = (".parquet", ".csv", ".csv.gz")
 _TRUE_FALSE = {"t", "f", "true", "false"}
@@ -176,6 +176,15 @@ class FileSource:
         raise sources.NullValueError(
             f"{self.paths[side]}: {null_ids} rows have an empty {id_column!r} (config "
             f"entities.{self.config.entity(side).name}.id_column)")
+      ids = table[id_column].astype(str)
+      repeated = ids.duplicated(keep=False).to_numpy()
+      if repeated.any():
+        rows = np.flatnonzero(repeated)
+        raise writer_lib.DataError(
+            f"{self.paths[side]}: id {ids.iloc[rows[0]]!r} appears more than once in column "
+            f"{id_column!r} (rows {', '.join(map(str, rows[:5]))}; "
+            f"{int(ids.duplicated().sum())} repeated ids in all): an entity table needs one "
+            "row per id")
       self._entities[side] = table
     return self._entities[side]
 
@@ -228,7 +237,7 @@ class FileSource:
           examples[side] += [i for i in dict.fromkeys(ids[absent & mine])][:3 - len(examples[side])]
         keys.append(code)
       parts["key"].append(keys[0] * np.int64(1 << 31) + keys[1])
-      parts["ts"].append(timestamps.to_unix_seconds(chunk[cfg.timestamp_column], path,
+      parts["ts"].append(writer_lib.to_unix_seconds(chunk[cfg.timestamp_column], path,
                                                     cfg.timestamp_column, cfg.timestamp_unit,
                                                     rows=rows))
       parts["action"].append(np.array([action_codes.setdefault(v, len(action_codes)) for v in a],

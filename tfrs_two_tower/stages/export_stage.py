@@ -20,6 +20,7 @@ from tfrs_two_tower.data import partitions
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
+from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages.cli import parse_time
 
 
@@ -97,6 +98,13 @@ def main(db_url: Optional[str] = None, env_file: Optional[str] = ".env",
   except ValueError as e:  # writer_lib.DataError: a bad value, named by file/column/row
     error(sources.redact(f"export failed (bad data): {e}", secrets))
     return sources.ExportError.exit_code
+  except OSError as e:
+    if not cli.is_disk_full(e):
+      raise
+    error(f"export failed (disk full, exit {cli.EXIT_DISK_FULL}) writing "
+          f"{e.filename or kwargs.get('output_dir')}: nothing was written; free space and run "
+          "the same command again")
+    return cli.EXIT_DISK_FULL
 
 
 def _password(db_url: Optional[str], env_file: Optional[str]) -> str:

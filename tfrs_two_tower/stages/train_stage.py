@@ -49,6 +49,7 @@ class TrainResult:
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN/inf; the last good checkpoint is kept."""
+  exit_code = 4
 
 
 @dataclasses.dataclass
