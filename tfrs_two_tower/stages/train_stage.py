@@ -176,6 +176,24 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
       num_hard_negatives=options.num_hard_negatives or None)
 
 
+def _recover_from_interrupted_write(run_dir: str, work: str, log) -> None:
+  """Moves checkpoints a kill left in a stale `.<run>.tmp-*` directory back into `work`.
+
+  Older versions moved the checkpoints into the temporary run directory before
+  its final rename; a kill in between stranded them there.
+  """
+  if os.path.exists(os.path.join(work, run_lib.CHECKPOINTS)):
+    return
+  for stale in reversed(files.stale_temporaries(run_dir)):  # the newest first
+    if os.path.isdir(os.path.join(stale, run_lib.CHECKPOINTS)):
+      os.makedirs(work, exist_ok=True)
+      for name in (run_lib.CHECKPOINTS, run_lib.LOGS, run_lib.FLAGS):
+        if os.path.exists(os.path.join(stale, name)):
+          os.replace(os.path.join(stale, name), os.path.join(work, name))
+      log(f"train: recovered the checkpoints of an interrupted run from {stale} into {work}")
+      return
+
+
 def _resume_or_start(work: str, resolved: Dict[str, Any]) -> None:
   flags_path = os.path.join(work, run_lib.FLAGS)
   if os.path.exists(flags_path):
@@ -220,6 +238,8 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
   work = run_dir + INCOMPLETE_SUFFIX
   if not chief:  # Non-chief workers save their (identical) state to a private place.
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
+  else:
+    _recover_from_interrupted_write(run_dir, work, log)
   _resume_or_start(work, resolved)
 
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
@@ -399,9 +419,10 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
     manifest["files"] = run_lib.artifact_checksums(out)
     tensorboard_logs.write_projector(os.path.join(work, run_lib.LOGS), ids, embeddings,
                                      _projector_metadata(dataset, evaluator))
-    for name in (run_lib.CHECKPOINTS, run_lib.LOGS):
-      if os.path.exists(os.path.join(work, name)):
-        shutil.move(os.path.join(work, name), os.path.join(out, name))
+    for name in (run_lib.CHECKPOINTS, run_lib.LOGS):  # copies: `work` stays resumable until
+      if os.path.exists(os.path.join(work, name)):    # the run directory is in place
+        shutil.copytree(os.path.join(work, name), os.path.join(out, name),
+                        copy_function=files.link_or_copy)
     files.write_json(os.path.join(out, run_lib.MANIFEST), manifest)
   shutil.rmtree(work, ignore_errors=True)
   log("train: run written to %s (step %d, eval AUC %.4f)" % (run_dir, step, final["auc"]))
