@@ -13,8 +13,11 @@ replaces the table: it is the user's own SQL and runs as a subquery.
 """
 
 import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
@@ -26,6 +29,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import files
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import timestamps
 
@@ -454,13 +458,72 @@ def embedded_postgres(data_dir: Optional[str] = None,
   temporary = data_dir is None
   data_dir = tempfile.mkdtemp(prefix="tfrs-pg-") if temporary else data_dir
   os.makedirs(data_dir, exist_ok=True)
+  forget_dead_users(data_dir, log)
   started = time.time()
   server = pgserver.get_server(data_dir, cleanup_mode="stop")
   log(f"database: embedded PostgreSQL at {data_dir} up in {time.time() - started:.1f}s")
+  # A kill -9 runs no clean-up: a watchdog process stops the server once we are gone.
+  watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), data_dir],
+                              start_new_session=True, stdin=subprocess.DEVNULL)
   try:
     yield server.get_uri()
   finally:
+    watchdog.kill()
+    watchdog.wait()
     server.cleanup()
     if temporary:
       shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# pgserver stops a server when its last user (a pid in .handle_pids.json) lets go.
+_HANDLES = ".handle_pids.json"
+_WATCHDOG = """
+import os, sys, time
+from tfrs_two_tower.data import postgres_source
+parent, data_dir = int(sys.argv[1]), sys.argv[2]
+while postgres_source.process_alive(parent):
+  time.sleep(1)
+postgres_source.stop_orphaned(data_dir)
+"""
+
+
+def process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def forget_dead_users(data_dir: str, log: Callable[[str], None] = print) -> List[int]:
+  """Drops killed processes from pgserver's user list of `data_dir`; returns their pids.
+
+  Without this a server left by a killed run is never stopped: pgserver stops
+  it only when the last listed user lets go, and a dead pid never does.
+  """
+  path = os.path.join(data_dir, _HANDLES)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    pids = json.load(f)
+  dead = [p for p in pids if not process_alive(p)]
+  if dead:
+    files.write_json(path, [p for p in pids if p not in dead])
+    log(f"database: {data_dir} was left running by killed process(es) {dead}; this run stops "
+        "it when it ends")
+  return dead
+
+
+def stop_orphaned(data_dir: str) -> None:
+  """Stops the embedded server of `data_dir` if it runs and nobody alive uses it."""
+  import pgserver
+  if not os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+    return  # stopped already (a normal exit)
+  forget_dead_users(data_dir, log=lambda m: None)
+  path = os.path.join(data_dir, _HANDLES)
+  if os.path.exists(path) and files.read_json(path):
+    return  # someone alive still uses it
+  pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
 
