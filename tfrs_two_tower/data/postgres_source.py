@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -166,9 +167,11 @@ class PostgresSource:
   timestamp_unit = "s"
 
   def __init__(self, config: config_lib.Config, url: str, *, connect_retries: int = 3,
-               retry_backoff_seconds: float = 1.0, log: Callable[[str], None] = print):
+               retry_backoff_seconds: float = 1.0, lock_timeout_seconds: float = 60.0,
+               log: Callable[[str], None] = print):
     self.config, self.log = config, log
     self._url, self._retries, self._backoff = url, connect_retries, retry_backoff_seconds
+    self.lock_timeout_seconds = lock_timeout_seconds  # 0: wait for locks forever
     params = connection_params(url)
     self._secrets = [params.get("password", "")]
     self.description: Dict[str, Any] = {"kind": "postgres", "url": describe_url(params),
@@ -185,6 +188,8 @@ class PostgresSource:
       # Between FETCHes the session is idle in transaction while the writer works.
       cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
       cur.execute("SET LOCAL work_mem = '64MB'")  # dedup and time order sort in memory
+      # A migration's ACCESS EXCLUSIVE lock would block every read without a word.
+      cur.execute("SET LOCAL lock_timeout = %s", (f"{round(self.lock_timeout_seconds * 1000)}ms",))
       cur.execute("SELECT now(), pg_current_snapshot()::text, current_setting('server_version')")
       now, snapshot, version = cur.fetchone()
     self.description.update(snapshot={"isolation": "REPEATABLE READ READ ONLY",
@@ -200,9 +205,30 @@ class PostgresSource:
         self._conn.close()
         self._conn = None
 
+  @contextlib.contextmanager
+  def _waiting(self, what: str) -> Iterator[None]:
+    """Logs every few seconds while a statement runs (it may be waiting for a lock)."""
+    every = min(10.0, self.lock_timeout_seconds / 2) if self.lock_timeout_seconds else 10.0
+    started, done = time.time(), threading.Event()
+
+    def report():
+      while not done.wait(every):
+        self.log(f"export: still waiting for {what} after {time.time() - started:.0f}s (a "
+                 "lock held by another session, e.g. a migration, blocks reads; giving up "
+                 + (f"after --lock_timeout={self.lock_timeout_seconds:g}s)"
+                    if self.lock_timeout_seconds else "never: --lock_timeout=0)"))
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+      yield
+    finally:
+      done.set()
+      thread.join()
+
   def _execute(self, query: sql.Composable, params=None, what: str = "query") -> List[tuple]:
     try:
-      with self._conn.cursor() as cur:
+      with self._conn.cursor() as cur, self._waiting(what):
         cur.execute(query, params)
         return cur.fetchall()
     except psycopg2.Error as e:
@@ -210,6 +236,10 @@ class PostgresSource:
 
   def _translate(self, error: psycopg2.Error, what: str) -> sources.ExportError:
     message = sources.redact(str(error).strip(), self._secrets)
+    if isinstance(error, psycopg2.errors.LockNotAvailable):
+      return sources.LockTimeoutError(
+          f"{what}: waited --lock_timeout={self.lock_timeout_seconds:g}s for a table another "
+          f"session holds locked ({message}); run the export again later, or raise --lock_timeout")
     if isinstance(error, psycopg2.errors.InsufficientPrivilege):
       return sources.AuthenticationError(f"{what}: {message} (grant SELECT on the config's "
                                          "tables to the export role)")
@@ -238,7 +268,7 @@ class PostgresSource:
       return self._types[kind]
     relation, where, key = self._kind_relation(kind)
     try:
-      with self._conn.cursor() as cur:
+      with self._conn.cursor() as cur, self._waiting(where):
         cur.execute(sql.SQL("SELECT * FROM {} AS r LIMIT 0").format(relation))
         columns = [(d.name, d.type_code) for d in cur.description]
     except psycopg2.errors.UndefinedTable as e:
@@ -373,7 +403,8 @@ class PostgresSource:
     try:
       with self._conn.cursor(name=name) as cur:
         cur.itersize = chunk_size
-        cur.execute(query)
+        with self._waiting(name):
+          cur.execute(query)
         while True:
           rows = cur.fetchmany(chunk_size)
           if not rows:
