@@ -25,6 +25,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from tfrs_two_tower.stages import cli  # noqa: E402
 from tfrs_two_tower.stages import export_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -94,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -32,6 +32,20 @@ def is_disk_full(error: BaseException) -> bool:
   return any(text in str(error) for text in _DISK_FULL_TEXT)
 
 
+def parse_flags(argv):
+  """absl's flag parsing with bad values exiting EXIT_INPUT_ERROR (absl's own exits 1).
+
+  Pass as `app.run(main, flags_parser=cli.parse_flags)`, so a bound or enum
+  that absl checks exits like a value the library refuses: 2, one message.
+  """
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(EXIT_INPUT_ERROR)
+
+
 @contextlib.contextmanager
 def user_errors(exit_code: int = EXIT_INPUT_ERROR):
   """Exits with `exit_code` and a one-paragraph message on bad input.

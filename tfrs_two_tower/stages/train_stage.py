@@ -104,6 +104,9 @@ class TrainOptions:
                       f"got {self.sampling_probability!r}")
     if self.temperature <= 0 or self.learning_rate <= 0:
       problems.append("--temperature and --learning_rate must be > 0")
+    for name in ("l2", "pass_loss_weight", "num_hard_negatives"):
+      if not getattr(self, name) >= 0:  # also refuses NaN
+        problems.append(f"--{name} must be >= 0, got {getattr(self, name)}")
     try:
       self.layers()
       self.ks()
@@ -118,16 +121,20 @@ class TrainOptions:
     except ValueError:
       raise ValueError(f"--layer_sizes must be comma-separated integers, got "
                        f"{self.layer_sizes!r}") from None
-    if any(s < 1 for s in sizes):
-      raise ValueError(f"--layer_sizes must be positive, got {self.layer_sizes!r}")
+    if not sizes or any(s < 1 for s in sizes):
+      raise ValueError(f"--layer_sizes must be one or more positive sizes, got "
+                       f"{self.layer_sizes!r}")
     return sizes
 
   def ks(self) -> List[int]:
     try:
-      return sorted({int(s) for s in self.eval_ks.split(",") if s.strip()})
+      ks = sorted({int(s) for s in self.eval_ks.split(",") if s.strip()})
     except ValueError:
       raise ValueError(f"--eval_ks must be comma-separated integers, got {self.eval_ks!r}") \
           from None
+    if not ks or ks[0] < 1:
+      raise ValueError(f"--eval_ks must be one or more K >= 1, got {self.eval_ks!r}")
+    return ks
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
