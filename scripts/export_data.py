@@ -25,6 +25,7 @@ import sys  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from tfrs_two_tower.stages import cli  # noqa: E402
 from tfrs_two_tower.stages import export_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -71,6 +72,9 @@ flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreach
                      lower_bound=0)
 flags.DEFINE_float("retry_backoff_seconds", 1.0, "First retry delay; doubles each retry.",
                    lower_bound=0.0)
+flags.DEFINE_float("lock_timeout", 60.0, "Seconds to wait for a table another session holds "
+                   "locked (e.g. a migration) before giving up with exit 21; 0 waits forever.",
+                   lower_bound=0.0)
 
 
 def main(argv):
@@ -86,8 +90,9 @@ def main(argv):
       min_users=FLAGS.min_users, min_interactions=FLAGS.min_interactions, force=FLAGS.force,
       readiness_path=FLAGS.readiness_path, chunk_size=FLAGS.chunk_size,
       train_shards=FLAGS.train_shards, eval_shards=FLAGS.eval_shards, overwrite=FLAGS.overwrite,
-      connect_retries=FLAGS.connect_retries, retry_backoff_seconds=FLAGS.retry_backoff_seconds))
+      connect_retries=FLAGS.connect_retries, retry_backoff_seconds=FLAGS.retry_backoff_seconds,
+      lock_timeout=FLAGS.lock_timeout))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

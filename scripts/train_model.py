@@ -39,7 +39,7 @@ flags.DEFINE_float("learning_rate", D.learning_rate, "Learning rate.")
 flags.DEFINE_enum("optimizer", D.optimizer, train_stage.OPTIMIZERS, "Optimizer.")
 flags.DEFINE_integer("embedding_dim", D.embedding_dim, "Size of the L2-normalised tower output.")
 flags.DEFINE_string("layer_sizes", D.layer_sizes, "Comma-separated hidden ReLU layer sizes of "
-                    "each tower, before the projection to --embedding_dim; empty: none.")
+                    "each tower, before the projection to --embedding_dim (at least one).")
 flags.DEFINE_integer("default_embedding_dim", D.default_embedding_dim, "Embedding size of "
                      "features whose config gives no embedding_dim.")
 flags.DEFINE_float("l2", D.l2, "L2 regularisation of embeddings and hidden kernels.")
@@ -91,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

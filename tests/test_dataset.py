@@ -46,12 +46,13 @@ def _swipes():
       "swipee_id": ["b", "a", "a", "c", "a", "d"],
       "action": ["like", "superlike", "pass", "like", "pass", "like"],
       "created_at": [T0 + 1, T0 + 2, T0 + 3, T0 + 1000, T0 + 1001, T0 + 1002],
-  })
+  })  # unix seconds: the writer is told the unit (`_write`)
 
 
 def _write(config, path, swipes=None, split_time=T0 + 1000, **kwargs):
   with writer_lib.DatasetWriter(config, path, split_time, _profiles(), _profiles(),
-                                num_train_shards=2, num_eval_shards=1, **kwargs) as w:
+                                num_train_shards=2, num_eval_shards=1, timestamp_unit="s",
+                                **kwargs) as w:
     w.add_interactions(_swipes() if swipes is None else swipes, source="swipes.csv")
   return path
 
@@ -197,7 +198,8 @@ def test_mismatched_config_is_refused(tiny_dataset_dir):
 def test_exception_mid_write_leaves_nothing(tmp_path, default_config):
   path = str(tmp_path / "ds")
   with pytest.raises(RuntimeError):
-    with writer_lib.DatasetWriter(default_config, path, T0 + 1000, _profiles(), _profiles()) as w:
+    with writer_lib.DatasetWriter(default_config, path, T0 + 1000, _profiles(), _profiles(),
+                                  timestamp_unit="s") as w:
       w.add_interactions(_swipes())
       raise RuntimeError("disk full")
   assert os.listdir(tmp_path) == []

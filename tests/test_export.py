@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import psycopg2
@@ -496,3 +497,20 @@ def test_cli_exit_code_and_helpfull_never_show_the_password(world_db, tmp_path):
   assert "--unknown_actions" in helpfull.stdout and "--num_partitions" in helpfull.stdout
   for output in (result.stdout, result.stderr, helpfull.stdout, helpfull.stderr):
     assert "cli-secret-77" not in output
+
+
+def test_a_locked_table_is_reported_while_waiting_and_times_out(world_db, tmp_path):
+  """A migration holding ACCESS EXCLUSIVE on swipes: log lines while waiting, then exit 21."""
+  locker = psycopg2.connect(world_db)
+  try:
+    with locker.cursor() as cur:
+      cur.execute("LOCK TABLE swipes IN ACCESS EXCLUSIVE MODE")  # held until rollback
+    started = time.time()
+    code, logs, errors = run_main(tmp_path, db_url=world_db, lock_timeout=3)
+    waited = time.time() - started
+  finally:
+    locker.rollback()
+    locker.close()
+  assert code == sources.LockTimeoutError.exit_code == 21, errors
+  assert "--lock_timeout=3s" in errors and "still waiting for" in logs
+  assert waited < 30 and not (tmp_path / "out").exists()

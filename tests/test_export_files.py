@@ -169,3 +169,26 @@ def test_implausible_dates_name_file_column_and_row(tiny_world, tmp_path):
   code, _, errors = run_main(tmp_path, input_dir=dump)
   assert code == 19 and "swipes.csv: column 'created_at' row 5: 1970-01-02" in errors, errors
   assert "1990-01-01 .. tomorrow" in errors and not (tmp_path / "out").exists()
+
+
+def test_a_repeated_profile_id_is_named_not_a_traceback(tiny_world, tmp_path):
+  profiles = pd.concat([tiny_world.profiles, tiny_world.profiles.iloc[[7]]], ignore_index=True)
+  dump = supabase_csv(tiny_world, tmp_path / "dump", profiles=profiles)
+  code, _, errors = run_main(tmp_path, input_dir=dump)
+  repeated = tiny_world.profiles["id"].iloc[7]
+  assert code == 19 and f"id {repeated!r} appears more than once in column 'id'" in errors
+  assert f"rows 7, {len(tiny_world.profiles)}" in errors and "profiles.csv" in errors
+
+
+def test_unreadable_files_are_named(tiny_world, tmp_path):
+  dump = supabase_csv(tiny_world, tmp_path / "dump")
+  swipes = os.path.join(dump, "swipes.csv")
+  lines = open(swipes, "rb").read().split(b"\n")
+  lines[41] = lines[41][:10] + b"\xff" + lines[41][10:]  # a Latin-1 byte on line 42
+  open(swipes, "wb").write(b"\n".join(lines))
+  code, _, errors = run_main(tmp_path, input_dir=dump)
+  assert code == 19 and f"{swipes}: line 42 is not UTF-8" in errors, errors
+  open(os.path.join(dump, "profiles.csv"), "wb").close()
+  code, _, errors = run_main(tmp_path, input_dir=dump)
+  assert code == 19 and "profiles.csv: the file is empty (0 bytes)" in errors, errors
+  assert not (tmp_path / "out").exists()

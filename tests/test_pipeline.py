@@ -88,3 +88,27 @@ def test_db_url_runs_on_that_database_only(fresh_database, tiny_world, tmp_path)
     cur.execute("SELECT m.run_id FROM tt_active_model a JOIN tt_model_versions m USING (version)")
     run_id = cur.fetchone()[0]
   assert run_id == json.load(open(out / "run" / "manifest.json"))["run_id"]
+
+
+def test_changed_options_rerun_the_stage_not_up_to_date(tiny_dataset_dir, tmp_path):
+  """--epochs=2 after --epochs=1 (no --rerun) trains again; the same flags do nothing."""
+  import shutil
+  out = tmp_path / "out"
+  shutil.copytree(tiny_dataset_dir, out / "dataset")
+  logs = []
+
+  def run(**changes):
+    logs.clear()
+    pipeline_stage.run(pipeline_stage.PipelineOptions(
+        output_dir=str(out), stages=["train"], **{"epochs": 1, "batch_size": 512, **changes}),
+        log=logs.append)
+    return "\n".join(logs)
+
+  assert "[train] running" in run()
+  assert "[train] up to date" in run()
+  again = run(epochs=2)
+  assert "[train] epochs 1 -> 2 since" in again and "[train] running" in again
+  assert json.load(open(out / "run" / "manifest.json"))["global_step"] > 0
+  recorded = json.load(open(out / "fingerprints.json"))["train"]
+  assert recorded["options"]["epochs"] == 2 and recorded["inputs"]["dataset"]
+  assert "[train] up to date" in run(epochs=2)

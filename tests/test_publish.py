@@ -267,3 +267,22 @@ def test_reciprocal_uses_observed_back_swipes(published, tiny_world):
       cur.execute("DELETE FROM swipes WHERE swipee_id = %s AND swiper_id IN (%s, %s) "
                   "AND created_at > now() - interval '1 hour'", (user, admirer, refuser))
     conn.commit()
+
+
+def test_a_dataset_of_another_world_does_not_belong_to_the_run(tiny_run_dir, default_config,
+                                                               tmp_path):
+  """Same config, other people: refused by name before anything is calibrated or written."""
+  import dataclasses
+  from conftest import TINY_WORLD
+  from tfrs_two_tower.data import synthetic
+  from tfrs_two_tower.stages import convert_stage
+  other = synthetic.generate_world(dataclasses.replace(TINY_WORLD, seed=TINY_WORLD.seed + 1))
+  other_dir = str(tmp_path / "other")
+  synthetic.write_world_dataset(other, default_config, other_dir, num_train_shards=1,
+                                num_eval_shards=1)
+  with pytest.raises(reader.DatasetFormatError, match="do not belong together"):
+    publish_stage.run(tiny_run_dir, other_dir, db_url="postgresql://nobody@127.0.0.1:1/x",
+                      env_file=None, log=lambda *a: None)
+  with pytest.raises(convert_stage.ConvertError, match="do not belong together"):
+    convert_stage.run(tiny_run_dir, other_dir, str(tmp_path / "coreml"), log=lambda *a: None)
+  assert not (tmp_path / "coreml").exists()

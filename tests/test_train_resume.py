@@ -85,3 +85,28 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_dir, tmp
     value = reader.get_tensor(name)
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
       assert np.isfinite(value).all(), name
+
+
+@pytest.mark.slow
+def test_kill_after_checkpoints_moved_into_the_temporary_run_dir_resumes(tiny_dataset_dir,
+                                                                         tmp_path):
+  """Older versions moved the checkpoints into `.<run>.tmp-*` before the final rename."""
+  run_dir = str(tmp_path / "run")
+  env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+  first = subprocess.run(_command(tiny_dataset_dir, run_dir, epochs=1), env=env,
+                         capture_output=True, text=True)
+  assert first.returncode == 0, first.stderr[-3000:]
+  # The state a kill left: the run written into its temporary directory, no manifest yet, the
+  # writing process gone, no `.incomplete` directory.
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  stranded = str(tmp_path / f".run.tmp-{dead.pid}-x1")
+  os.replace(run_dir, stranded)
+  os.remove(os.path.join(stranded, run_lib.MANIFEST))
+  second = subprocess.run(_command(tiny_dataset_dir, run_dir, epochs=1), env=env,
+                          capture_output=True, text=True)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f"recovered the checkpoints of an interrupted run from {stranded}" in second.stderr
+  assert re.search(r"resuming from \S+/ckpt-30\b", second.stderr), second.stderr[-3000:]
+  assert run_lib.open_run(run_dir).manifest["global_step"] == 30
+  assert sorted(os.listdir(tmp_path)) == ["run"]  # nothing stale, nothing orphaned

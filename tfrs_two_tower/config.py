@@ -94,6 +94,7 @@ class Feature:
   normalization: str = "zscore"
   fill: Any = "mean"
   bucket_boundaries: Tuple[float, ...] = ()
+  valid_range: Optional[Tuple[float, float]] = None  # numeric: values outside become missing
   cell_degrees: float = 1.0
 
   @property
@@ -415,7 +416,7 @@ _TYPE_KEYS = {
     "categorical": {"num_oov_buckets", "min_count", "max_vocab_size"},
     "multi_categorical": {"num_oov_buckets", "min_count", "max_vocab_size", "max_length",
                           "pooling"},
-    "numeric": {"normalization", "fill", "bucket_boundaries"},
+    "numeric": {"normalization", "fill", "bucket_boundaries", "valid_range"},
     "geo": {"latitude_column", "longitude_column", "cell_degrees", "num_oov_buckets",
             "min_count", "max_vocab_size"},
 }
@@ -472,6 +473,14 @@ def _parse_feature(path: str, spec: Any, id_column: Optional[str],
       problems.append(f"{path}.bucket_boundaries: must be a strictly increasing list of numbers")
       bounds = []
     kwargs.update(normalization=norm, fill=fill, bucket_boundaries=tuple(float(b) for b in bounds))
+    valid = spec.get("valid_range")
+    if valid is not None:
+      if (not isinstance(valid, list) or len(valid) != 2 or not all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) for v in valid)
+          or not valid[0] < valid[1]):
+        problems.append(f"{path}.valid_range: must be [low, high] with low < high, got {valid!r}")
+      else:
+        kwargs["valid_range"] = (float(valid[0]), float(valid[1]))
     embedding_default = 0
   else:
     kwargs["num_oov_buckets"] = _positive_int(spec, "num_oov_buckets", 1, path, problems)

@@ -10,6 +10,7 @@ export code, so that the rules that must agree everywhere live once:
   both compute in float32.
 """
 
+import logging
 import math
 from typing import Dict, Iterable, List, Sequence
 
@@ -167,6 +168,43 @@ def _as_str(values: pd.Series) -> np.ndarray:
   return out.map(clean_token).to_numpy(dtype=object)
 
 
+# Bad values (docs/data.md "Bad values"): a value that cannot be true becomes missing, with
+# one warning per column naming it and the count; an id that cannot be one is refused.
+MAX_TOKEN_CHARS = 256  # longer categorical values are data errors (a pasted blob), not categories
+LATITUDE_RANGE, LONGITUDE_RANGE = (-90.0, 90.0), (-180.0, 180.0)
+_log = logging.getLogger(__name__)
+
+
+def _drop_impossible(values: np.ndarray, bad: np.ndarray, source: str, column: str,
+                     why: str) -> np.ndarray:
+  """[n] float32 with `bad` rows set to NaN (missing), one warning naming column and count."""
+  if bad.any():
+    _log.warning("%s: column %r: %d values %s (first in row %d) are treated as missing",
+                 source, column, int(bad.sum()), why, int(np.flatnonzero(bad)[0]))
+    values = np.where(bad, np.float32(np.nan), values).astype(np.float32)
+  return values
+
+
+def _numeric(values: pd.Series, source: str, column: str,
+             valid: Sequence[float] = (-math.inf, math.inf), what: str = "") -> np.ndarray:
+  out = _as_float(values, source, column)
+  out = _drop_impossible(out, np.isinf(out), source, column, "infinite")
+  with np.errstate(invalid="ignore"):
+    outside = (out < valid[0]) | (out > valid[1])
+  return _drop_impossible(out, outside, source, column,
+                          f"outside {what or 'valid_range'} [{valid[0]:g}, {valid[1]:g}]")
+
+
+def _short_tokens(values: np.ndarray, source: str, column: str) -> np.ndarray:
+  long = np.fromiter((len(v) > MAX_TOKEN_CHARS for v in values), bool, len(values))
+  if long.any():
+    _log.warning("%s: column %r: %d values longer than %d characters (first in row %d) are "
+                 "treated as missing", source, column, int(long.sum()), MAX_TOKEN_CHARS,
+                 int(np.flatnonzero(long)[0]))
+    values = np.where(long, MISSING_TOKEN, values)
+  return values
+
+
 def encode_entity_table(config: config_lib.Config, side: str, table: pd.DataFrame,
                         source: str) -> Dict[str, object]:
   """Coerces a raw entity table into stored feature values, keyed by dataset key.
@@ -184,20 +222,32 @@ def encode_entity_table(config: config_lib.Config, side: str, table: pd.DataFram
   if (ids == MISSING_TOKEN).any():
     row = int(np.flatnonzero(ids == MISSING_TOKEN)[0])
     raise ValueError(f"{source}: column {entity.id_column!r} row {row}: missing id")
+  long_ids = np.flatnonzero([len(i) > MAX_TOKEN_CHARS for i in ids])
+  if long_ids.size:
+    raise ValueError(f"{source}: column {entity.id_column!r} row {long_ids[0]}: an id of "
+                     f"{len(ids[long_ids[0]]):,} characters (at most {MAX_TOKEN_CHARS}; "
+                     f"{long_ids.size} such rows)")
   out: Dict[str, object] = {f"{side}_id": ids}
   for f in entity.features:
     key = f.key(side)
     if f.type == "id":
       continue
     if f.type == "categorical":
-      out[key] = _as_str(table[f.columns[0]])
+      out[key] = _short_tokens(_as_str(table[f.columns[0]]), source, f.columns[0])
     elif f.type == "multi_categorical":
-      out[key] = _as_token_lists(table[f.columns[0]].tolist(), source, f.columns[0])
+      lists = _as_token_lists(table[f.columns[0]].tolist(), source, f.columns[0])
+      flat = np.array([t for tokens in lists for t in tokens] or [""], dtype=object)
+      if (_short_tokens(flat, source, f.columns[0]) != flat).any():  # warned; drop them
+        lists = [[t for t in tokens if len(t) <= MAX_TOKEN_CHARS] for tokens in lists]
+      out[key] = lists
     elif f.type == "numeric":
-      out[key] = _as_float(table[f.columns[0]], source, f.columns[0])
+      out[key] = _numeric(table[f.columns[0]], source, f.columns[0],
+                          f.valid_range or (-math.inf, math.inf))
     elif f.type == "geo":
-      lat = _as_float(table[f.columns[0]], source, f.columns[0])
-      lon = _as_float(table[f.columns[1]], source, f.columns[1])
-      out[key] = np.stack([lat, lon], axis=1)
+      lat = _numeric(table[f.columns[0]], source, f.columns[0], LATITUDE_RANGE, "latitudes")
+      lon = _numeric(table[f.columns[1]], source, f.columns[1], LONGITUDE_RANGE, "longitudes")
+      unknown = np.isnan(lat) | np.isnan(lon)  # a point needs both coordinates
+      out[key] = np.stack([np.where(unknown, np.nan, lat), np.where(unknown, np.nan, lon)],
+                          axis=1).astype(np.float32)
   return out
 

@@ -13,6 +13,7 @@ columns that keeps ~30 bytes per swipe (pair key, time, row, action code); the
 second pass streams the kept rows into the writer.
 """
 
+import gzip
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import sources
-from tfrs_two_tower.data import timestamps
+from tfrs_two_tower.data import writer as writer_lib
 
 EXTENSIONS = (".parquet", ".csv", ".csv.gz")
 _TRUE_FALSE = {"t", "f", "true", "false"}
@@ -117,8 +118,27 @@ class FileSource:
   def _is_parquet(self, kind: str) -> bool:
     return self.paths[kind].endswith(".parquet")
 
+  def _unreadable(self, path: str, error: Exception) -> writer_lib.DataError:
+    """A message naming the file (and the line of the first bad byte) for a read failure."""
+    if os.path.getsize(path) == 0:
+      return writer_lib.DataError(f"{path}: the file is empty (0 bytes); export the table again")
+    if isinstance(error, UnicodeDecodeError):
+      return writer_lib.DataError(
+          f"{path}: line {_first_undecodable_line(path)} is not UTF-8 ({error.reason} at byte "
+          f"0x{error.object[error.start]:02x}); export the table as UTF-8")
+    return writer_lib.DataError(f"{path}: cannot be read as "
+                                f"{'Parquet' if path.endswith('.parquet') else 'CSV'}: {error}")
+
   def _columns(self, kind: str) -> List[str]:
     """Columns the config needs from a kind's file (checks presence and types)."""
+    try:
+      return self._checked_columns(kind)
+    except (ValueError, pa.ArrowException) as e:  # UnicodeDecodeError, EmptyDataError, Arrow
+      if isinstance(e, writer_lib.DataError):
+        raise
+      raise self._unreadable(self.paths[kind], e) from None
+
+  def _checked_columns(self, kind: str) -> List[str]:
     path = self.paths[kind]
     if self._is_parquet(kind):
       schema = pq.read_schema(path)
@@ -141,12 +161,16 @@ class FileSource:
 
   def _read(self, kind: str, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
     path = self.paths[kind]
-    if self._is_parquet(kind):
-      for batch in pq.ParquetFile(path).iter_batches(self.read_chunk_rows, columns=list(columns)):
-        yield batch.to_pandas()
-    else:
-      yield from pd.read_csv(path, usecols=list(columns), dtype=object, keep_default_na=False,
-                             na_values=[""], chunksize=self.read_chunk_rows)
+    try:
+      if self._is_parquet(kind):
+        for batch in pq.ParquetFile(path).iter_batches(self.read_chunk_rows,
+                                                       columns=list(columns)):
+          yield batch.to_pandas()
+      else:
+        yield from pd.read_csv(path, usecols=list(columns), dtype=object, keep_default_na=False,
+                               na_values=[""], chunksize=self.read_chunk_rows)
+    except (UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as e:
+      raise self._unreadable(path, e) from None
 
   # -- the source interface -----------------------------------------------------------------
   def impressions(self) -> Optional[Tuple[pd.DataFrame, str]]:
@@ -185,6 +209,15 @@ class FileSource:
         raise sources.NullValueError(
             f"{self.paths[side]}: {null_ids} rows have an empty {id_column!r} (config "
             f"entities.{self.config.entity(side).name}.id_column)")
+      ids = table[id_column].astype(str)
+      repeated = ids.duplicated(keep=False).to_numpy()
+      if repeated.any():
+        rows = np.flatnonzero(repeated)
+        raise writer_lib.DataError(
+            f"{self.paths[side]}: id {ids.iloc[rows[0]]!r} appears more than once in column "
+            f"{id_column!r} (rows {', '.join(map(str, rows[:5]))}; "
+            f"{int(ids.duplicated().sum())} repeated ids in all): an entity table needs one "
+            "row per id")
       self._entities[side] = table
     return self._entities[side]
 
@@ -237,7 +270,7 @@ class FileSource:
           examples[side] += [i for i in dict.fromkeys(ids[absent & mine])][:3 - len(examples[side])]
         keys.append(code)
       parts["key"].append(keys[0] * np.int64(1 << 31) + keys[1])
-      parts["ts"].append(timestamps.to_unix_seconds(chunk[cfg.timestamp_column], path,
+      parts["ts"].append(writer_lib.to_unix_seconds(chunk[cfg.timestamp_column], path,
                                                     cfg.timestamp_column, cfg.timestamp_unit,
                                                     rows=rows))
       parts["action"].append(np.array([action_codes.setdefault(v, len(action_codes)) for v in a],
@@ -291,6 +324,18 @@ class FileSource:
         pending, size = [], 0
     if size:
       yield pd.concat(pending, ignore_index=True)
+
+
+def _first_undecodable_line(path: str) -> int:
+  """1-based line number (header = line 1) of the first line that is not UTF-8."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    for number, line in enumerate(f, start=1):
+      try:
+        line.decode("utf-8")
+      except UnicodeDecodeError:
+        return number
+  return 0
 
 
 def latest_rows(keys: np.ndarray, timestamps: np.ndarray, tie_break: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ shards differs.
 """
 
 import os
-import shutil
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -109,15 +108,9 @@ def combine(partition_dirs: Sequence[str], output_dir: str, *,
     for split in fmt.SPLITS:
       names = fmt.shard_names(split, len(shard_files[split]))
       for src, name in zip(shard_files[split], names):
-        _link_or_copy(src, os.path.join(tmp, name))
+        files.link_or_copy(src, os.path.join(tmp, name))
     writer.finalize(tmp)
   log(f"combine: {count} partitions -> {output_dir}: train {stats['rows']['train']:,}, eval "
       f"{stats['rows']['eval']:,} interactions")
   return stats
 
-
-def _link_or_copy(src: str, dst: str) -> None:
-  try:
-    os.link(src, dst)
-  except OSError:
-    shutil.copyfile(src, dst)

@@ -13,9 +13,13 @@ replaces the table: it is the user's own SQL and runs as a subquery.
 """
 
 import contextlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -26,6 +30,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import files
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import timestamps
 
@@ -162,9 +167,11 @@ class PostgresSource:
   timestamp_unit = "s"
 
   def __init__(self, config: config_lib.Config, url: str, *, connect_retries: int = 3,
-               retry_backoff_seconds: float = 1.0, log: Callable[[str], None] = print):
+               retry_backoff_seconds: float = 1.0, lock_timeout_seconds: float = 60.0,
+               log: Callable[[str], None] = print):
     self.config, self.log = config, log
     self._url, self._retries, self._backoff = url, connect_retries, retry_backoff_seconds
+    self.lock_timeout_seconds = lock_timeout_seconds  # 0: wait for locks forever
     params = connection_params(url)
     self._secrets = [params.get("password", "")]
     self.description: Dict[str, Any] = {"kind": "postgres", "url": describe_url(params),
@@ -181,6 +188,8 @@ class PostgresSource:
       # Between FETCHes the session is idle in transaction while the writer works.
       cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
       cur.execute("SET LOCAL work_mem = '64MB'")  # dedup and time order sort in memory
+      # A migration's ACCESS EXCLUSIVE lock would block every read without a word.
+      cur.execute("SET LOCAL lock_timeout = %s", (f"{round(self.lock_timeout_seconds * 1000)}ms",))
       cur.execute("SELECT now(), pg_current_snapshot()::text, current_setting('server_version')")
       now, snapshot, version = cur.fetchone()
     self.description.update(snapshot={"isolation": "REPEATABLE READ READ ONLY",
@@ -196,9 +205,30 @@ class PostgresSource:
         self._conn.close()
         self._conn = None
 
+  @contextlib.contextmanager
+  def _waiting(self, what: str) -> Iterator[None]:
+    """Logs every few seconds while a statement runs (it may be waiting for a lock)."""
+    every = min(10.0, self.lock_timeout_seconds / 2) if self.lock_timeout_seconds else 10.0
+    started, done = time.time(), threading.Event()
+
+    def report():
+      while not done.wait(every):
+        self.log(f"export: still waiting for {what} after {time.time() - started:.0f}s (a "
+                 "lock held by another session, e.g. a migration, blocks reads; giving up "
+                 + (f"after --lock_timeout={self.lock_timeout_seconds:g}s)"
+                    if self.lock_timeout_seconds else "never: --lock_timeout=0)"))
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+      yield
+    finally:
+      done.set()
+      thread.join()
+
   def _execute(self, query: sql.Composable, params=None, what: str = "query") -> List[tuple]:
     try:
-      with self._conn.cursor() as cur:
+      with self._conn.cursor() as cur, self._waiting(what):
         cur.execute(query, params)
         return cur.fetchall()
     except psycopg2.Error as e:
@@ -206,6 +236,10 @@ class PostgresSource:
 
   def _translate(self, error: psycopg2.Error, what: str) -> sources.ExportError:
     message = sources.redact(str(error).strip(), self._secrets)
+    if isinstance(error, psycopg2.errors.LockNotAvailable):
+      return sources.LockTimeoutError(
+          f"{what}: waited --lock_timeout={self.lock_timeout_seconds:g}s for a table another "
+          f"session holds locked ({message}); run the export again later, or raise --lock_timeout")
     if isinstance(error, psycopg2.errors.InsufficientPrivilege):
       return sources.AuthenticationError(f"{what}: {message} (grant SELECT on the config's "
                                          "tables to the export role)")
@@ -234,7 +268,7 @@ class PostgresSource:
       return self._types[kind]
     relation, where, key = self._kind_relation(kind)
     try:
-      with self._conn.cursor() as cur:
+      with self._conn.cursor() as cur, self._waiting(where):
         cur.execute(sql.SQL("SELECT * FROM {} AS r LIMIT 0").format(relation))
         columns = [(d.name, d.type_code) for d in cur.description]
     except psycopg2.errors.UndefinedTable as e:
@@ -382,7 +416,8 @@ class PostgresSource:
     try:
       with self._conn.cursor(name=name) as cur:
         cur.itersize = chunk_size
-        cur.execute(query)
+        with self._waiting(name):
+          cur.execute(query)
         while True:
           rows = cur.fetchmany(chunk_size)
           if not rows:
@@ -469,13 +504,72 @@ def embedded_postgres(data_dir: Optional[str] = None,
   temporary = data_dir is None
   data_dir = tempfile.mkdtemp(prefix="tfrs-pg-") if temporary else data_dir
   os.makedirs(data_dir, exist_ok=True)
+  forget_dead_users(data_dir, log)
   started = time.time()
   server = pgserver.get_server(data_dir, cleanup_mode="stop")
   log(f"database: embedded PostgreSQL at {data_dir} up in {time.time() - started:.1f}s")
+  # A kill -9 runs no clean-up: a watchdog process stops the server once we are gone.
+  watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), data_dir],
+                              start_new_session=True, stdin=subprocess.DEVNULL)
   try:
     yield server.get_uri()
   finally:
+    watchdog.kill()
+    watchdog.wait()
     server.cleanup()
     if temporary:
       shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# pgserver stops a server when its last user (a pid in .handle_pids.json) lets go.
+_HANDLES = ".handle_pids.json"
+_WATCHDOG = """
+import os, sys, time
+from tfrs_two_tower.data import postgres_source
+parent, data_dir = int(sys.argv[1]), sys.argv[2]
+while postgres_source.process_alive(parent):
+  time.sleep(1)
+postgres_source.stop_orphaned(data_dir)
+"""
+
+
+def process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def forget_dead_users(data_dir: str, log: Callable[[str], None] = print) -> List[int]:
+  """Drops killed processes from pgserver's user list of `data_dir`; returns their pids.
+
+  Without this a server left by a killed run is never stopped: pgserver stops
+  it only when the last listed user lets go, and a dead pid never does.
+  """
+  path = os.path.join(data_dir, _HANDLES)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    pids = json.load(f)
+  dead = [p for p in pids if not process_alive(p)]
+  if dead:
+    files.write_json(path, [p for p in pids if p not in dead])
+    log(f"database: {data_dir} was left running by killed process(es) {dead}; this run stops "
+        "it when it ends")
+  return dead
+
+
+def stop_orphaned(data_dir: str) -> None:
+  """Stops the embedded server of `data_dir` if it runs and nobody alive uses it."""
+  import pgserver
+  if not os.path.exists(os.path.join(data_dir, "postmaster.pid")):
+    return  # stopped already (a normal exit)
+  forget_dead_users(data_dir, log=lambda m: None)
+  path = os.path.join(data_dir, _HANDLES)
+  if os.path.exists(path) and files.read_json(path):
+    return  # someone alive still uses it
+  pgserver.get_server(data_dir, cleanup_mode="stop").cleanup()
 

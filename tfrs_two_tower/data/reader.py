@@ -111,6 +111,21 @@ def check_config_matches(dataset: DatasetDir, config_hash: str, what: str) -> No
         f"config {dataset.manifest['config_hash'][:12]}: they do not belong together")
 
 
+def check_same_candidates(dataset: DatasetDir, candidate_ids: Sequence[str], what: str) -> None:
+  """Refuses an artifact whose candidates are not the dataset's (another world, same config).
+
+  Args:
+    candidate_ids: [N] the candidate ids the artifact was made for (a run's corpus).
+  """
+  mine = set(read_entities(dataset, "candidate")["candidate_id"].astype(str))
+  theirs = set(map(str, candidate_ids))
+  if mine != theirs:
+    raise DatasetFormatError(
+        f"{what} was made for {len(theirs):,} candidates, the dataset {dataset.path} has "
+        f"{len(mine):,} and they share {len(mine & theirs):,}: the two come from different data "
+        "and do not belong together (use the dataset the run was trained on)")
+
+
 def interactions_dataset(dataset: DatasetDir, split: str, batch_size: int, *,
                          shuffle: bool = True, shuffle_buffer: int = 50_000,
                          seed: Optional[int] = None, repeat: bool = False,

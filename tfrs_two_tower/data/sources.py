@@ -91,10 +91,15 @@ class PartitionError(ExportError):
   exit_code = 20
 
 
+class LockTimeoutError(ExportError):
+  """A table stayed locked by another session longer than --lock_timeout."""
+  exit_code = 21
+
+
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (
     NotReadyError, UnreachableError, AuthenticationError, MissingTableError, ColumnTypeError,
     EmptyResultError, UnknownActionError, NullValueError, MissingEntityError, ExportError,
-    PartitionError)}
+    PartitionError, LockTimeoutError)}
 
 # -- secrets ---------------------------------------------------------------------------
 

@@ -55,7 +55,6 @@ from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
 from tfrs_two_tower.data import impressions as impressions_lib
-from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
@@ -495,8 +494,8 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
   goes in too (`impressions.parquet`) when the config declares one.
   """
   swipes = world.swipes
-  seconds = timestamps.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
-                                       check_dates=False)
+  seconds = writer_lib.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
+                                       None, check_dates=False)
   if split_time is None:
     split_time = writer_lib.default_split_time(seconds, eval_fraction)
   eval_rows = seconds >= split_time

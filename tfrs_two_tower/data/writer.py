@@ -39,6 +39,15 @@ class DataError(ValueError):
   """Input data that cannot become a dataset; the message names file/column/row."""
 
 
+def to_unix_seconds(values: pd.Series, source: str, column: str, unit: Optional[str],
+                    **kwargs) -> np.ndarray:
+  """`timestamps.to_unix_seconds`, its refusals as DataError like every bad value here."""
+  try:
+    return timestamps_lib.to_unix_seconds(values, source, column, unit, **kwargs)
+  except timestamps_lib.TimestampError as e:
+    raise DataError(str(e)) from None
+
+
 class EntityTable:
   """One side's entities, coerced and indexed once.
 
@@ -62,7 +71,7 @@ class EntityTable:
       raise DataError(f"{source}: id {dup!r} appears more than once in column "
                       f"{config.entity(side).id_column!r}")
     column = config.entity(side).created_at_column
-    self.created_at = (timestamps_lib.to_unix_seconds(
+    self.created_at = (to_unix_seconds(
         table[column], source, column, timestamp_unit, check_dates=check_dates) if column else np.full(len(self.ids), -1, np.int64))
     self._serialized: Optional[List[bytes]] = None
 
@@ -283,7 +292,7 @@ class DatasetWriter:
                       "pass --missing_entities=drop to skip them")
     self.dropped["missing_entities"] += int((missing & known).sum())
 
-    timestamps = timestamps_lib.to_unix_seconds(
+    timestamps = to_unix_seconds(
         chunk[cfg.timestamp_column], source, cfg.timestamp_column, self.timestamp_unit,
         rows=first_row + np.arange(len(chunk)), check_dates=self.check_dates)
     weights = np.array([self._actions[a].weight if k else 0.0 for a, k in zip(actions, known)],

@@ -6,6 +6,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import pandas as pd
+import psycopg2.errors
 
 from tfrs_two_tower import __version__
 from tfrs_two_tower import files
@@ -17,6 +18,7 @@ from tfrs_two_tower.abtest import outcomes as outcomes_lib
 from tfrs_two_tower.abtest import power
 from tfrs_two_tower.abtest import report
 from tfrs_two_tower.data import postgres_source
+from tfrs_two_tower.data import sources
 
 
 def parse_weights(text: str, flag: str = "arms"):
@@ -64,6 +66,12 @@ def load(*, experiment: str, db_url: Optional[str], exposures_csv: Optional[str]
     conn = postgres_source.connect(url, log=log)
     try:
       definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, experiment)
+    except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction) as e:
+      raise sources.MissingTableError(
+          f"{where} has no A/B testing schema ({e.diag.message_primary}): install "
+          "tfrs_two_tower/sql/abtest.sql in the database and log exposures through "
+          "ab_log_exposure (docs/abtest.md), or analyse CSV exports with --exposures_csv and "
+          "--swipes_csv") from None
     finally:
       conn.close()
     return definition, outcomes, mismatches, snapshot, {"database": where, "url_from": origin}

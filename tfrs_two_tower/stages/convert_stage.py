@@ -141,7 +141,8 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
     raise ConvertError(f"--dataset_dir: {e}") from None
   try:
     run = run_lib.open_run(run_dir, dataset_config_hash=dataset.manifest["config_hash"])
-  except run_lib.RunFormatError as e:
+    reader.check_same_candidates(dataset, run.candidate_embeddings()[0], f"--run_dir {run_dir}")
+  except (run_lib.RunFormatError, reader.DatasetFormatError) as e:
     raise ConvertError(f"--run_dir: {e}") from None
   manifest = run.manifest
   specs = {side: run.feature_specs(side) for side in SIDES}

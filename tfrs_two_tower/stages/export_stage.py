@@ -20,6 +20,7 @@ from tfrs_two_tower.data import partitions
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
+from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages.cli import parse_time
 
 
@@ -38,6 +39,7 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
         min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS, force: bool = False,
         readiness_path: Optional[str] = None, chunk_size: int = 100_000, train_shards: int = 4,
         eval_shards: int = 2, overwrite: bool = False, connect_retries: int = 3,
+        lock_timeout: float = 60.0,
         retry_backoff_seconds: float = 1.0, log: Callable[[str], None] = print,
         progress: Optional[Callable[[int, int], None]] = None) -> Dict[str, Any]:
   """Runs one export (or a combine) and returns the dataset's stats; raises ExportError."""
@@ -67,6 +69,7 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
   else:
     url, where = postgres_source.resolve_url(db_url, env_file)
     source = postgres_source.PostgresSource(config, url, connect_retries=connect_retries,
+                                            lock_timeout_seconds=lock_timeout,
                                             retry_backoff_seconds=retry_backoff_seconds, log=log)
     log(f"export: reading {source.description['url']} (URL from {where})")
   with source:
@@ -97,6 +100,13 @@ def main(db_url: Optional[str] = None, env_file: Optional[str] = ".env",
   except ValueError as e:  # writer_lib.DataError: a bad value, named by file/column/row
     error(sources.redact(f"export failed (bad data): {e}", secrets))
     return sources.ExportError.exit_code
+  except OSError as e:
+    if not cli.is_disk_full(e):
+      raise
+    error(f"export failed (disk full, exit {cli.EXIT_DISK_FULL}) writing "
+          f"{e.filename or kwargs.get('output_dir')}: nothing was written; free space and run "
+          "the same command again")
+    return cli.EXIT_DISK_FULL
 
 
 def _password(db_url: Optional[str], env_file: Optional[str]) -> str:

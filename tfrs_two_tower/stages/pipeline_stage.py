@@ -11,9 +11,12 @@ atomically by its own stage function:
   convert   convert_to_coreml.py with parity checks -> coreml/
   publish   publish_embeddings.py into the database (pgvector, recommend())
 
-A stage whose output is already complete is skipped, so an interrupted run
-resumes where it stopped and a second run does nothing; `rerun` names stages to
-redo (their successors are redone too, since their inputs change). With
+A stage whose output is already complete and whose fingerprint is unchanged is
+skipped, so an interrupted run resumes where it stopped and a second run does
+nothing. A stage's fingerprint is its resolved options plus the sha256 of its
+inputs' manifests (`fingerprints.json` in `output_dir`): changing `epochs`
+reruns train and, through the new run's manifest, everything after it. `rerun`
+names stages to redo regardless (their successors are redone too). With
 `db_url` the world and database stages are skipped: the real database is only
 read (export) and written by publish.
 """
@@ -26,6 +29,7 @@ import shutil
 import time
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import reader
@@ -80,6 +84,32 @@ def _complete(path: str) -> bool:
   return os.path.exists(os.path.join(path, "manifest.json"))
 
 
+def fingerprint(options: Dict[str, Any], inputs: Sequence[str] = ()) -> Dict[str, Any]:
+  """What a stage's output depends on: its resolved options and its inputs' manifests.
+
+  Inputs are stage directories; each is represented by the sha256 of its
+  `manifest.json` (which lists the sha256 of every file), or None when absent.
+  """
+  def manifest_hash(path: str) -> Optional[str]:
+    manifest = os.path.join(path, "manifest.json")
+    return files.sha256_file(manifest) if os.path.exists(manifest) else None
+  return json.loads(json.dumps({"options": options,
+                                "inputs": {os.path.basename(p): manifest_hash(p)
+                                           for p in inputs}}, sort_keys=True, default=str))
+
+
+def _differences(old: Dict[str, Any], new: Dict[str, Any]) -> str:
+  """"epochs 6 -> 10, inputs.dataset changed" for a log line."""
+  out = []
+  for part in ("options", "inputs"):
+    a, b = old.get(part, {}), new.get(part, {})
+    for key in sorted(set(a) | set(b)):
+      if a.get(key) != b.get(key):
+        out.append(f"{key} {a.get(key)} -> {b.get(key)}" if part == "options"
+                   else f"input {key} changed")
+  return ", ".join(out)
+
+
 def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Runs the selected stages in order and writes summary.json / summary.md."""
 
@@ -93,17 +123,34 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
       "coreml")
   timings: Dict[str, float] = {}
   redo = False  # once a stage runs, everything after it must run again
+  fingerprints_path = options.path("fingerprints.json")
+  recorded = _read(fingerprints_path) or {}
+  pending: Dict[str, Dict[str, Any]] = {}
 
-  def should_run(stage: str, output: str, complete: bool = None) -> bool:
+  def should_run(stage: str, output: str, stage_options: Dict[str, Any],
+                 inputs: Sequence[str] = (), complete: bool = None) -> bool:
     nonlocal redo
     if stage not in wanted:
       return False
+    pending[stage] = fingerprint(stage_options, inputs)
     complete = _complete(output) if complete is None else complete
     if redo or stage in options.rerun or not complete:
       redo = True
       return True
+    if recorded.get(stage) != pending[stage]:
+      log(f"[{stage}] " + (f"{_differences(recorded[stage], pending[stage])} since {output} "
+                           "was made; running again" if stage in recorded else
+                           f"no fingerprint recorded for {output}; running again"))
+      redo = True
+      return True
     log(f"[{stage}] up to date ({output}); skipped (pass --rerun={stage} to redo it)")
     return False
+
+  def record(stage: str) -> None:
+    """After a stage ran (or was found up to date): its fingerprint, for the next run."""
+    if stage in pending:
+      recorded[stage] = pending[stage]
+      files.write_json(fingerprints_path, recorded)
 
   def timed(stage: str):
     log(f"[{stage}] running")
@@ -114,12 +161,13 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
   world_meta = os.path.join(world_dir, "world.json")
   same_world = (os.path.exists(world_meta)
                 and files.read_json(world_meta)["params"] == world_params)
-  if should_run("world", world_dir, complete=same_world):
+  if should_run("world", world_dir, world_params, complete=same_world):
     with timed("world"):
       world = synthetic.generate_world(synthetic.WorldParams(**world_params))
       world.save(world_dir, overwrite=True)
       log(f"[world] {world.summary()}")
       shutil.rmtree(options.path("pgdata"), ignore_errors=True)  # a new world, a new database
+  record("world")
 
   with contextlib.ExitStack() as stack:
     db_url = options.db_url
@@ -140,29 +188,44 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
     elif "database" in wanted:
       log(f"[database] already seeded ({seeded_marker}); skipped")
 
-    if should_run("export", dataset_dir):
+    config_sha256 = files.sha256_file(options.config_path or config_lib.DEFAULT_CONFIG_PATH)
+    source = (files.read_json(seeded_marker) if synthetic_world and os.path.exists(seeded_marker)
+              else postgres_source.describe_url(postgres_source.connection_params(db_url))
+              if db_url else None)
+    if should_run("export", dataset_dir, {"config_sha256": config_sha256, "source": source,
+                                          "eval_fraction": options.eval_fraction,
+                                          "force": options.force}):
       with timed("export"):
         export_stage.run(dataset_dir, config_path=options.config_path, db_url=db_url,
                          env_file=options.env_file, eval_fraction=options.eval_fraction,
                          force=options.force, overwrite=True, log=log)
+    record("export")
 
-    if should_run("train", run_dir):
+    train_options = train_stage.TrainOptions(
+        epochs=options.epochs, batch_size=options.batch_size, seed=options.seed,
+        sampling_probability=options.sampling_probability)
+    if should_run("train", run_dir, dataclasses.asdict(train_options), [dataset_dir]):
       with timed("train"):
-        train_stage.run(dataset_dir, run_dir, train_stage.TrainOptions(
-            epochs=options.epochs, batch_size=options.batch_size, seed=options.seed,
-            sampling_probability=options.sampling_probability), overwrite=True, log=log)
+        train_stage.run(dataset_dir, run_dir, train_options, overwrite=True, log=log)
+    record("train")
 
-    if should_run("evaluate", report_dir):
+    if should_run("evaluate", report_dir, {"bootstrap": options.bootstrap, "seed": options.seed,
+                                           "world": synthetic_world},
+                  [dataset_dir, run_dir] + ([world_dir] if synthetic_world else [])):
       with timed("evaluate"):
         evaluate_stage.run(dataset_dir, [run_dir], report_dir,
                            world_dir=world_dir if synthetic_world else None,
                            bootstrap=options.bootstrap, seed=options.seed, overwrite=True,
                            log=log)
+    record("evaluate")
 
-    if should_run("convert", coreml_dir):
+    if should_run("convert", coreml_dir, {"precision": options.coreml_precision,
+                                          "compress": options.coreml_compress},
+                  [dataset_dir, run_dir]):
       with timed("convert"):
         convert_stage.run(run_dir, dataset_dir, coreml_dir, precision=options.coreml_precision,
                           compress=options.coreml_compress, overwrite=True, log=log)
+    record("convert")
 
     published = None
     if "publish" in wanted:

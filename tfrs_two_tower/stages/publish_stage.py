@@ -19,10 +19,11 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
   run = run_lib.open_run(run_dir)
   dataset = reader.open_dataset(dataset_dir)
   reader.check_config_matches(dataset, run.manifest["config_hash"], f"run dir {run_dir}")
+  candidate_ids, candidate_embeddings = run.candidate_embeddings()
+  reader.check_same_candidates(dataset, candidate_ids, f"run dir {run_dir}")
   started = time.time()
   queries = reader.read_entities(dataset, "query")
   query_embeddings = run.embed("query", queries)
-  candidate_ids, candidate_embeddings = run.candidate_embeddings()
   calibration = retrieval.calibrate_on_train_swipes(
       dataset, queries["query_id"], query_embeddings, candidate_ids, candidate_embeddings)
   log(f"publish: embedded {len(query_embeddings):,} query users in {time.time() - started:.1f}s; "

@@ -49,6 +49,7 @@ class TrainResult:
 
 class NonFiniteLossError(RuntimeError):
   """The loss became NaN/inf; the last good checkpoint is kept."""
+  exit_code = 4
 
 
 @dataclasses.dataclass
@@ -103,6 +104,9 @@ class TrainOptions:
                       f"got {self.sampling_probability!r}")
     if self.temperature <= 0 or self.learning_rate <= 0:
       problems.append("--temperature and --learning_rate must be > 0")
+    for name in ("l2", "pass_loss_weight", "num_hard_negatives"):
+      if not getattr(self, name) >= 0:  # also refuses NaN
+        problems.append(f"--{name} must be >= 0, got {getattr(self, name)}")
     try:
       self.layers()
       self.ks()
@@ -117,16 +121,20 @@ class TrainOptions:
     except ValueError:
       raise ValueError(f"--layer_sizes must be comma-separated integers, got "
                        f"{self.layer_sizes!r}") from None
-    if any(s < 1 for s in sizes):
-      raise ValueError(f"--layer_sizes must be positive, got {self.layer_sizes!r}")
+    if not sizes or any(s < 1 for s in sizes):
+      raise ValueError(f"--layer_sizes must be one or more positive sizes, got "
+                       f"{self.layer_sizes!r}")
     return sizes
 
   def ks(self) -> List[int]:
     try:
-      return sorted({int(s) for s in self.eval_ks.split(",") if s.strip()})
+      ks = sorted({int(s) for s in self.eval_ks.split(",") if s.strip()})
     except ValueError:
       raise ValueError(f"--eval_ks must be comma-separated integers, got {self.eval_ks!r}") \
           from None
+    if not ks or ks[0] < 1:
+      raise ValueError(f"--eval_ks must be one or more K >= 1, got {self.eval_ks!r}")
+    return ks
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -175,6 +183,24 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
       num_hard_negatives=options.num_hard_negatives or None)
 
 
+def _recover_from_interrupted_write(run_dir: str, work: str, log) -> None:
+  """Moves checkpoints a kill left in a stale `.<run>.tmp-*` directory back into `work`.
+
+  Older versions moved the checkpoints into the temporary run directory before
+  its final rename; a kill in between stranded them there.
+  """
+  if os.path.exists(os.path.join(work, run_lib.CHECKPOINTS)):
+    return
+  for stale in reversed(files.stale_temporaries(run_dir)):  # the newest first
+    if os.path.isdir(os.path.join(stale, run_lib.CHECKPOINTS)):
+      os.makedirs(work, exist_ok=True)
+      for name in (run_lib.CHECKPOINTS, run_lib.LOGS, run_lib.FLAGS):
+        if os.path.exists(os.path.join(stale, name)):
+          os.replace(os.path.join(stale, name), os.path.join(work, name))
+      log(f"train: recovered the checkpoints of an interrupted run from {stale} into {work}")
+      return
+
+
 def _resume_or_start(work: str, resolved: Dict[str, Any]) -> None:
   flags_path = os.path.join(work, run_lib.FLAGS)
   if os.path.exists(flags_path):
@@ -219,6 +245,8 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
   work = run_dir + INCOMPLETE_SUFFIX
   if not chief:  # Non-chief workers save their (identical) state to a private place.
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
+  else:
+    _recover_from_interrupted_write(run_dir, work, log)
   _resume_or_start(work, resolved)
 
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
@@ -398,9 +426,10 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
     manifest["files"] = run_lib.artifact_checksums(out)
     tensorboard_logs.write_projector(os.path.join(work, run_lib.LOGS), ids, embeddings,
                                      _projector_metadata(dataset, evaluator))
-    for name in (run_lib.CHECKPOINTS, run_lib.LOGS):
-      if os.path.exists(os.path.join(work, name)):
-        shutil.move(os.path.join(work, name), os.path.join(out, name))
+    for name in (run_lib.CHECKPOINTS, run_lib.LOGS):  # copies: `work` stays resumable until
+      if os.path.exists(os.path.join(work, name)):    # the run directory is in place
+        shutil.copytree(os.path.join(work, name), os.path.join(out, name),
+                        copy_function=files.link_or_copy)
     files.write_json(os.path.join(out, run_lib.MANIFEST), manifest)
   shutil.rmtree(work, ignore_errors=True)
   log("train: run written to %s (step %d, eval AUC %.4f)" % (run_dir, step, final["auc"]))
