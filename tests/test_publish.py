@@ -6,6 +6,7 @@ import psycopg2
 import pytest
 import tensorflow as tf
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
@@ -29,8 +30,10 @@ def published(make_database, tiny_world, tiny_run_dir, tiny_dataset_dir):
   conn.close()
 
 
-def _expected_top_k(user, world, run, swiped, k, age_window=10):
-  """The TF index SavedModel's ranking (exclusions passed in), then the SQL's hard filters."""
+def _expected_top_k(user, world, run, swiped, k):
+  """The TF index SavedModel's ranking (exclusions passed in), then the default config's
+  eligibility rules (mutual preference, age window)."""
+  age_window = config_lib.load_config().raw["eligibility"]["age"]["window_years"]
   profiles = world.profiles.set_index("id")
   me = profiles.loc[user]
   dataset = reader.open_dataset(run.manifest["dataset"]["path"])
@@ -110,7 +113,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
   broken = emb.copy()
   broken[3, 0] = np.nan
   with pytest.raises(psycopg2.Error):
-    pgvector.publish(conn, run_id="broken-run", config_hash="x", temperature=0.05,
+    pgvector.publish(conn, config=config_lib.load_config(), run_id="broken-run",
+                     config_hash="x", temperature=0.05,
                      query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                      candidate_embeddings=broken, calibration=(1.0, 0.0), log=lambda *a: None)
   conn.rollback()
@@ -120,7 +124,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
     cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tt_%broken_run'")
     assert cur.fetchone()[0] == 0
   # A second version becomes active in one switch; the first stays for rollback.
-  second = pgvector.publish(conn, run_id="second-run", config_hash="x", temperature=0.05,
+  second = pgvector.publish(conn, config=config_lib.load_config(), run_id="second-run",
+                            config_hash="x", temperature=0.05,
                             query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                             candidate_embeddings=emb, calibration=(1.0, 0.0), keep_versions=2,
                             log=lambda *a: None)
@@ -130,7 +135,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
     cur.execute("SELECT count(*) FROM tt_model_versions")
     assert cur.fetchone()[0] == 2
   conn.commit()
-  pgvector.publish(conn, run_id=run.manifest["run_id"], config_hash="x", temperature=0.05,
+  pgvector.publish(conn, config=config_lib.load_config(), run_id=run.manifest["run_id"],
+                   config_hash="x", temperature=0.05,
                    query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 

@@ -191,7 +191,7 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
   if raw.get("format_version") != FORMAT_VERSION:
     problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
   _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
-                        "description"}, problems)
+                        "description", "eligibility", "baseline", "verdict"}, problems)
 
   entities: Dict[str, Entity] = {}
   raw_entities = raw.get("entities")

@@ -15,8 +15,12 @@ import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from psycopg2 import sql
 
-SQL_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sql", "recommend.sql")
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.serving import eligibility_sql
+from tfrs_two_tower.serving import schema_sql
+
 _VERSION_RE = re.compile(r"[^a-z0-9_]+")
 
 
@@ -28,23 +32,63 @@ def version_name(run_id: str) -> str:
   return name
 
 
-def install_sql(conn) -> None:
-  """Creates the version tables and the recommend functions (idempotent)."""
-  with open(SQL_PATH, encoding="utf-8") as f, conn.cursor() as cur:
-    cur.execute(f.read())
-  conn.commit()
+def serving_sql(conn, config: config_lib.Config) -> str:
+  """sql/recommend.sql for the config's schema: its tables, columns, actions and rules.
+
+  Raises:
+    schema_sql.SchemaSQLError naming the config key of a column or table that
+    cannot be read (nothing is installed then).
+  """
+  query, candidate = config.entity("query"), config.entity("candidate")
+  sources = {"query": schema_sql.entity_source(query),
+             "candidate": schema_sql.entity_source(candidate)}
+  id_types = {side: schema_sql.probe(conn, sources[side], config.entity(side).id_column,
+                                     f"entities.{config.entity(side).name}.id_column")
+              for side in ("query", "candidate")}
+  fields = schema_sql.interaction_fields(conn, config)
+  if config.same_entity_both_sides:
+    back_swipes = sql.SQL(
+        "SELECT DISTINCT ON (s.{swiper}) s.{swiper}::text, s.{action} IN ({positive})\n"
+        "  FROM {interactions} s\n"
+        "  WHERE s.{swipee} = $1::{id_type}\n"
+        "  ORDER BY s.{swiper}, s.{swiped_at} DESC, s.{action} DESC").format(
+            swiper=fields["swiper"], swipee=fields["swipee"], action=fields["action"],
+            swiped_at=fields["swiped_at"], positive=fields["positive_actions"],
+            interactions=fields["interactions"], id_type=sql.SQL(id_types["candidate"]))
+  else:  # items never swipe back
+    back_swipes = sql.SQL("SELECT NULL::text, NULL::boolean WHERE false")
+  return schema_sql.render(conn, "recommend.sql", {
+      "query_source": sources["query"], "candidate_source": sources["candidate"],
+      "query_id": sql.Identifier(query.id_column),
+      "candidate_id": sql.Identifier(candidate.id_column),
+      "query_id_type": sql.SQL(id_types["query"]),
+      "candidate_id_type": sql.SQL(id_types["candidate"]),
+      "eligible": eligibility_sql.condition(conn, config),
+      "back_swipes": back_swipes,
+      "reciprocal": sql.Literal(config.same_entity_both_sides)})
+
+
+def install_sql(conn, config: config_lib.Config) -> None:
+  """Creates the version tables and the recommend functions for `config` (idempotent).
+
+  The SQL is generated and every column it names checked before anything runs;
+  it then runs in one transaction.
+  """
+  text = serving_sql(conn, config)
+  conn.rollback()  # the probes' read-only transaction
+  schema_sql.execute_in_transaction(conn, [text])
 
 
 def _copy_embeddings(cur, table: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
   """COPY rows "id<TAB>[x1,x2,...]" (pgvector's text form) into `table`."""
-  from psycopg2 import sql
   values = np.char.mod("%.8g", embeddings.astype(np.float32))
   body = "\n".join(f"{i}\t[{','.join(row)}]" for i, row in zip(ids, values)) + "\n"
   cur.copy_expert(sql.SQL("COPY {} (id, embedding) FROM STDIN").format(sql.Identifier(table)),
                   io.StringIO(body))
 
 
-def publish(conn, *, run_id: str, config_hash: str, temperature: float,
+def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
+            temperature: float,
             query_ids: Sequence[str], query_embeddings: np.ndarray,
             candidate_ids: Sequence[str], candidate_embeddings: np.ndarray,
             calibration: Tuple[float, float], hnsw_m: int = 16, hnsw_ef_construction: int = 64,
@@ -53,8 +97,9 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
   """Writes one model version and makes it the active one.
 
   Args:
-    conn: a psycopg2 connection to a database with pgvector and the app's
-      `profiles`/`swipes` tables.
+    conn: a psycopg2 connection to a database with pgvector and the app's tables.
+    config: the config the run was trained with: recommend() reads its tables,
+      columns, actions and eligibility rules (`serving_sql`).
     query_ids, query_embeddings: [Nq] ids and [Nq, d] query-tower embeddings.
     candidate_ids, candidate_embeddings: [Nc] ids and [Nc, d] candidate embeddings.
     calibration: (scale, bias) with P(like) = sigmoid(scale * dot + bias), used
@@ -63,13 +108,12 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
   Returns:
     {"version", "created" (False when it already existed), "dropped": [...]}.
   """
-  from psycopg2 import sql
   dim = int(candidate_embeddings.shape[1])
   if query_embeddings.shape[1] != dim:
     raise ValueError(f"query embeddings have dim {query_embeddings.shape[1]}, candidates {dim}")
   version = version_name(run_id)
   tables = {side: f"tt_{side}_embeddings_{version}" for side in ("query", "candidate")}
-  install_sql(conn)
+  install_sql(conn, config)
   with conn.cursor() as cur:
     cur.execute("SELECT EXISTS (SELECT 1 FROM tt_model_versions WHERE version = %s), "
                 "EXISTS (SELECT 1 FROM tt_active_model WHERE version = %s)", (version, version))
@@ -113,7 +157,6 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
 
 
 def _drop_old_versions(conn, keep: int) -> list:
-  from psycopg2 import sql
   with conn.cursor() as cur:
     cur.execute("SELECT version FROM tt_model_versions WHERE version <> "
                 "(SELECT version FROM tt_active_model) ORDER BY published_at DESC")
@@ -128,10 +171,11 @@ def _drop_old_versions(conn, keep: int) -> list:
 
 
 def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciprocal: bool = False,
-              age_window: int = 10, pool: int = 400, combination: str = "product") -> list:
+              age_window: Optional[int] = None, pool: int = 400,
+              combination: str = "product") -> list:
   """Calls the SQL RPC; returns [(candidate_id, score), ...] best first.
 
-  `combination` ("product" = P(match), or "harmonic" for RECON) applies to
+  `age_window` (years) replaces the config's age rule when given. `combination` ("product" = P(match), or "harmonic" for RECON) applies to
   `reciprocal` only.
   """
   with conn.cursor() as cur:

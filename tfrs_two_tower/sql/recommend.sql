@@ -29,40 +29,38 @@ CREATE TABLE IF NOT EXISTS tt_active_model (
   switched_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- The hard filters of the dating app, shared by every recommend variant:
--- mutual gender/seeking compatibility and an age window.
-CREATE OR REPLACE FUNCTION tt_seeks(seeking text, gender text) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT seeking = 'everyone'
-      OR (seeking = 'men' AND gender = 'man')
-      OR (seeking = 'women' AND gender = 'woman')
-$$;
+-- Generated from the config (serving/schema_sql.py fills the {{placeholders}} with quoted
+-- identifiers and literals): who may be shown to whom, and what a like is. Every recommend
+-- variant filters through tt_eligible, so the rules live in one place.
 
--- The type of profiles.id (uuid in the default schema): ids are compared in it so that the
--- primary key of profiles and the indexes of swipes are used.
-CREATE OR REPLACE FUNCTION tt_id_type() RETURNS text
-LANGUAGE sql STABLE AS $$
-  SELECT format_type(a.atttypid, a.atttypmod)
-  FROM pg_attribute a WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'id'
-$$;
+-- tt_eligible(user_id, candidate_ids, age_window): the candidates among `candidate_ids` that
+-- user_id may be shown under the config's `eligibility` rules (mutual preference, age, distance,
+-- blocked pairs, inactive users, self, already swiped). age_window, when not NULL, replaces the
+-- config's age rule by a fixed window of that many years. The bodies name parameters by
+-- position ($1): in SQL functions a column of the same name would win over a parameter name.
+DROP FUNCTION IF EXISTS tt_eligible(text, text[], integer);
+CREATE FUNCTION tt_eligible(user_id text, candidate_ids text[], age_window integer)
+RETURNS TABLE (candidate_id text)
+LANGUAGE sql STABLE AS $tt_body$
+  SELECT c.{candidate_id}::text
+  FROM {query_source} u
+  JOIN {candidate_source} c ON c.{candidate_id} = ANY ($2::{candidate_id_type}[])
+  WHERE u.{query_id} = $1::{query_id_type}
+    AND {eligible}
+$tt_body$;
 
 -- tt_back_swipes(user_id): everyone who swiped on the user, with their latest swipe
--- (liked: like or superlike; false for a pass or any other action). What the other side of a
--- pair has already said, so recommend_reciprocal need not estimate it.
-CREATE OR REPLACE FUNCTION tt_back_swipes(user_id text)
+-- (liked: an action of label 1 in the config; false for any other action). What the other side
+-- of a pair has already said, so recommend_reciprocal need not estimate it.
+DROP FUNCTION IF EXISTS tt_back_swipes(text);
+CREATE FUNCTION tt_back_swipes(user_id text)
 RETURNS TABLE (swiper_id text, liked boolean)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  RETURN QUERY EXECUTE format($q$
-    SELECT DISTINCT ON (s.swiper_id) s.swiper_id::text, s.action IN ('like', 'superlike')
-    FROM swipes s
-    WHERE s.swipee_id = $1::%s
-    ORDER BY s.swiper_id, s.created_at DESC, s.action DESC$q$, tt_id_type())
-  USING user_id;
-END;
-$$;
+LANGUAGE sql STABLE AS $tt_body$
+  {back_swipes}
+$tt_body$;
 
--- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below;
+-- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below
+-- (the nearest candidates by dot product, then tt_eligible);
 -- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
 -- beyond the top k, whatever their dot product (the reciprocal ranking must see them).
 CREATE OR REPLACE FUNCTION tt_ranked(user_id text, k integer, age_window integer,
@@ -72,10 +70,6 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   v text;
   q vector;
-  my_gender text;
-  my_seeking text;
-  my_age integer;
-  id_type text := tt_id_type();
 BEGIN
   SELECT a.version INTO v FROM tt_active_model a;
   IF v IS NULL THEN
@@ -86,8 +80,6 @@ BEGIN
   IF q IS NULL THEN
     RAISE EXCEPTION 'user % has no query embedding in model version %', user_id, v;
   END IF;
-  EXECUTE format('SELECT gender, seeking, age FROM profiles WHERE id = $1::%s', id_type)
-    INTO my_gender, my_seeking, my_age USING user_id;
   IF exact THEN
     PERFORM set_config('enable_indexscan', 'off', true);
   ELSE
@@ -102,35 +94,32 @@ BEGIN
     liked_me AS (
       SELECT c.id, (c.embedding <#> $1) AS neg_ip, true AS admirer
       FROM tt_back_swipes($3) b JOIN %1$I c ON c.id = b.swiper_id
-      WHERE $9 AND b.liked),
+      WHERE $6 AND b.liked),
+    pooled AS MATERIALIZED (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me),
     eligible AS (
       SELECT n.id, n.neg_ip, n.admirer
-      FROM (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me) n
-      JOIN profiles p ON p.id = n.id::%2$s
-      WHERE n.id <> $3
-        AND tt_seeks($4, p.gender) AND tt_seeks(p.seeking, $5)
-        AND abs(p.age - $6) <= $7
-        AND NOT EXISTS (SELECT 1 FROM swipes s
-                        WHERE s.swiper_id = $3::%2$s AND s.swipee_id = n.id::%2$s)),
+      FROM pooled n
+      WHERE n.id IN (SELECT e.candidate_id
+                     FROM tt_eligible($3, ARRAY(SELECT p.id FROM pooled p), $4) e)),
     top AS (
       SELECT e.id, e.neg_ip FROM eligible e WHERE NOT e.admirer
       ORDER BY e.neg_ip, e.id
-      LIMIT $8)
+      LIMIT $5)
     SELECT r.id, (-r.neg_ip)::real
     FROM (SELECT * FROM top UNION SELECT e.id, e.neg_ip FROM eligible e WHERE e.admirer) r
-    ORDER BY r.neg_ip, r.id$q$, 'tt_candidate_embeddings_' || v, id_type)
-  USING q, CASE WHEN exact THEN NULL ELSE pool END, user_id, my_seeking, my_gender, my_age,
-        age_window, k, admirers;
+    ORDER BY r.neg_ip, r.id$q$, 'tt_candidate_embeddings_' || v)
+  USING q, CASE WHEN exact THEN NULL ELSE pool END, user_id, age_window, k, admirers;
 END;
 $$;
 
 -- recommend(user_id, k): the top k candidates for user_id by the active model's dot product
--- q_u . c_v, excluding the user, everyone they already swiped on, and profiles that fail the
--- hard filters. exact => brute force (sequential scan; the reference); otherwise the HNSW
+-- q_u . c_v, among the candidates tt_eligible lets through (the config's rules; age_window
+-- overrides its age rule when given). exact => brute force (sequential scan; the reference); otherwise the HNSW
 -- index returns the `pool` nearest candidates, which are then filtered (pgvector before 0.8
 -- filters after the index scan, so pool must exceed k by the filtered-out share).
 CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
-                                     age_window integer DEFAULT 10, exact boolean DEFAULT false,
+                                     age_window integer DEFAULT NULL,
+                                     exact boolean DEFAULT false,
                                      pool integer DEFAULT 400)
 RETURNS TABLE (candidate_id text, score real)
 LANGUAGE sql STABLE AS $$
@@ -145,7 +134,7 @@ $$;
 -- 'product' (P(match) under independence; what a match rate rewards) or 'harmonic' (RECON).
 DROP FUNCTION IF EXISTS recommend_reciprocal(text, integer, integer, boolean, integer);
 CREATE OR REPLACE FUNCTION recommend_reciprocal(user_id text, k integer DEFAULT 20,
-                                                age_window integer DEFAULT 10,
+                                                age_window integer DEFAULT NULL,
                                                 exact boolean DEFAULT false,
                                                 pool integer DEFAULT 400,
                                                 combination text DEFAULT 'product')
@@ -156,6 +145,9 @@ DECLARE
   a real;
   b real;
 BEGIN
+  IF NOT {reciprocal} THEN
+    RAISE EXCEPTION 'recommend_reciprocal needs users on both sides (the config ranks another entity)';
+  END IF;
   IF combination IS NULL OR combination NOT IN ('product', 'harmonic') THEN
     RAISE EXCEPTION 'combination must be ''product'' or ''harmonic'', got %', combination;
   END IF;
