@@ -84,7 +84,8 @@ def interaction_fields(conn, config: config_lib.Config) -> Dict[str, sql.Composa
           "swipee": sql.Identifier(cfg.candidate_id_column),
           "action": sql.Identifier(cfg.action_column),
           "swiped_at": sql.Identifier(cfg.timestamp_column),
-          "positive_actions": positive_actions(config)}
+          "positive_actions": positive_actions(config),
+          "known_actions": sql.SQL(", ").join(sql.Literal(a.name) for a in cfg.actions)}
 
 
 def render(conn, template_name: str, fields: Dict[str, sql.Composable]) -> str:
