@@ -1,65 +1,85 @@
 """The config's `eligibility` rules as one SQL condition over a pair (u, c).
 
 `u` is the query user's row, `c` the candidate's row (aliases of the entity
-sources in `tt_eligible`, sql/recommend.sql), `age_window` the function's
-override parameter ($3: SQL function bodies refer to parameters by position,
-because a column of the same name would win over a parameter's name). Semantics (the same as the Python and Swift implementations):
+sources in `tt_eligible`, sql/recommend.sql), `$3` the function's age_window
+override (SQL function bodies refer to parameters by position, because a column
+of the same name would win over a parameter's name). The semantics are those of
+`tfrs_two_tower.eligibility` (the numpy implementation; a test holds both equal
+pair by pair):
 
-  preference  u seeks c AND c seeks u, where x seeks y when some element s of
-              x's seeking value (a text, or the elements of a text[]) maps
-              (`preference.seeking`) to "*" or to the canonical gender of y's
-              gender value (`preference.genders`: canonical -> raw values).
-              Values compare lower-cased unless `case_sensitive`. A NULL or
-              unmapped seeking value seeks nobody; an unmapped gender is sought
-              only by "*".
-  age         |age(c) - age(u)| <= window_years, or, with min/max columns, each
-              age within the other's [min, max] (a NULL bound = no bound).
-              `age_window` (not NULL) replaces the rule by a fixed window.
-  distance    haversine(location(u), location(c)) <= max_km.
+  preference  u accepts c AND c accepts u, where x accepts y when x's seeking
+              cell has no value (NULL, '', an empty array), or y's gender is
+              missing, or some element of x's seeking cell (a text, a text[] or
+              '{a,b}' text: the union of its elements) maps
+              (`preference.seeking`) to "*" or to the canonical gender whose raw
+              values (`preference.genders`) hold y's gender. Values are trimmed
+              and, unless `case_sensitive`, lower-cased.
+  age         |age_u - age_v| <= window_years, or, with min/max columns,
+              min_u <= age_v <= max_u AND min_v <= age_u <= max_v. `$3` (not
+              NULL) replaces the rule by a fixed window of that many years.
+  distance    haversine(location_u, location_c) <= max_km.
   blocked     no row (u, c) nor (c, u) in the blocked table or query.
-  active      c's activity column within the last `within_days` days (now()).
+  active      c's activity time >= now() - within_days (NULL: inactive).
   self/swiped c is not u; u has no interaction row on c.
-A NULL a rule needs (age, location, activity) fails that rule.
+A comparison with a missing value passes (no information, no filter), except
+`active`. Absent eligibility: self and swiped are still excluded (the rules'
+defaults), as everywhere else.
 """
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import List, Tuple
 
 from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import eligibility as eligibility_lib
+from tfrs_two_tower import rules as rules_lib
 from tfrs_two_tower.serving import schema_sql
 
-EARTH_RADIUS_KM = 6371.0
+
+def _fold(pref: rules_lib.Preference, value: str) -> str:
+  return value.strip() if pref.case_sensitive else value.strip().lower()
 
 
-def _pairs(preference: Mapping[str, Any]) -> List[Tuple[str, Any]]:
-  """(seeking value, accepted raw gender value or None = anyone) rows of the mapping."""
-  fold = (lambda v: v) if preference.get("case_sensitive") else (lambda v: str(v).lower())
-  raw_of = {g: [fold(v) for v in values] for g, values in preference["genders"].items()}
-  pairs = []
-  for seeking, canonicals in preference["seeking"].items():
+def _mapping_rows(pref: rules_lib.Preference) -> sql.Composable:
+  """VALUES rows (seeking value, accepted raw gender value or NULL = anyone)."""
+  pairs = set()
+  for seeking, canonicals in pref.seeking.items():
     for canonical in canonicals:
-      if canonical == "*":
-        pairs.append((fold(seeking), None))
+      if canonical == rules_lib.ANYONE:
+        pairs.add((_fold(pref, seeking), None))
       else:
-        pairs += [(fold(seeking), raw) for raw in raw_of.get(canonical, [])]
-  return sorted(set(pairs), key=lambda p: (p[0], p[1] is None, p[1] or ""))
+        pairs.update((_fold(pref, seeking), _fold(pref, raw)) for raw in pref.genders[canonical])
+  ordered = sorted(pairs, key=lambda p: (p[0], p[1] is None, p[1] or ""))
+  return sql.SQL(", ").join(sql.SQL("({}::text, {}::text)").format(sql.Literal(s), sql.Literal(g))
+                            for s, g in ordered)
 
 
-def _seeks(x: str, y: str, seeking: sql.Composable, gender: sql.Composable, is_array: bool,
-           pairs: List[Tuple[str, Any]], case_sensitive: bool) -> sql.Composable:
-  """x seeks y's gender, as an EXISTS over x's seeking elements and the mapping rows."""
-  element = sql.SQL("s.v::text") if case_sensitive else sql.SQL("lower(s.v::text)")
-  their = (sql.SQL("{}.{}::text") if case_sensitive else sql.SQL("lower({}.{}::text)")).format(
-      sql.Identifier(y), gender)
-  values = sql.SQL(", ").join(
-      sql.SQL("({}::text, {}::text)").format(sql.Literal(s), sql.Literal(g)) for s, g in pairs)
-  elements = (sql.SQL("{}.{}") if is_array else sql.SQL("ARRAY[{}.{}]")).format(
-      sql.Identifier(x), seeking)
+def _elements(cell: sql.Composable, is_array: bool) -> sql.Composable:
+  """A text[] of a cell: the array itself, '{a,b}' text parsed, or a one-element array."""
+  if is_array:
+    return sql.SQL("{}::text[]").format(cell)
+  return sql.SQL("(CASE WHEN btrim({c}::text) ~ '^[{{].*[}}]$' THEN btrim({c}::text)::text[] "
+                 "ELSE ARRAY[{c}::text] END)").format(c=cell)
+
+
+def _accepts(x: str, y: str, pref: rules_lib.Preference, seeking_is_array: bool,
+             gender_is_array: bool) -> sql.Composable:
+  """x accepts y's gender (see the module docstring), as a boolean SQL expression."""
+  fold = (lambda e: sql.SQL("btrim({}::text)").format(e)) if pref.case_sensitive else (
+      lambda e: sql.SQL("lower(btrim({}::text))").format(e))
+  seeking = sql.SQL("{}.{}").format(sql.Identifier(x), sql.Identifier(pref.seeking_column))
+  gender = sql.SQL("{}.{}").format(sql.Identifier(y), sql.Identifier(pref.gender_column))
+  if gender_is_array:
+    gender = sql.SQL("({})[1]").format(gender)
+  elements = _elements(seeking, seeking_is_array)
   return sql.SQL(
-      "EXISTS (SELECT 1 FROM unnest({elements}) AS s(v) JOIN (VALUES {values}) AS m(seek, gender)"
-      " ON m.seek = {element} WHERE m.gender IS NULL OR m.gender = {their})").format(
-          elements=elements, values=values, element=element, their=their)
+      "(NOT EXISTS (SELECT 1 FROM unnest({elements}) AS s(v) WHERE btrim(s.v) <> '')"
+      " OR coalesce(btrim({gender}::text), '') = ''"
+      " OR EXISTS (SELECT 1 FROM unnest({elements}) AS s(v)"
+      " JOIN (VALUES {rows}) AS m(seek, gender) ON m.seek = {element}"
+      " WHERE m.gender IS NULL OR m.gender = {their}))").format(
+          elements=elements, gender=gender, rows=_mapping_rows(pref),
+          element=fold(sql.SQL("s.v")), their=fold(gender))
 
 
 def _geo_columns(entity: config_lib.Entity, feature: str) -> Tuple[str, str]:
@@ -72,96 +92,84 @@ def _geo_columns(entity: config_lib.Entity, feature: str) -> Tuple[str, str]:
 
 
 def condition(conn, config: config_lib.Config) -> sql.Composable:
-  """The eligibility rules of `config` as a SQL boolean over aliases u, c (TRUE: no rule).
+  """The eligibility rules of `config` as a SQL boolean over aliases u, c.
 
   Every column a rule names is probed first (schema_sql.probe): a missing one is
   a SchemaSQLError naming its config key.
   """
-  rules: Dict[str, Any] = config.raw.get("eligibility") or {}
   query, candidate = config.entity("query"), config.entity("candidate")
+  rules = config.eligibility or rules_lib.Eligibility(entity=candidate.name)
   sources = {"u": schema_sql.entity_source(query), "c": schema_sql.entity_source(candidate)}
-  entity_of = {"u": query, "c": candidate}
   parts: List[sql.Composable] = []
 
   def column(alias: str, name: str) -> sql.Composable:
     return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(name))
 
   def probe_both(name: str, key: str) -> str:
-    types = {schema_sql.probe(conn, sources[a], name, f"eligibility.{key}") for a in ("u", "c")}
-    return types.pop()
+    return [schema_sql.probe(conn, sources[a], name, f"eligibility.{key}")
+            for a in ("u", "c")][-1]
 
-  preference = rules.get("preference")
-  if preference:
-    gender_col, seeking_col = preference["gender_column"], preference["seeking_column"]
-    probe_both(gender_col, "preference.gender_column")
-    is_array = probe_both(seeking_col, "preference.seeking_column").endswith("[]")
-    pairs = _pairs(preference)
-    if not pairs:
-      raise schema_sql.SchemaSQLError("config eligibility.preference.seeking: no seeking value "
-                                      "maps to a gender value (everyone would be ineligible)")
-    case = bool(preference.get("case_sensitive"))
-    g, s = sql.Identifier(gender_col), sql.Identifier(seeking_col)
-    parts += [_seeks("u", "c", s, g, is_array, pairs, case),
-              _seeks("c", "u", s, g, is_array, pairs, case)]
+  pref = rules.preference
+  if pref is not None:
+    gender_array = probe_both(pref.gender_column, "preference.gender_column").endswith("[]")
+    seeking_array = probe_both(pref.seeking_column, "preference.seeking_column").endswith("[]")
+    parts += [_accepts("u", "c", pref, seeking_array, gender_array),
+              _accepts("c", "u", pref, seeking_array, gender_array)]
 
-  age = rules.get("age")
-  if age:
-    probe_both(age["column"], "age.column")
-    ua, ca = column("u", age["column"]), column("c", age["column"])
-    fixed = sql.SQL("abs({} - {}) <= {}").format(ca, ua, sql.SQL("$3"))
-    if age.get("min_column") or age.get("max_column"):
-      bounds = []
-      for key, op in (("min_column", ">="), ("max_column", "<=")):
-        if age.get(key):
-          probe_both(age[key], f"age.{key}")
-          for me, other in (("u", "c"), ("c", "u")):
-            bound = column(me, age[key])
-            bounds.append(sql.SQL("({b} IS NULL OR {a} {op} {b})").format(
-                b=bound, a=column(other, age["column"]), op=sql.SQL(op)))
-      rule = sql.SQL(" AND ").join(bounds)
+  age = rules.age
+  if age is not None:
+    probe_both(age.column, "age.column")
+    age_u, age_v = column("u", age.column), column("c", age.column)
+    fixed = sql.SQL("coalesce(abs({} - {}) <= $3, true)").format(age_v, age_u)
+    if age.window_years is not None:
+      rule = sql.SQL("coalesce(abs({} - {}) <= {}, true)").format(
+          age_v, age_u, sql.Literal(float(age.window_years)))
     else:
-      rule = sql.SQL("abs({} - {}) <= {}").format(ca, ua, sql.Literal(age["window_years"]))
-    parts.append(sql.SQL("(CASE WHEN $3 IS NULL THEN {} ELSE {} END)").format(
-        rule, fixed))
+      for key in ("min_column", "max_column"):
+        probe_both(getattr(age, key), f"age.{key}")
+      outside = [sql.SQL("coalesce({} {} {}, false)").format(a, sql.SQL(op), column(me, bound))
+                 for me, a in (("u", age_v), ("c", age_u))
+                 for op, bound in (("<", age.min_column), (">", age.max_column))]
+      rule = sql.SQL("NOT ({})").format(sql.SQL(" OR ").join(outside))
+    parts.append(sql.SQL("(CASE WHEN $3 IS NULL THEN {} ELSE {} END)").format(rule, fixed))
 
-  distance = rules.get("distance")
-  if distance:
-    lat, lon = _geo_columns(candidate, distance["feature"])
+  if rules.distance is not None:
+    lat, lon = _geo_columns(candidate, rules.distance.feature)
     for name in (lat, lon):
       probe_both(name, "distance.feature")
     la = {a: column(a, lat) for a in ("u", "c")}
     lo = {a: column(a, lon) for a in ("u", "c")}
     parts.append(sql.SQL(
-        "2 * {r} * asin(sqrt(least(1, power(sin(radians({cla} - {ula}) / 2), 2) + "
+        "NOT coalesce(2 * {r} * asin(sqrt(least(1, power(sin(radians({cla} - {ula}) / 2), 2) + "
         "cos(radians({ula})) * cos(radians({cla})) * power(sin(radians({clo} - {ulo}) / 2), 2)"
-        "))) <= {km}").format(r=sql.Literal(EARTH_RADIUS_KM), cla=la["c"], ula=la["u"],
-                              clo=lo["c"], ulo=lo["u"], km=sql.Literal(distance["max_km"])))
+        "))) > {km}, false)").format(
+            r=sql.Literal(eligibility_lib.EARTH_RADIUS_KM), cla=la["c"], ula=la["u"],
+            clo=lo["c"], ulo=lo["u"], km=sql.Literal(float(rules.distance.max_km))))
 
-  uid = column("u", query.id_column)
-  cid = column("c", candidate.id_column)
-  blocked = rules.get("blocked")
-  if blocked:
-    from_item = schema_sql.source(blocked.get("table"), blocked.get("sql"))
-    key = "blocked." + ("sql" if blocked.get("sql") else "table")
+  uid, cid = column("u", query.id_column), column("c", candidate.id_column)
+  blocked = rules.blocked
+  if blocked is not None:
+    from_item = schema_sql.source(blocked.table, blocked.sql)
+    where = "eligibility.blocked.sql" if blocked.sql else "eligibility.blocked.table"
     for name in ("query_id_column", "candidate_id_column"):
-      schema_sql.probe(conn, from_item, blocked[name], f"eligibility.blocked.{name}"
-                       if not blocked.get("sql") else f"eligibility.{key}")
-    b_q, b_c = sql.Identifier(blocked["query_id_column"]), sql.Identifier(
-        blocked["candidate_id_column"])
+      schema_sql.probe(conn, from_item, getattr(blocked, name),
+                       where if blocked.sql else f"eligibility.blocked.{name}")
+    b_q, b_c = (sql.Identifier(blocked.query_id_column),
+                sql.Identifier(blocked.candidate_id_column))
     parts.append(sql.SQL(
-        "NOT EXISTS (SELECT 1 FROM {src} AS b WHERE (b.{bq} = {u} AND b.{bc} = {c}) "
-        "OR (b.{bq} = {c} AND b.{bc} = {u}))").format(src=from_item, bq=b_q, bc=b_c, u=uid,
-                                                     c=cid))
+        "NOT EXISTS (SELECT 1 FROM {src} AS b WHERE (b.{bq}::text = {u}::text AND "
+        "b.{bc}::text = {c}::text) OR (b.{bq}::text = {c}::text AND b.{bc}::text = {u}::text))"
+    ).format(src=from_item, bq=b_q, bc=b_c, u=uid, c=cid))
 
-  active = rules.get("active")
-  if active:
-    schema_sql.probe(conn, sources["c"], active["column"], "eligibility.active.column")
-    parts.append(sql.SQL("{} >= now() - make_interval(days => {})").format(
-        column("c", active["column"]), sql.Literal(int(active["within_days"]))))
+  if rules.active is not None:
+    schema_sql.probe(conn, sources["c"], rules.active.column, "eligibility.active.column")
+    parts.append(sql.SQL("coalesce({} >= now() - make_interval(secs => {}), false)").format(
+        column("c", rules.active.column),
+        sql.Literal(float(rules.active.within_days) * eligibility_lib.SECONDS_PER_DAY)))
 
-  if rules.get("exclude_self") and config.same_entity_both_sides:
+  if rules.exclude_self and config.same_entity_both_sides:
     parts.append(sql.SQL("{} <> {}").format(cid, uid))
-  if rules.get("exclude_swiped"):
+  if rules.exclude_swiped:
     fields = schema_sql.interaction_fields(conn, config)
     parts.append(sql.SQL("NOT EXISTS (SELECT 1 FROM {src} AS s WHERE s.{q} = {u} AND s.{c} = "
                          "{cid})").format(src=fields["interactions"], q=fields["swiper"],
