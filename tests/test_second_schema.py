@@ -246,6 +246,37 @@ def test_evaluate_convert_and_ab_analysis_on_the_second_schema(second, tmp_path)
 
 
 @pytest.mark.slow
+def test_exposure_cap_leaves_out_candidates_listed_enough_today(second):
+  """exposure.max_impressions_per_day = 1: once in one list today, in no other list."""
+  url, conn, config, _, published = second
+  with conn.cursor() as cur:
+    cur.execute(f"SELECT id FROM tt_query_embeddings_{published['version']} ORDER BY id LIMIT 30")
+    users = [r[0] for r in cur.fetchall()]
+  conn.rollback()
+  uncapped = {u: {c for c, _ in pgvector.recommend(conn, u, 10, exact=True)} for u in users}
+  raw = json.loads(config.to_json())
+  raw["exposure"] = {"max_impressions_per_day": 1}
+  pgvector.install_sql(conn, config_lib.parse_config(raw, "capped"))
+  try:
+    listed, overlap = set(), 0
+    for u in users:
+      got = {c for c, _ in pgvector.recommend(conn, u, 10, exact=True)}
+      assert not got & listed
+      overlap += len(uncapped[u] & listed)
+      listed |= got
+    assert overlap > 0  # without the cap some of them would have been listed again
+    with conn.cursor() as cur:
+      cur.execute("SELECT max(impressions), count(*) FROM tt_impressions")
+      assert cur.fetchone() == (1, len(listed))
+    conn.rollback()
+  finally:
+    pgvector.install_sql(conn, config)
+    with conn.cursor() as cur:
+      cur.execute("TRUNCATE tt_impressions")
+    conn.commit()
+
+
+@pytest.mark.slow
 def test_bad_rule_column_is_named_by_its_config_key_and_nothing_is_written(second, tmp_path):
   url, conn, config, dirs, published = second
   raw = json.loads(config.to_json())

@@ -65,7 +65,8 @@ def serving_sql(conn, config: config_lib.Config) -> str:
       "candidate_id_type": sql.SQL(id_types["candidate"]),
       "eligible": eligibility_sql.condition(conn, config),
       "back_swipes": back_swipes,
-      "reciprocal": sql.Literal(config.same_entity_both_sides)})
+      "reciprocal": sql.Literal(config.same_entity_both_sides),
+      "max_impressions": sql.Literal(config.rules.exposure.max_impressions_per_day)})
 
 
 def install_sql(conn, config: config_lib.Config) -> None:
@@ -186,5 +187,5 @@ def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciproca
       cur.execute("SELECT candidate_id, score FROM recommend(%s, %s, %s, %s, %s)",
                   (user_id, k, age_window, exact, pool))
     rows = cur.fetchall()
-  conn.rollback()  # the functions set transaction-local planner settings
+  conn.commit()  # the impressions counted under an exposure cap (planner settings are local)
   return rows

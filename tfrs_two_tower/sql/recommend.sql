@@ -59,6 +59,29 @@ LANGUAGE sql STABLE AS $tt_body$
   {back_swipes}
 $tt_body$;
 
+-- Exposure control (the config's exposure.max_impressions_per_day, NULL = off): a candidate
+-- already returned in that many lists today (UTC) is left out of further lists until the next
+-- day. recommend() and recommend_reciprocal() count the ids they return in tt_impressions.
+CREATE TABLE IF NOT EXISTS tt_impressions (
+  day           date NOT NULL,
+  candidate_id  text NOT NULL,
+  impressions   integer NOT NULL,
+  PRIMARY KEY (day, candidate_id)
+);
+
+CREATE OR REPLACE FUNCTION tt_exposure_cap() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $tt_body$
+  SELECT {max_impressions}::integer
+$tt_body$;
+
+CREATE OR REPLACE FUNCTION tt_record_impressions(ids text[]) RETURNS void
+LANGUAGE sql VOLATILE AS $tt_body$
+  INSERT INTO tt_impressions AS t (day, candidate_id, impressions)
+  SELECT (now() AT TIME ZONE 'UTC')::date, i, 1 FROM unnest($1) AS i
+  WHERE tt_exposure_cap() IS NOT NULL
+  ON CONFLICT (day, candidate_id) DO UPDATE SET impressions = t.impressions + 1
+$tt_body$;
+
 -- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below
 -- (the nearest candidates by dot product, then tt_eligible);
 -- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
@@ -100,7 +123,12 @@ BEGIN
       SELECT n.id, n.neg_ip, n.admirer
       FROM pooled n
       WHERE n.id IN (SELECT e.candidate_id
-                     FROM tt_eligible($3, ARRAY(SELECT p.id FROM pooled p), $4) e)),
+                     FROM tt_eligible($3, ARRAY(SELECT p.id FROM pooled p), $4) e)
+        AND (tt_exposure_cap() IS NULL
+             OR NOT EXISTS (SELECT 1 FROM tt_impressions i
+                            WHERE i.day = (now() AT TIME ZONE 'UTC')::date
+                              AND i.candidate_id = n.id
+                              AND i.impressions >= tt_exposure_cap()))),
     top AS (
       SELECT e.id, e.neg_ip FROM eligible e WHERE NOT e.admirer
       ORDER BY e.neg_ip, e.id
@@ -114,16 +142,27 @@ $$;
 
 -- recommend(user_id, k): the top k candidates for user_id by the active model's dot product
 -- q_u . c_v, among the candidates tt_eligible lets through (the config's rules; age_window
--- overrides its age rule when given). exact => brute force (sequential scan; the reference); otherwise the HNSW
--- index returns the `pool` nearest candidates, which are then filtered (pgvector before 0.8
--- filters after the index scan, so pool must exceed k by the filtered-out share).
+-- overrides its age rule when given) and under the exposure cap. exact => brute force
+-- (sequential scan; the reference); otherwise the HNSW index returns the `pool` nearest
+-- candidates, which are then filtered (pgvector before 0.8 filters after the index scan, so
+-- pool must exceed k by the filtered-out share). Counts its list in tt_impressions when the
+-- cap is on (then call it in a read-write transaction and commit).
 CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
                                      age_window integer DEFAULT NULL,
                                      exact boolean DEFAULT false,
                                      pool integer DEFAULT 400)
 RETURNS TABLE (candidate_id text, score real)
-LANGUAGE sql STABLE AS $$
-  SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  listed text[] := '{{}}';
+BEGIN
+  FOR candidate_id, score IN SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+  LOOP
+    listed := listed || candidate_id;
+    RETURN NEXT;
+  END LOOP;
+  PERFORM tt_record_impressions(listed);
+END;
 $$;
 
 -- recommend_reciprocal(user_id, k): ranks for matches, not just likes. The one-way pool of
@@ -132,6 +171,7 @@ $$;
 -- latest swipe on u is a like / a pass, else sigmoid(scale * q_v.c_u + bias) from the same
 -- towers, with the calibration (scale, bias) published with the version. combination:
 -- 'product' (P(match) under independence; what a match rate rewards) or 'harmonic' (RECON).
+-- The exposure cap applies to the one-way pool, and the list is counted as recommend()'s.
 DROP FUNCTION IF EXISTS recommend_reciprocal(text, integer, integer, boolean, integer);
 CREATE OR REPLACE FUNCTION recommend_reciprocal(user_id text, k integer DEFAULT 20,
                                                 age_window integer DEFAULT NULL,
@@ -139,11 +179,12 @@ CREATE OR REPLACE FUNCTION recommend_reciprocal(user_id text, k integer DEFAULT 
                                                 pool integer DEFAULT 400,
                                                 combination text DEFAULT 'product')
 RETURNS TABLE (candidate_id text, score real)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   v text;
   a real;
   b real;
+  listed text[] := '{{}}';
 BEGIN
   IF NOT {reciprocal} THEN
     RAISE EXCEPTION 'recommend_reciprocal needs users on both sides (the config ranks another entity)';
@@ -153,7 +194,7 @@ BEGIN
   END IF;
   SELECT m.version, m.calibration_scale, m.calibration_bias INTO v, a, b
   FROM tt_active_model t JOIN tt_model_versions m USING (version);
-  RETURN QUERY EXECUTE format($q$
+  FOR candidate_id, score IN EXECUTE format($q$
     WITH one_way AS (
       SELECT r.candidate_id, r.score FROM tt_ranked($1, $2, $3, $4, $2, true) r),
     both_ways AS (
@@ -173,6 +214,11 @@ BEGIN
     FROM both_ways w
     ORDER BY 2 DESC, 1
     LIMIT $7$q$, 'tt_query_embeddings_' || v, 'tt_candidate_embeddings_' || v)
-  USING user_id, pool, age_window, exact, a, b, k, combination;
+  USING user_id, pool, age_window, exact, a, b, k, combination
+  LOOP
+    listed := listed || candidate_id;
+    RETURN NEXT;
+  END LOOP;
+  PERFORM tt_record_impressions(listed);
 END;
 $$;
