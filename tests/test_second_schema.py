@@ -276,6 +276,57 @@ def test_exposure_cap_leaves_out_candidates_listed_enough_today(second):
     conn.commit()
 
 
+def _embeddings(conn, table):
+  with conn.cursor() as cur:
+    cur.execute(f"SELECT id, embedding::text FROM {table} ORDER BY id")
+    rows = cur.fetchall()
+  conn.rollback()
+  return [r[0] for r in rows], np.array([json.loads(e) for _, e in rows], np.float32)
+
+
+@pytest.mark.slow
+def test_hubness_penalty_ranks_by_the_adjusted_score(second):
+  """exposure.hubness_beta = b: recommend() ranks eligible candidates by s(u, v) - b qbar.c_v
+  (qbar = mean published query embedding) and returns s(u, v)."""
+  url, conn, config, _, published = second
+  version = published["version"]
+  with conn.cursor() as cur:
+    cur.execute("SELECT run_id FROM tt_model_versions WHERE version = %s", (version,))
+    run_id = cur.fetchone()[0]
+  conn.rollback()
+  q_ids, q_emb = _embeddings(conn, f"tt_query_embeddings_{version}")
+  c_ids, c_emb = _embeddings(conn, f"tt_candidate_embeddings_{version}")
+  raw = json.loads(config.to_json())
+  raw["exposure"] = {"hubness_beta": 2.0}
+  hub = pgvector.publish(conn, config=config_lib.parse_config(raw, "hub"), run_id="hubness-run",
+                         config_hash="x", temperature=0.1, query_ids=q_ids,
+                         query_embeddings=q_emb, candidate_ids=c_ids, candidate_embeddings=c_emb,
+                         calibration=(1.0, 0.0), **QUIET)
+  try:
+    adjusted = c_emb @ (2.0 * q_emb.mean(axis=0))
+    changed = 0
+    for i in range(0, len(q_ids), max(1, len(q_ids) // 15)):
+      user = q_ids[i]
+      got = pgvector.recommend(conn, user, 10, exact=True)
+      with conn.cursor() as cur:
+        cur.execute("SELECT candidate_id FROM tt_eligible(%s, %s, NULL)", (user, c_ids))
+        eligible = np.isin(c_ids, [r[0] for r in cur.fetchall()])
+      conn.rollback()
+      raw_scores = c_emb @ q_emb[i]
+      rank = np.where(eligible, raw_scores - adjusted, -np.inf)
+      order = [j for j in np.argsort(-rank, kind="stable")[:10] if eligible[j]]
+      assert [c for c, _ in got] == [c_ids[j] for j in order]
+      np.testing.assert_allclose([s for _, s in got], raw_scores[order], atol=1e-5)
+      changed += [c for c, _ in got] != [c_ids[j] for j in np.argsort(
+          -np.where(eligible, raw_scores, -np.inf), kind="stable")[:len(order)]]
+    assert changed > 0  # the penalty reorders some lists
+  finally:
+    pgvector.publish(conn, config=config, run_id=run_id, config_hash="x",
+                     temperature=0.1, query_ids=q_ids, query_embeddings=q_emb,
+                     candidate_ids=c_ids, candidate_embeddings=c_emb, calibration=(1.0, 0.0),
+                     **QUIET)
+
+
 @pytest.mark.slow
 def test_bad_rule_column_is_named_by_its_config_key_and_nothing_is_written(second, tmp_path):
   url, conn, config, dirs, published = second

@@ -141,10 +141,11 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
       for table in tables.values():
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
       cur.execute("INSERT INTO tt_model_versions (version, run_id, dim, temperature, "
-                  "calibration_scale, calibration_bias, config_hash, candidates, queries) "
-                  "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                  "calibration_scale, calibration_bias, config_hash, candidates, queries, "
+                  "hubness_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector)",
                   (version, run_id, dim, float(temperature), float(calibration[0]),
-                   float(calibration[1]), config_hash, len(candidate_ids), len(query_ids)))
+                   float(calibration[1]), config_hash, len(candidate_ids), len(query_ids),
+                   hubness_offset(config, query_embeddings)))
     conn.commit()
   else:
     log(f"publish: version {version} already published; switching to it")
@@ -155,6 +156,18 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
   conn.commit()
   dropped = _drop_old_versions(conn, keep_versions)
   return {"version": version, "created": created, "dropped": dropped}
+
+
+def hubness_offset(config: config_lib.Config, query_embeddings: np.ndarray) -> Optional[str]:
+  """beta * mean query embedding (pgvector text) for exposure.hubness_beta = beta > 0, else None.
+
+  recommend() ranks by (q_u - offset) . c_v = s(u, v) - beta * qbar . c_v.
+  """
+  beta = config.rules.exposure.hubness_beta
+  if not beta:
+    return None
+  offset = beta * np.asarray(query_embeddings, np.float64).mean(axis=0)
+  return "[" + ",".join("%.8g" % x for x in offset.astype(np.float32)) + "]"
 
 
 def _drop_old_versions(conn, keep: int) -> list:

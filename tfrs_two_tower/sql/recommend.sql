@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS tt_model_versions (
   published_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- exposure.hubness_beta * the mean query embedding of the version (NULL: beta 0): recommend()
+-- ranks by (q_u - hubness_offset) . c_v = s(u, v) - beta * qbar . c_v, a penalty on the
+-- candidates close to everyone (hubs); the scores it returns stay s(u, v).
+ALTER TABLE tt_model_versions ADD COLUMN IF NOT EXISTS hubness_offset vector;
+
 -- Exactly one row: the version recommend() serves.
 CREATE TABLE IF NOT EXISTS tt_active_model (
   singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -83,7 +88,7 @@ LANGUAGE sql VOLATILE AS $tt_body$
 $tt_body$;
 
 -- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below
--- (the nearest candidates by dot product, then tt_eligible);
+-- (the nearest candidates by the hubness-adjusted dot product, then tt_eligible);
 -- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
 -- beyond the top k, whatever their dot product (the reciprocal ranking must see them).
 CREATE OR REPLACE FUNCTION tt_ranked(user_id text, k integer, age_window integer,
@@ -93,8 +98,11 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   v text;
   q vector;
+  q_rank vector;
+  offset_ vector;
 BEGIN
-  SELECT a.version INTO v FROM tt_active_model a;
+  SELECT a.version, m.hubness_offset INTO v, offset_
+  FROM tt_active_model a JOIN tt_model_versions m USING (version);
   IF v IS NULL THEN
     RAISE EXCEPTION 'no model published: run publish_embeddings.py';
   END IF;
@@ -103,6 +111,7 @@ BEGIN
   IF q IS NULL THEN
     RAISE EXCEPTION 'user % has no query embedding in model version %', user_id, v;
   END IF;
+  q_rank := CASE WHEN offset_ IS NULL THEN q ELSE q - offset_ END;
   IF exact THEN
     PERFORM set_config('enable_indexscan', 'off', true);
   ELSE
@@ -110,17 +119,19 @@ BEGIN
   END IF;
   RETURN QUERY EXECUTE format($q$
     WITH nearest AS MATERIALIZED (
-      SELECT c.id, (c.embedding <#> $1) AS neg_ip, false AS admirer
+      SELECT c.id, (c.embedding <#> $1) AS neg_rank, (c.embedding <#> $7) AS neg_ip,
+             false AS admirer
       FROM %1$I c
       ORDER BY c.embedding <#> $1
       LIMIT $2),
     liked_me AS (
-      SELECT c.id, (c.embedding <#> $1) AS neg_ip, true AS admirer
+      SELECT c.id, (c.embedding <#> $1) AS neg_rank, (c.embedding <#> $7) AS neg_ip,
+             true AS admirer
       FROM tt_back_swipes($3) b JOIN %1$I c ON c.id = b.swiper_id
       WHERE $6 AND b.liked),
     pooled AS MATERIALIZED (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me),
     eligible AS (
-      SELECT n.id, n.neg_ip, n.admirer
+      SELECT n.id, n.neg_rank, n.neg_ip, n.admirer
       FROM pooled n
       WHERE n.id IN (SELECT e.candidate_id
                      FROM tt_eligible($3, ARRAY(SELECT p.id FROM pooled p), $4) e)
@@ -130,13 +141,14 @@ BEGIN
                               AND i.candidate_id = n.id
                               AND i.impressions >= tt_exposure_cap()))),
     top AS (
-      SELECT e.id, e.neg_ip FROM eligible e WHERE NOT e.admirer
-      ORDER BY e.neg_ip, e.id
+      SELECT e.id, e.neg_rank, e.neg_ip FROM eligible e WHERE NOT e.admirer
+      ORDER BY e.neg_rank, e.id
       LIMIT $5)
     SELECT r.id, (-r.neg_ip)::real
-    FROM (SELECT * FROM top UNION SELECT e.id, e.neg_ip FROM eligible e WHERE e.admirer) r
-    ORDER BY r.neg_ip, r.id$q$, 'tt_candidate_embeddings_' || v)
-  USING q, CASE WHEN exact THEN NULL ELSE pool END, user_id, age_window, k, admirers;
+    FROM (SELECT * FROM top
+          UNION SELECT e.id, e.neg_rank, e.neg_ip FROM eligible e WHERE e.admirer) r
+    ORDER BY r.neg_rank, r.id$q$, 'tt_candidate_embeddings_' || v)
+  USING q_rank, CASE WHEN exact THEN NULL ELSE pool END, user_id, age_window, k, admirers, q;
 END;
 $$;
 
