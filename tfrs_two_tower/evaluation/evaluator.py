@@ -231,8 +231,9 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
   started = time.time()
   ks = sorted(set(int(k) for k in ks))
   eligible = data.eligible
-  mask = (None if eligible is None or not eligible.filters
-          else lambda rows: eligible.mask(rows))
+  # A scorer with `own_lists` (the app's own SQL) is judged on the lists it makes.
+  mask = (None if eligible is None or not eligible.filters or getattr(scorer, "own_lists", False)
+          else eligible.mask)
   top = retrieval.top_k(scorer, data.users, max(ks), data.exclusions, batch_size, mask)
   u = data.num_users
   like_hits = metrics.hit_matrix(top.candidates, data.likes.users, data.likes.candidates)
@@ -287,6 +288,22 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
                          np.bincount(swipes.users, minlength=u).astype(float))
   return Result(scorer.name, per_user, rates, top, swipe_scores, probabilities,
                 time.time() - started)
+
+
+def eligibility_violations(result: Result, data: EvalData) -> Optional[int]:
+  """Listed pairs that break the eligibility rules or the exclusions (0 = clean; None
+  without rules). Every list made by `evaluate` is masked, so non-zero means a bug
+  or lists made elsewhere."""
+  if data.eligible is None:
+    return None
+  top = result.top.candidates
+  users = np.repeat(np.arange(top.shape[0]), top.shape[1]).reshape(top.shape)
+  listed = top >= 0
+  bad = ~data.eligible.pairs(data.users[users[listed]], top[listed])
+  width = np.int64(data.candidate_ids.size)
+  excluded = np.isin(users[listed] * width + top[listed],
+                     data.exclusions.rows * width + data.exclusions.candidates)
+  return int((bad | excluded).sum())
 
 
 def fit_calibration(scorer: retrieval.Scorer, data: EvalData,
