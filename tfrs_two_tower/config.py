@@ -17,8 +17,13 @@ Shape (see `default_config.json` for the dating schema)::
     "query": {"entity": "user"},
     "candidate": {"entity": "user"},
     "entities": {"user": {"table", "id_column", "created_at_column", "sql",
-                          "features": [{"name", "type", ...}, ...]}}
+                          "features": [{"name", "type", ...}, ...]}},
+    "eligibility": {...}, "baseline": {...}, "verdict": {...}, "exposure": {...}
   }
+
+The last four keys are optional serving rules (who may be shown to whom, the
+app's current matching, the verdict's thresholds, exposure control), parsed by
+`rules.parse_rules` into `Config.rules`.
 
 The query and candidate sides name an entity each. In a dating app both name the
 same `user` entity (users swipe on users); a user-to-item config names an `item`
@@ -32,6 +37,8 @@ import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from tfrs_two_tower import rules as rules_lib
 
 FORMAT_VERSION = 1
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default_config.json")
@@ -147,6 +154,15 @@ class Config:
   candidate_entity: str
   raw: Dict[str, Any]
   source: str
+  rules: rules_lib.Rules = rules_lib.Rules(None, None, rules_lib.Verdict(), rules_lib.Exposure())
+
+  @property
+  def eligibility(self) -> Optional[rules_lib.Eligibility]:
+    return self.rules.eligibility
+
+  @property
+  def baseline(self) -> Optional[rules_lib.Baseline]:
+    return self.rules.baseline
 
   def entity(self, side: str) -> Entity:
     return self.entities[self.query_entity if side == "query" else self.candidate_entity]
@@ -193,7 +209,7 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
   if raw.get("format_version") != FORMAT_VERSION:
     problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
   _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
-                        "description"}, problems)
+                        "description", *rules_lib.TOP_LEVEL_KEYS}, problems)
 
   entities: Dict[str, Entity] = {}
   raw_entities = raw.get("entities")
@@ -218,11 +234,13 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
     side_entities[side] = section["entity"]
 
   interactions = _parse_interactions(raw.get("interactions"), problems)
+  rules = rules_lib.parse_rules(raw, entities, side_entities.get("query"),
+                                side_entities.get("candidate"), problems)
   if problems:
     raise ConfigError(source, problems)
   return Config(interactions=interactions, entities=entities,
                 query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
-                raw=raw, source=source)
+                raw=raw, source=source, rules=rules)
 
 
 def _check_keys(section: Dict[str, Any], path: str, allowed: set, problems: List[str]) -> None:
