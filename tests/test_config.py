@@ -89,6 +89,7 @@ def test_file_errors_name_the_file(tmp_path):
 def test_user_to_item_config_with_separate_candidate_table():
   raw = _default_raw()
   raw["candidate"]["entity"] = "item"
+  del raw["eligibility"], raw["baseline"]  # people rules: a user-to-item config has none
   raw["entities"]["item"] = {
       "table": "products", "id_column": "sku", "created_at_column": None, "sql": None,
       "features": [{"name": "id", "type": "id", "embedding_dim": 16},

@@ -433,6 +433,7 @@ def test_sql_overrides_and_candidates_from_another_table(world_db, tmp_path):
                    {"name": "age", "type": "numeric"},
                    {"name": "city", "type": "categorical", "embedding_dim": 4}]}
   raw["candidate"] = {"entity": "card"}
+  del raw["eligibility"], raw["baseline"]  # people rules: a user-to-item config has none
   config = tmp_path / "items.json"
   config.write_text(json.dumps(raw))
   out = str(tmp_path / "items")

@@ -114,6 +114,8 @@ class Entity:
   created_at_column: Optional[str]
   sql: Optional[str]
   features: Tuple[Feature, ...]
+  # (column, role) read by the serving rules (`rules.attribute_roles`), features or not.
+  attributes: Tuple[Tuple[str, str], ...] = ()
 
   @property
   def columns(self) -> List[str]:
@@ -121,7 +123,7 @@ class Entity:
     cols = [self.id_column] + ([self.created_at_column] if self.created_at_column else [])
     for f in self.features:
       cols += [c for c in f.columns if c not in cols]
-    return cols
+    return cols + [c for c, _ in self.attributes if c not in cols]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +240,9 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
                                 side_entities.get("candidate"), problems)
   if problems:
     raise ConfigError(source, problems)
+  entities = {name: dataclasses.replace(
+      e, attributes=tuple(rules_lib.attribute_roles(rules, name).items()))
+      for name, e in entities.items()}
   return Config(interactions=interactions, entities=entities,
                 query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
                 raw=raw, source=source, rules=rules)
@@ -468,4 +473,8 @@ def check_columns(config: Config, kind: str, available: Sequence[str],
       if column not in available and column != entity.id_column:
         missing.append(f"{source}: missing column {column!r} "
                        f"(config entities.{entity.name}.features[{i}] {feature.name!r})")
+  for column, _ in entity.attributes:
+    if column not in available:
+      missing.append(f"{source}: missing column {column!r} (config eligibility / baseline "
+                     f"rules of entity {entity.name!r})")
   return missing

@@ -112,6 +112,9 @@ def cell_values(value: Any) -> List[str]:
 
 
 def _time_seconds(values: pd.Series) -> np.ndarray:
+  """Timestamps (datetimes, ISO text, or unix seconds as numbers) -> float seconds, NaN."""
+  if pd.api.types.is_numeric_dtype(values):
+    return values.to_numpy(dtype=np.float64)
   parsed = pd.to_datetime(values, utc=True, errors="coerce")
   seconds = parsed.astype("datetime64[ns, UTC]").astype("int64").to_numpy() / 1e9
   return np.where(parsed.isna().to_numpy(), np.nan, seconds)

@@ -178,6 +178,23 @@ class Rules:
 TOP_LEVEL_KEYS = ("eligibility", "baseline", "verdict", "exposure")
 
 
+def attribute_roles(rules: Rules, entity: str) -> Dict[str, str]:
+  """Raw columns of `entity` the rules read -> role ("list": text or text[], "number",
+  "time"): exported with the entity table even when no model feature reads them."""
+  e, roles = rules.eligibility, {}
+  if e is None or e.entity != entity:
+    return roles
+  if e.preference:
+    roles.update({e.preference.gender_column: "list", e.preference.seeking_column: "list"})
+  if e.age:
+    roles.update({c: "number" for c in (e.age.column, e.age.min_column, e.age.max_column) if c})
+  if e.active:
+    roles[e.active.column] = "time"
+  if rules.baseline:
+    roles.update({c: "number" for c in rules.baseline.attribute_columns})
+  return roles
+
+
 def parse_rules(raw: Dict[str, Any], entities: Mapping[str, Any], query_entity: Optional[str],
                 candidate_entity: Optional[str], problems: List[str]) -> Rules:
   """Parses the four optional keys of a config dict; appends problems, never raises.

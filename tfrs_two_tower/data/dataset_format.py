@@ -34,6 +34,11 @@ CANDIDATE_COUNTS = "candidate_counts.tsv"
 ENTITY_FILES = {"candidate": os.path.join("entities", "candidates.tfrecord.gz"),
                 "query": os.path.join("entities", "queries.tfrecord.gz")}
 COMPRESSION = "GZIP"
+# The eligibility rules' attributes of each side (`eligibility.Attributes`, npz) and the
+# blocked pairs (npz of query_ids / candidate_ids); present when the config has eligibility.
+ELIGIBILITY_FILES = {side: os.path.join("entities", f"eligibility_{side}.npz")
+                     for side in ("query", "candidate")}
+BLOCKED_PAIRS = os.path.join("entities", "blocked_pairs.npz")
 
 # A partition export (`export_data.py --partition`) adds this folder; `partitions.combine`
 # reads it (see data/partitions.py).

@@ -389,6 +389,8 @@ class PostgresSource:
     for feature in entity.features:
       for column in feature.columns:
         roles.setdefault(column, kinds[feature.type])
+    for column, role in entity.attributes:  # read by the serving rules only
+      roles.setdefault(column, role)
     relation, _, _ = self._kind_relation(side)
     # Ordered by id so that two exports of the same data write identical files.
     query = sql.SQL("SELECT {} FROM {} AS r ORDER BY r.{}").format(

@@ -127,6 +127,7 @@ _ID = frozenset("SUN")
 _TIME = frozenset("DN")
 _RULES = {"id": _ID, "categorical": frozenset("SENBU"), "multi_categorical": frozenset("AS"),
           "numeric": frozenset("NB"), "geo": frozenset("N")}
+_ATTRIBUTE_RULES = {"list": frozenset("SEA"), "number": frozenset("N"), "time": _TIME}
 
 
 def column_rules(config: config_lib.Config, kind: str) -> Dict[str, Tuple[frozenset, str]]:
@@ -153,6 +154,8 @@ def column_rules(config: config_lib.Config, kind: str) -> Dict[str, Tuple[frozen
     for column in feature.columns:
       rules.setdefault(column, (_RULES[feature.type],
                                 f"entities.{entity.name}.features[{i}] ({feature.name})"))
+  for column, role in entity.attributes:
+    rules.setdefault(column, (_ATTRIBUTE_RULES[role], "eligibility / baseline rules"))
   return rules
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 
 from tfrs_two_tower import __version__
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
@@ -30,6 +31,8 @@ from tfrs_two_tower.data import timestamps as timestamps_lib
 
 UNKNOWN_ACTION_POLICIES = ("fail", "drop")
 MISSING_ENTITY_POLICIES = ("fail", "drop")
+ELIGIBILITY_SAMPLE = 20_000  # query users checked exactly for "no eligible candidate"
+ELIGIBILITY_WARN_SHARE = 0.01  # warn when more users than this share have none
 
 
 class DataError(ValueError):
@@ -101,7 +104,8 @@ class DatasetWriter:
                min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS,
                source_description: Optional[Mapping[str, Any]] = None,
                overwrite: bool = False, log_every_seconds: float = 10.0,
-               timestamp_unit: Optional[str] = None, check_dates: bool = True):
+               timestamp_unit: Optional[str] = None, check_dates: bool = True,
+               blocked_pairs: Optional[pd.DataFrame] = None):
     if unknown_actions not in UNKNOWN_ACTION_POLICIES:
       raise ValueError(f"unknown_actions must be one of {UNKNOWN_ACTION_POLICIES}")
     if missing_entities not in MISSING_ENTITY_POLICIES:
@@ -118,6 +122,10 @@ class DatasetWriter:
                                self.timestamp_unit, check_dates)
     self.candidates = EntityTable(config, "candidate", candidate_entities, candidate_source,
                                   self.timestamp_unit, check_dates)
+    self.rule_attributes, self.rule_warnings = _rule_attributes(
+        config, {"query": (query_entities, query_source),
+                 "candidate": (candidate_entities, candidate_source)})
+    self.blocked_pairs = blocked_pairs
     self.num_shards = {"train": num_train_shards, "eval": num_eval_shards}
     self.unknown_actions = unknown_actions
     self.missing_entities = missing_entities
@@ -361,6 +369,7 @@ class DatasetWriter:
         preprocessing[feature.key(side)] = self._preprocess_feature(out, side, feature, table,
                                                                     counts)
       self._write_entities(out, side, table)
+    self._write_rule_attributes(out)
     files.write_json(os.path.join(out, fmt.PREPROCESSING), preprocessing)
     self._write_candidate_counts(out)
     stats = self._stats()
@@ -431,6 +440,39 @@ class DatasetWriter:
       for features_bytes, created_bytes in zip(table.serialized, created):
         w.write(example_codec.example((features_bytes, created_bytes)))
 
+  def _write_rule_attributes(self, out: str) -> None:
+    for side, attributes in self.rule_attributes.items():
+      attributes.save(os.path.join(out, fmt.ELIGIBILITY_FILES[side]))
+    if self.config.eligibility is not None and self.config.eligibility.blocked is not None:
+      pairs = self.blocked_pairs if self.blocked_pairs is not None else pd.DataFrame(
+          {c: [] for c in (self.config.eligibility.blocked.query_id_column,
+                           self.config.eligibility.blocked.candidate_id_column)})
+      query_ids, candidate_ids = eligibility_lib.blocked_pairs(pairs, self.config.eligibility)
+      with open(os.path.join(out, fmt.BLOCKED_PAIRS), "wb") as f:
+        np.savez(f, query_ids=query_ids.astype(str), candidate_ids=candidate_ids.astype(str))
+
+  def _eligibility_stats(self) -> Optional[Dict[str, Any]]:
+    """Users left without any eligible candidate (the rules' masks; exact up to
+    ELIGIBILITY_SAMPLE query users, estimated on a sample beyond)."""
+    if len(self.rule_attributes) < 2:
+      return None
+    rules = eligibility_lib.for_tables(self.config, self.rule_attributes["query"],
+                                       self.rule_attributes["candidate"], now=self.split_time)
+    n = len(self.rule_attributes["query"])
+    rows = np.arange(n)
+    if n > ELIGIBILITY_SAMPLE:
+      rows = np.sort(np.random.default_rng(0).choice(n, ELIGIBILITY_SAMPLE, replace=False))
+    without = rules.users_without_candidates(rows) * n / rows.size
+    share = without / max(n, 1)
+    if share > ELIGIBILITY_WARN_SHARE:
+      logging.warning("eligibility rules leave %.1f%% of the users (%d) with no eligible candidate",
+                  100 * share, round(without))
+    return {"rules": self.config.eligibility.names,
+            "users_without_candidates": int(round(without)),
+            "users_without_candidates_share": round(share, 4),
+            "estimated_from_sample": bool(rows.size < n),
+            "warnings": self.rule_warnings}
+
   def _write_candidate_counts(self, out: str) -> None:
     frame = pd.DataFrame({"candidate_id": self.candidates.ids.astype(str),
                           "interactions": self.candidate_train,
@@ -461,6 +503,9 @@ class DatasetWriter:
                      "candidate_with_train_interactions": int((self.candidate_train > 0).sum())},
         "readiness": report,
     }
+    eligibility = self._eligibility_stats()
+    if eligibility is not None:
+      stats["eligibility"] = eligibility
     stats.update(self.extra_stats)
     return stats
 
@@ -484,6 +529,25 @@ class DatasetWriter:
         filename_template=None, check_data=False,
         description="Swipe interactions written by tfrs_two_tower (gzip TFRecord shards; read "
                     "with tfrs_two_tower.data.reader.tfds_dataset).")
+
+
+def _rule_attributes(config: config_lib.Config, tables):
+  """side -> eligibility.Attributes of the side(s) the rules read, and the mapping warnings;
+  raises DataError naming each rule whose columns or values do not match the data."""
+  if config.eligibility is None:
+    return {}, []
+  out, warnings = {}, []
+  for side, (table, source) in tables.items():
+    if config.entity(side).name != config.eligibility.entity:
+      continue
+    try:
+      out[side] = eligibility_lib.encode(config, table, source,
+                                         warnings if side == "query" else None)
+    except eligibility_lib.EligibilityDataError as e:
+      raise DataError(str(e)) from None
+  for warning in warnings:
+    logging.warning(warning)
+  return out, warnings
 
 
 def _copy_dropped(dropped: Mapping[str, Any]) -> Dict[str, Any]:
