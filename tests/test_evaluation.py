@@ -216,49 +216,42 @@ def test_segments_hand_built():
   np.testing.assert_array_equal(got["long_time"], [True, False, False, True])
 
 
-def test_feature_matching_scores_follow_the_documented_weights(tiny_dataset):
-  fm = baselines.FeatureMatching(tiny_dataset)
-  assert fm.active_terms == ("mutual", "age", "distance", "interests")
-  q = reader.read_entities(tiny_dataset, "query")
-  c = reader.read_entities(tiny_dataset, "candidate")
-  w = fm.weights
+SEEKS = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
+
+
+def _eligible_by_hand(q, c, a, b):
+  """The default config's eligibility, written out: mutual seeking and 10 years of age."""
+  return (c["candidate_gender"][b] in SEEKS[q["query_seeking"][a]]
+          and q["query_gender"][a] in SEEKS[c["candidate_seeking"][b]]
+          and abs(q["query_age"][a] - c["candidate_age"][b]) <= 10)
+
+
+def test_feature_matching_scores_follow_the_config_terms(tiny_data):
+  fm = baselines.FeatureMatching(config_lib.load_config(), tiny_data.query_entities,
+                                 tiny_data.candidate_entities, tiny_data.eligible)
+  assert fm.active_terms == ("eligible", "age_closeness", "distance_decay", "shared_values")
+  q, c = tiny_data.query_entities, tiny_data.candidate_entities
   rng = np.random.default_rng(4)
-  u, v = rng.integers(0, q["query_id"].size, 200), rng.integers(0, c["candidate_id"].size, 200)
-  seeks = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
+  u, v = rng.integers(0, q["query_id"].size, 300), rng.integers(0, c["candidate_id"].size, 300)
   expected = []
   for a, b in zip(u, v):
-    mutual = (c["candidate_gender"][b] in seeks[q["query_seeking"][a]]
-              and q["query_gender"][a] in seeks[c["candidate_seeking"][b]])
     gap = abs(q["query_age"][a] - c["candidate_age"][b])
     km = baselines.haversine_km(q["query_location"][a], c["candidate_location"][b])
     shared = len(set(q["query_interests"][a]) & set(c["candidate_interests"][b]) - {""})
-    expected.append(w.mutual * (mutual - 1) - w.age_per_year * max(gap - w.age_window_years, 0)
-                    - w.distance_per_radius * min(max(km - w.distance_radius_km, 0)
-                                                  / w.distance_radius_km, w.distance_cap)
-                    + w.interest * shared)
+    expected.append(10.0 * (_eligible_by_hand(q, c, a, b) - 1) - 0.2 * max(gap - 5, 0)
+                    - 1.0 * min(max(km - 50, 0) / 50, 5) + 0.5 * shared)
   np.testing.assert_allclose(fm.pair_scores(u, v), expected, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(fm.score_block(u[:5]).numpy()[np.arange(5), v[:5]],
                              expected[:5], rtol=1e-4, atol=1e-4)
-  # the A/B simulator's API: ids in, ids out, exclusions respected
-  ids, scores = fm.top_k(q["query_id"][:3], k=5, exclude=[list(c["candidate_id"][:50])] * 3)
+  # the A/B simulator's API: ids in, ids out, exclusions and eligibility respected
+  ids, scores = fm.top_k(q["query_id"][:3], k=5, exclude=[list(c["candidate_id"][:50])] * 3,
+                         eligible=tiny_data.eligible)
   assert ids.shape == (3, 5) and (np.diff(scores, axis=1) <= 0).all()
   assert not set(ids.ravel()) & (set(c["candidate_id"][:50]) | set(q["query_id"][:3]))
+  for a, row in enumerate(ids):
+    for b in fm.candidate_rows(row):
+      assert _eligible_by_hand(q, c, a, b)
   np.testing.assert_allclose(fm.score(q["query_id"][:3], ids[:, 0]), scores[:, 0], rtol=1e-5)
-
-
-def test_feature_matching_degrades_when_features_are_absent(tiny_dataset, default_config):
-  raw = json.loads(default_config.to_json())
-  raw["entities"]["user"]["features"] = [
-      f for f in raw["entities"]["user"]["features"] if f["name"] not in ("seeking", "interests")]
-  config = config_lib.parse_config(raw)
-  q = reader.read_entities(tiny_dataset, "query")
-  c = reader.read_entities(tiny_dataset, "candidate")
-  fm = baselines.FeatureMatching.from_entities(config, q, c)
-  assert fm.active_terms == ("age", "distance")
-  # missing values contribute nothing
-  q["query_age"] = np.full_like(q["query_age"], np.nan)
-  fm = baselines.FeatureMatching.from_entities(config, q, c)
-  assert np.isfinite(fm.pair_scores(np.arange(10), np.arange(10))).all()
 
 
 def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
@@ -269,7 +262,8 @@ def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
   for scorer in (baselines.RandomScorer(data.query_ids, data.candidate_ids),
                  baselines.PopularityScorer(data.query_ids, data.candidate_ids,
                                             data.likes_received),
-                 baselines.FeatureMatching(tiny_dataset)):
+                 baselines.FeatureMatching(config_lib.load_config(), data.query_entities,
+                                           data.candidate_entities, data.eligible)):
     result = evaluator.evaluate(scorer, data, [5, 20], evaluator.fit_calibration(scorer, data),
                                 oracle=tiny_world.like_probability)
     out[scorer.name] = evaluator.summarize(result, data, counts, [5, 20], popular)
@@ -278,13 +272,18 @@ def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
     width = data.candidate_ids.size
     keys = np.arange(top.shape[0])[:, None] * width + top
     assert not np.isin(keys, data.exclusions.rows * width + data.exclusions.candidates).any()
+    # ... and every listed pair obeys the eligibility rules, pair by pair
+    q, c = data.query_entities, data.candidate_entities
+    for user, row in enumerate(top):
+      for b in row[row >= 0]:
+        assert _eligible_by_hand(q, c, data.users[user], b), (scorer.name, user, b)
   fm, pop, rnd = (out[n]["segments"]["all"] for n in ("feature_matching", "popularity", "random"))
   assert abs(rnd["auc"]["value"] - 0.5) < 0.1
   assert fm["auc"]["value"] > 0.65 and fm["recall@20"]["value"] > rnd["recall@20"]["value"]
   assert fm["oracle_like@5"]["value"] > pop["oracle_like@5"]["value"] > rnd["oracle_like@5"][
       "value"]
-  # popularity concentrates exposure; random spreads it
-  assert out["popularity"]["exposure"]["5"]["top1pct_share"]["value"] > 0.9
+  # popularity concentrates exposure (within each eligible pool); random spreads it
+  assert out["popularity"]["exposure"]["5"]["top1pct_share"]["value"] > 0.4
   assert out["random"]["exposure"]["20"]["gini"]["value"] < out["popularity"]["exposure"]["20"][
       "gini"]["value"]
   for block in out.values():

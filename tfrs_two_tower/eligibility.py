@@ -241,6 +241,10 @@ class PairRules:
       raise ValueError("eligibility.active needs the ranking time")
     self.rules, self.query, self.candidate, self.now = rules, query, candidate, now
 
+  def at(self, now: float) -> "PairRules":
+    """The same rules at another ranking time."""
+    return PairRules(self.rules, self.query, self.candidate, now)
+
   @property
   def filters(self) -> bool:
     """Whether any mask rule is configured (else `mask` is all True)."""

@@ -207,7 +207,11 @@ def parse_rules(raw: Dict[str, Any], entities: Mapping[str, Any], query_entity: 
     eligibility = _parse_eligibility(raw["eligibility"], entities, query_entity,
                                      candidate_entity, problems)
   baseline = None
-  if raw.get("baseline") is not None:
+  if raw.get("baseline") is not None and (raw["baseline"] or {}).get("terms") and \
+      eligibility is None:
+    problems.append("baseline.terms: need an eligibility section (its entity holds the "
+                    "columns the terms read)")
+  elif raw.get("baseline") is not None:
     entity = entities.get(candidate_entity) if candidate_entity else None
     baseline = _parse_baseline(raw["baseline"], entity, eligibility, problems)
   verdict = _parse_verdict(raw.get("verdict") or {}, problems)

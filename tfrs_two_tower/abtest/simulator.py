@@ -29,6 +29,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
@@ -47,7 +48,7 @@ class Recommender(Protocol):
 
   def top_k(self, query_ids: Sequence[str], k: int,
             exclude: Optional[Sequence[Sequence[str]]] = None,
-            exclude_self: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+            exclude_self: bool = True, eligible=None) -> Tuple[np.ndarray, np.ndarray]:
     ...
 
 
@@ -56,10 +57,21 @@ def world_entities(world: synthetic.World, config, side: str) -> Dict[str, Any]:
   return features_lib.encode_entity_table(config, side, world.profiles, "world profiles")
 
 
+def world_rules(world: synthetic.World, config,
+                now: Optional[float] = None) -> Optional[eligibility_lib.PairRules]:
+  """The config's eligibility rules over the world's profiles (rows = world index);
+  None when the config has no eligibility section."""
+  if config.eligibility is None:
+    return None
+  attributes = eligibility_lib.encode(config, world.profiles, "world profiles")
+  return eligibility_lib.PairRules(config.eligibility, attributes, attributes, now)
+
+
 def feature_matching(world: synthetic.World, config):
-  """Control: the users' Phase 1&2 feature matching over the world's profiles."""
-  return baselines.FeatureMatching.from_entities(config, world_entities(world, config, "query"),
-                                                 world_entities(world, config, "candidate"))
+  """Control: the users' Phase 1&2 feature matching (the config's baseline terms)."""
+  return baselines.FeatureMatching(config, world_entities(world, config, "query"),
+                                   world_entities(world, config, "candidate"),
+                                   world_rules(world, config))
 
 
 def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False,
@@ -125,12 +137,15 @@ class SimulationParams:
     exposure_log_loss: arm -> fraction of its users whose exposure log never
       reaches the database (a buggy client); injects a sample-ratio mismatch.
     pre_period_days: CUPED pre-period before the start.
+    rules: the eligibility rules every arm's feed obeys (`world_rules`); their
+      ranking time is set to each simulated day.
   """
   days: int = 14
   feed_size: Optional[int] = None
   seed: int = 0
   exposure_log_loss: Mapping[str, float] = dataclasses.field(default_factory=dict)
   pre_period_days: float = 28.0
+  rules: Optional[eligibility_lib.PairRules] = None
 
 
 @dataclasses.dataclass
@@ -188,6 +203,8 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
                                                 np.concatenate(liked), n)
     todays = {arm: _observing(recommender, observed, ids)
               for arm, recommender in recommenders.items()}
+    rules_today = None if params.rules is None else params.rules.at(
+        float((synthetic.START + pd.Timedelta(days=world.params.days + day)).timestamp()))
     active = rng.random(n) < activity
     opened = start_seconds + day * SECONDS_PER_DAY + rng.integers(
         0, SECONDS_PER_DAY - SESSION_SECONDS, n)
@@ -198,7 +215,8 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       if users.size == 0:
         continue
       feed, _ = todays[arm].top_k(ids[users], feed_size,
-                                        exclude=[ids[list(seen[u])] for u in users])
+                                  exclude=[ids[list(seen[u])] for u in users],
+                                  eligible=rules_today)
       swiper = np.repeat(users, feed_size)
       shown_ids = np.asarray(feed, dtype=object).ravel()
       ok = np.array([s is not None for s in shown_ids], bool)

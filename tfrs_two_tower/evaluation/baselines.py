@@ -1,39 +1,32 @@
 """Baselines scored by the same retrieval code as the model: random, popularity, feature matching.
 
-`FeatureMatching` is the users' Phase 1&2 recommender written down: a
-hand-weighted score of candidate v for user u from profile features only,
+`FeatureMatching` is the users' Phase 1&2 recommender as the config's
+`baseline.terms` declare it (`rules.py`): a weighted sum of terms over profile
+columns and features, for user u and candidate v,
 
-  score(u, v) = mutual_weight * (mutual(u, v) - 1)                 gender/seeking filter
-              - age_weight * max(0, |age_u - age_v| - age_window)     years outside the window
-              - distance_weight * min(max(0, km(u, v) - radius) / radius, distance_cap)
-              + interest_weight * |interests_u ∩ interests_v|
+  eligible:        w * (eligible(u, v) - 1)        the config's eligibility rules
+  age_closeness:   -w * max(0, |x_u - x_v| - window_years)     a numeric column x
+  distance_decay:  -w * min(max(0, km(u, v) - radius_km) / radius_km, cap)   a geo feature
+  shared_values:   w * |values_u ∩ values_v|                   a multi_categorical feature
 
-with mutual(u, v) = 1 when u seeks v's gender AND v seeks u's gender, else 0.
-The default mutual_weight (10) outweighs every other term together, so it acts
-as the filter the app applies, yet keeps a total order (incompatible profiles
-rank last instead of disappearing). Defaults (`FeatureMatchingWeights`): age
-window 5 years, 0.2 per year outside; radius 50 km, 1 per radius beyond, capped
-at 5; 0.5 per shared interest.
+A term whose value is missing for a pair (NaN number, no location) contributes 0.
+With the default config (weight 10 on `eligible`) the rules outweigh every
+other term together, so they act as the filter the app applies, yet keep a
+total order for pair scores (AUC); ranked lists are filtered by the rules
+anyway, like every recommender's (`evaluator.evaluate`).
 
-It reads the dataset's entity tables through `reader.read_entities` and finds
-its features by NAME in the config (`FeatureMatchingSpec`: gender, seeking,
-age, location, interests by default). A term whose feature is absent from
-either side, or whose value is missing for a pair (empty category, NaN number),
-contributes 0: the recommender degrades to the terms it can compute
-(`active_terms` says which).
+Numbers and locations come from the eligibility attributes exported with the
+dataset (`eligibility.Attributes`), shared values from the entity tables.
 """
 
-import dataclasses
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
-from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import retrieval
 
-EARTH_RADIUS_KM = 6371.0
-ANY_GENDER = "*"
 
 
 class RandomScorer(retrieval.Scorer):
@@ -74,96 +67,40 @@ class PopularityScorer(retrieval.Scorer):
     return self.scores[np.asarray(candidate_rows)]
 
 
-@dataclasses.dataclass(frozen=True)
-class FeatureMatchingWeights:
-  """Weights of the feature-matching score (see the module docstring)."""
-  mutual: float = 10.0
-  age_window_years: float = 5.0
-  age_per_year: float = 0.2
-  distance_radius_km: float = 50.0
-  distance_per_radius: float = 1.0
-  distance_cap: float = 5.0
-  interest: float = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureMatchingSpec:
-  """Which config features play which role, and what each `seeking` value accepts.
-
-  Attributes:
-    gender, seeking: categorical feature names; `seeks` maps a seeking value to
-      the gender values it accepts ("*" = any). Unknown seeking values accept any.
-    age: numeric feature name (years).  location: geo feature name.
-    interests: multi_categorical feature name.
-  """
-  gender: str = "gender"
-  seeking: str = "seeking"
-  age: str = "age"
-  location: str = "location"
-  interests: str = "interests"
-  seeks: Mapping[str, Tuple[str, ...]] = dataclasses.field(default_factory=lambda: {
-      "men": ("man",), "women": ("woman",), "everyone": (ANY_GENDER,)})
-
-
 class FeatureMatching(retrieval.Scorer):
-  """The Phase 1&2 hand-written recommender over entity tables.
+  """The Phase 1&2 hand-written recommender: the config's `baseline.terms`.
 
-  Usage (the A/B simulator imports this):
-    fm = FeatureMatching(reader.open_dataset(path))
-    ids, scores = fm.top_k(query_ids, k=10, exclude=already_swiped_lists)
+  Usage (the A/B simulator builds one over the world's profiles):
+    fm = FeatureMatching(config, query_entities, candidate_entities, pair_rules)
+    ids, scores = fm.top_k(query_ids, k=10, exclude=already_swiped_lists, eligible=pair_rules)
     s = fm.score(query_ids, candidate_ids)   # elementwise
 
   Args:
-    dataset: an open dataset (its entity tables and config are read), or None
-      when `config` and both entity tables are given (`from_entities`).
-    weights: the score's weights.
-    spec: which features play which role.
+    config: its `baseline` gives the terms (required, with `terms`).
+    query_entities, candidate_entities: `reader.read_entities`-style tables.
+    rules: `eligibility.PairRules` over the same rows (its attributes give the
+      numbers and locations the terms read).
   """
   name = "feature_matching"
 
-  def __init__(self, dataset=None, weights: FeatureMatchingWeights = FeatureMatchingWeights(),
-               spec: FeatureMatchingSpec = FeatureMatchingSpec(), *, config=None,
-               query_entities: Optional[Dict[str, np.ndarray]] = None,
-               candidate_entities: Optional[Dict[str, np.ndarray]] = None):
-    if dataset is not None:
-      config = dataset.config
-      query_entities = reader.read_entities(dataset, "query")
-      candidate_entities = reader.read_entities(dataset, "candidate")
-    if config is None or query_entities is None or candidate_entities is None:
-      raise ValueError("FeatureMatching needs a dataset, or config + both entity tables")
+  def __init__(self, config, query_entities: Dict[str, np.ndarray],
+               candidate_entities: Dict[str, np.ndarray], rules):
+    if config.baseline is None or not config.baseline.terms:
+      raise ValueError("feature matching needs the config's baseline.terms")
     super().__init__(query_entities["query_id"], candidate_entities["candidate_id"])
-    self.weights, self.spec = weights, spec
-    q = _Side(config, "query", query_entities, spec)
-    c = _Side(config, "candidate", candidate_entities, spec)
-    self._q, self._c = q, c
-    self.active_terms = tuple(t for t, ok in (
-        ("mutual", q.has("gender", "seeking") and c.has("gender", "seeking")),
-        ("age", q.has("age") and c.has("age")),
-        ("distance", q.has("location") and c.has("location")),
-        ("interests", q.has("interests") and c.has("interests"))) if ok)
-    if "mutual" in self.active_terms:
-      genders = sorted(set(q.values["gender"]) | set(c.values["gender"]))
-      seekings = sorted(set(q.values["seeking"]) | set(c.values["seeking"]))
-      # accepts[s, g]: seeking value s accepts gender g; the last index is "missing".
-      self._accepts = np.ones((len(seekings) + 1, len(genders) + 1), np.float32)
-      for i, s in enumerate(seekings):
-        allowed = spec.seeks.get(s)
-        if allowed is not None and ANY_GENDER not in allowed:
-          self._accepts[i, :len(genders)] = [g in allowed for g in genders]
-      for side in (q, c):
-        side.codes["gender"] = _codes(side.values["gender"], genders)
-        side.codes["seeking"] = _codes(side.values["seeking"], seekings)
-    if "interests" in self.active_terms:
-      vocab = sorted({t for side in (q, c) for row in side.values["interests"] for t in row
-                      if t != features_lib.MISSING_TOKEN})
-      for side in (q, c):
-        side.codes["interests"] = _multi_hot(side.values["interests"], vocab)
+    self.terms, self.rules = config.baseline.terms, rules
+    self._shared = {}
+    for term in self.terms:
+      if term.type == "shared_values":
+        q = query_entities[f"query_{term.feature}"]
+        c = candidate_entities[f"candidate_{term.feature}"]
+        vocab = sorted({t for rows in (q, c) for row in rows for t in row
+                        if t != features_lib.MISSING_TOKEN})
+        self._shared[term.feature] = (_multi_hot(q, vocab), _multi_hot(c, vocab))
 
-  @classmethod
-  def from_entities(cls, config, query_entities, candidate_entities, **kwargs):
-    """From `reader.read_entities`-style dicts (e.g. a world's profiles already encoded)."""
-    return cls(None, config=config, query_entities=query_entities,
-               candidate_entities=candidate_entities, **kwargs)
+  @property
+  def active_terms(self) -> Tuple[str, ...]:
+    return tuple(t.type for t in self.terms)
 
   def score(self, query_ids: Sequence[str], candidate_ids: Sequence[str]) -> np.ndarray:
     """Elementwise score of [P] (query id, candidate id) pairs -> [P] float32."""
@@ -179,61 +116,30 @@ class FeatureMatching(retrieval.Scorer):
 
   def _score(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Scores for broadcastable query rows u and candidate rows v."""
-    w, q, c = self.weights, self._q, self._c
+    q, c = self.rules.query, self.rules.candidate
     shape = np.broadcast_shapes(u.shape, v.shape)
-    score = np.zeros(shape, np.float32)
-    if "mutual" in self.active_terms:
-      mutual = (self._accepts[q.codes["seeking"][u], c.codes["gender"][v]]
-                * self._accepts[c.codes["seeking"][v], q.codes["gender"][u]])
-      score += w.mutual * (mutual - 1.0)
-    if "age" in self.active_terms:
-      gap = np.abs(q.values["age"][u] - c.values["age"][v])
-      score -= np.nan_to_num(w.age_per_year * np.maximum(gap - w.age_window_years, 0.0))
-    if "distance" in self.active_terms:
-      km = haversine_km(q.values["location"][u], c.values["location"][v])
-      beyond = np.maximum(km - w.distance_radius_km, 0.0) / w.distance_radius_km
-      score -= np.nan_to_num(w.distance_per_radius * np.minimum(beyond, w.distance_cap))
-    if "interests" in self.active_terms:
-      qi, ci = q.codes["interests"], c.codes["interests"]
-      if u.ndim == 2 and u.shape[1] == 1 and v.ndim == 2 and v.shape[0] == 1:
-        shared = qi[u[:, 0]] @ ci[v[0]].T  # block: one matrix product
-      else:
-        shared = np.einsum("...t,...t->...", qi[u], ci[v])
-      score += w.interest * shared
+    score = np.zeros(shape, np.float64)
+    for t in self.terms:
+      if t.type == "eligible":
+        score += t.weight * (self.rules.pairs(u, v) - 1.0)
+      elif t.type == "age_closeness":
+        gap = np.abs(q.numeric[t.column][u] - c.numeric[t.column][v])
+        score -= np.nan_to_num(t.weight * np.maximum(gap - t.window_years, 0.0))
+      elif t.type == "distance_decay":
+        km = haversine_km(q.geo[t.feature][u], c.geo[t.feature][v])
+        beyond = np.maximum(km - t.radius_km, 0.0) / t.radius_km
+        score -= np.nan_to_num(t.weight * np.minimum(beyond, t.cap))
+      else:  # shared_values
+        qi, ci = self._shared[t.feature]
+        if u.ndim == 2 and u.shape[1] == 1 and v.ndim == 2 and v.shape[0] == 1:
+          shared = qi[u[:, 0]] @ ci[v[0]].T  # block: one matrix product
+        else:
+          shared = np.einsum("...t,...t->...", qi[u], ci[v])
+        score += t.weight * shared
     return np.broadcast_to(score, shape).astype(np.float32)
 
 
-class _Side:
-  """One side's feature values by role, looked up by feature name in the config."""
-
-  def __init__(self, config, side: str, entities: Dict[str, np.ndarray],
-               spec: FeatureMatchingSpec):
-    types = {"gender": ("categorical",), "seeking": ("categorical",), "age": ("numeric",),
-             "location": ("geo",), "interests": ("multi_categorical",)}
-    by_name = {f.name: f for f in config.features(side)}
-    self.values, self.codes = {}, {}
-    for role, allowed in types.items():
-      feature = by_name.get(getattr(spec, role))
-      if feature is None or feature.type not in allowed or feature.key(side) not in entities:
-        continue
-      value = entities[feature.key(side)]
-      if feature.type in ("numeric", "geo"):
-        value = np.asarray(value, np.float32)
-      self.values[role] = value
-
-  def has(self, *roles: str) -> bool:
-    return all(r in self.values for r in roles)
-
-
-def _codes(values: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
-  """Category index per row; missing ("") -> len(vocabulary) (accepts / accepted by all)."""
-  lookup = {v: i for i, v in enumerate(vocabulary)}
-  missing = len(vocabulary)
-  return np.array([missing if v == features_lib.MISSING_TOKEN else lookup[v] for v in values],
-                  np.int64)
-
-
-def _multi_hot(rows: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
+def _multi_hot(rows, vocabulary: Sequence[str]) -> np.ndarray:
   """[n, L] token lists (padded with "") -> [n, V] float32 multi-hot."""
   lookup = {t: i for i, t in enumerate(vocabulary)}
   out = np.zeros((len(rows), len(vocabulary)), np.float32)
@@ -244,9 +150,4 @@ def _multi_hot(rows: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
   return out
 
 
-def haversine_km(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Great-circle distance of [..., 2] (lat, lon) degree arrays, broadcast; NaN if missing."""
-  a, b = np.radians(np.asarray(a, np.float64)), np.radians(np.asarray(b, np.float64))
-  dlat, dlon = b[..., 0] - a[..., 0], b[..., 1] - a[..., 1]
-  h = np.sin(dlat / 2) ** 2 + np.cos(a[..., 0]) * np.cos(b[..., 0]) * np.sin(dlon / 2) ** 2
-  return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+haversine_km = eligibility_lib.haversine_km

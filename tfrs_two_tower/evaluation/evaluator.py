@@ -20,7 +20,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.evaluation import retrieval
@@ -54,6 +56,9 @@ class EvalData:
       shared id space, for "would v like u back?" lookups (`back_label`).
     likes_received: [N] train likes of each candidate (popularity).
     segments: name -> [U] bool.
+    eligible: the config's eligibility rules over (query rows, candidate rows), applied
+      to every ranked list; None without an eligibility section. Blocked pairs are
+      in `exclusions`.
   """
   query_entities: Dict[str, np.ndarray]
   candidate_entities: Dict[str, np.ndarray]
@@ -74,6 +79,7 @@ class EvalData:
   _num_gids: int
   back_keys: np.ndarray
   back_labels: np.ndarray
+  eligible: Optional[eligibility_lib.PairRules] = None
 
   @property
   def num_users(self) -> int:
@@ -112,8 +118,9 @@ def prepare(dataset: reader.DatasetDir,
   t_user = user_of_row[t_q]
   in_eval = t_user >= 0
   self_col = c_index.get_indexer(query_ids[users])
-  ex_rows = np.concatenate([t_user[in_eval], np.flatnonzero(self_col >= 0)])
-  ex_cols = np.concatenate([t_c[in_eval], self_col[self_col >= 0]])
+  eligible, blocked_rows, blocked_cols = _eligibility(dataset, q_index, c_index, user_of_row)
+  ex_rows = np.concatenate([t_user[in_eval], np.flatnonzero(self_col >= 0), blocked_rows])
+  ex_cols = np.concatenate([t_c[in_eval], self_col[self_col >= 0], blocked_cols])
   exclusions = retrieval.Exclusions.from_pairs(ex_rows, ex_cols, users.size)
 
   width = np.int64(candidate_ids.size)
@@ -152,7 +159,39 @@ def prepare(dataset: reader.DatasetDir,
              "eval_matches": int((like & liked_back).sum()),
              "excluded_pairs": int(exclusions.candidates.size)},
       _query_gid=q_gid, _candidate_gid=c_gid, _num_gids=int(g), back_keys=back_keys,
-      back_labels=back_labels)
+      back_labels=back_labels, eligible=eligible)
+
+
+def _eligibility(dataset: reader.DatasetDir, q_index, c_index, user_of_row: np.ndarray):
+  """The dataset's eligibility rules at the split time, aligned with the entity rows, and
+  the blocked pairs as (evaluated user, candidate row) exclusions."""
+  config = dataset.config
+  none = np.zeros(0, np.int64)
+  if config.eligibility is None:
+    return None, none, none
+  sides = {}
+  for side, index in (("query", q_index), ("candidate", c_index)):
+    path = dataset.file(fmt.ELIGIBILITY_FILES[side])
+    try:
+      attributes = eligibility_lib.Attributes.load(path)
+    except FileNotFoundError:
+      raise reader.DatasetFormatError(f"{dataset.path}: the config has eligibility rules but "
+                                      f"the dataset has no {fmt.ELIGIBILITY_FILES[side]}: "
+                                      "export it again with this version") from None
+    if not np.array_equal(attributes.ids.astype(str), np.asarray(index).astype(str)):
+      raise reader.DatasetFormatError(f"{dataset.path}: {fmt.ELIGIBILITY_FILES[side]} rows "
+                                      "do not match the entity table")
+    sides[side] = attributes
+  rules = eligibility_lib.PairRules(config.eligibility, sides["query"], sides["candidate"],
+                                    now=float(dataset.manifest["split_time"]))
+  if config.eligibility.blocked is None:
+    return rules, none, none
+  with np.load(dataset.file(fmt.BLOCKED_PAIRS), allow_pickle=False) as pairs:
+    q_rows = q_index.get_indexer(pairs["query_ids"].astype(object))
+    c_rows = c_index.get_indexer(pairs["candidate_ids"].astype(object))
+  users = np.where(q_rows >= 0, user_of_row[np.maximum(q_rows, 0)], -1)
+  keep = (users >= 0) & (c_rows >= 0)
+  return rules, users[keep], c_rows[keep]
 
 
 @dataclasses.dataclass
@@ -191,7 +230,10 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
   """
   started = time.time()
   ks = sorted(set(int(k) for k in ks))
-  top = retrieval.top_k(scorer, data.users, max(ks), data.exclusions, batch_size)
+  eligible = data.eligible
+  mask = (None if eligible is None or not eligible.filters
+          else lambda rows: eligible.mask(rows))
+  top = retrieval.top_k(scorer, data.users, max(ks), data.exclusions, batch_size, mask)
   u = data.num_users
   like_hits = metrics.hit_matrix(top.candidates, data.likes.users, data.likes.candidates)
   match_hits = metrics.hit_matrix(top.candidates, data.matches.users, data.matches.candidates)

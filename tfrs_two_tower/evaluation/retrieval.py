@@ -31,7 +31,7 @@ from any scorer: serving-time knobs trading some accuracy for spreading exposure
 """
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,7 +201,7 @@ class Scorer:
 
   def top_k(self, query_ids: Sequence[str], k: int,
             exclude: Optional[Sequence[Sequence[str]]] = None, exclude_self: bool = True,
-            batch_size: int = 1024) -> Tuple[np.ndarray, np.ndarray]:
+            batch_size: int = 1024, eligible=None) -> Tuple[np.ndarray, np.ndarray]:
     """The K best candidates for each query id, by id.
 
     Args:
@@ -210,6 +210,8 @@ class Scorer:
       exclude: optional per-query lists of candidate ids never to recommend
         (e.g. everyone the user already swiped); unknown ids are ignored.
       exclude_self: also exclude the query id itself from its own list.
+      eligible: optional `eligibility.PairRules` over this scorer's query and
+        candidate rows: only eligible candidates are listed.
     Returns:
       ids [U, k] object (None where fewer than k candidates remain), scores [U, k] float32.
     """
@@ -229,7 +231,8 @@ class Scorer:
     cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     known = cols >= 0
     exclusions = Exclusions.from_pairs(rows[known], cols[known], len(query_ids))
-    result = top_k(self, self.query_rows(query_ids), k, exclusions, batch_size)
+    result = top_k(self, self.query_rows(query_ids), k, exclusions, batch_size,
+                   eligible.mask if eligible is not None and eligible.filters else None)
     ids = np.where(result.candidates >= 0,
                    self.candidate_ids[np.maximum(result.candidates, 0)], None)
     return ids, result.scores
@@ -250,48 +253,57 @@ def _lookup(index, ids, what: str) -> np.ndarray:
   return rows.astype(np.int64)
 
 
-def _masked_top_k(scores, exclusions, k):
-  """Gathers the excluded pairs' scores, masks them to -inf, then top-k (TF ops)."""
+def _masked_top_k(scores, exclusions, k, eligible=None):
+  """Gathers the excluded pairs' scores, masks them to -inf, then top-k (TF ops).
+
+  `eligible` ([B, N] bool or None): ineligible pairs are masked too, after the
+  excluded scores are gathered (those stay the scorer's own, for unfiltered ranks).
+  """
   import tensorflow as tf
   excluded = tf.gather_nd(scores, exclusions)
-  masked = tf.tensor_scatter_nd_update(
-      scores, exclusions, tf.fill(tf.shape(excluded), tf.constant(-np.inf, tf.float32)))
+  minus_inf = tf.constant(-np.inf, tf.float32)
+  masked = tf.tensor_scatter_nd_update(scores, exclusions, tf.fill(tf.shape(excluded), minus_inf))
+  if eligible is not None:
+    masked = tf.where(eligible, masked, minus_inf)
   values, indices = tf.math.top_k(masked, k=k, sorted=True)
   return values, indices, excluded
 
 
-def _block_top_k_fn(scorer: "Scorer"):
-  """The block step (rows, exclusions, k) -> (values, indices, excluded) of `scorer`, cached.
+def _block_top_k_fn(scorer: "Scorer", with_mask: bool = False):
+  """The block step (rows, exclusions, k[, eligible]) -> (values, indices, excluded) of
+  `scorer`, cached per `with_mask`.
 
   For a `traceable` scorer (score_block is TF ops on a row tensor) scoring is
   traced together with masking and top-k: the score block then has a single
   consumer and TF can update it in place instead of copying [B, N] floats.
   Otherwise the block is scored eagerly and only masking + top-k are traced.
   """
-  fn = getattr(scorer, "_block_top_k", None)
-  if fn is not None:
-    return fn
+  cache = scorer.__dict__.setdefault("_block_top_k", {})
+  if with_mask in cache:
+    return cache[with_mask]
   import tensorflow as tf
   specs = [tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int32)]
+  specs += [tf.TensorSpec([None, None], tf.bool)] if with_mask else []
   if scorer.traceable:
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)] + specs)
-    def traced(rows, exclusions, k):
-      return _masked_top_k(scorer.score_block(rows), exclusions, k)
+    def traced(rows, *args):
+      return _masked_top_k(scorer.score_block(rows), *args)
 
-    def fn(rows, exclusions, k):
-      return traced(tf.constant(rows), exclusions, k)
+    def fn(rows, *args):
+      return traced(tf.constant(rows), *args)
   else:
     masked = tf.function(_masked_top_k,
                          input_signature=[tf.TensorSpec([None, None], tf.float32)] + specs)
 
-    def fn(rows, exclusions, k):
-      return masked(scorer.score_block(rows), exclusions, k)
-  scorer._block_top_k = fn
+    def fn(rows, *args):
+      return masked(scorer.score_block(rows), *args)
+  cache[with_mask] = fn
   return fn
 
 
 def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
-          exclusions: Optional[Exclusions] = None, batch_size: int = 1024) -> TopK:
+          exclusions: Optional[Exclusions] = None, batch_size: int = 1024,
+          eligible: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> TopK:
   """Top-K candidates of each query row over the whole corpus, exclusions removed.
 
   Args:
@@ -300,6 +312,8 @@ def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
     k: list length (capped at the corpus size).
     exclusions: per list (aligned with query_rows) candidates to leave out.
     batch_size: query rows per block; the [B, N] score block is the memory peak.
+    eligible: [B] query rows -> [B, N] bool, the eligibility rules
+      (`eligibility.PairRules.mask`); ineligible candidates are never listed.
   Returns:
     TopK with [U, K] candidates/scores and the scores of the excluded pairs.
   """
@@ -310,15 +324,17 @@ def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
   if exclusions.indptr.size != num_lists + 1:
     raise ValueError(f"exclusions cover {exclusions.indptr.size - 1} lists, not {num_lists}")
   k = min(int(k), scorer.num_candidates)
-  fn = _block_top_k_fn(scorer)
+  fn = _block_top_k_fn(scorer, with_mask=eligible is not None)
   candidates = np.empty((num_lists, k), np.int64)
   scores = np.empty((num_lists, k), np.float32)
   excluded = np.empty(exclusions.candidates.size, np.float32)
   k_tensor = tf.constant(k, tf.int32)
   for start in range(0, num_lists, batch_size):
     stop = min(start + batch_size, num_lists)
+    mask = () if eligible is None else (tf.constant(eligible(query_rows[start:stop])),)
     values, indices, excluded_block = fn(query_rows[start:stop],
-                                         tf.constant(exclusions.block(start, stop)), k_tensor)
+                                         tf.constant(exclusions.block(start, stop)), k_tensor,
+                                         *mask)
     scores[start:stop] = values.numpy()
     candidates[start:stop] = indices.numpy()
     excluded[exclusions.indptr[start]:exclusions.indptr[stop]] = excluded_block.numpy()

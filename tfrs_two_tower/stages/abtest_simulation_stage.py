@@ -111,7 +111,10 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
       "kind": "tfrs_two_tower.abtest_simulation", "package_version": __version__,
       "world": {"dir": world_dir, "params": dataclasses.asdict(world.params)},
       "arms": {a: getattr(r, "name", type(r).__name__) for a, r in recommenders.items()},
-      "run_dir": run_dir, "params": {**dataclasses.asdict(params), "exposure_log_loss": loss}}
+      "run_dir": run_dir, "params": {**dataclasses.asdict(params), "exposure_log_loss": loss},
+      "eligibility": config.eligibility.names if config.eligibility else None}
+  # Every arm's feed obeys the config's eligibility rules (not in the summary: arrays).
+  params = dataclasses.replace(params, rules=simulator.world_rules(world, config))
   with files.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
       _database(db_url, log) as conn:
     simulator.check_empty(conn)

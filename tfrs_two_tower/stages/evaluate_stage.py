@@ -251,8 +251,12 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
       scorer = baselines_lib.PopularityScorer(data.query_ids, data.candidate_ids,
                                               data.likes_received)
     else:
-      scorer = baselines_lib.FeatureMatching.from_entities(
-          dataset.config, data.query_entities, data.candidate_entities)
+      if dataset.config.baseline is None or data.eligible is None:
+        raise EvaluationInputError(
+            "--baselines=feature_matching: the dataset's config declares no baseline terms "
+            "and eligibility rules (config keys `baseline`, `eligibility`); leave it out")
+      scorer = baselines_lib.FeatureMatching(dataset.config, data.query_entities,
+                                             data.candidate_entities, data.eligible)
     entries.append(_Entry(scorer, "baseline", evaluator.fit_calibration(scorer, data, seed), {}))
   return entries
 
@@ -335,9 +339,8 @@ def _realised_oracle(world, data: evaluator.EvalData):
 def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
   for entry in entries:
     if isinstance(entry.scorer, baselines_lib.FeatureMatching):
-      return {"weights": dataclasses.asdict(entry.scorer.weights),
-              "spec": {k: (dict(v) if k == "seeks" else v)
-                       for k, v in dataclasses.asdict(entry.scorer.spec).items()},
+      return {"terms": [{k: v for k, v in dataclasses.asdict(t).items()
+                         if v is not None and v != float("inf")} for t in entry.scorer.terms],
               "active_terms": list(entry.scorer.active_terms)}
   return None
 
