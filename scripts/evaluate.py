@@ -34,6 +34,10 @@ flags.DEFINE_list("k", ["10", "50", "100"], "List lengths K of recall@K, NDCG@K,
                   "smallest is the headline K of the verdict.")
 flags.DEFINE_string("world_dir", None, "Optional synthetic world the dataset was generated from "
                     "(generate_world.py): adds oracle like / like-back / match rates of the lists.")
+flags.DEFINE_string("oracle", None, "Optional ground truth instead of --world_dir: "
+                    "package.module:function returning P(u likes v) as a [P] float array for "
+                    "[P] arrays of swiper and swipee ids (your own simulator, a labelled "
+                    "panel); adds the oracle like / like-back / match rates of the lists.")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of users for the 95 % intervals.",
                      lower_bound=10)
 flags.DEFINE_integer("seed", 0, "Seed of the bootstrap, the random baseline and the calibration "
@@ -56,6 +60,11 @@ flags.DEFINE_list("hubness_penalty", [], "Betas of a serving-time hubness penalt
                   "beta adds <run>:hub<beta>, the model ranked by s(u, v) - beta * qbar . c_v "
                   "(qbar = mean query embedding; = centred queries), which spreads exposure "
                   "(e.g. 0.25,0.5). Empty (default): no extra entries.")
+flags.DEFINE_list("exposure_cap", [], "Per-candidate caps of a serving-time exposure control: "
+                  "each cap c adds <entry>:cap<c> for the one-way model, its hubness entries and "
+                  "the reciprocal mode, every candidate listed at most c times in the eval lists "
+                  "(one day's requests, in a seeded order). The dataset config's `exposure` "
+                  "section adds its own beta and cap.")
 flags.DEFINE_float("active_window_days", _RULES.active_window_days, "Segment 'active': window "
                    "before the split in which train swipes are counted.", lower_bound=0)
 flags.DEFINE_integer("active_min_swipes", _RULES.active_min_swipes, "Segment 'active': minimum "
@@ -86,6 +95,11 @@ def main(argv):
       except ValueError:
         raise evaluate_stage.EvaluationInputError(
             f"--{name}: expected comma-separated numbers, got {FLAGS[name].value}") from None
+    try:
+      caps = [int(c) for c in FLAGS.exposure_cap]
+    except ValueError:
+      raise evaluate_stage.EvaluationInputError(
+          f"--exposure_cap: expected comma-separated integers, got {FLAGS.exposure_cap}") from None
     rules = segments.SegmentRules(active_window_days=FLAGS.active_window_days,
                                   active_min_swipes=FLAGS.active_min_swipes,
                                   long_time_days=FLAGS.long_time_days)
@@ -98,7 +112,7 @@ def main(argv):
                        hubness_penalties=betas["hubness_penalty"],
                        batch_size=FLAGS.batch_size, tensorboard=FLAGS.tensorboard,
                        overwrite=FLAGS.overwrite, verify_checksums=FLAGS.verify_checksums,
-                       log=logging.info)
+                       log=logging.info, oracle=FLAGS.oracle, exposure_caps=caps)
 
 
 if __name__ == "__main__":

@@ -185,7 +185,11 @@ class Config:
 
 
 def config_hash(raw: Dict[str, Any]) -> str:
-  canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+  """sha256 of the canonical config WITHOUT the serving rules (`rules.TOP_LEVEL_KEYS`):
+  rules decide what is shown, not what is exported or learned, so changing them needs
+  no new dataset or run (and a config without rules hashes as before they existed)."""
+  data = {k: v for k, v in raw.items() if k not in rules_lib.TOP_LEVEL_KEYS}
+  canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
   return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

@@ -67,6 +67,16 @@ def world_rules(world: synthetic.World, config,
   return eligibility_lib.PairRules(config.eligibility, attributes, attributes, now)
 
 
+def with_exposure_control(recommender, exposure) -> Recommender:
+  """The recommender under the config's `exposure` rules: the hubness penalty (one-way
+  model scorers only: it shifts the query embedding) and the per-day candidate cap."""
+  if exposure.hubness_beta > 0 and isinstance(recommender, retrieval.EmbeddingScorer):
+    recommender = retrieval.CandidatePenalty.hubness(recommender, exposure.hubness_beta)
+  if exposure.max_impressions_per_day:
+    recommender = retrieval.ExposureControl(recommender, exposure.max_impressions_per_day)
+  return recommender
+
+
 def feature_matching(world: synthetic.World, config):
   """Control: the users' Phase 1&2 feature matching (the config's baseline terms)."""
   return baselines.FeatureMatching(config, world_entities(world, config, "query"),
@@ -139,6 +149,11 @@ class SimulationParams:
     pre_period_days: CUPED pre-period before the start.
     rules: the eligibility rules every arm's feed obeys (`world_rules`); their
       ranking time is set to each simulated day.
+    attention_per_day: limited attention (None = unlimited): a user answers at most
+      this many of the likes they receive each day, so the expected match of a shown
+      pair is P(u likes v) P(v likes u) min(1, attention / L_v), L_v = expected likes
+      v receives that day from every arm's feeds (`synthetic.answered_share`).
+      Reported as `true_match_probability_limited`.
   """
   days: int = 14
   feed_size: Optional[int] = None
@@ -146,6 +161,7 @@ class SimulationParams:
   exposure_log_loss: Mapping[str, float] = dataclasses.field(default_factory=dict)
   pre_period_days: float = 28.0
   rules: Optional[eligibility_lib.PairRules] = None
+  attention_per_day: Optional[float] = None
 
 
 @dataclasses.dataclass
@@ -162,6 +178,8 @@ class Simulation:
       shown (the match potential, whether or not the other side ever gets to
       see the user): oracle P(u likes v) times P(v likes u), the latter 1 / 0
       when v had already liked / passed on u before that day.
+    true_match_probability_limited: the same under limited attention
+      (`SimulationParams.attention_per_day`; empty when unlimited).
   """
   definition: definition_lib.Definition
   arms: np.ndarray
@@ -169,6 +187,7 @@ class Simulation:
   swipes: pd.DataFrame
   true_like_probability: Dict[str, float]
   true_match_probability: Dict[str, float]
+  true_match_probability_limited: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
@@ -196,6 +215,7 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   chunks = []
   shown_like = {arm: [] for arm in experiment.arm_names}
   shown_match = {arm: [] for arm in experiment.arm_names}
+  shown_limited = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
   for day in range(params.days):
     # Swipes before today, by world index: (swipee u, swiper v) -> did v like u.
@@ -208,6 +228,7 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
     active = rng.random(n) < activity
     opened = start_seconds + day * SECONDS_PER_DAY + rng.integers(
         0, SECONDS_PER_DAY - SESSION_SECONDS, n)
+    todays_pairs = []  # (arm, shown, P(u likes v) P(v likes u), P(u likes v)) for attention
     newly = active & (first_exposure < 0)
     first_exposure[newly] = opened[newly]
     for arm in experiment.arm_names:
@@ -223,10 +244,12 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       swiper, shown = swiper[ok], world.user_index(shown_ids[ok])
       like = world.respond(ids[swiper], ids[shown], rng)
       superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
-      shown_like[arm].append(world.like_probability(ids[swiper], ids[shown]))
+      p_like = world.like_probability(ids[swiper], ids[shown])
+      shown_like[arm].append(p_like)
       back = observed.lookup(swiper, shown)
-      shown_match[arm].append(world.like_probability(ids[swiper], ids[shown]) * np.where(
+      shown_match[arm].append(p_like * np.where(
           np.isnan(back), world.like_probability(ids[shown], ids[swiper]), back))
+      todays_pairs.append((arm, shown, shown_match[arm][-1], p_like))
       for u, v in zip(swiper, shown):
         seen[u].add(v)
       swipers.append(swiper)
@@ -236,6 +259,13 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
           "swiper_id": ids[swiper], "swipee_id": ids[shown],
           "action": np.where(like, np.where(superlike, "superlike", "like"), "pass"),
           "t": opened[swiper] + rng.integers(1, SESSION_SECONDS, swiper.size)}))
+    if params.attention_per_day is not None and todays_pairs:
+      likes_received = np.bincount(np.concatenate([t[1] for t in todays_pairs]),
+                                   weights=np.concatenate([t[3] for t in todays_pairs]),
+                                   minlength=n)
+      answered = synthetic.answered_share(likes_received, params.attention_per_day)
+      for arm, shown, match, _ in todays_pairs:
+        shown_limited[arm].append(match * answered[shown])
     log("simulate: day %d/%d, %d exposed" % (day + 1, params.days, (first_exposure >= 0).sum()))
   swipes = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(
       columns=["swiper_id", "swipee_id", "action", "t"])
@@ -255,13 +285,15 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       pre_period_days=params.pre_period_days)
   def mean(chunks):
     return {a: float(np.concatenate(p).mean()) if p else float("nan") for a, p in chunks.items()}
-  return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match))
+  return Simulation(definition, arms, exposures, swipes, mean(shown_like), mean(shown_match),
+                    mean(shown_limited) if params.attention_per_day is not None else {})
 
 
 def _observing(recommender: Recommender, observed: retrieval.BackSwipes,
                ids: np.ndarray) -> Recommender:
   """A reciprocal scorer knowing the observed swipes (world index space); others as they are."""
-  if not isinstance(recommender, retrieval.ReciprocalScorer):
+  base = getattr(recommender, "scored", recommender)  # under exposure control
+  if not isinstance(base, retrieval.ReciprocalScorer):
     return recommender
   return recommender.with_back_swipes(retrieval.BackSwipes.of_swipes(
       recommender, ids[observed.candidates], ids[observed.rows], observed.liked))

@@ -370,6 +370,20 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
 
 
 
+def answered_share(likes_received: np.ndarray, attention: float) -> np.ndarray:
+  """Limited attention: the share of the likes each user receives that they get to answer.
+
+  A user reviews at most `attention` of the likes they receive in a day (a
+  popular profile cannot answer every admirer), so with L_v expected likes
+  received, each is answered with probability min(1, attention / L_v). This is
+  what makes concentrated exposure costly in a dating market. Used by the A/B
+  simulator's `true_match_probability_limited`; the world's history does not use
+  it, so the default world and its figures are unchanged.
+  """
+  received = np.asarray(likes_received, np.float64)
+  return np.minimum(1.0, attention / np.maximum(received, 1e-12))
+
+
 def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
   """AUC of the oracle probability against realised labels: the ceiling for any model."""
   labels = np.asarray(labels)

@@ -289,6 +289,22 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
                 time.time() - started)
 
 
+def eligibility_violations(result: Result, data: EvalData) -> Optional[int]:
+  """Listed pairs that break the eligibility rules or the exclusions (0 = clean; None
+  without rules). Every list made by `evaluate` is masked, so non-zero means a bug
+  or lists made elsewhere."""
+  if data.eligible is None:
+    return None
+  top = result.top.candidates
+  users = np.repeat(np.arange(top.shape[0]), top.shape[1]).reshape(top.shape)
+  listed = top >= 0
+  bad = ~data.eligible.pairs(data.users[users[listed]], top[listed])
+  width = np.int64(data.candidate_ids.size)
+  excluded = np.isin(users[listed] * width + top[listed],
+                     data.exclusions.rows * width + data.exclusions.candidates)
+  return int((bad | excluded).sum())
+
+
 def fit_calibration(scorer: retrieval.Scorer, data: EvalData,
                     seed: int = 0) -> retrieval.PlattCalibration:
   """Platt calibration of a scorer on the train swipes (like vs pass)."""

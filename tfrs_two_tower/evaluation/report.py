@@ -11,44 +11,94 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from tfrs_two_tower import files
+from tfrs_two_tower import rules as rules_lib
 
-AUC_GATE = 0.7
-EXPECTED_LIFT = (0.20, 0.40)  # the users' expected "+20-40 % accuracy" over feature matching
+# Defaults of the config's `verdict` (rules.DEFAULT_VERDICT): the users' AUC gate and their
+# expected "+20-40 % accuracy" over feature matching.
+DEFAULT_THRESHOLDS = dict(rules_lib.DEFAULT_VERDICT)
+LIFT_ALARM = 10.0  # +1,000 %: a lift this large says more about the baseline than the model
 HEADLINE_METRICS = ("auc", "recall@{k}", "ndcg@{k}", "hit_rate@{k}", "mrr", "match_recall@{k}",
                     "success@{k}", "factorized_top{k}_accuracy", "log_loss",
                     "oracle_like@{k}", "oracle_match@{k}")
 
 
 def verdict(report: Dict) -> Dict[str, object]:
-  """The users' gates for each model: AUC > 0.7, and lift over feature matching.
+  """The users' gates for each model (thresholds: `report["verdict_thresholds"]`, the
+  config's `verdict`), judged by what the model's scores mean:
 
-  The lift gate uses recall@K at the smallest K (a feed shows about that many
-  profiles): "beats" when the whole 95 % interval of the lift is above 0.
+    one-way (P(u likes v), penalties included): AUC > auc_gate, and the lift of
+      recall@K over feature matching (K = the smallest K: about one feed);
+    reciprocal (a match score, not a like probability): no AUC gate; the lift of
+      match_recall@K over feature matching.
+
+  A gate "passes" when the whole 95 % interval is on the right side. No lift is
+  judged against a baseline whose lists broke the eligibility rules
+  (`baseline_error`), and a lift above LIFT_ALARM is flagged as a probable broken
+  baseline (`_lift_alarm`).
   """
   k = min(report["k"])
+  thresholds = {**DEFAULT_THRESHOLDS, **(report.get("verdict_thresholds") or {})}
+  baseline_error = _baseline_error(report)
   out = {}
   for name, rec in report["recommenders"].items():
     if rec["kind"] != "model":
       continue
-    auc = rec["segments"]["all"]["auc"]
-    lift = report["lifts"].get(name, {}).get("all", {}).get(f"recall@{k}")
-    auc_pass = auc["ci"][0] is not None and auc["value"] > AUC_GATE
-    line = [f"AUC {format_estimate(auc)} {'>' if auc_pass else '<='} {AUC_GATE}: "
-            f"{'PASS' if auc_pass else 'FAIL'}"]
-    lift_pass = None
-    if lift and lift["value"] is not None:
+    reciprocal = rec.get("mode") == "reciprocal"
+    lifts = report["lifts"].get(name, {}).get("all", {})
+    line, auc_pass = [], None
+    if reciprocal:
+      line.append("AUC gate not applied (a reciprocal score is not a like probability)")
+    else:
+      auc = rec["segments"]["all"]["auc"]
+      auc_pass = auc["ci"][0] is not None and auc["value"] > thresholds["auc_gate"]
+      line.append(f"AUC {format_estimate(auc)} {'>' if auc_pass else '<='} "
+                  f"{thresholds['auc_gate']}: {'PASS' if auc_pass else 'FAIL'}")
+    metric = f"match_recall@{k}" if reciprocal else f"recall@{k}"
+    lift = lifts.get(metric)
+    lift_pass, alarm = None, None
+    if baseline_error:
+      line.append(baseline_error)
+    elif lift and lift["value"] is not None:
       lift_pass = lift["ci"][0] is not None and lift["ci"][0] > 0
-      line.append(f"recall@{k} lift over feature matching {format_lift(lift)}: "
+      line.append(f"{metric} lift over feature matching {format_lift(lift)}: "
                   f"{'PASS' if lift_pass else 'FAIL'} (users expected "
-                  f"+{EXPECTED_LIFT[0]:.0%} to +{EXPECTED_LIFT[1]:.0%})")
-    oracle = report["lifts"].get(name, {}).get("all", {})
-    parts = [f"{m} {format_lift(oracle[m])}" for m in (f"oracle_like@{k}", f"oracle_match@{k}")
-             if oracle.get(m) and oracle[m]["value"] is not None]
+                  f"{thresholds['expected_lift_low']:+.0%} to "
+                  f"{thresholds['expected_lift_high']:+.0%})")
+    oracle_metrics = ((f"oracle_match@{k}", f"oracle_like@{k}") if reciprocal
+                      else (f"oracle_like@{k}", f"oracle_match@{k}"))
+    parts = [f"{m} {format_lift(lifts[m])}" for m in oracle_metrics
+             if not baseline_error and lifts.get(m) and lifts[m]["value"] is not None]
     if parts:
-      line.append("lift in the synthetic world's hidden truth (free of the logging feed's "
-                  "bias): " + ", ".join(parts))
-    out[name] = {"auc_gate": auc_pass, "lift_gate": lift_pass, "line": "; ".join(line)}
+      line.append("lift in the oracle's truth (free of the logging feed's bias): "
+                  + ", ".join(parts))
+    if not baseline_error:
+      alarm = _lift_alarm(lifts)
+      if alarm:
+        line.append(alarm)
+    out[name] = {"auc_gate": auc_pass, "lift_gate": lift_pass, "lift_metric": metric,
+                 "alarm": alarm or baseline_error, "line": "; ".join(line)}
   return out
+
+
+def _baseline_error(report: Dict) -> Optional[str]:
+  """Why no lift may be judged against the lift baseline, or None."""
+  baseline = report["recommenders"].get(report.get("lift_baseline"))
+  broken = (baseline or {}).get("eligibility_violations") or 0
+  if broken:
+    return (f"ERROR: {report['lift_baseline']}'s lists break the eligibility rules "
+            f"({broken} listed pairs): no lift is judged against it")
+  return None
+
+
+def _lift_alarm(lifts: Dict) -> Optional[str]:
+  """A warning when any lift exceeds LIFT_ALARM: more likely a broken baseline (e.g. a
+  filter that matches nothing) than a better model."""
+  big = sorted(m for m, est in lifts.items()
+               if est and est.get("value") is not None and est["value"] > LIFT_ALARM)
+  if not big:
+    return None
+  return (f"WARNING: lift above {LIFT_ALARM:+.0%} on {', '.join(big)}: probably a broken "
+          "baseline (check its lists and the eligibility mapping), not a better model")
 
 
 def format_estimate(est: Optional[Dict], digits: int = 3) -> str:

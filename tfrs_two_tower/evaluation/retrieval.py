@@ -321,6 +321,8 @@ def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
   query_rows = np.asarray(query_rows, np.int64)
   num_lists = query_rows.size
   exclusions = exclusions or Exclusions.none(num_lists)
+  if getattr(scorer, "max_impressions", None):
+    return _capped_top_k(scorer, query_rows, k, exclusions, batch_size, eligible)
   if exclusions.indptr.size != num_lists + 1:
     raise ValueError(f"exclusions cover {exclusions.indptr.size - 1} lists, not {num_lists}")
   k = min(int(k), scorer.num_candidates)
@@ -340,6 +342,58 @@ def top_k(scorer: Scorer, query_rows: np.ndarray, k: int,
     excluded[exclusions.indptr[start]:exclusions.indptr[stop]] = excluded_block.numpy()
   candidates[~np.isfinite(scores)] = -1
   return TopK(candidates, scores, excluded)
+
+
+def _capped_top_k(scorer: "ExposureControl", query_rows: np.ndarray, k: int,
+                  exclusions: Exclusions, batch_size: int, eligible) -> TopK:
+  """Top-K under a per-candidate cap: the lists of one call are one day's requests.
+
+  Each list takes its best candidates among the scorer's top `pool_factor * K`
+  that have been listed fewer than `max_impressions` times so far; lists are
+  filled in a seeded random order (the order requests arrive). A list can come
+  out shorter than K when its whole pool is capped (padded with -1).
+  """
+  wide = top_k(scorer.scored, query_rows, k * scorer.pool_factor, exclusions, batch_size,
+               eligible)
+  k = min(int(k), wide.candidates.shape[1])
+  candidates = np.full((query_rows.size, k), -1, np.int64)
+  scores = np.full((query_rows.size, k), -np.inf, np.float32)
+  shown = np.zeros(scorer.num_candidates, np.int64)
+  for i in np.random.default_rng(scorer.seed).permutation(query_rows.size):
+    pool = wide.candidates[i]
+    free = np.flatnonzero((pool >= 0) & (shown[np.maximum(pool, 0)] < scorer.max_impressions))
+    take = free[:k]
+    candidates[i, :take.size] = pool[take]
+    scores[i, :take.size] = wide.scores[i, take]
+    shown[pool[take]] += 1
+  return TopK(candidates, scores, wide.excluded_scores)
+
+
+class ExposureControl:
+  """A scorer served under the config's exposure cap (`exposure.max_impressions_per_day`).
+
+  Scores are the wrapped scorer's; `top_k` (module function and method) fills
+  the lists of one call as one day's requests, each candidate listed at most
+  `max_impressions` times (`_capped_top_k`). Named `<scored>:cap<max>`.
+  """
+
+  def __init__(self, scored: "Scorer", max_impressions: int, pool_factor: int = 5,
+               seed: int = 0):
+    if max_impressions < 1:
+      raise ValueError(f"max_impressions must be >= 1, got {max_impressions}")
+    self.scored, self.max_impressions = scored, int(max_impressions)
+    self.pool_factor, self.seed = pool_factor, seed
+    self.name = f"{scored.name}:cap{max_impressions}"
+
+  def __getattr__(self, attribute):  # everything else is the wrapped scorer's
+    return getattr(self.scored, attribute)
+
+  def top_k(self, *args, **kwargs):
+    return Scorer.top_k(self, *args, **kwargs)
+
+  def with_back_swipes(self, back_swipes) -> "ExposureControl":
+    return ExposureControl(self.scored.with_back_swipes(back_swipes), self.max_impressions,
+                           self.pool_factor, self.seed)
 
 
 class EmbeddingScorer(Scorer):

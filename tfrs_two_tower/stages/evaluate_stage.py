@@ -23,6 +23,7 @@ from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
+from tfrs_two_tower.evaluation import oracle as oracle_lib
 from tfrs_two_tower.evaluation import report as report_lib
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments as segments_lib
@@ -54,7 +55,9 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         reciprocal_combinations: Sequence[str] = ("product",), back_swipes: bool = True,
         popularity_penalties: Sequence[float] = (), hubness_penalties: Sequence[float] = (),
         batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
-        verify_checksums: bool = True, log: Callable[..., None] = print) -> Dict[str, object]:
+        verify_checksums: bool = True, log: Callable[..., None] = print,
+        oracle: Optional[str] = None,
+        exposure_caps: Sequence[int] = ()) -> Dict[str, object]:
   """Evaluates and writes the report; returns the report dict.
 
   With `reciprocal` (and one profile table on both sides) each run is also
@@ -65,11 +68,21 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   `popularity_penalties` adds `<run>:pop<beta>`, the one-way model ranked by
   s(u, v) - beta * log(1 + train likes of v), and of `hubness_penalties`
   `<run>:hub<beta>`, ranked by s(u, v) - beta * qbar . c_v
-  (`retrieval.CandidatePenalty`).
+  (`retrieval.CandidatePenalty`). Each cap of `exposure_caps` adds
+  `<entry>:cap<c>` for the one-way model, each hubness entry and the first
+  reciprocal mode: lists filled in a seeded request order, each candidate listed
+  at most c times (`retrieval.ExposureControl`). The dataset config's `exposure`
+  section adds its beta and cap to these.
+
+  The ground truth of the oracle_* metrics is the synthetic world's hidden model
+  (`world_dir`) or any `oracle` function `package.module:function` returning
+  P(u likes v) for arrays of ids (`evaluation.oracle`); pairs already swiped in
+  train count with their observed outcome either way.
 
   Raises:
     EvaluationInputError (a ValueError) for mismatched or unusable inputs, before
-    any heavy work and before anything is written.
+    any heavy work and before anything is written; oracle_lib.OracleError for an
+    oracle that cannot be imported or answers with the wrong shape.
   """
   ks = sorted(set(int(k) for k in ks))
   if not ks or ks[0] < 1:
@@ -86,12 +99,24 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     penalties[kind] = sorted(set(float(b) for b in given if float(b) != 0.0))
     if any(not b > 0 for b in penalties[kind]):
       raise EvaluationInputError(f"--{kind}_penalty: betas must be >= 0, got {list(given)}")
+  caps = sorted(set(int(c) for c in exposure_caps))
+  if any(c < 1 for c in caps):
+    raise EvaluationInputError(f"--exposure_cap: caps must be >= 1, got {list(exposure_caps)}")
   if bootstrap < 10:
     raise EvaluationInputError(f"--bootstrap: need at least 10 resamples, got {bootstrap}")
+  if world_dir and oracle:
+    raise EvaluationInputError("--world_dir and --oracle both give the ground truth: "
+                               "give one")
+  like_probability = oracle_lib.load(oracle) if oracle else None
   if os.path.exists(output_dir) and not overwrite:
     raise EvaluationInputError(f"--output_dir {output_dir} already exists (pass --overwrite)")
   dataset = reader.open_dataset(dataset_dir, verify_checksums=verify_checksums)
   runs = [_open_run(run_lib, path, dataset, verify_checksums) for path in run_dirs]
+  exposure = dataset.config.rules.exposure  # the serving rule: measured beside the flags'
+  if exposure.hubness_beta > 0:
+    penalties["hubness"] = sorted(set(penalties["hubness"]) | {exposure.hubness_beta})
+  if exposure.max_impressions_per_day:
+    caps = sorted(set(caps) | {exposure.max_impressions_per_day})
   world = _load_world(world_dir) if world_dir else None
 
   started = time.time()
@@ -100,7 +125,6 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       "train pairs (%.1fs)" % (data.num_users, data.notes["users_with_eval_likes"],
                                data.candidate_ids.size, data.notes["excluded_pairs"],
                                time.time() - started))
-  oracle = None
   if world is not None:
     try:
       world.user_index(np.concatenate([data.query_ids, data.candidate_ids]))
@@ -108,22 +132,29 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       raise EvaluationInputError(f"--world_dir {world_dir}: the world does not hold the "
                                  f"dataset's users ({e}); give the world the dataset was "
                                  "generated from") from None
-    oracle = _realised_oracle(world, data)
+    like_probability = oracle_lib.checked(world.like_probability, f"--world_dir {world_dir}")
+  truth = None
+  if like_probability is not None:
+    like_probability(data.query_ids[:2], data.candidate_ids[:2])  # fails fast, before the work
+    truth = _realised_oracle(like_probability, data)
 
   entries = _baselines(baselines, data, dataset, seed)
   names = _run_names(run_dirs)
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
-                       reciprocal_combinations if reciprocal else (), back_swipes, penalties)
+                       reciprocal_combinations if reciprocal else (), back_swipes, penalties,
+                       caps)
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
   results, recommenders = {}, {}
   for entry in entries:
-    result = evaluator.evaluate(entry.scorer, data, ks, entry.calibration, oracle, batch_size)
+    result = evaluator.evaluate(entry.scorer, data, ks, entry.calibration, truth, batch_size)
     result.info = {"kind": entry.kind, **entry.info}
     results[entry.scorer.name] = result
     recommenders[entry.scorer.name] = evaluator.summarize(result, data, counts, ks, popular)
+    recommenders[entry.scorer.name]["eligibility_violations"] = evaluator.eligibility_violations(
+        result, data)
     all_users = recommenders[entry.scorer.name]["segments"]["all"]
     log("evaluate: %-28s AUC %s  recall@%d %s  (%.1fs)" % (
         entry.scorer.name, report_lib.format_estimate(all_users["auc"]), ks[0],
@@ -150,6 +181,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
                   "split_time_iso": datetime.datetime.fromtimestamp(
                       split_time, datetime.timezone.utc).isoformat()},
       "world_dir": os.path.abspath(world_dir) if world_dir else None,
+      "oracle": oracle,
       "k": ks,
       "bootstrap": {"resamples": bootstrap, "seed": seed, "level": 0.95,
                     "unit": "user (query user with eval swipes)"},
@@ -161,7 +193,9 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       "lifts": lifts,
       "run_comparisons": comparisons,
       "feature_matching": _feature_matching_info(entries),
-      "notes": _notes(data, world is not None),
+      "eligibility": dataset.config.eligibility.names if dataset.config.eligibility else None,
+      "verdict_thresholds": dataclasses.asdict(dataset.config.rules.verdict),
+      "notes": _notes(data, truth is not None),
   }
   report["verdict"] = report_lib.verdict(report)
   for line in report["verdict"].values():
@@ -181,6 +215,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         "runs": [{"path": os.path.abspath(r.path), "run_id": r.manifest.get("run_id"),
                   "manifest_sha256": files.sha256_file(r.file(run_lib.MANIFEST))} for r in runs],
         "flags": {"k": ks, "rules": dataclasses.asdict(rules), "world_dir": world_dir,
+                  "oracle": oracle,
                   "bootstrap": bootstrap, "seed": seed, "baselines": list(baselines),
                   "reciprocal": reciprocal,
                   "reciprocal_combinations": list(reciprocal_combinations),
@@ -191,7 +226,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
 
   if tensorboard:
     for entry in entries:
-      if entry.run is None:
+      if entry.run is None or "exposure_cap" in entry.info:  # a cap leaves pair scores as is
         continue
       result = results[entry.scorer.name]
       probabilities = result.swipe_probabilities
@@ -262,7 +297,8 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
 
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
-            back_swipes: bool, penalties: Dict[str, Sequence[float]]) -> List[_Entry]:
+            back_swipes: bool, penalties: Dict[str, Sequence[float]],
+            caps: Sequence[int] = ()) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -306,7 +342,16 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
       entries.append(_Entry(scorer, "model", None,
                             {**info, "mode": "reciprocal", "combination": combination,
                              "back_swipes": back_swipes}, run))
-  return entries
+  return entries + _capped(entries, caps)
+
+
+def _capped(entries: List[_Entry], caps: Sequence[int]) -> List[_Entry]:
+  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run."""
+  bases = [e for e in entries if e.info["mode"] in ("one_way", "hubness_penalty")]
+  bases += [e for e in entries if e.info["mode"] == "reciprocal"][:1]
+  return [_Entry(retrieval.ExposureControl(e.scorer, cap), "model", e.calibration,
+                 {**e.info, "exposure_cap": cap}, e.run)
+          for cap in caps for e in bases]
 
 
 def _train_back_swipes(scorer: retrieval.Scorer,
@@ -317,23 +362,25 @@ def _train_back_swipes(scorer: retrieval.Scorer,
                                         data.candidate_ids[train.candidates], train.labels)
 
 
-def _realised_oracle(world, data: evaluator.EvalData):
-  """The world's P(swiper likes swipee), except for pairs swiped in train: their outcome.
+def _realised_oracle(like_probability: oracle_lib.OracleFn, data: evaluator.EvalData):
+  """The oracle's P(swiper likes swipee), except for pairs swiped in train: their outcome.
 
   A candidate who already liked (passed on) the user matches with certainty
   (never) if the user likes them; the hidden probability would hide what the
   app already knows when it ranks.
   """
   train = data.train_swipes
-  swipers, swipees = data.query_ids[train.users], data.candidate_ids[train.candidates]
-  observed = retrieval.BackSwipes.from_swipes(world.user_index(swipers),
-                                              world.user_index(swipees), train.labels,
-                                              len(world.profiles))
+  ids = retrieval.id_index(np.unique(np.concatenate([data.query_ids, data.candidate_ids])
+                                     .astype(str)).astype(object))
+  observed = retrieval.BackSwipes.from_swipes(
+      ids.get_indexer(data.query_ids[train.users].astype(str)),
+      ids.get_indexer(data.candidate_ids[train.candidates].astype(str)), train.labels, ids.size)
 
-  def oracle(swiper_ids, swipee_ids):
-    outcome = observed.lookup(world.user_index(swiper_ids), world.user_index(swipee_ids))
-    return np.where(np.isnan(outcome), world.like_probability(swiper_ids, swipee_ids), outcome)
-  return oracle
+  def realised(swiper_ids, swipee_ids):
+    outcome = observed.lookup(ids.get_indexer(np.asarray(swiper_ids).astype(str)),
+                              ids.get_indexer(np.asarray(swipee_ids).astype(str)))
+    return np.where(np.isnan(outcome), like_probability(swiper_ids, swipee_ids), outcome)
+  return realised
 
 
 def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
