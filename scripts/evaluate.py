@@ -38,6 +38,9 @@ flags.DEFINE_string("oracle", None, "Optional ground truth instead of --world_di
                     "package.module:function returning P(u likes v) as a [P] float array for "
                     "[P] arrays of swiper and swipee ids (your own simulator, a labelled "
                     "panel); adds the oracle like / like-back / match rates of the lists.")
+flags.DEFINE_string("db_url", None, "The app's database, when the config's baseline is its own "
+                    "SQL (baseline.sql): the query is run there for every evaluated user. "
+                    "Default: SUPABASE_DB_URL from the environment.")
 flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples of users for the 95 % intervals.",
                      lower_bound=10)
 flags.DEFINE_integer("seed", 0, "Seed of the bootstrap, the random baseline and the calibration "
@@ -112,7 +115,8 @@ def main(argv):
                        hubness_penalties=betas["hubness_penalty"],
                        batch_size=FLAGS.batch_size, tensorboard=FLAGS.tensorboard,
                        overwrite=FLAGS.overwrite, verify_checksums=FLAGS.verify_checksums,
-                       log=logging.info, oracle=FLAGS.oracle, exposure_caps=caps)
+                       log=logging.info, oracle=FLAGS.oracle, exposure_caps=caps,
+                       db_url=FLAGS.db_url or os.environ.get("SUPABASE_DB_URL"))
 
 
 if __name__ == "__main__":

@@ -318,3 +318,69 @@ def test_oracle_is_loaded_and_checked(tmp_path, monkeypatch):
   with pytest.raises(oracle_lib.OracleError, match="outside \\[0, 1\\]"):
     oracle_lib.load("panel:big")(ids, ids)
   sys.modules.pop("panel", None)
+
+
+# -- the app's own SQL baseline ------------------------------------------------------------------
+
+@pytest.fixture
+def sql_baseline_dataset(tmp_path, tiny_world, default_config, fresh_database):
+  """The tiny world's dataset with `baseline.sql`, and the app's matches in a real database:
+  for each user the 10 nearest ages among everyone (the gender filter forgotten)."""
+  import psycopg2
+  raw = json.loads(default_config.to_json())
+  raw["baseline"] = {"sql": "SELECT candidate_id, score FROM todays_matches "
+                            "WHERE user_id = %(user_id)s"}
+  config = config_lib.parse_config(raw)
+  profiles = tiny_world.profiles
+  path = str(tmp_path / "ds")
+  seconds = writer_lib.to_unix_seconds(tiny_world.swipes["created_at"], "swipes", "created_at")
+  with writer_lib.DatasetWriter(config, path, writer_lib.default_split_time(seconds, 0.15),
+                                profiles, profiles, num_train_shards=1, num_eval_shards=1) as w:
+    w.add_interactions(tiny_world.swipes)
+  ages = profiles["age"].to_numpy()
+  ids = profiles["id"].to_numpy()
+  rows = []
+  for i in range(len(ids)):
+    gap = np.abs(ages - ages[i]).astype(float)
+    gap[i] = np.inf
+    for j in np.argsort(gap, kind="stable")[:10]:
+      rows.append((ids[i], ids[j], float(-gap[j])))
+  conn = psycopg2.connect(fresh_database)
+  with conn.cursor() as cur:
+    cur.execute("CREATE TABLE todays_matches (user_id text, candidate_id text, score real)")
+    cur.executemany("INSERT INTO todays_matches VALUES (%s, %s, %s)", rows)
+  conn.commit()
+  conn.close()
+  return path, fresh_database, raw
+
+
+@pytest.mark.slow
+def test_sql_baseline_lists_are_judged_as_served(sql_baseline_dataset, tmp_path):
+  from tfrs_two_tower.stages import evaluate_stage
+  path, db_url, raw = sql_baseline_dataset
+  report = evaluate_stage.run(path, [], str(tmp_path / "eval"), ks=[10], bootstrap=20,
+                              baselines=["feature_matching"], db_url=db_url,
+                              log=lambda *a: None)
+  fm = report["recommenders"]["feature_matching"]
+  assert fm["eligibility_violations"] > 100  # same-sex pairs: the app's SQL forgot the filter
+  assert "break the eligibility rules" in report_lib._baseline_error(report)
+  with pytest.raises(evaluate_stage.EvaluationInputError, match="give the app's database"):
+    evaluate_stage.run(path, [], str(tmp_path / "e2"), baselines=["feature_matching"])
+
+
+@pytest.mark.slow
+def test_bad_sql_baselines_are_named(sql_baseline_dataset, tmp_path):
+  import psycopg2
+  from tfrs_two_tower.stages import evaluate_stage
+  path, db_url, raw = sql_baseline_dataset
+  data = evaluator.prepare(reader.open_dataset(path))
+  conn = psycopg2.connect(db_url)
+  for sql, message in (
+      ("SELECT candidate_id, score FROM no_such_table WHERE %(user_id)s IS NOT NULL",
+       "config baseline.sql failed for user .*UndefinedTable"),
+      ("SELECT 'stranger', 1.0 WHERE %(user_id)s IS NOT NULL",
+       "returned candidate id 'stranger' .* not in the dataset's profiles")):
+    with pytest.raises(baselines.SqlBaselineError, match=message):
+      baselines.SqlBaseline(data.query_ids, data.candidate_ids, conn, sql, data.users[:3])
+  conn.close()
+  assert not os.path.exists(tmp_path / "eval")

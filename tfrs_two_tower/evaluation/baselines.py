@@ -151,3 +151,79 @@ def _multi_hot(rows, vocabulary: Sequence[str]) -> np.ndarray:
 
 
 haversine_km = eligibility_lib.haversine_km
+
+
+class SqlBaselineError(ValueError):
+  """The app's own baseline SQL failed or returned unusable rows; the message says which."""
+
+
+class SqlBaseline(retrieval.Scorer):
+  """The app's own Phase 1/2 matching: the config's `baseline.sql`, run per user.
+
+  The query gets one parameter, `%(user_id)s`, and returns rows (candidate_id,
+  score). Its lists are evaluated AS THE APP SERVES THEM: no eligibility mask
+  (`own_lists`), so lists that break the rules show up as violations and the
+  verdict refuses a lift over them. Pairs the query does not return score below
+  every returned one (for AUC).
+
+  Args:
+    conn: an open DB-API connection (psycopg2) to the app's database.
+    sql: the query.  query_rows: rows of `query_ids` to fetch lists for.
+  """
+  name = "feature_matching"
+  own_lists = True
+
+  def __init__(self, query_ids, candidate_ids, conn, sql: str, query_rows: np.ndarray):
+    super().__init__(query_ids, candidate_ids)
+    self._lists: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+    lowest = np.inf
+    with conn.cursor() as cur:
+      for row in np.asarray(query_rows):
+        user_id = str(self.query_ids[row])
+        try:
+          cur.execute(sql, {"user_id": user_id})
+          rows = cur.fetchall()
+        except Exception as e:  # any driver error: name the config key, not the driver
+          conn.rollback()
+          raise SqlBaselineError(f"config baseline.sql failed for user {user_id!r}: "
+                                 f"{type(e).__name__}: {str(e).strip().splitlines()[0]}") from None
+        if rows and len(rows[0]) != 2:
+          raise SqlBaselineError(f"config baseline.sql: expected rows (candidate_id, score), "
+                                 f"got {len(rows[0])} columns")
+        ids = np.array([str(r[0]) for r in rows], dtype=object)
+        cols = self._candidate_index.get_indexer(ids) if ids.size else np.zeros(0, np.int64)
+        if (cols < 0).any():
+          raise SqlBaselineError(f"config baseline.sql returned candidate id "
+                                 f"{ids[cols < 0][0]!r} for user {user_id!r}: not in the "
+                                 "dataset's profiles")
+        scores = np.array([float(r[1]) for r in rows], np.float64)
+        self._lists[int(row)] = (cols.astype(np.int64), scores)
+        lowest = min(lowest, scores.min(initial=np.inf))
+    self._unlisted = np.float32((lowest if np.isfinite(lowest) else 0.0) - 1.0)
+    width = np.int64(self.num_candidates)
+    keys = np.concatenate([np.full(c.size, u, np.int64) * width + c
+                           for u, (c, _) in self._lists.items()] + [np.zeros(0, np.int64)])
+    values = np.concatenate([s for _, s in self._lists.values()] + [np.zeros(0)])
+    order = np.argsort(keys, kind="stable")
+    self._keys, self._values = keys[order], values[order].astype(np.float32)
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    return tf.constant(self._block(np.asarray(query_rows)))
+
+  def _block(self, query_rows: np.ndarray) -> np.ndarray:
+    """[B, N]: the returned scores, -inf for candidates the query did not return."""
+    out = np.full((query_rows.size, self.num_candidates), -np.inf, np.float32)
+    for i, row in enumerate(query_rows):
+      cols, scores = self._lists.get(int(row), (np.zeros(0, np.int64), np.zeros(0)))
+      out[i, cols] = scores
+    return out
+
+  def pair_scores(self, query_rows, candidate_rows):
+    wanted = (np.asarray(query_rows, np.int64) * np.int64(self.num_candidates)
+              + np.asarray(candidate_rows, np.int64))
+    if self._keys.size == 0:
+      return np.full(wanted.shape, self._unlisted, np.float32)
+    pos = np.minimum(np.searchsorted(self._keys, wanted), self._keys.size - 1)
+    return np.where(self._keys[pos] == wanted, self._values[pos], self._unlisted).astype(
+        np.float32)

@@ -231,8 +231,9 @@ def evaluate(scorer: retrieval.Scorer, data: EvalData, ks: Sequence[int],
   started = time.time()
   ks = sorted(set(int(k) for k in ks))
   eligible = data.eligible
-  mask = (None if eligible is None or not eligible.filters
-          else lambda rows: eligible.mask(rows))
+  # A scorer with `own_lists` (the app's own SQL) is judged on the lists it makes.
+  mask = (None if eligible is None or not eligible.filters or getattr(scorer, "own_lists", False)
+          else eligible.mask)
   top = retrieval.top_k(scorer, data.users, max(ks), data.exclusions, batch_size, mask)
   u = data.num_users
   like_hits = metrics.hit_matrix(top.candidates, data.likes.users, data.likes.candidates)

@@ -19,6 +19,7 @@ import numpy as np
 import tfrs_two_tower
 from tfrs_two_tower import files
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
@@ -57,7 +58,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
         verify_checksums: bool = True, log: Callable[..., None] = print,
         oracle: Optional[str] = None,
-        exposure_caps: Sequence[int] = ()) -> Dict[str, object]:
+        exposure_caps: Sequence[int] = (), db_url: Optional[str] = None) -> Dict[str, object]:
   """Evaluates and writes the report; returns the report dict.
 
   With `reciprocal` (and one profile table on both sides) each run is also
@@ -73,6 +74,10 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   reciprocal mode: lists filled in a seeded request order, each candidate listed
   at most c times (`retrieval.ExposureControl`). The dataset config's `exposure`
   section adds its beta and cap to these.
+
+  Feature matching is the config's `baseline`: its terms, or its `sql` run
+  against `db_url` for every evaluated user (`baselines.SqlBaseline`, lists
+  judged as the app serves them).
 
   The ground truth of the oracle_* metrics is the synthetic world's hidden model
   (`world_dir`) or any `oracle` function `package.module:function` returning
@@ -138,7 +143,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     like_probability(data.query_ids[:2], data.candidate_ids[:2])  # fails fast, before the work
     truth = _realised_oracle(like_probability, data)
 
-  entries = _baselines(baselines, data, dataset, seed)
+  entries = _baselines(baselines, data, dataset, seed, db_url)
   names = _run_names(run_dirs)
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
@@ -277,7 +282,8 @@ def _run_names(paths: Sequence[str]) -> List[str]:
   return names
 
 
-def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: int) -> List[_Entry]:
+def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: int,
+               db_url: Optional[str] = None) -> List[_Entry]:
   entries = []
   for name in names:
     if name == "random":
@@ -285,6 +291,8 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
     elif name == "popularity":
       scorer = baselines_lib.PopularityScorer(data.query_ids, data.candidate_ids,
                                               data.likes_received)
+    elif dataset.config.baseline is not None and dataset.config.baseline.sql:
+      scorer = _sql_baseline(dataset.config.baseline.sql, data, db_url)
     else:
       if dataset.config.baseline is None or data.eligible is None:
         raise EvaluationInputError(
@@ -294,6 +302,24 @@ def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: in
                                              data.candidate_entities, data.eligible)
     entries.append(_Entry(scorer, "baseline", evaluator.fit_calibration(scorer, data, seed), {}))
   return entries
+
+
+def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
+  """The config's baseline.sql run against the app's database for every evaluated user."""
+  if not db_url:
+    raise EvaluationInputError("the config's baseline is SQL (baseline.sql): give the app's "
+                               "database with --db_url")
+  import psycopg2  # only this step talks to a database: evaluation runs without a driver
+  try:
+    conn = psycopg2.connect(db_url)
+  except psycopg2.Error as e:
+    raise EvaluationInputError(f"--db_url: cannot connect: {sources.redact(str(e).strip())}") from None
+  try:
+    return baselines_lib.SqlBaseline(data.query_ids, data.candidate_ids, conn, sql, data.users)
+  except baselines_lib.SqlBaselineError as e:
+    raise EvaluationInputError(str(e)) from None
+  finally:
+    conn.close()
 
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
