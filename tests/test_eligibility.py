@@ -56,7 +56,9 @@ def second_schema_config():
                          "genders": {"m": ["Male"], "f": ["Female"], "x": ["Non-binary"]},
                          "seeking": {"Male": ["m"], "Female": ["f"], "Non-binary": ["x"]}},
           "age": {"column": "years", "min_column": "age_min", "max_column": "age_max"},
-          "distance": {"feature": "home", "max_km": 150}},
+          "distance": {"feature": "home", "max_km": 150},
+          "blocked": {"table": "blocks", "query_id_column": "blocker",
+                      "candidate_id_column": "blocked"}},
       "baseline": {"terms": [
           {"type": "eligible", "weight": 10},
           {"type": "age_closeness", "column": "years", "window_years": 3, "weight": 0.5},
@@ -87,10 +89,14 @@ def second_dataset(tmp_path_factory, tiny_world):
   path = str(tmp_path_factory.mktemp("second") / "dataset")
   split = writer_lib.default_split_time(
       writer_lib.to_unix_seconds(likes["at"], "likes", "at"), 0.15)
+  # The first 200 members block 3 members each.
+  ids = members["member_id"].to_numpy()
+  blocks = pd.DataFrame({"blocker": np.repeat(ids[:200], 3),
+                         "blocked": np.roll(ids, -1)[np.arange(600) % 200 + np.arange(600) // 200]})
   with writer_lib.DatasetWriter(config, path, split, members, members,
-                                num_train_shards=1, num_eval_shards=1) as w:
+                                num_train_shards=1, num_eval_shards=1, blocked_pairs=blocks) as w:
     w.add_interactions(likes)
-  return reader.open_dataset(path), members
+  return reader.open_dataset(path), members, blocks
 
 
 def by_hand(members: pd.DataFrame, a: int, b: int) -> bool:
@@ -173,10 +179,10 @@ def test_cells_split_arrays_and_postgres_array_text():
 
 def test_second_schema_exports_rule_attributes_and_counts_users_without_candidates(
     second_dataset):
-  dataset, members = second_dataset
+  dataset, members, _ = second_dataset
   stats = json.load(open(dataset.file("stats.json")))
-  assert stats["eligibility"]["rules"] == ["preference", "age", "distance", "exclude_self",
-                                           "exclude_swiped"]
+  assert stats["eligibility"]["rules"] == ["preference", "age", "distance", "blocked",
+                                           "exclude_self", "exclude_swiped"]
   expected = sum(not any(by_hand(members, a, b) for b in range(len(members)) if b != a)
                  for a in range(0, len(members), 35))
   share = stats["eligibility"]["users_without_candidates_share"]
@@ -198,8 +204,14 @@ def _assert_lists_eligible(top, data, members, name):
 
 
 def test_every_recommender_respects_the_second_schemas_rules(second_dataset):
-  dataset, members = second_dataset
+  dataset, members, blocks = second_dataset
   data = evaluator.prepare(dataset)
+  index = pd.Index(members["member_id"])
+  blocked = set(zip(index.get_indexer(blocks["blocker"]), index.get_indexer(blocks["blocked"])))
+  blocked |= {(b, a) for a, b in blocked}  # a block hides both ways
+  excluded = set(zip(data.users[data.exclusions.rows], data.exclusions.candidates))
+  evaluated = set(data.users)
+  assert {p for p in blocked if p[0] in evaluated} <= excluded
   assert data.eligible is not None and np.array_equal(data.query_ids, members["member_id"])
   fm = baselines.FeatureMatching(dataset.config, data.query_entities, data.candidate_entities,
                                  data.eligible)
@@ -217,6 +229,8 @@ def test_every_recommender_respects_the_second_schemas_rules(second_dataset):
     result = evaluator.evaluate(scorer, data, [10])
     _assert_lists_eligible(result.top, data, members, scorer.name)
     assert evaluator.eligibility_violations(result, data) == 0
+    listed = {(data.users[u], c) for u, row in enumerate(result.top.candidates) for c in row}
+    assert not listed & blocked, scorer.name
   # the baseline is the config's terms
   u, v = rng.integers(0, len(members), 50), rng.integers(0, len(members), 50)
   hobbies = members["hobbies"].tolist()

@@ -149,6 +149,15 @@ class FileSource:
                              na_values=[""], chunksize=self.read_chunk_rows)
 
   # -- the source interface -----------------------------------------------------------------
+  def blocked_pairs(self) -> None:
+    """Files carry no blocked pairs: a config that asks for them needs a database source."""
+    rules = self.config.eligibility
+    if rules is not None and rules.blocked is not None:
+      raise sources.MissingTableError(
+          "config eligibility.blocked: blocked pairs are read from a database table or query; "
+          "export from PostgreSQL (--db_url), or remove the rule for a file export")
+    return None
+
   def entities(self, side: str) -> pd.DataFrame:
     if side not in self._entities:
       columns = self._columns(side)

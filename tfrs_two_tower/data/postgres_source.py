@@ -362,6 +362,19 @@ class PostgresSource:
       raise sources.EmptyResultError(f"{self.description['label']}: no interactions")
     return int(rows[0][0])
 
+  def blocked_pairs(self) -> Optional[pd.DataFrame]:
+    """The config's eligibility.blocked pairs (table or query), ids as text; None without."""
+    rules = self.config.eligibility
+    if rules is None or rules.blocked is None:
+      return None
+    b = rules.blocked
+    columns = [b.query_id_column, b.candidate_id_column]
+    query = sql.SQL("SELECT {} FROM {} AS r").format(
+        sql.SQL(", ").join(sql.SQL("r.{}::text").format(sql.Identifier(c)) for c in columns),
+        _relation(b.table, b.sql))
+    what = f"config eligibility.blocked ({b.table or 'sql'})"
+    return pd.DataFrame.from_records(self._execute(query, what=what), columns=columns)
+
   # -- reading ----------------------------------------------------------------------------------
   def _stream(self, query: sql.Composable, columns: List[str], chunk_size: int,
               name: str) -> Iterator[pd.DataFrame]:

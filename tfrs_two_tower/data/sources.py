@@ -355,7 +355,8 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       num_train_shards=num_train_shards, num_eval_shards=num_eval_shards,
       unknown_actions=unknown_actions, missing_entities=missing_entities, min_users=min_users,
       min_interactions=min_interactions, source_description=description, overwrite=overwrite,
-      log_every_seconds=math.inf, timestamp_unit=source.timestamp_unit) as writer:
+      log_every_seconds=math.inf, timestamp_unit=source.timestamp_unit,
+      blocked_pairs=source.blocked_pairs()) as writer:
     tracker = Progress(audit.rows, log)  # after the writer's TensorFlow import
     streamed = 0
     for chunk in source.interaction_chunks(chunk_size, partition):
