@@ -2,8 +2,9 @@
 """Exposure control in the A/B simulator: Gini and match rate, side by side with feature matching.
 
 Each recommender serves 100 % of the users of a synthetic world for --days
-simulated days (one arm, so no arm competes with another for attention), under
-the config's eligibility rules. Reported per recommender:
+simulated days (both arms of an A/A experiment, so no other recommender competes
+for attention), under the config's eligibility rules. Reported per recommender
+(means over both arms):
 
   gini           Gini of impressions over ALL users (0 = equal exposure)
   like           mean hidden P(u likes v) of the shown pairs
@@ -70,7 +71,7 @@ def main():
       recommenders[f"model:hub{beta:g}:cap{cap}"] = simulator.with_exposure_control(
           one_way, rules_lib.Exposure(hubness_beta=beta, max_impressions_per_day=cap))
 
-  experiment = assignment.Experiment.from_weights("exposure", {"all": 1})
+  experiment = assignment.Experiment.from_weights("exposure", {"a": 1, "b": 1})
   params = simulator.SimulationParams(days=args.days, seed=args.seed,
                                       rules=simulator.world_rules(world, config),
                                       attention_per_day=attention)
@@ -79,11 +80,13 @@ def main():
         f"attention {attention:g} likes/day, eligibility {config.eligibility.names}")
   rows = {}
   for name, recommender in recommenders.items():
-    sim = simulator.simulate(world, {"all": recommender}, experiment, params, log=lambda *a: None)
+    sim = simulator.simulate(world, {"a": recommender, "b": recommender}, experiment, params,
+                             log=lambda *a: None)
     shown = np.bincount(world.user_index(sim.swipes["swipee_id"]), minlength=n)
+    mean = lambda d: float(np.mean(list(d.values())))  # noqa: E731
     rows[name] = (float(metrics.gini(shown[None, :].astype(float))[0]),
-                  sim.true_like_probability["all"], sim.true_match_probability["all"],
-                  sim.true_match_probability_limited["all"], len(sim.swipes))
+                  mean(sim.true_like_probability), mean(sim.true_match_probability),
+                  mean(sim.true_match_probability_limited), len(sim.swipes))
   base = rows["feature_matching"]
   print(f"{'recommender':28s} {'gini':>6s} {'like':>6s} {'match':>7s} {'match_lim':>9s} "
         f"{'shown':>7s}   ratios to feature_matching: gini, match_limited")

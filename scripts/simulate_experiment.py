@@ -60,6 +60,9 @@ flags.DEFINE_integer("aa_splits", 0, "A/A calibration: re-randomisations of an A
                      "analysed (0 = skip).", lower_bound=0)
 flags.DEFINE_integer("aa_db_runs", 0, "A/A calibration: full simulate-write-analyse round trips "
                      "through the database (0 = skip).", lower_bound=0)
+flags.DEFINE_string("oracle", None, "Ground truth of the simulated users instead of the world's "
+                    "hidden model: package.module:function returning P(u likes v) for [P] "
+                    "arrays of swiper and swipee ids (e.g. your own simulator).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output_dir.")
 
 
@@ -74,7 +77,7 @@ def main(argv):
         salt=FLAGS.salt, arms=FLAGS.arms, days=FLAGS.days, feed_size=FLAGS.feed_size,
         seed=FLAGS.seed, exposure_log_loss=FLAGS.exposure_log_loss, cuped=FLAGS.cuped,
         aa_splits=FLAGS.aa_splits, aa_db_runs=FLAGS.aa_db_runs, overwrite=FLAGS.overwrite,
-        log=logging.info)
+        log=logging.info, oracle=FLAGS.oracle)
 
 
 if __name__ == "__main__":

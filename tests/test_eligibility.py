@@ -258,6 +258,17 @@ def test_simulator_feeds_respect_the_rules(tiny_world, default_config):
     assert sim.true_match_probability_limited[arm] <= sim.true_match_probability[arm] + 1e-12
 
 
+def test_simulator_draws_swipes_from_a_pluggable_oracle(tiny_world):
+  exp = assignment.Experiment.from_weights("truth", {"a": 1, "b": 1})
+  fm = simulator.oracle(tiny_world)
+  for p, actions in ((0.0, {"pass"}), (1.0, {"superlike"})):
+    truth = oracle_lib.checked(lambda a, b, p=p: np.full(len(a), p), "test oracle")
+    sim = simulator.simulate(tiny_world, {"a": fm, "b": fm}, exp,
+                             simulator.SimulationParams(days=1, like_probability=truth),
+                             log=lambda *a: None)
+    assert set(sim.swipes["action"]) == actions and sim.true_like_probability["a"] == p
+
+
 # -- exposure cap --------------------------------------------------------------------------------
 
 def test_exposure_cap_bounds_every_candidates_slots_and_keeps_list_order():

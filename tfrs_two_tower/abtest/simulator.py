@@ -24,7 +24,7 @@ The experiment starts where the world's history ends, so the pre-period
 """
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -154,6 +154,10 @@ class SimulationParams:
       pair is P(u likes v) P(v likes u) min(1, attention / L_v), L_v = expected likes
       v receives that day from every arm's feeds (`synthetic.answered_share`).
       Reported as `true_match_probability_limited`.
+    like_probability: the ground truth P(swiper likes swipee) for id arrays
+      (`evaluation.oracle`; e.g. a team's own simulator); default: the world's
+      hidden model. Swipes are drawn from it; a like is a superlike when its
+      probability exceeds sigmoid(world.params.superlike_utility).
   """
   days: int = 14
   feed_size: Optional[int] = None
@@ -162,6 +166,7 @@ class SimulationParams:
   pre_period_days: float = 28.0
   rules: Optional[eligibility_lib.PairRules] = None
   attention_per_day: Optional[float] = None
+  like_probability: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
 
 
 @dataclasses.dataclass
@@ -198,6 +203,8 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   if missing:
     raise ValueError(f"no recommender for arm(s) {sorted(missing)}")
   rng = np.random.default_rng(params.seed)
+  truth = params.like_probability or world.like_probability
+  superlike_probability = 1.0 / (1.0 + np.exp(-world.params.superlike_utility))
   ids = world.profiles["id"].astype(str).to_numpy()
   n = ids.size
   feed_size = params.feed_size or world.params.feed_size
@@ -242,13 +249,13 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
       shown_ids = np.asarray(feed, dtype=object).ravel()
       ok = np.array([s is not None for s in shown_ids], bool)
       swiper, shown = swiper[ok], world.user_index(shown_ids[ok])
-      like = world.respond(ids[swiper], ids[shown], rng)
-      superlike = like & (world.utility(swiper, shown) > world.params.superlike_utility)
-      p_like = world.like_probability(ids[swiper], ids[shown])
+      p_like = truth(ids[swiper], ids[shown])
+      like = rng.random(swiper.size) < p_like  # = World.respond for the world's truth
+      superlike = like & (p_like > superlike_probability)
       shown_like[arm].append(p_like)
       back = observed.lookup(swiper, shown)
       shown_match[arm].append(p_like * np.where(
-          np.isnan(back), world.like_probability(ids[shown], ids[swiper]), back))
+          np.isnan(back), truth(ids[shown], ids[swiper]), back))
       todays_pairs.append((arm, shown, shown_match[arm][-1], p_like))
       for u, v in zip(swiper, shown):
         seen[u].add(v)

@@ -33,6 +33,7 @@ from tfrs_two_tower.abtest import report
 from tfrs_two_tower.abtest import simulator
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import oracle as oracle_lib
 from tfrs_two_tower.stages import abtest_stage
 from tfrs_two_tower.stages import seed_stage
 
@@ -91,8 +92,9 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
         days: int = 14, feed_size: Optional[int] = None, seed: int = 0,
         exposure_log_loss: str = "", cuped: bool = False, aa_splits: int = 0,
         aa_db_runs: int = 0, overwrite: bool = False,
-        log: Callable[..., None] = print) -> Dict[str, Any]:
+        log: Callable[..., None] = print, oracle: Optional[str] = None) -> Dict[str, Any]:
   started = time.time()
+  truth = oracle_lib.load(oracle) if oracle else None  # fails before any work
   if world_dir:
     world = synthetic.World.load(world_dir)
   else:
@@ -114,7 +116,9 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
       "run_dir": run_dir, "params": {**dataclasses.asdict(params), "exposure_log_loss": loss},
       "eligibility": config.eligibility.names if config.eligibility else None}
   # Every arm's feed obeys the config's eligibility rules (not in the summary: arrays).
-  params = dataclasses.replace(params, rules=simulator.world_rules(world, config))
+  summary["oracle"] = oracle
+  params = dataclasses.replace(params, rules=simulator.world_rules(world, config),
+                               like_probability=truth)
   with files.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
       _database(db_url, log) as conn:
     simulator.check_empty(conn)
