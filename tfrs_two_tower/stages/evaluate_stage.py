@@ -148,7 +148,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
                        reciprocal_combinations if reciprocal else (), back_swipes, penalties,
-                       caps)
+                       caps, shown_slots=ks[0])
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -324,7 +324,7 @@ def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
             back_swipes: bool, penalties: Dict[str, Sequence[float]],
-            caps: Sequence[int] = ()) -> List[_Entry]:
+            caps: Sequence[int] = (), shown_slots: int = 10) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -368,14 +368,16 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
       entries.append(_Entry(scorer, "model", None,
                             {**info, "mode": "reciprocal", "combination": combination,
                              "back_swipes": back_swipes}, run))
-  return entries + _capped(entries, caps)
+  return entries + _capped(entries, caps, shown_slots)
 
 
-def _capped(entries: List[_Entry], caps: Sequence[int]) -> List[_Entry]:
-  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run."""
+def _capped(entries: List[_Entry], caps: Sequence[int], shown_slots: int) -> List[_Entry]:
+  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run; the
+  cap counts the first `shown_slots` places of each list (the smallest K: one feed)."""
   bases = [e for e in entries if e.info["mode"] in ("one_way", "hubness_penalty")]
   bases += [e for e in entries if e.info["mode"] == "reciprocal"][:1]
-  return [_Entry(retrieval.ExposureControl(e.scorer, cap), "model", e.calibration,
+  return [_Entry(retrieval.ExposureControl(e.scorer, cap, shown_slots=shown_slots), "model",
+                 e.calibration,
                  {**e.info, "exposure_cap": cap}, e.run)
           for cap in caps for e in bases]
 
