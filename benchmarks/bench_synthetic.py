@@ -10,10 +10,8 @@ the large world's throughput to the default's (1.0 = perfectly linear scaling).
 """
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
 
 CHILD = """
 import json, resource, sys, time

@@ -148,9 +148,17 @@ def test_several_treatments_get_holm_adjusted_primary_p_values():
   result = analysis.analyze(_population({a: 3000 for a in arms}, 0.3, 0.36, arms=arms),
                             _definition(arms))
   assert set(result["arm_verdicts"]) == {"a", "b"}
-  for arm in ("a", "b"):
-    c = result["comparisons"][arm]["match_rate"]
-    assert c["p_value_adjusted"] >= c["p_value"]
+  raw = [result["comparisons"][arm]["match_rate"]["p_value"] for arm in ("a", "b")]
+  adjusted = [result["comparisons"][arm]["match_rate"]["p_value_adjusted"] for arm in ("a", "b")]
+  np.testing.assert_allclose(adjusted, stats.holm_adjust(raw), rtol=1e-12)
+
+
+def test_holm_adjustment_known_values():
+  # Sorted p .01 < .03 < .04 get factors 3, 2, 1: .03, .06, .04 -> running max .03, .06, .06,
+  # reported in the input order.
+  np.testing.assert_allclose(stats.holm_adjust([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+  np.testing.assert_allclose(stats.holm_adjust([0.5, 0.6]), [1.0, 1.0])  # capped at 1
+  np.testing.assert_allclose(stats.holm_adjust([0.02]), [0.02])
 
 
 def test_peeking_warnings():

@@ -16,6 +16,9 @@ from tfrs_two_tower.abtest import simulator
 from tfrs_two_tower.stages import abtest_stage
 from tfrs_two_tower.stages import seed_stage
 
+# Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 PARAMS = simulator.SimulationParams(days=10, seed=3)
 
 

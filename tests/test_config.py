@@ -110,3 +110,13 @@ def test_check_columns_names_column_and_config_key(default_config):
   problems = config_lib.check_columns(default_config, "candidate", ["id", "created_at", "gender"],
                                       "profiles.csv")
   assert any("'latitude' (config entities.user.features[5] 'location')" in p for p in problems)
+
+
+def test_timestamp_unit_is_validated():
+  raw = config_lib.load_config().raw
+  good = dict(raw, interactions=dict(raw["interactions"], timestamp_unit="ms"))
+  assert config_lib.parse_config(good).interactions.timestamp_unit == "ms"
+  assert config_lib.load_config().interactions.timestamp_unit is None
+  bad = dict(raw, interactions=dict(raw["interactions"], timestamp_unit="seconds"))
+  with pytest.raises(config_lib.ConfigError, match=r"interactions.timestamp_unit: must be one of"):
+    config_lib.parse_config(bad)

@@ -21,6 +21,9 @@ from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import convert_stage
 
+# Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Parity on fewer examples keeps the per-option conversions fast.
 FAST_PARITY = dict(num_examples=500, num_queries=100)

@@ -90,6 +90,7 @@ def overflowing_core(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_float16_keeps_the_l2_tail_in_float32(overflowing_core, tmp_path):
   import coremltools as ct

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import hypothesis
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,6 +108,30 @@ def test_fast_codec_matches_protobuf(default_config):
   assert example_codec.varint(300) == b"\xac\x02"
 
 
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.example(0)
+@hypothesis.example(-1)
+@hypothesis.example(example_codec.INT64_MIN)
+@hypothesis.example(example_codec.INT64_MAX)
+@hypothesis.example(-86400 * 365 * 30)  # a swipe dated 1940
+@hypothesis.given(hypothesis.strategies.integers(example_codec.INT64_MIN,
+                                                 example_codec.INT64_MAX))
+def test_int64_entries_are_the_protobuf_bytes_over_the_whole_int64_range(value):
+  expected = tf.train.Features(feature={"timestamp": tf.train.Feature(
+      int64_list=tf.train.Int64List(value=[value]))}).SerializeToString(deterministic=True)
+  assert example_codec.int64_entry("timestamp", value) == expected
+  parsed = tf.train.Example.FromString(example_codec.example([expected]))
+  assert parsed.features.feature["timestamp"].int64_list.value == [value]
+
+
+def test_int64_entries_outside_int64_are_refused():
+  for value in (example_codec.INT64_MAX + 1, example_codec.INT64_MIN - 1):
+    with pytest.raises(ValueError, match="timestamp"):
+      example_codec.int64_entry("timestamp", value)
+  with pytest.raises(ValueError, match="unsigned 64-bit"):
+    example_codec.varint(-1)
+
+
 def test_tfds_builder_loads_splits(tiny_dataset_dir):
   import tensorflow_datasets as tfds
   builder = tfds.builder_from_directory(tiny_dataset_dir)
@@ -117,6 +142,7 @@ def test_tfds_builder_loads_splits(tiny_dataset_dir):
   assert {"query_id", "candidate_interests", "label"} <= set(eval_rows[0])
 
 
+@pytest.mark.slow
 def test_pipeline_is_deterministic_and_filters_labels(tiny_dataset_dir):
   ds = reader.open_dataset(tiny_dataset_dir)
 
@@ -177,6 +203,7 @@ def test_exception_mid_write_leaves_nothing(tmp_path, default_config):
   assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_complete_looking_directory(tmp_path, tiny_world_dir):
   out = str(tmp_path / "ds")
   script = textwrap.dedent(f"""

@@ -284,6 +284,11 @@ def test_exposure_cap_bounds_every_candidates_slots_and_keeps_list_order():
   listed = capped.candidates >= 0
   assert (np.diff(np.where(listed, capped.scores, -1e9), axis=1) <= 0).all()
   assert listed.mean() > 0.99
+  # Only the shown places count impressions; longer lists continue uncapped, full.
+  long = retrieval.top_k(retrieval.ExposureControl(model, 20, shown_slots=10), np.arange(300), 30)
+  assert np.bincount(long.candidates[:, :10].ravel()).max() <= 20
+  assert (long.candidates >= 0).all()
+  assert all(len(set(row)) == 30 for row in long.candidates)
 
 
 # -- verdict and oracle --------------------------------------------------------------------------

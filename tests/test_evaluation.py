@@ -306,6 +306,7 @@ def tiny_run(tmp_path_factory, tiny_dataset_dir):
   return path
 
 
+@pytest.mark.slow
 def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, tmp_path):
   out = str(tmp_path / "eval")
   cmd = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py"),

@@ -1,10 +1,12 @@
 """Export from CSV/Parquet dumps: the same dataset, the same checks as the database path."""
+import json
 import os
 
 import pandas as pd
 import pytest
 
 from test_export import SMALL_GATE, assert_same_dataset, read, run_main
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.stages import export_stage
 from tfrs_two_tower.stages import seed_stage
 
@@ -23,6 +25,7 @@ def supabase_csv(world, directory, swipes=None, profiles=None):
   return str(directory)
 
 
+@pytest.mark.slow
 def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp_path):
   out = str(tmp_path / "parquet")
   export_stage.run(out, input_dir=tiny_world_dir, train_shards=3, eval_shards=2,
@@ -31,6 +34,7 @@ def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp
   assert read(out, "manifest.json")["source"]["kind"] == "files"
 
 
+@pytest.mark.slow
 def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tmp_path):
   dump = supabase_csv(tiny_world, tmp_path / "dump")
   assert '"{' in open(os.path.join(dump, "profiles.csv")).read()
@@ -41,6 +45,7 @@ def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tm
   assert_same_dataset(out, tiny_dataset_dir)
 
 
+@pytest.mark.slow
 def test_file_partitions_combine_to_the_whole(tiny_world_dir, tiny_dataset_dir, tmp_path):
   for p in range(2):
     export_stage.run(str(tmp_path / f"part-{p}"), input_dir=tiny_world_dir, num_partitions=2,
@@ -102,3 +107,65 @@ def test_duplicates_keep_the_latest_and_are_counted(tiny_world, tmp_path):
   assert code == 0, errors
   assert read(out, "stats.json")["dropped"]["duplicates"] == 7
   assert read(out, "stats.json")["rows"]["train"] + read(out, "stats.json")["rows"]["eval"] == 2000
+
+
+def _config_with_unit(tmp_path, unit):
+  raw = config_lib.load_config().raw
+  raw = dict(raw, interactions=dict(raw["interactions"], timestamp_unit=unit))
+  path = str(tmp_path / f"config-{unit}.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(raw, f)
+  return path
+
+
+def _numeric_times(frame, per_second):
+  seconds = frame["created_at"].astype("datetime64[ns, UTC]").astype("int64") // 10**9
+  return frame.assign(created_at=seconds * per_second)
+
+
+def test_unix_seconds_in_a_csv_need_and_honour_the_unit(tiny_world, tiny_dataset_dir, tmp_path):
+  dump = str(tmp_path / "dump")
+  os.makedirs(dump)
+  supabase_csv(tiny_world, dump)
+  for name in ("profiles", "swipes"):  # the times as unix seconds, everything else unchanged
+    table = getattr(tiny_world, name)
+    csv = pd.read_csv(os.path.join(dump, f"{name}.csv"), dtype=object, keep_default_na=False)
+    csv["created_at"] = _numeric_times(table, 1)["created_at"].to_numpy()
+    csv.to_csv(os.path.join(dump, f"{name}.csv"), index=False)
+  code, _, errors = run_main(tmp_path, input_dir=dump)
+  assert code == 19 and "'created_at' holds numbers" in errors and "timestamp_unit" in errors
+  assert "looks like unix s" in errors and not (tmp_path / "out").exists()
+  out = str(tmp_path / "seconds")
+  code, _, errors = run_main(tmp_path, input_dir=dump, output_dir=out,
+                             config_path=_config_with_unit(tmp_path, "s"))
+  assert code == 0, errors
+  assert_same_dataset(out, tiny_dataset_dir, same_config=False)  # the config names a unit
+
+
+def test_parquet_milliseconds_are_never_read_as_seconds(tiny_world, tiny_dataset_dir, tmp_path):
+  dump = tmp_path / "dump"
+  dump.mkdir()
+  _numeric_times(tiny_world.profiles, 1000).to_parquet(dump / "profiles.parquet", index=False)
+  swipes = _numeric_times(tiny_world.swipes, 1000)
+  swipes.to_parquet(dump / "swipes.parquet", index=False)
+  code, _, errors = run_main(tmp_path, input_dir=str(dump))
+  assert code == 19 and "looks like unix ms" in errors, errors
+  code, _, errors = run_main(tmp_path, input_dir=str(dump),
+                             config_path=_config_with_unit(tmp_path, "s"))
+  assert code == 19 and "swipes.parquet: column 'created_at' row 0" in errors, errors
+  assert "read as unix s" in errors and "looks like unix ms" in errors
+  assert not (tmp_path / "out").exists()
+  out = str(tmp_path / "ms")
+  code, _, errors = run_main(tmp_path, input_dir=str(dump), output_dir=out,
+                             config_path=_config_with_unit(tmp_path, "ms"))
+  assert code == 0, errors
+  assert_same_dataset(out, tiny_dataset_dir, same_config=False)
+
+
+def test_implausible_dates_name_file_column_and_row(tiny_world, tmp_path):
+  swipes = tiny_world.swipes.copy()
+  swipes.loc[swipes.index[5], "created_at"] = pd.Timestamp("1970-01-02", tz="UTC")
+  dump = supabase_csv(tiny_world, tmp_path / "dump", swipes)
+  code, _, errors = run_main(tmp_path, input_dir=dump)
+  assert code == 19 and "swipes.csv: column 'created_at' row 5: 1970-01-02" in errors, errors
+  assert "1990-01-01 .. tomorrow" in errors and not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import towers
+from tfrs_two_tower.model import two_tower
 
 SPECS = [
     {"key": "query_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 2,
@@ -82,3 +83,50 @@ def test_layers_serialise():
   assert pooling.pooling == "sum"
   with pytest.raises(ValueError, match="pooling"):
     towers.MaskedPooling("max")
+
+
+def _identity_core(name):
+  """A core whose embedding is its input, so the loss sees embeddings chosen by the test."""
+  vector = tf.keras.Input(shape=(2,), name=f"{name}_vec")
+  return tf.keras.Model({f"{name}_vec": vector}, tf.keras.layers.Activation("linear")(vector))
+
+
+def test_loss_parts_match_a_hand_computation():
+  """logQ, accidental hits, pass-only rows and the pairwise term against numpy by hand."""
+  tau, pass_weight = 0.5, 0.25
+  q = np.array([[1, 0], [0.6, 0.8], [0, 1], [0.8, -0.6]], np.float32)
+  c = np.array([[0.8, 0.6], [0, 1], [1, 0], [-0.6, 0.8]], np.float32)
+  label = np.array([1, 1, 0, 1])  # row 2 is a pass
+  weight = np.array([1.0, 2.0, 1.5, 0.5], np.float32)
+  key = np.array([7, 8, 9, 7])  # rows 0 and 3 swiped the same candidate
+  p = np.array([0.5, 0.1, 0.2, 0.5], np.float32)
+  model = two_tower.TwoTowerModel(_identity_core("query"), _identity_core("candidate"),
+                                  temperature=tau, sampling="static",
+                                  pass_loss_weight=pass_weight)
+  batch = {"query_vec": q, "candidate_vec": c, "label": label, "weight": weight,
+           "candidate_key": key, "candidate_sampling_probability": p}
+  parts = {k: float(v) for k, v in model.loss_parts(
+      {k: tf.constant(v) for k, v in batch.items()}).items()}
+
+  # Softmax over in-batch candidates: logits q_i.c_j / tau - log p_j; column j != i with the
+  # same key as i is an accidental hit and leaves row i; only likes are rows.
+  logits = (q @ c.T) / tau - np.log(p)[None, :]
+  hit = (key[:, None] == key[None, :]) & ~np.eye(4, dtype=bool)
+  ce = np.array([np.log(np.exp(logits[i][~hit[i]]).sum()) - logits[i, i] for i in range(4)])
+  assert hit[0, 3] and hit[3, 0] and hit.sum() == 2
+  softmax = (weight * label * ce).sum() / (weight * label).sum()
+  # Pairwise: BCE of (5 q_i.c_i + 0) against the like/pass label, weighted mean over rows.
+  z = 5.0 * (q * c).sum(axis=1)
+  bce = np.maximum(z, 0) - z * label + np.log1p(np.exp(-np.abs(z)))
+  pairwise = (weight * bce).sum() / weight.sum()
+  assert parts["softmax_loss"] == pytest.approx(softmax, rel=1e-5)
+  assert parts["pairwise_loss"] == pytest.approx(pairwise, rel=1e-5)
+  assert parts["loss"] == pytest.approx(softmax + pass_weight * pairwise, rel=1e-5)
+
+  # The pass row is a column (its candidate is a negative for the likes) but never a row.
+  moved_pass_query = dict(batch, query_vec=np.where(label[:, None] == 0, -q, q))
+  moved_pass_candidate = dict(batch, candidate_vec=np.where(label[:, None] == 0, -c, c))
+  softmax_of = lambda b: float(model.loss_parts(
+      {k: tf.constant(v) for k, v in b.items()})["softmax_loss"])
+  assert softmax_of(moved_pass_query) == pytest.approx(parts["softmax_loss"], rel=1e-6)
+  assert softmax_of(moved_pass_candidate) != pytest.approx(parts["softmax_loss"], rel=1e-3)

@@ -8,6 +8,9 @@ import pytest
 
 from tfrs_two_tower.stages import pipeline_stage
 
+# Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "run_pipeline.py")
 SMALL = ["--num_users=700", "--days=50", "--epochs=1", "--batch_size=512", "--bootstrap=50",
          "--coreml_precision=float32"]

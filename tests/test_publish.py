@@ -102,7 +102,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
   url, conn, first = published
   again = publish_stage.run(tiny_run_dir, tiny_dataset_dir, db_url=url, env_file=None,
                             log=lambda *a: None)
-  assert again == {"version": first["version"], "created": False, "dropped": []}
+  assert again == {"version": first["version"], "run_id": first["run_id"], "created": False,
+                   "dropped": []}
   with conn.cursor() as cur:
     cur.execute(f"SELECT count(*) FROM tt_candidate_embeddings_{first['version']}")
     count = cur.fetchone()[0]
@@ -121,7 +122,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
   with conn.cursor() as cur:
     cur.execute("SELECT version FROM tt_active_model")
     assert cur.fetchone()[0] == first["version"]
-    cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'tt_%broken_run'")
+    cur.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE %s",
+                (f"tt_%{pgvector.version_name('broken-run')}",))
     assert cur.fetchone()[0] == 0
   # A second version becomes active in one switch; the first stays for rollback.
   second = pgvector.publish(conn, config=config_lib.load_config(), run_id="second-run",
@@ -131,7 +133,7 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
                             log=lambda *a: None)
   with conn.cursor() as cur:
     cur.execute("SELECT version FROM tt_active_model")
-    assert cur.fetchone()[0] == second["version"] == "second_run"
+    assert cur.fetchone()[0] == second["version"] == pgvector.version_name("second-run")
     cur.execute("SELECT count(*) FROM tt_model_versions")
     assert cur.fetchone()[0] == 2
   conn.commit()
@@ -141,11 +143,41 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
 
-def test_version_names_are_safe():
-  assert pgvector.version_name("Run 2026-11-24T10:00; DROP TABLE x") == \
-      "run_2026_11_24t10_00_drop_table_x"
+def test_version_keys_are_short_fixed_and_safe():
+  hostile = pgvector.version_name("Run 2026-11-24T10:00; DROP TABLE x")
+  long_a = pgvector.version_name("two_tower_streaming_v2_with_a_long_name-20261124T100000Z")
+  long_b = pgvector.version_name("two_tower_streaming_v2_with_a_long_name-20261124T100001Z")
+  for key in (hostile, long_a, long_b):
+    assert len(key) == 13 and key[0] == "v" and set(key[1:]) <= set("0123456789abcdef")
+  assert long_a != long_b
   with pytest.raises(ValueError):
-    pgvector.version_name("---")
+    pgvector.version_name("")
+
+
+def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
+  """Run ids sharing a 40-character prefix once cut table names at 63 bytes and collided."""
+  _, conn, _ = published
+  ids, emb = run_lib.open_run(tiny_run_dir).candidate_embeddings()
+  prefix = "two_tower_streaming_v2_" + "x" * 30
+  results = [pgvector.publish(conn, run_id=f"{prefix}-2026112{i}T100000Z", config_hash="x",
+                              temperature=0.05, query_ids=ids, query_embeddings=emb,
+                              candidate_ids=ids, candidate_embeddings=emb,
+                              calibration=(1.0, 0.0), keep_versions=5, log=lambda *a: None)
+             for i in range(2)]
+  assert results[0]["version"] != results[1]["version"]
+  assert all(r["created"] for r in results)
+  with conn.cursor() as cur:
+    for r in results:
+      cur.execute("SELECT run_id FROM tt_model_versions WHERE version = %s", (r["version"],))
+      assert cur.fetchone()[0] == r["run_id"]
+      cur.execute("SELECT count(*) FROM pg_indexes WHERE indexname = %s",
+                  (f"tt_candidate_embeddings_{r['version']}_hnsw",))
+      assert cur.fetchone()[0] == 1
+  assert len(pgvector.recommend(conn, ids[0], K, exact=True)) > 0
+  run = run_lib.open_run(tiny_run_dir)  # switch back to the fixture's run for the tests below
+  pgvector.publish(conn, run_id=run.manifest["run_id"], config_hash="x", temperature=0.05,
+                   query_ids=ids, query_embeddings=emb, candidate_ids=ids,
+                   candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
 
 def _embeddings(conn, table):

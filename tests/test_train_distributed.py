@@ -10,6 +10,10 @@ import numpy as np
 
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import train_stage
+import pytest
+
+# Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
+pytestmark = pytest.mark.slow
 
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "train_model.py")
 

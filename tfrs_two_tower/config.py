@@ -46,6 +46,7 @@ SIDES = ("query", "candidate")
 FEATURE_TYPES = ("id", "categorical", "multi_categorical", "numeric", "geo")
 NUMERIC_NORMALIZATIONS = ("zscore", "log_zscore", "none")
 POOLINGS = ("mean", "sum")
+TIMESTAMP_UNITS = ("s", "ms", "us", "ns")  # numeric timestamps count these since 1970
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -135,6 +136,7 @@ class Interactions:
   weight_column: Optional[str]
   sql: Optional[str]
   actions: Tuple[Action, ...]
+  timestamp_unit: Optional[str] = None  # unit of numeric timestamps: s, ms, us or ns
 
   @property
   def columns(self) -> List[str]:
@@ -275,12 +277,17 @@ def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interacti
     problems.append(f"{path}: must be an object")
     return None
   _check_keys(section, path, {"table", "query_id_column", "candidate_id_column", "action_column",
-                              "timestamp_column", "weight_column", "actions", "sql"}, problems)
+                              "timestamp_column", "timestamp_unit", "weight_column", "actions",
+                              "sql"}, problems)
   fields = {k: _require_str(section, k, path, problems)
             for k in ("table", "query_id_column", "candidate_id_column", "action_column",
                       "timestamp_column")}
   weight_column = _require_str(section, "weight_column", path, problems, optional=True)
   sql = _require_str(section, "sql", path, problems, optional=True)
+  timestamp_unit = section.get("timestamp_unit")
+  if timestamp_unit is not None and timestamp_unit not in TIMESTAMP_UNITS:
+    problems.append(f"{path}.timestamp_unit: must be one of {list(TIMESTAMP_UNITS)} (the unit "
+                    f"of numeric timestamps), got {timestamp_unit!r}")
   actions = []
   raw_actions = section.get("actions")
   if not isinstance(raw_actions, dict) or not raw_actions:
@@ -304,7 +311,8 @@ def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interacti
     problems.append(f"{path}.actions: no action maps to label 1; retrieval needs positives")
   if None in fields.values():
     return None
-  return Interactions(weight_column=weight_column, sql=sql, actions=tuple(actions), **fields)
+  return Interactions(weight_column=weight_column, sql=sql, actions=tuple(actions),
+                      timestamp_unit=timestamp_unit, **fields)
 
 
 def _parse_entity(name: str, section: Any, problems: List[str]) -> Optional[Entity]:

@@ -35,7 +35,9 @@ from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import definition as definition_lib
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import baselines
 from tfrs_two_tower.evaluation import retrieval
+from tfrs_two_tower.model import run_dir
 
 SECONDS_PER_DAY = synthetic.SECONDS_PER_DAY
 SESSION_SECONDS = 1800  # a session's swipes fall within half an hour of opening the app
@@ -77,7 +79,6 @@ def with_exposure_control(recommender, exposure) -> Recommender:
 
 def feature_matching(world: synthetic.World, config):
   """Control: the users' Phase 1&2 feature matching (the config's baseline terms)."""
-  from tfrs_two_tower.evaluation import baselines
   return baselines.FeatureMatching(config, world_entities(world, config, "query"),
                                    world_entities(world, config, "candidate"),
                                    world_rules(world, config))
@@ -92,7 +93,6 @@ def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False,
   RECON), both calibrated by a Platt fit on the world's history swipes (what the
   model was trained on); `simulate` adds the observed back-swipes.
   """
-  from tfrs_two_tower.model import run_dir
   run = run_dir.open_run(run_path)
   ids = world.profiles["id"].astype(str).to_numpy()
   query = run.embed("query", world_entities(world, run.config, "query"))

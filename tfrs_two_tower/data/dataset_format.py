@@ -19,6 +19,8 @@
 import os
 from typing import List
 
+import pandas as pd
+
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 DATASET_NAME = "interactions"
@@ -38,6 +40,15 @@ ELIGIBILITY_FILES = {side: os.path.join("entities", f"eligibility_{side}.npz")
                      for side in ("query", "candidate")}
 BLOCKED_PAIRS = os.path.join("entities", "blocked_pairs.npz")
 
+# A partition export (`export_data.py --partition`) adds this folder; `partitions.combine`
+# reads it (see data/partitions.py).
+PARTITION_DIR = "partition"
+PARTITION_JSON = os.path.join(PARTITION_DIR, "partition.json")
+PARTITION_COUNTERS = os.path.join(PARTITION_DIR, "counters.npz")
+PARTITION_RAW_ENTITIES = {
+    "query": os.path.join(PARTITION_DIR, "query_entities.parquet"),
+    "candidate": os.path.join(PARTITION_DIR, "candidate_entities.parquet")}
+
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
   """TFDS's default template `{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}`."""
@@ -50,3 +61,9 @@ def shard_names(split: str, num_shards: int) -> List[str]:
 
 def vocab_file(key: str) -> str:
   return os.path.join(VOCAB_DIR, f"{key}.tsv")
+
+
+def read_tsv_counts(path: str) -> pd.DataFrame:
+  """Reads a vocabulary TSV ("token<TAB>count", no header) keeping tokens as strings."""
+  return pd.read_csv(path, sep="\t", header=None, names=["token", "count"], dtype={"token": str},
+                     keep_default_na=False, quoting=3)

@@ -20,8 +20,13 @@ from typing import Dict, Sequence
 import numpy as np
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
 def varint(value: int) -> bytes:
-  """Protobuf base-128 varint of a non-negative integer."""
+  """Protobuf base-128 varint of an unsigned integer (0 <= value < 2^64)."""
+  if not 0 <= value < 2**64:
+    raise ValueError(f"varint: {value} is outside the unsigned 64-bit range")
   out = bytearray()
   while True:
     byte = value & 0x7F
@@ -44,8 +49,15 @@ def _map_entry(key: str, feature: bytes) -> bytes:
 
 
 def int64_entry(key: str, value: int) -> bytes:
-  """One `Features.feature` map entry holding an int64 (value >= 0)."""
-  return _map_entry(key, _length_delimited(0x1A, _length_delimited(0x0A, varint(int(value)))))
+  """One `Features.feature` map entry holding an int64 (-2^63 <= value < 2^63).
+
+  Protobuf writes a negative int64 as the varint of its two's complement
+  (value mod 2^64: always 10 bytes), as `tf.train.Int64List` does.
+  """
+  value = int(value)
+  if not INT64_MIN <= value <= INT64_MAX:
+    raise ValueError(f"{key}: {value} does not fit in an int64")
+  return _map_entry(key, _length_delimited(0x1A, _length_delimited(0x0A, varint(value % 2**64))))
 
 
 def float_entry(key: str, value: float) -> bytes:

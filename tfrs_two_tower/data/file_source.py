@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import sources
-from tfrs_two_tower.data import writer as writer_lib
+from tfrs_two_tower.data import timestamps
 
 EXTENSIONS = (".parquet", ".csv", ".csv.gz")
 _TRUE_FALSE = {"t", "f", "true", "false"}
@@ -75,6 +75,7 @@ class FileSource:
                candidate_file: Optional[str] = None, read_chunk_rows: int = 200_000,
                log: Callable[[str], None] = print):
     self.config, self.log, self.read_chunk_rows = config, log, read_chunk_rows
+    self.timestamp_unit = config.interactions.timestamp_unit  # tables are handed on raw
     explicit = {"interactions": interactions_file, "query": query_file,
                 "candidate": candidate_file}
     self.paths = {kind: explicit[kind] or self._find(input_dir, kind) for kind in explicit}
@@ -220,8 +221,9 @@ class FileSource:
           examples[side] += [i for i in dict.fromkeys(ids[absent & mine])][:3 - len(examples[side])]
         keys.append(code)
       parts["key"].append(keys[0] * np.int64(1 << 31) + keys[1])
-      parts["ts"].append(writer_lib.to_unix_seconds(chunk[cfg.timestamp_column], path,
-                                                    cfg.timestamp_column))
+      parts["ts"].append(timestamps.to_unix_seconds(chunk[cfg.timestamp_column], path,
+                                                    cfg.timestamp_column, cfg.timestamp_unit,
+                                                    rows=rows))
       parts["action"].append(np.array([action_codes.setdefault(v, len(action_codes)) for v in a],
                                       np.int64))
       parts["row"].append(rows)
@@ -252,7 +254,7 @@ class FileSource:
 
   def interaction_chunks(self, chunk_size: int,
                          partition: sources.Partition) -> Iterator[pd.DataFrame]:
-    """Second pass: the kept (latest) rows of the partition, timestamps as unix seconds."""
+    """Second pass: the kept (latest) rows of the partition, timestamps as UTC datetimes."""
     del partition  # decided in audit()
     if self._dedup is None:
       raise RuntimeError("audit() first")
@@ -264,7 +266,8 @@ class FileSource:
       offset += len(chunk)
       mask = keep[rows]
       chunk = chunk[mask].copy()
-      chunk[cfg.timestamp_column] = seconds[rows][mask]
+      # As datetimes: the writer reads them without a unit (the audit applied it).
+      chunk[cfg.timestamp_column] = pd.to_datetime(seconds[rows][mask], unit="s", utc=True)
       pending.append(chunk)
       size += len(chunk)
       if size >= chunk_size:

@@ -30,41 +30,18 @@ from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import writer as writer_lib
 
-PARTITION_DIR = "partition"
-PARTITION_JSON = os.path.join(PARTITION_DIR, "partition.json")
-COUNTERS = os.path.join(PARTITION_DIR, "counters.npz")
-RAW_ENTITIES = {"query": os.path.join(PARTITION_DIR, "query_entities.parquet"),
-                "candidate": os.path.join(PARTITION_DIR, "candidate_entities.parquet")}
-
-
-def write_partition_files(writer: writer_lib.DatasetWriter, partition: sources.Partition,
-                          queries: pd.DataFrame, candidates: pd.DataFrame) -> None:
-  """Adds the `partition/` folder to a writer's staging directory (inside its `with`)."""
-  out = os.path.join(writer.staging_dir, PARTITION_DIR)
-  os.makedirs(out)
-  counters = writer.counters()
-  arrays = {k: counters.pop(k) for k in writer_lib.DatasetWriter.ARRAY_COUNTERS}
-  np.savez(os.path.join(writer.staging_dir, COUNTERS), **arrays)
-  files.write_json(os.path.join(writer.staging_dir, PARTITION_JSON),
-                   {"count": partition.count, "index": partition.index,
-                    "shard_rows": writer.shard_rows, "counters": counters})
-  queries.to_parquet(os.path.join(writer.staging_dir, RAW_ENTITIES["query"]), index=False)
-  if not writer.config.same_entity_both_sides:
-    candidates.to_parquet(os.path.join(writer.staging_dir, RAW_ENTITIES["candidate"]),
-                          index=False)
-
 
 def _load(path: str) -> Dict[str, Any]:
   try:
     dataset = reader.open_dataset(path)
   except reader.DatasetFormatError as e:
     raise sources.PartitionError(str(e)) from None
-  meta_path = dataset.file(PARTITION_JSON)
+  meta_path = dataset.file(fmt.PARTITION_JSON)
   if not os.path.exists(meta_path):
-    raise sources.PartitionError(f"{path}: not a partition export (no {PARTITION_JSON}); "
+    raise sources.PartitionError(f"{path}: not a partition export (no {fmt.PARTITION_JSON}); "
                                  "export with --num_partitions/--partition")
   meta = files.read_json(meta_path)
-  with np.load(dataset.file(COUNTERS)) as npz:
+  with np.load(dataset.file(fmt.PARTITION_COUNTERS)) as npz:
     meta["counters"].update({k: npz[k] for k in npz.files})
   meta["dataset"] = dataset
   return meta
@@ -107,9 +84,9 @@ def combine(partition_dirs: Sequence[str], output_dir: str, *,
             f"{d.path} and {first.path} were exported from different entity tables ({name} "
             "differs): the data changed between the partition exports; export them again")
   config = first.config
-  queries = pd.read_parquet(first.file(RAW_ENTITIES["query"]))
+  queries = pd.read_parquet(first.file(fmt.PARTITION_RAW_ENTITIES["query"]))
   candidates = (queries if config.same_entity_both_sides
-                else pd.read_parquet(first.file(RAW_ENTITIES["candidate"])))
+                else pd.read_parquet(first.file(fmt.PARTITION_RAW_ENTITIES["candidate"])))
   shard_files = {split: [f for m in parts for f in m["dataset"].shards(split)]
                  for split in fmt.SPLITS}
   writer = writer_lib.DatasetWriter(

@@ -27,6 +27,7 @@ from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import sources
+from tfrs_two_tower.data import timestamps
 
 URL_ENV_VARS = ("SUPABASE_DB_URL", "DATABASE_URL")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1", "::1")
@@ -152,7 +153,13 @@ def _relation(name: str, query: Optional[str]) -> sql.Composable:
 
 
 class PostgresSource:
-  """The config's tables in one read-only snapshot; a context manager."""
+  """The config's tables in one read-only snapshot; a context manager.
+
+  Times leave the database as int64 unix seconds (converted in SQL, numeric
+  columns by the config's `interactions.timestamp_unit`), hence `timestamp_unit`.
+  """
+
+  timestamp_unit = "s"
 
   def __init__(self, config: config_lib.Config, url: str, *, connect_retries: int = 3,
                retry_backoff_seconds: float = 1.0, log: Callable[[str], None] = print):
@@ -255,9 +262,17 @@ class PostgresSource:
     """
     category = self._column_types(kind)[column][1]
     ident = sql.Identifier(column)
-    if role == "time":
-      expr = (sql.SQL("floor(extract(epoch FROM r.{}))::bigint") if category == "D"
-              else sql.SQL("floor(r.{})::bigint")).format(ident)
+    if role == "time" and category == "D":
+      expr = sql.SQL("floor(extract(epoch FROM r.{}))::bigint").format(ident)
+    elif role == "time":
+      unit = self.config.interactions.timestamp_unit
+      if unit is None:
+        raise sources.ColumnTypeError(
+            f"{self._kind_relation(kind)[1]}: column {column!r} holds numbers; set "
+            f"interactions.timestamp_unit to one of {list(config_lib.TIMESTAMP_UNITS)} in the "
+            "config (unix seconds are about 1.7e9 today, milliseconds 1.7e12)")
+      per_second = round(1 / timestamps.SECONDS_PER_UNIT[unit])
+      expr = sql.SQL("floor(r.{}::numeric / {})::bigint").format(ident, sql.Literal(per_second))
     elif role == "list":
       expr = sql.SQL("r.{}::text[]" if category == "A" else "r.{}::text").format(ident)
     elif role == "number":

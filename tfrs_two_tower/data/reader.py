@@ -6,7 +6,6 @@ mismatch (a corrupt or truncated shard). Everything downstream (training,
 evaluation, conversion) goes through it.
 """
 
-import contextlib
 import dataclasses
 import os
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,7 +16,6 @@ from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
-from tfrs_two_tower.data.writer import read_tsv_counts
 
 
 class DatasetFormatError(ValueError):
@@ -58,7 +56,7 @@ class DatasetDir:
     spec = self.preprocessing.get(key)
     if not spec or "vocabulary" not in spec:
       raise KeyError(f"{self.path}: feature {key!r} has no vocabulary")
-    return read_tsv_counts(self.file(spec["vocabulary"]))
+    return fmt.read_tsv_counts(self.file(spec["vocabulary"]))
 
   def candidate_counts(self):
     import pandas as pd
@@ -219,31 +217,19 @@ def read_interactions(dataset: DatasetDir, split: str,
   return out
 
 
-@contextlib.contextmanager
-def _gzip_aware_tfds():
-  """TFDS's TFRecord adapter reads uncompressed files only; ours are gzip.
+def tfds_dataset(path: str, split: str):
+  """A split as TFDS gives it: `tfds.builder_from_directory` supplies the metadata.
 
-  Inside this context, the adapter opens files with GZIP compression. The patch
-  is scoped (restored on exit) rather than global.
+  TFDS's TFRecord adapter reads uncompressed files only and ours are gzip, so the
+  shards that the builder's split info counts are read by `tf.data` and decoded
+  by the builder's own `FeaturesDict` (`deserialize_example`): TFDS's feature
+  spec and split sizes, nothing of TFDS patched.
+  Returns: tf.data.Dataset of feature dicts, one per interaction, in shard order.
   """
   import tensorflow as tf
-  from tensorflow_datasets.core import file_adapters
-  adapter = file_adapters.TfRecordFileAdapter
-  original = adapter.__dict__["make_tf_data"]
-
-  def make_tf_data(cls, filename, buffer_size=None):
-    return tf.data.TFRecordDataset(filename, buffer_size=buffer_size or cls.BUFFER_SIZE,
-                                   compression_type=fmt.COMPRESSION)
-  adapter.make_tf_data = classmethod(make_tf_data)
-  try:
-    yield
-  finally:
-    adapter.make_tf_data = original
-
-
-def tfds_dataset(path: str, split: str, **as_dataset_kwargs):
-  """Loads a split through TFDS (`tfds.builder_from_directory`)."""
   import tensorflow_datasets as tfds
   builder = tfds.builder_from_directory(path)
-  with _gzip_aware_tfds():
-    return builder.as_dataset(split=split, **as_dataset_kwargs)
+  num_shards = len(builder.info.splits[split].shard_lengths)
+  shards = [os.path.join(path, name) for name in fmt.shard_names(split, num_shards)]
+  return tf.data.TFRecordDataset(shards, compression_type=fmt.COMPRESSION).map(
+      builder.info.features.deserialize_example)

@@ -36,6 +36,7 @@ import pandas as pd
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
+from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import writer as writer_lib
 
@@ -347,7 +348,6 @@ def export(source, config: config_lib.Config, output_dir: str, *,
     ExportError subclasses (see EXIT_CODES); writer_lib.DataError for bad values.
     Nothing is left at `output_dir` when it raises.
   """
-  from tfrs_two_tower.data import partitions  # partitions imports this module
   started = time.time()
   audit = source.audit(partition)
   label = source.description.get("label", source.description.get("kind", "source"))
@@ -370,7 +370,8 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       num_train_shards=num_train_shards, num_eval_shards=num_eval_shards,
       unknown_actions=unknown_actions, missing_entities=missing_entities, min_users=min_users,
       min_interactions=min_interactions, source_description=description, overwrite=overwrite,
-      log_every_seconds=math.inf, blocked_pairs=source.blocked_pairs()) as writer:
+      log_every_seconds=math.inf, timestamp_unit=source.timestamp_unit,
+      blocked_pairs=source.blocked_pairs()) as writer:
     tracker = Progress(audit.rows, log)  # after the writer's TensorFlow import
     streamed = 0
     for chunk in source.interaction_chunks(chunk_size, partition):
@@ -390,10 +391,32 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       readiness_gate(stats["readiness"], force,
                      readiness_path or output_dir.rstrip("/") + ".readiness.json", log)
     else:  # the gate applies to the combined dataset
-      partitions.write_partition_files(writer, partition, queries, candidates)
+      write_partition_files(writer, partition, queries, candidates)
   log(f"export: wrote {output_dir}: train {stats['rows']['train']:,}, eval "
       f"{stats['rows']['eval']:,} interactions in {time.time() - started:.1f}s")
   return stats
+
+
+def write_partition_files(writer: writer_lib.DatasetWriter, partition: Partition,
+                          queries: pd.DataFrame, candidates: pd.DataFrame) -> None:
+  """Adds the `partition/` folder to a writer's staging directory (inside its `with`)."""
+  out = os.path.join(writer.staging_dir, fmt.PARTITION_DIR)
+  os.makedirs(out)
+  counters = writer.counters()
+  arrays = {k: counters.pop(k) for k in writer_lib.DatasetWriter.ARRAY_COUNTERS}
+  np.savez(os.path.join(writer.staging_dir, fmt.PARTITION_COUNTERS), **arrays)
+  files.write_json(os.path.join(writer.staging_dir, fmt.PARTITION_JSON),
+                   {"count": partition.count, "index": partition.index,
+                    "shard_rows": writer.shard_rows, "counters": counters})
+  for side, table, entities in (("query", queries, writer.queries),
+                                ("candidate", candidates, writer.candidates)):
+    if side == "candidate" and writer.config.same_entity_both_sides:
+      break
+    column = writer.config.entity(side).created_at_column
+    if column:  # as datetimes: the source's unit of numeric times is not stored
+      table = table.assign(**{column: pd.to_datetime(entities.created_at, unit="s", utc=True)})
+    table.to_parquet(os.path.join(writer.staging_dir, fmt.PARTITION_RAW_ENTITIES[side]),
+                     index=False)
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,

@@ -41,10 +41,11 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import files
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
-from tfrs_two_tower.evaluation import metrics
 
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday: weeks line up with readiness
 SECONDS_PER_DAY = 86_400
@@ -385,7 +386,10 @@ def answered_share(likes_received: np.ndarray, attention: float) -> np.ndarray:
 
 def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
   """AUC of the oracle probability against realised labels: the ceiling for any model."""
-  return metrics.roc_auc(np.asarray(labels), world.like_probability(swiper_ids, swipee_ids))
+  labels = np.asarray(labels)
+  if labels.min(initial=1) == labels.max(initial=0):  # one class only: AUC undefined
+    return float("nan")
+  return float(sk_metrics.roc_auc_score(labels, world.like_probability(swiper_ids, swipee_ids)))
 
 
 def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction: float = 0.15,
@@ -398,7 +402,8 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
   the eval swipes, the ceiling any model can reach.
   """
   swipes = world.swipes
-  seconds = writer_lib.to_unix_seconds(swipes["created_at"], "world swipes", "created_at")
+  seconds = timestamps.to_unix_seconds(swipes["created_at"], "world swipes", "created_at",
+                                       check_dates=False)
   if split_time is None:
     split_time = writer_lib.default_split_time(seconds, eval_fraction)
   eval_rows = seconds >= split_time
@@ -409,7 +414,7 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
       config, output_dir, split_time, world.profiles, world.profiles,
       query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
       source_description={"kind": "synthetic", "params": dataclasses.asdict(world.params)},
-      **writer_kwargs) as writer:
+      check_dates=False, **writer_kwargs) as writer:
     for start in range(0, len(swipes), chunk_size):
       writer.add_interactions(swipes.iloc[start:start + chunk_size], source="world swipes",
                               first_row=start)

@@ -27,6 +27,7 @@ from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import example_codec
 from tfrs_two_tower.data import readiness
+from tfrs_two_tower.data import timestamps as timestamps_lib
 
 UNKNOWN_ACTION_POLICIES = ("fail", "drop")
 MISSING_ENTITY_POLICIES = ("fail", "drop")
@@ -38,24 +39,6 @@ class DataError(ValueError):
   """Input data that cannot become a dataset; the message names file/column/row."""
 
 
-def to_unix_seconds(values: pd.Series, source: str, column: str) -> np.ndarray:
-  """Timestamps (datetimes, ISO strings or unix seconds) -> int64 unix seconds (UTC)."""
-  if pd.api.types.is_integer_dtype(values) or pd.api.types.is_float_dtype(values):
-    numeric = values.to_numpy(dtype=np.float64)
-    if np.isnan(numeric).any():
-      row = int(np.flatnonzero(np.isnan(numeric))[0])
-      raise DataError(f"{source}: column {column!r} row {row}: missing timestamp")
-    return numeric.astype(np.int64)
-  try:
-    parsed = pd.to_datetime(values, utc=True, format="mixed")
-  except (ValueError, TypeError) as e:
-    raise DataError(f"{source}: column {column!r}: not a timestamp ({e})") from None
-  if parsed.isna().any():
-    row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-    raise DataError(f"{source}: column {column!r} row {row}: missing timestamp")
-  return (parsed.astype("datetime64[ns, UTC]").astype("int64") // 10**9).to_numpy()
-
-
 class EntityTable:
   """One side's entities, coerced and indexed once.
 
@@ -65,7 +48,8 @@ class EntityTable:
     created_at: [n] int64 unix seconds, -1 when the config has no created_at column.
   """
 
-  def __init__(self, config: config_lib.Config, side: str, table: pd.DataFrame, source: str):
+  def __init__(self, config: config_lib.Config, side: str, table: pd.DataFrame, source: str,
+               timestamp_unit: Optional[str] = None, check_dates: bool = True):
     self.side, self.source = side, source
     try:
       self.values = features_lib.encode_entity_table(config, side, table, source)
@@ -78,8 +62,8 @@ class EntityTable:
       raise DataError(f"{source}: id {dup!r} appears more than once in column "
                       f"{config.entity(side).id_column!r}")
     column = config.entity(side).created_at_column
-    self.created_at = (to_unix_seconds(table[column], source, column) if column
-                       else np.full(len(self.ids), -1, np.int64))
+    self.created_at = (timestamps_lib.to_unix_seconds(
+        table[column], source, column, timestamp_unit, check_dates=check_dates) if column else np.full(len(self.ids), -1, np.int64))
     self._serialized: Optional[List[bytes]] = None
 
   def __len__(self) -> int:
@@ -120,6 +104,7 @@ class DatasetWriter:
                min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS,
                source_description: Optional[Mapping[str, Any]] = None,
                overwrite: bool = False, log_every_seconds: float = 10.0,
+               timestamp_unit: Optional[str] = None, check_dates: bool = True,
                blocked_pairs: Optional[pd.DataFrame] = None):
     if unknown_actions not in UNKNOWN_ACTION_POLICIES:
       raise ValueError(f"unknown_actions must be one of {UNKNOWN_ACTION_POLICIES}")
@@ -130,8 +115,13 @@ class DatasetWriter:
     self.config = config
     self.output_dir = output_dir
     self.split_time = int(split_time)
-    self.queries = EntityTable(config, "query", query_entities, query_source)
-    self.candidates = EntityTable(config, "candidate", candidate_entities, candidate_source)
+    # Numbers in time columns count this unit (a source that converts, e.g. in SQL, says "s").
+    self.timestamp_unit = timestamp_unit or config.interactions.timestamp_unit
+    self.check_dates = check_dates  # False only for made-up calendars (synthetic worlds)
+    self.queries = EntityTable(config, "query", query_entities, query_source,
+                               self.timestamp_unit, check_dates)
+    self.candidates = EntityTable(config, "candidate", candidate_entities, candidate_source,
+                                  self.timestamp_unit, check_dates)
     self.rule_attributes, self.rule_warnings = _rule_attributes(
         config, {"query": (query_entities, query_source),
                  "candidate": (candidate_entities, candidate_source)})
@@ -293,7 +283,9 @@ class DatasetWriter:
                       "pass --missing_entities=drop to skip them")
     self.dropped["missing_entities"] += int((missing & known).sum())
 
-    timestamps = to_unix_seconds(chunk[cfg.timestamp_column], source, cfg.timestamp_column)
+    timestamps = timestamps_lib.to_unix_seconds(
+        chunk[cfg.timestamp_column], source, cfg.timestamp_column, self.timestamp_unit,
+        rows=first_row + np.arange(len(chunk)), check_dates=self.check_dates)
     weights = np.array([self._actions[a].weight if k else 0.0 for a, k in zip(actions, known)],
                        np.float64)
     if cfg.weight_column:
@@ -611,12 +603,6 @@ def transform_numeric(values: np.ndarray, normalization: str) -> np.ndarray:
 
 def _write_tsv(path: str, frame: pd.DataFrame, header: bool = False) -> None:
   frame.to_csv(path, sep="\t", index=False, header=header, lineterminator="\n")
-
-
-def read_tsv_counts(path: str) -> pd.DataFrame:
-  """Reads a vocabulary TSV ("token<TAB>count", no header) keeping tokens as strings."""
-  return pd.read_csv(path, sep="\t", header=None, names=["token", "count"], dtype={"token": str},
-                     keep_default_na=False, quoting=3)
 
 
 def default_split_time(timestamps: Sequence[int], eval_fraction: float) -> int:

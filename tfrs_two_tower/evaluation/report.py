@@ -223,10 +223,8 @@ def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.nda
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, r in recs.items():
     est = [r["segments"]["all"][f"recall@{k}"] for k in ks]
-    values = [e["value"] or 0 for e in est]
-    ax.errorbar(ks, values, yerr=[[v - (e["ci"][0] or v) for v, e in zip(values, est)],
-                                  [(e["ci"][1] or v) - v for v, e in zip(values, est)]],
-                marker="o", capsize=3, label=name)
+    values = np.array([e["value"] or 0 for e in est])
+    ax.errorbar(ks, values, yerr=_error_bars(values, est), marker="o", capsize=3, label=name)
   ax.set(xlabel="K", ylabel="recall@K", title="Recall@K over all candidates (95 % CI)")
   ax.legend(fontsize=7)
   written.append(_save(fig, directory, "recall_at_k.png"))
@@ -248,10 +246,8 @@ def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.nda
   for i, (name, r) in enumerate(recs.items()):
     est = [r["segments"][s][f"recall@{k}"] for s in segments]
     values = np.array([e["value"] or 0 for e in est])
-    low = np.array([e["ci"][0] if e["ci"][0] is not None else v for e, v in zip(est, values)])
-    high = np.array([e["ci"][1] if e["ci"][1] is not None else v for e, v in zip(est, values)])
     ax.bar(np.arange(len(segments)) + i * width, values, width,
-           yerr=[values - low, high - values], capsize=2, label=name)
+           yerr=_error_bars(values, est), capsize=2, label=name)
   ax.set_xticks(np.arange(len(segments)) + width * (len(recs) - 1) / 2, segments)
   ax.set(ylabel=f"recall@{k}", title=f"recall@{k} per segment (95 % CI)")
   ax.legend(fontsize=7)
@@ -268,6 +264,19 @@ def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.nda
   ax.legend(fontsize=7)
   written.append(_save(fig, directory, "popularity.png"))
   return written
+
+
+def _error_bars(values: np.ndarray, estimates: List[Dict]) -> np.ndarray:
+  """[2, n] lengths below and above each value, from its percentile interval.
+
+  With few resamples (`--bootstrap=10`) a percentile interval can lie wholly
+  on one side of the point estimate; that side's bar is drawn with length 0
+  (matplotlib refuses negative lengths). A missing bound draws no bar.
+  """
+  low = np.array([np.nan if e["ci"][0] is None else e["ci"][0] for e in estimates], np.float64)
+  high = np.array([np.nan if e["ci"][1] is None else e["ci"][1] for e in estimates], np.float64)
+  bars = np.stack([values - low, high - values])
+  return np.where(np.isfinite(bars), np.maximum(bars, 0.0), 0.0)
 
 
 def _save(fig, directory: str, name: str) -> str:

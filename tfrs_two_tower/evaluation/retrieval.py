@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower.data import reader
 
 
 @dataclasses.dataclass
@@ -347,24 +348,31 @@ def _capped_top_k(scorer: "ExposureControl", query_rows: np.ndarray, k: int,
                   exclusions: Exclusions, batch_size: int, eligible) -> TopK:
   """Top-K under a per-candidate cap: the lists of one call are one day's requests.
 
-  Each list takes its best candidates among the scorer's top `pool_factor * K`
-  that have been listed fewer than `max_impressions` times so far; lists are
-  filled in a seeded random order (the order requests arrive). A list can come
-  out shorter than K when its whole pool is capped (padded with -1).
+  The first S = min(K, `shown_slots`) places of a list are what the user sees
+  (one feed): each list takes there its best candidates among the scorer's top
+  `pool_factor * K` that have been SHOWN fewer than `max_impressions` times so
+  far, lists filled in a seeded random order (the order requests arrive). Places
+  S..K (for recall@50, @100) continue with the best remaining candidates of the
+  pool, uncapped, as they count no impression. A list can come out shorter when
+  its pool runs out (padded with -1).
   """
   wide = top_k(scorer.scored, query_rows, k * scorer.pool_factor, exclusions, batch_size,
                eligible)
   k = min(int(k), wide.candidates.shape[1])
+  shown_slots = min(k, scorer.shown_slots or k)
   candidates = np.full((query_rows.size, k), -1, np.int64)
   scores = np.full((query_rows.size, k), -np.inf, np.float32)
   shown = np.zeros(scorer.num_candidates, np.int64)
   for i in np.random.default_rng(scorer.seed).permutation(query_rows.size):
     pool = wide.candidates[i]
-    free = np.flatnonzero((pool >= 0) & (shown[np.maximum(pool, 0)] < scorer.max_impressions))
-    take = free[:k]
+    listed = pool >= 0
+    free = np.flatnonzero(listed & (shown[np.maximum(pool, 0)] < scorer.max_impressions))
+    seen = free[:shown_slots]
+    rest = np.setdiff1d(np.flatnonzero(listed), seen, assume_unique=True)[:k - seen.size]
+    take = np.concatenate([seen, rest])
     candidates[i, :take.size] = pool[take]
     scores[i, :take.size] = wide.scores[i, take]
-    shown[pool[take]] += 1
+    shown[pool[seen]] += 1
   return TopK(candidates, scores, wide.excluded_scores)
 
 
@@ -373,15 +381,17 @@ class ExposureControl:
 
   Scores are the wrapped scorer's; `top_k` (module function and method) fills
   the lists of one call as one day's requests, each candidate listed at most
-  `max_impressions` times (`_capped_top_k`). Named `<scored>:cap<max>`.
+  `max_impressions` times in its first `shown_slots` places (None: all K;
+  evaluation passes its smallest K, one feed) (`_capped_top_k`). Named
+  `<scored>:cap<max>`.
   """
 
   def __init__(self, scored: "Scorer", max_impressions: int, pool_factor: int = 5,
-               seed: int = 0):
+               seed: int = 0, shown_slots: Optional[int] = None):
     if max_impressions < 1:
       raise ValueError(f"max_impressions must be >= 1, got {max_impressions}")
     self.scored, self.max_impressions = scored, int(max_impressions)
-    self.pool_factor, self.seed = pool_factor, seed
+    self.pool_factor, self.seed, self.shown_slots = pool_factor, seed, shown_slots
     self.name = f"{scored.name}:cap{max_impressions}"
 
   def __getattr__(self, attribute):  # everything else is the wrapped scorer's
@@ -392,7 +402,7 @@ class ExposureControl:
 
   def with_back_swipes(self, back_swipes) -> "ExposureControl":
     return ExposureControl(self.scored.with_back_swipes(back_swipes), self.max_impressions,
-                           self.pool_factor, self.seed)
+                           self.pool_factor, self.seed, self.shown_slots)
 
 
 class EmbeddingScorer(Scorer):
@@ -540,7 +550,6 @@ def calibrate_on_train_swipes(dataset, query_ids: np.ndarray, query_embeddings: 
   For consumers that hold embeddings rather than an `EvalData` (pgvector
   publishing, the Core ML pair's features.json).
   """
-  from tfrs_two_tower.data import reader
   train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
   q_rows = id_index(np.asarray(query_ids, dtype=object)).get_indexer(train["query_id"])
   c_rows = id_index(np.asarray(candidate_ids, dtype=object)).get_indexer(train["candidate_id"])

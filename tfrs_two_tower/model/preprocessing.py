@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import features as features_lib
-from tfrs_two_tower.data.writer import read_tsv_counts
+from tfrs_two_tower.data import dataset_format as fmt
 
 MISSING_SUFFIX = "_missing"
 BUCKET_SUFFIX = "_bucket"
@@ -84,7 +84,7 @@ def side_feature_specs(config: config_lib.Config, preprocessing: Mapping[str, An
                 pooling=feature.pooling)
     if feature.type in VOCAB_TYPES:
       path = os.path.join(base_dir, spec["vocabulary"])
-      spec["tokens"] = [str(t) for t in read_tsv_counts(path)["token"].tolist()]
+      spec["tokens"] = [str(t) for t in fmt.read_tsv_counts(path)["token"].tolist()]
       if len(spec["tokens"]) != spec["vocab_size"]:
         raise ValueError(f"{path}: {len(spec['tokens'])} tokens but vocab_size "
                          f"{spec['vocab_size']} in preprocessing.json")

@@ -33,6 +33,7 @@ import numpy as np
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
+from tfrs_two_tower.model import preprocessing as prep
 
 KIND = "tfrs_two_tower.run"
 FORMAT_VERSION = 1
@@ -124,7 +125,6 @@ class Run:
 
   def feature_specs(self, side: str):
     """Per-feature preprocessing specs (with vocabulary tokens), as the towers use them."""
-    from tfrs_two_tower.model import preprocessing as prep
     return prep.side_feature_specs(self.config, self.preprocessing, self.path, side)
 
   def raw_input_specs(self, side: str):

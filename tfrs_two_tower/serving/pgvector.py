@@ -1,6 +1,7 @@
 """Publishes a run's embeddings into PostgreSQL (pgvector) for the `recommend()` RPC.
 
-A model version is a pair of tables, `tt_query_embeddings_<v>` and
+A model version (key `v` + 12 hex digits of sha256(run id), see `version_name`)
+is a pair of tables, `tt_query_embeddings_<v>` and
 `tt_candidate_embeddings_<v>` (`vector(d)`, HNSW index with inner-product ops on
 the candidates), plus a row in `tt_model_versions`. Publishing writes the pair
 and the row in one transaction, then switches `tt_active_model` in a second
@@ -9,9 +10,8 @@ the old version or the new one, never a half-published one, and publishing the
 same run again is a no-op (unless `republish`).
 """
 
+import hashlib
 import io
-import os
-import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -21,15 +21,19 @@ from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.serving import eligibility_sql
 from tfrs_two_tower.serving import schema_sql
 
-_VERSION_RE = re.compile(r"[^a-z0-9_]+")
+VERSION_HEX_DIGITS = 12  # 48 bits: a collision needs ~16 million published runs
 
 
 def version_name(run_id: str) -> str:
-  """A table-name-safe version derived from the run id (lowercase, [a-z0-9_], <= 40 chars)."""
-  name = _VERSION_RE.sub("_", run_id.lower()).strip("_")[:40]
-  if not name:
-    raise ValueError(f"run id {run_id!r} gives an empty version name")
-  return name
+  """The version key of a run: "v" + the first 12 hex digits of sha256(run id).
+
+  Fixed length (13 characters), so every table and index name derived from it
+  stays far below PostgreSQL's 63-byte identifier limit whatever the run id;
+  the run id itself is kept as data (`tt_model_versions.run_id`).
+  """
+  if not run_id:
+    raise ValueError("an empty run id has no version key")
+  return "v" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:VERSION_HEX_DIGITS]
 
 
 def serving_sql(conn, config: config_lib.Config) -> str:
@@ -107,7 +111,7 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
       by `recommend_reciprocal`.
     keep_versions: older inactive versions beyond this many are dropped.
   Returns:
-    {"version", "created" (False when it already existed), "dropped": [...]}.
+    {"version", "run_id", "created" (False when it already existed), "dropped": [...]}.
   """
   dim = int(candidate_embeddings.shape[1])
   if query_embeddings.shape[1] != dim:
@@ -148,14 +152,14 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
                    hubness_offset(config, query_embeddings)))
     conn.commit()
   else:
-    log(f"publish: version {version} already published; switching to it")
+    log(f"publish: version {version} (run {run_id}) already published; switching to it")
   with conn.cursor() as cur:  # the atomic switch
     cur.execute("INSERT INTO tt_active_model (singleton, version) VALUES (true, %s) "
                 "ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, "
                 "switched_at = now()", (version,))
   conn.commit()
   dropped = _drop_old_versions(conn, keep_versions)
-  return {"version": version, "created": created, "dropped": dropped}
+  return {"version": version, "run_id": run_id, "created": created, "dropped": dropped}
 
 
 def hubness_offset(config: config_lib.Config, query_embeddings: np.ndarray) -> Optional[str]:

@@ -10,7 +10,7 @@
 CREATE EXTENSION IF NOT EXISTS vector;
 
 CREATE TABLE IF NOT EXISTS tt_model_versions (
-  version       text PRIMARY KEY,            -- derived from the run id: [a-z0-9_]
+  version       text PRIMARY KEY,            -- 'v' + 12 hex digits of sha256(run_id)
   run_id        text NOT NULL,
   dim           integer NOT NULL,
   temperature   real NOT NULL,

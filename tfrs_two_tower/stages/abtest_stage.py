@@ -9,6 +9,7 @@ import pandas as pd
 
 from tfrs_two_tower import __version__
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import files
 from tfrs_two_tower.abtest import analysis
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
@@ -121,7 +122,6 @@ def run(*, experiment: str = "", db_url: Optional[str] = None, env_file: Optiona
                   alpha=alpha, power_target=power_target, two_sided=two_sided,
                   daily_users=daily_users, treatment_fraction=treatment_fraction, log=log)
     if output_dir:
-      from tfrs_two_tower import files
       os.makedirs(output_dir, exist_ok=True)
       files.write_json(os.path.join(output_dir, "plan.json"), result.to_json())
     return result.to_json()

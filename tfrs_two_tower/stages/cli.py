@@ -9,6 +9,12 @@ flag, column or row. A user should see that message, not a traceback; a bug
 import contextlib
 import logging as std_logging
 import sys
+from typing import Optional
+
+import pandas as pd
+from absl import flags
+
+from tfrs_two_tower.data import synthetic
 
 # Exit codes scripts share (documented in the README's troubleshooting table).
 EXIT_INPUT_ERROR = 2
@@ -30,13 +36,24 @@ def user_errors(exit_code: int = EXIT_INPUT_ERROR):
     sys.exit(getattr(e, "exit_code", exit_code))
 
 
+def parse_time(value: Optional[str], flag: str) -> Optional[int]:
+  """ISO time (or unix seconds) -> unix seconds; errors name the flag."""
+  if value is None or value == "":
+    return None
+  try:
+    if value.lstrip("-").isdigit():
+      return int(value)
+    stamp = pd.Timestamp(value)  # naive times are UTC
+    return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp())
+  except ValueError:
+    raise ValueError(f"--{flag}: not an ISO time or unix seconds: {value!r}") from None
+
+
 def define_world_flags() -> None:
   """The synthetic world's knobs, shared by every script that can generate a world.
 
   Defaults are `synthetic.WorldParams`'s, so the scripts and the library agree.
   """
-  from absl import flags
-  from tfrs_two_tower.data import synthetic
   defaults = synthetic.WorldParams()
   flags.DEFINE_integer("num_users", defaults.num_users, "Users of the synthetic world.",
                        lower_bound=2)

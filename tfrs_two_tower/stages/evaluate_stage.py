@@ -19,7 +19,8 @@ import numpy as np
 import tfrs_two_tower
 from tfrs_two_tower import files
 from tfrs_two_tower.data import reader
-from tfrs_two_tower.data.sources import redact
+from tfrs_two_tower.data import sources
+from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
@@ -27,6 +28,7 @@ from tfrs_two_tower.evaluation import oracle as oracle_lib
 from tfrs_two_tower.evaluation import report as report_lib
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments as segments_lib
+from tfrs_two_tower.model import run_dir as run_lib
 
 BASELINES = ("random", "popularity", "feature_matching")
 LIFT_BASELINE = "feature_matching"
@@ -87,7 +89,6 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     any heavy work and before anything is written; oracle_lib.OracleError for an
     oracle that cannot be imported or answers with the wrong shape.
   """
-  from tfrs_two_tower.model import run_dir as run_lib
   ks = sorted(set(int(k) for k in ks))
   if not ks or ks[0] < 1:
     raise EvaluationInputError(f"--k: need positive list lengths, got {ks}")
@@ -147,7 +148,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
                        reciprocal_combinations if reciprocal else (), back_swipes, penalties,
-                       caps)
+                       caps, shown_slots=ks[0])
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -264,7 +265,6 @@ def _open_run(run_lib, path: str, dataset, verify_checksums: bool):
 
 
 def _load_world(world_dir: str):
-  from tfrs_two_tower.data import synthetic
   try:
     return synthetic.World.load(world_dir)
   except FileNotFoundError as e:
@@ -313,7 +313,7 @@ def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
   try:
     conn = psycopg2.connect(db_url)
   except psycopg2.Error as e:
-    raise EvaluationInputError(f"--db_url: cannot connect: {redact(str(e).strip())}") from None
+    raise EvaluationInputError(f"--db_url: cannot connect: {sources.redact(str(e).strip())}") from None
   try:
     return baselines_lib.SqlBaseline(data.query_ids, data.candidate_ids, conn, sql, data.users)
   except baselines_lib.SqlBaselineError as e:
@@ -324,7 +324,7 @@ def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
             back_swipes: bool, penalties: Dict[str, Sequence[float]],
-            caps: Sequence[int] = ()) -> List[_Entry]:
+            caps: Sequence[int] = (), shown_slots: int = 10) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -368,14 +368,16 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
       entries.append(_Entry(scorer, "model", None,
                             {**info, "mode": "reciprocal", "combination": combination,
                              "back_swipes": back_swipes}, run))
-  return entries + _capped(entries, caps)
+  return entries + _capped(entries, caps, shown_slots)
 
 
-def _capped(entries: List[_Entry], caps: Sequence[int]) -> List[_Entry]:
-  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run."""
+def _capped(entries: List[_Entry], caps: Sequence[int], shown_slots: int) -> List[_Entry]:
+  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run; the
+  cap counts the first `shown_slots` places of each list (the smallest K: one feed)."""
   bases = [e for e in entries if e.info["mode"] in ("one_way", "hubness_penalty")]
   bases += [e for e in entries if e.info["mode"] == "reciprocal"][:1]
-  return [_Entry(retrieval.ExposureControl(e.scorer, cap), "model", e.calibration,
+  return [_Entry(retrieval.ExposureControl(e.scorer, cap, shown_slots=shown_slots), "model",
+                 e.calibration,
                  {**e.info, "exposure_cap": cap}, e.run)
           for cap in caps for e in bases]
 

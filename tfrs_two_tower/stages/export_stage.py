@@ -20,7 +20,7 @@ from tfrs_two_tower.data import partitions
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
-from tfrs_two_tower.stages.world_stage import parse_time
+from tfrs_two_tower.stages.cli import parse_time
 
 
 class UsageError(sources.ExportError):

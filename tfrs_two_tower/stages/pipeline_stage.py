@@ -28,7 +28,15 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from tfrs_two_tower import files
 from tfrs_two_tower.data import postgres_source
+from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import readiness
+from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.stages import convert_stage
+from tfrs_two_tower.stages import evaluate_stage
+from tfrs_two_tower.stages import export_stage
+from tfrs_two_tower.stages import publish_stage
+from tfrs_two_tower.stages import seed_stage
+from tfrs_two_tower.stages import train_stage
 
 STAGES = ("world", "database", "export", "train", "evaluate", "convert", "publish")
 
@@ -74,13 +82,6 @@ def _complete(path: str) -> bool:
 
 def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Runs the selected stages in order and writes summary.json / summary.md."""
-  from tfrs_two_tower.stages import evaluate_stage
-  from tfrs_two_tower.stages import export_stage
-  from tfrs_two_tower.stages import publish_stage
-  from tfrs_two_tower.stages import seed_stage
-  from tfrs_two_tower.stages import train_stage
-  from tfrs_two_tower.stages import convert_stage
-  from tfrs_two_tower.data import synthetic
 
   options.check()
   synthetic_world = options.db_url is None
@@ -225,8 +226,6 @@ def summarize(options: PipelineOptions, published: Optional[Dict[str, Any]],
 
 def _oracle_auc(options: PipelineOptions) -> Optional[float]:
   """The synthetic world's ceiling on the exported eval swipes (the export cannot know it)."""
-  from tfrs_two_tower.data import reader
-  from tfrs_two_tower.data import synthetic
   if not os.path.exists(options.path("world", "world.json")):
     return None
   world = synthetic.World.load(options.path("world"))
@@ -278,7 +277,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
   if summary.get("coreml"):
     lines.append("Core ML: " + _coreml_line(summary["coreml"]))
   if summary.get("published"):
-    lines.append(f"published to PostgreSQL as version {summary['published']['version']}: "
+    lines.append(f"published to PostgreSQL as version {summary['published']['version']} "
+                 f"(run {summary['published']['run_id']}): "
                  "SELECT * FROM recommend('<user id>', 20);")
   lines.append("artifacts: " + ", ".join(f"{k}={v}" for k, v in summary["artifacts"].items()))
   lines.append(f"TensorBoard: {summary['tensorboard']}")

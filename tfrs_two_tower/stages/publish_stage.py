@@ -50,6 +50,6 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
     raise sources.ExportError(sources.redact(f"publish failed: {e}", secrets)) from None
   finally:
     conn.close()
-  log(f"publish: active version {result['version']} "
+  log(f"publish: active version {result['version']} (run {result['run_id']}) "
       f"({'new' if result['created'] else 'already there'}); dropped old: {result['dropped']}")
   return result

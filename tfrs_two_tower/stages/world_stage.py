@@ -3,25 +3,11 @@
 import time
 from typing import Callable, Optional
 
-import pandas as pd
-
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import synthetic
-
-
-def parse_time(value: Optional[str], flag: str) -> Optional[int]:
-  """ISO time (or unix seconds) -> unix seconds; errors name the flag."""
-  if value is None or value == "":
-    return None
-  try:
-    if value.lstrip("-").isdigit():
-      return int(value)
-    stamp = pd.Timestamp(value)  # naive times are UTC
-    return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).timestamp())
-  except ValueError:
-    raise ValueError(f"--{flag}: not an ISO time or unix seconds: {value!r}") from None
+from tfrs_two_tower.stages.cli import parse_time
 
 
 def run(world_dir: str, dataset_dir: Optional[str] = None, config_path: Optional[str] = None,
