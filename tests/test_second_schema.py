@@ -298,10 +298,10 @@ def test_hubness_penalty_ranks_by_the_adjusted_score(second):
   c_ids, c_emb = _embeddings(conn, f"tt_candidate_embeddings_{version}")
   raw = json.loads(config.to_json())
   raw["exposure"] = {"hubness_beta": 2.0}
-  hub = pgvector.publish(conn, config=config_lib.parse_config(raw, "hub"), run_id="hubness-run",
-                         config_hash="x", temperature=0.1, query_ids=q_ids,
-                         query_embeddings=q_emb, candidate_ids=c_ids, candidate_embeddings=c_emb,
-                         calibration=(1.0, 0.0), **QUIET)
+  pgvector.publish(conn, config=config_lib.parse_config(raw, "hub"), run_id="hubness-run",
+                   config_hash="x", temperature=0.1, query_ids=q_ids, query_embeddings=q_emb,
+                   candidate_ids=c_ids, candidate_embeddings=c_emb, calibration=(1.0, 0.0),
+                   **QUIET)
   try:
     adjusted = c_emb @ (2.0 * q_emb.mean(axis=0))
     changed = 0

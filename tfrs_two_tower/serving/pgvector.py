@@ -193,8 +193,9 @@ def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciproca
               combination: str = "product") -> list:
   """Calls the SQL RPC; returns [(candidate_id, score), ...] best first.
 
-  `age_window` (years) replaces the config's age rule when given. `combination` ("product" = P(match), or "harmonic" for RECON) applies to
-  `reciprocal` only.
+  `age_window` (years) replaces the config's age rule when given. `combination`
+  ("product" = P(match), or "harmonic" for RECON) applies to `reciprocal` only.
+  Commits: under an exposure cap the call counts its list (tt_impressions).
   """
   with conn.cursor() as cur:
     if reciprocal:

@@ -50,8 +50,12 @@ def probe(conn, from_item: sql.Composable, column: str, key: str) -> str:
     SchemaSQLError naming `key` (the config key that names the column) when the
     column or its table does not exist, or the query fails.
   """
+  # A failed statement aborts the transaction; the savepoint keeps the caller's usable
+  # (an autocommit connection has no transaction to keep).
+  savepoint = not conn.autocommit
   with conn.cursor() as cur:
-    cur.execute("SAVEPOINT tt_probe")
+    if savepoint:
+      cur.execute("SAVEPOINT tt_probe")
     try:
       cur.execute(sql.SQL("SELECT t.{} FROM {} AS t LIMIT 0").format(
           sql.Identifier(column), from_item))
@@ -59,11 +63,13 @@ def probe(conn, from_item: sql.Composable, column: str, key: str) -> str:
       cur.execute("SELECT format_type(%s, NULL)", (oid,))
       type_name = cur.fetchone()[0]
     except pg_errors.Error as e:
-      cur.execute("ROLLBACK TO SAVEPOINT tt_probe")
+      if savepoint:
+        cur.execute("ROLLBACK TO SAVEPOINT tt_probe")
       detail = (e.pgerror or str(e)).strip().splitlines()[0]
       raise SchemaSQLError(f"config {key}: column {column!r} cannot be read from "
                            f"{from_item.as_string(conn)}: {detail}") from None
-    cur.execute("RELEASE SAVEPOINT tt_probe")
+    if savepoint:
+      cur.execute("RELEASE SAVEPOINT tt_probe")
   return type_name
 
 

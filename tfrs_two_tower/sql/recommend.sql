@@ -199,7 +199,8 @@ DECLARE
   listed text[] := '{{}}';
 BEGIN
   IF NOT {reciprocal} THEN
-    RAISE EXCEPTION 'recommend_reciprocal needs users on both sides (the config ranks another entity)';
+    RAISE EXCEPTION 'recommend_reciprocal needs users on both sides '
+                    '(the config ranks another entity)';
   END IF;
   IF combination IS NULL OR combination NOT IN ('product', 'harmonic') THEN
     RAISE EXCEPTION 'combination must be ''product'' or ''harmonic'', got %', combination;
