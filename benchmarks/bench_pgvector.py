@@ -48,7 +48,8 @@ def measure(run, world, queries, k, seed):
     ids = world.profiles["id"].tolist()
     started = time.time()
     # The seeded tables are the default schema: its config's rules are what recommend() applies.
-    pgvector.publish(conn, config=config_lib.load_config(), run_id=f"bench-{size}", config_hash=run.manifest["config_hash"],
+    pgvector.publish(conn, config=config_lib.load_config(), run_id=f"bench-{size}",
+                     config_hash=run.manifest["config_hash"],
                      temperature=run.manifest["temperature"], query_ids=ids,
                      query_embeddings=q_emb, candidate_ids=ids, candidate_embeddings=c_emb,
                      calibration=(1 / run.manifest["temperature"], 0.0), log=lambda m: None)
