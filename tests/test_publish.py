@@ -159,7 +159,8 @@ def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
   _, conn, _ = published
   ids, emb = run_lib.open_run(tiny_run_dir).candidate_embeddings()
   prefix = "two_tower_streaming_v2_" + "x" * 30
-  results = [pgvector.publish(conn, run_id=f"{prefix}-2026112{i}T100000Z", config_hash="x",
+  results = [pgvector.publish(conn, config=config_lib.load_config(),
+                              run_id=f"{prefix}-2026112{i}T100000Z", config_hash="x",
                               temperature=0.05, query_ids=ids, query_embeddings=emb,
                               candidate_ids=ids, candidate_embeddings=emb,
                               calibration=(1.0, 0.0), keep_versions=5, log=lambda *a: None)
@@ -175,8 +176,8 @@ def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
       assert cur.fetchone()[0] == 1
   assert len(pgvector.recommend(conn, ids[0], K, exact=True)) > 0
   run = run_lib.open_run(tiny_run_dir)  # switch back to the fixture's run for the tests below
-  pgvector.publish(conn, run_id=run.manifest["run_id"], config_hash="x", temperature=0.05,
-                   query_ids=ids, query_embeddings=emb, candidate_ids=ids,
+  pgvector.publish(conn, config=config_lib.load_config(), run_id=run.manifest["run_id"],
+                   config_hash="x", temperature=0.05, query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
 
