@@ -19,6 +19,7 @@ from tfrs_two_tower import eligibility
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import simulator
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import timestamps
 from tfrs_two_tower.data import writer as writer_lib
 from tfrs_two_tower.evaluation import baselines
 from tfrs_two_tower.evaluation import evaluator
@@ -88,13 +89,14 @@ def second_dataset(tmp_path_factory, tiny_world):
   members, likes = second_schema_tables(tiny_world)
   path = str(tmp_path_factory.mktemp("second") / "dataset")
   split = writer_lib.default_split_time(
-      writer_lib.to_unix_seconds(likes["at"], "likes", "at"), 0.15)
+      timestamps.to_unix_seconds(likes["at"], "likes", "at", check_dates=False), 0.15)
   # The first 200 members block 3 members each.
   ids = members["member_id"].to_numpy()
   blocks = pd.DataFrame({"blocker": np.repeat(ids[:200], 3),
                          "blocked": np.roll(ids, -1)[np.arange(600) % 200 + np.arange(600) // 200]})
   with writer_lib.DatasetWriter(config, path, split, members, members,
-                                num_train_shards=1, num_eval_shards=1, blocked_pairs=blocks) as w:
+                                num_train_shards=1, num_eval_shards=1, blocked_pairs=blocks,
+                                check_dates=False) as w:
     w.add_interactions(likes)
   return reader.open_dataset(path), members, blocks
 
@@ -157,7 +159,8 @@ def test_values_the_mapping_does_not_name_are_one_error_per_rule(tiny_world, def
   profiles["seeking"] = profiles["seeking"].map({"men": "Male", "women": "Female",
                                                  "everyone": "Both"})
   with pytest.raises(writer_lib.DataError) as e:
-    writer_lib.DatasetWriter(default_config, str(tmp_path / "ds"), 0, profiles, profiles)
+    writer_lib.DatasetWriter(default_config, str(tmp_path / "ds"), 0, profiles, profiles,
+                             check_dates=False)
   text = str(e.value)
   assert "eligibility.preference.seeking: column 'seeking' has values ['both', 'female', " \
          "'male'] that the mapping does not name" in text
@@ -166,7 +169,8 @@ def test_values_the_mapping_does_not_name_are_one_error_per_rule(tiny_world, def
   assert not os.path.exists(tmp_path / "ds")
   del profiles["seeking"]
   with pytest.raises(writer_lib.DataError, match="missing column 'seeking'"):
-    writer_lib.DatasetWriter(default_config, str(tmp_path / "ds"), 0, profiles, profiles)
+    writer_lib.DatasetWriter(default_config, str(tmp_path / "ds"), 0, profiles, profiles,
+                             check_dates=False)
 
 
 def test_cells_split_arrays_and_postgres_array_text():
@@ -363,9 +367,11 @@ def sql_baseline_dataset(tmp_path, tiny_world, default_config, fresh_database):
   config = config_lib.parse_config(raw)
   profiles = tiny_world.profiles
   path = str(tmp_path / "ds")
-  seconds = writer_lib.to_unix_seconds(tiny_world.swipes["created_at"], "swipes", "created_at")
+  seconds = timestamps.to_unix_seconds(tiny_world.swipes["created_at"], "swipes", "created_at",
+                                       check_dates=False)
   with writer_lib.DatasetWriter(config, path, writer_lib.default_split_time(seconds, 0.15),
-                                profiles, profiles, num_train_shards=1, num_eval_shards=1) as w:
+                                profiles, profiles, num_train_shards=1, num_eval_shards=1,
+                                check_dates=False) as w:
     w.add_interactions(tiny_world.swipes)
   ages = profiles["age"].to_numpy()
   ids = profiles["id"].to_numpy()

@@ -15,6 +15,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import psycopg2
 
 import tfrs_two_tower
 from tfrs_two_tower import files
@@ -309,7 +310,6 @@ def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
   if not db_url:
     raise EvaluationInputError("the config's baseline is SQL (baseline.sql): give the app's "
                                "database with --db_url")
-  import psycopg2  # only this step talks to a database: evaluation runs without a driver
   try:
     conn = psycopg2.connect(db_url)
   except psycopg2.Error as e:
