@@ -21,6 +21,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 import numpy as np  # noqa: E402
 import psycopg2  # noqa: E402
 
+from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower import features as features_lib  # noqa: E402
 from tfrs_two_tower.data import postgres_source  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
@@ -46,7 +47,9 @@ def measure(run, world, queries, k, seed):
     seed_stage.seed(conn, world, log=lambda m: None)
     ids = world.profiles["id"].tolist()
     started = time.time()
-    pgvector.publish(conn, run_id=f"bench-{size}", config_hash=run.manifest["config_hash"],
+    # The seeded tables are the default schema: its config's rules are what recommend() applies.
+    pgvector.publish(conn, config=config_lib.load_config(), run_id=f"bench-{size}",
+                     config_hash=run.manifest["config_hash"],
                      temperature=run.manifest["temperature"], query_ids=ids,
                      query_embeddings=q_emb, candidate_ids=ids, candidate_embeddings=c_emb,
                      calibration=(1 / run.manifest["temperature"], 0.0), log=lambda m: None)

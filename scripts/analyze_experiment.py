@@ -9,6 +9,10 @@ From CSV exports (the experiment's arms and window come from flags):
       --experiment=two_tower_v1 --arms=control=1,treatment=1 --output_dir=out/ab_report
 Sample size before starting (fixed horizon):
   analyze_experiment.py --plan --baseline_rate=0.12 --mde=0.015
+
+--config maps the app's interactions (table, columns, action -> label). Exit codes: 2 bad
+flags or input, 16 action values the config does not map (named with their counts; the
+export refuses the same data with the same code).
 """
 import os
 
@@ -30,9 +34,14 @@ flags.DEFINE_string("db_url", None, "PostgreSQL URL (libpq). Default (when no CS
                     "$SUPABASE_DB_URL / $DATABASE_URL, else --env_file. The password is never "
                     "logged.")
 flags.DEFINE_string("env_file", ".env", "A .env file with SUPABASE_DB_URL=... (see .env.example).")
+flags.DEFINE_string("config", None, "Config JSON of the app's data: the interactions' table "
+                    "and column names (the swipes CSV uses them) and each action's label; an "
+                    "action value it does not map stops the analysis (exit 16). Default: the "
+                    "packaged dating config.")
 flags.DEFINE_string("exposures_csv", None, "CSV with user_id, arm, first_exposed_at "
                     "(optional experiment column).")
-flags.DEFINE_string("swipes_csv", None, "CSV with swiper_id, swipee_id, action, created_at.")
+flags.DEFINE_string("swipes_csv", None, "CSV of the interactions with the --config's column "
+                    "names (default: swiper_id, swipee_id, action, created_at).")
 flags.DEFINE_string("arms", "control=1,treatment=1", "CSV mode: ordered arm=weight list, control "
                     "first (the database mode reads ab_experiments.arms).")
 flags.DEFINE_string("starts_at", None, "CSV mode: experiment start (ISO); default: the first "
@@ -77,6 +86,7 @@ def main(argv):
   with cli.user_errors():
     abtest_stage.run(
         experiment=FLAGS.experiment, db_url=FLAGS.db_url, env_file=FLAGS.env_file,
+        config_path=FLAGS.config,
         exposures_csv=FLAGS.exposures_csv,
         swipes_csv=FLAGS.swipes_csv, arms=FLAGS.arms, starts_at=FLAGS.starts_at,
         ends_at=FLAGS.ends_at, primary_metric=FLAGS.primary_metric, guardrails=FLAGS.guardrails,

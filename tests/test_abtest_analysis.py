@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.abtest import analysis
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import definition as definition_lib
@@ -15,6 +16,7 @@ from tfrs_two_tower.abtest import metrics
 from tfrs_two_tower.abtest import power
 from tfrs_two_tower.abtest import report
 from tfrs_two_tower.abtest import stats
+from tfrs_two_tower.data import sources
 from tfrs_two_tower.stages import abtest_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +209,8 @@ def test_csv_outcomes_follow_the_definitions(tmp_path):
       experiment="exp", db_url=None, exposures_csv=str(tmp_path / "exposures.csv"),
       swipes_csv=str(tmp_path / "swipes.csv"), arms="control=1,treatment=1",
       starts_at="2026-05-01", ends_at="2026-05-10", primary_metric="match_rate",
-      guardrails=[], pre_period_days=28, planned_users_per_arm=None)
+      guardrails=[], pre_period_days=28, planned_users_per_arm=None,
+      config=config_lib.load_config())
   rows = outcomes.set_index("user_id")
   assert list(rows.index) == ["a", "b", "c", "d"]
   assert rows.loc["a", ["swipes", "likes_given", "likes_received", "matches", "pre_likes_given",
@@ -230,6 +233,28 @@ def test_csv_errors_name_the_file_and_column(tmp_path):
                      swipes_csv=str(tmp_path / "broken.csv"), log=lambda *a: None)
   with pytest.raises(ValueError, match="unknown metric"):
     _definition(primary_metric="happiness")
+
+
+def test_unknown_actions_are_refused_like_the_export(tmp_path):
+  """LIKE, PASS and 42.5 are not actions of the config: named with their counts, exit 16
+  (the export's code for the same data), instead of being counted as non-likes."""
+  _write_csvs(tmp_path)
+  swipes = pd.read_csv(tmp_path / "swipes.csv", dtype=str)
+  swipes.loc[0, "action"], swipes.loc[1, "action"] = "LIKE", "LIKE"
+  swipes.loc[2, "action"], swipes.loc[3, "action"] = "PASS", "42.5"
+  swipes.to_csv(tmp_path / "cased.csv", index=False)
+  with pytest.raises(sources.UnknownActionError,
+                     match=r"cased.csv: 4 interactions .* 'LIKE' x2, .*'PASS' x1.*'42.5' x1"):
+    abtest_stage.run(experiment="exp", exposures_csv=str(tmp_path / "exposures.csv"),
+                     swipes_csv=str(tmp_path / "cased.csv"), log=lambda *a: None)
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "analyze_experiment.py"),
+                         "--experiment=exp", f"--exposures_csv={tmp_path}/exposures.csv",
+                         f"--swipes_csv={tmp_path}/cased.csv"],
+                        capture_output=True, text=True, env=env, timeout=120)
+  assert proc.returncode == sources.UnknownActionError.exit_code == 16, proc.stderr
+  assert "'LIKE' x2" in proc.stderr and "'42.5' x1" in proc.stderr
+  assert "verdict" not in proc.stderr
 
 
 def test_script_plan_and_csv_analysis(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
 
@@ -89,8 +90,9 @@ def ab_database(fresh_database):
   with conn.cursor() as cur:
     cur.execute(seed_stage.schema_sql())
   conn.commit()
-  database.install_schema(conn)
-  database.install_schema(conn)  # idempotent
+  config = config_lib.load_config()
+  database.install_schema(conn, config)
+  database.install_schema(conn, config)  # idempotent
   yield conn
   conn.close()
 

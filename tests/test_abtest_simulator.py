@@ -33,15 +33,15 @@ def world_database(fresh_database, tiny_world):
   conn = psycopg2.connect(fresh_database)
   simulator.check_empty(conn)
   seed_stage.seed(conn, tiny_world, log=lambda *a: None)
-  database.install_schema(conn)
+  database.install_schema(conn, config_lib.load_config())
   yield conn
   conn.close()
 
 
 def _round_trip(conn, simulation):
-  simulator.write_experiment(conn, simulation)
+  simulator.write_experiment(conn, simulation, config_lib.load_config())
   definition, outcomes, mismatches, snapshot = database.read_snapshot(
-      conn, simulation.definition.name)
+      conn, simulation.definition.name, config_lib.load_config())
   return analysis.analyze(outcomes, definition, assignment_mismatches=mismatches,
                           snapshot_at=snapshot), outcomes, definition
 
@@ -68,7 +68,8 @@ def test_aa_round_trip_srm_injection_and_sql_equals_pandas(world_database, tiny_
   assert result["verdict"] != analysis.INVALID
   assert sum(a["exposed_users"] for a in result["arms"].values()) == len(simulation.exposures)
   # The SQL view and the CSV path compute the same outcomes from the same data.
-  swipes = outcomes_lib.clean_swipes(pd.concat([tiny_world.swipes, simulation.swipes]), "all")
+  swipes = outcomes_lib.clean_swipes(pd.concat([tiny_world.swipes, simulation.swipes]), "all",
+                                       config_lib.load_config())
   expected = outcomes_lib.user_outcomes(outcomes_lib.clean_exposures(simulation.exposures, "e"),
                                         swipes, definition)
   got = outcomes.sort_values("user_id").reset_index(drop=True)

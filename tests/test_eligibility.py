@@ -5,7 +5,6 @@ Two schemas: the default one (the tiny world's dataset) and a second one built f
 same world with other table/column names, `Male`/`Female` casing, an array-valued
 seeking column (Postgres `text[]` dump form "{a,b}") and per-user age ranges.
 """
-import copy
 import json
 import os
 import sys
@@ -411,7 +410,6 @@ def test_sql_baseline_lists_are_judged_as_served(sql_baseline_dataset, tmp_path)
 @pytest.mark.slow
 def test_bad_sql_baselines_are_named(sql_baseline_dataset, tmp_path):
   import psycopg2
-  from tfrs_two_tower.stages import evaluate_stage
   path, db_url, raw = sql_baseline_dataset
   data = evaluator.prepare(reader.open_dataset(path))
   conn = psycopg2.connect(db_url)

@@ -6,6 +6,7 @@ import psycopg2
 import pytest
 import tensorflow as tf
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
@@ -29,8 +30,10 @@ def published(make_database, tiny_world, tiny_run_dir, tiny_dataset_dir):
   conn.close()
 
 
-def _expected_top_k(user, world, run, swiped, k, age_window=10):
-  """The TF index SavedModel's ranking (exclusions passed in), then the SQL's hard filters."""
+def _expected_top_k(user, world, run, swiped, k):
+  """The TF index SavedModel's ranking (exclusions passed in), then the default config's
+  eligibility rules (mutual preference, age window)."""
+  age_window = config_lib.load_config().raw["eligibility"]["age"]["window_years"]
   profiles = world.profiles.set_index("id")
   me = profiles.loc[user]
   dataset = reader.open_dataset(run.manifest["dataset"]["path"])
@@ -111,7 +114,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
   broken = emb.copy()
   broken[3, 0] = np.nan
   with pytest.raises(psycopg2.Error):
-    pgvector.publish(conn, run_id="broken-run", config_hash="x", temperature=0.05,
+    pgvector.publish(conn, config=config_lib.load_config(), run_id="broken-run",
+                     config_hash="x", temperature=0.05,
                      query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                      candidate_embeddings=broken, calibration=(1.0, 0.0), log=lambda *a: None)
   conn.rollback()
@@ -122,7 +126,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
                 (f"tt_%{pgvector.version_name('broken-run')}",))
     assert cur.fetchone()[0] == 0
   # A second version becomes active in one switch; the first stays for rollback.
-  second = pgvector.publish(conn, run_id="second-run", config_hash="x", temperature=0.05,
+  second = pgvector.publish(conn, config=config_lib.load_config(), run_id="second-run",
+                            config_hash="x", temperature=0.05,
                             query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                             candidate_embeddings=emb, calibration=(1.0, 0.0), keep_versions=2,
                             log=lambda *a: None)
@@ -132,7 +137,8 @@ def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, t
     cur.execute("SELECT count(*) FROM tt_model_versions")
     assert cur.fetchone()[0] == 2
   conn.commit()
-  pgvector.publish(conn, run_id=run.manifest["run_id"], config_hash="x", temperature=0.05,
+  pgvector.publish(conn, config=config_lib.load_config(), run_id=run.manifest["run_id"],
+                   config_hash="x", temperature=0.05,
                    query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
@@ -153,7 +159,8 @@ def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
   _, conn, _ = published
   ids, emb = run_lib.open_run(tiny_run_dir).candidate_embeddings()
   prefix = "two_tower_streaming_v2_" + "x" * 30
-  results = [pgvector.publish(conn, run_id=f"{prefix}-2026112{i}T100000Z", config_hash="x",
+  results = [pgvector.publish(conn, config=config_lib.load_config(),
+                              run_id=f"{prefix}-2026112{i}T100000Z", config_hash="x",
                               temperature=0.05, query_ids=ids, query_embeddings=emb,
                               candidate_ids=ids, candidate_embeddings=emb,
                               calibration=(1.0, 0.0), keep_versions=5, log=lambda *a: None)
@@ -169,8 +176,8 @@ def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
       assert cur.fetchone()[0] == 1
   assert len(pgvector.recommend(conn, ids[0], K, exact=True)) > 0
   run = run_lib.open_run(tiny_run_dir)  # switch back to the fixture's run for the tests below
-  pgvector.publish(conn, run_id=run.manifest["run_id"], config_hash="x", temperature=0.05,
-                   query_ids=ids, query_embeddings=emb, candidate_ids=ids,
+  pgvector.publish(conn, config=config_lib.load_config(), run_id=run.manifest["run_id"],
+                   config_hash="x", temperature=0.05, query_ids=ids, query_embeddings=emb, candidate_ids=ids,
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
 

@@ -7,24 +7,32 @@ the same snapshot even while the app keeps writing swipes.
 
 import io
 import json
-import os
 from typing import Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+from psycopg2 import sql
+
+from tfrs_two_tower import config as config_lib
 
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import definition as definition_lib
 from tfrs_two_tower.abtest import metrics as metrics_lib
+from tfrs_two_tower.data import sources
+from tfrs_two_tower.serving import schema_sql
 
-SQL_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sql", "abtest.sql")
 
+def install_schema(conn, config: config_lib.Config) -> None:
+  """Creates the ab_* functions, tables and views (idempotent), in one transaction.
 
-def install_schema(conn) -> None:
-  """Creates the ab_* functions, tables and views (idempotent). Needs a `swipes` table."""
-  with open(SQL_PATH, encoding="utf-8") as f, conn.cursor() as cur:
-    cur.execute(f.read())
-  conn.commit()
+  The outcome views read the config's interactions table (or query) and count
+  the actions of label 1 as likes (sql/abtest.sql is a template).
+  Raises:
+    schema_sql.SchemaSQLError naming the config key of a column that cannot be read.
+  """
+  text = schema_sql.render(conn, "abtest.sql", schema_sql.interaction_fields(conn, config))
+  conn.rollback()  # the probes' read-only transaction
+  schema_sql.execute_in_transaction(conn, [text])
 
 
 def create_experiment(conn, definition: definition_lib.Definition) -> None:
@@ -52,8 +60,10 @@ def log_exposures(conn, experiment: str, user_ids: Sequence[str], times: Sequenc
   conn.commit()
 
 
-def copy_swipes(conn, swipes: pd.DataFrame) -> None:
-  """Appends swipes (swiper_id, swipee_id, action, created_at) with COPY."""
+def copy_swipes(conn, swipes: pd.DataFrame, config: config_lib.Config) -> None:
+  """Appends swipes (a frame of swiper_id, swipee_id, action, created_at) with COPY into the
+  config's interactions table."""
+  cfg = config.interactions
   buffer = io.StringIO()
   frame = swipes[["swiper_id", "swipee_id", "action"]].copy()
   frame["created_at"] = pd.to_datetime(swipes["created_at"], utc=True).map(
@@ -61,8 +71,10 @@ def copy_swipes(conn, swipes: pd.DataFrame) -> None:
   frame.to_csv(buffer, index=False, header=False)
   buffer.seek(0)
   with conn.cursor() as cur:
-    cur.copy_expert("COPY swipes (swiper_id, swipee_id, action, created_at) FROM STDIN "
-                    "WITH (FORMAT csv)", buffer)
+    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
+        sql.Identifier(cfg.table), sql.SQL(", ").join(map(sql.Identifier, (
+            cfg.query_id_column, cfg.candidate_id_column, cfg.action_column,
+            cfg.timestamp_column)))).as_string(conn), buffer)
   conn.commit()
 
 
@@ -78,7 +90,7 @@ def _definition_from_row(row) -> definition_lib.Definition:
       float(pre_seconds) / 86400, planned)
 
 
-def read_snapshot(conn, experiment: str
+def read_snapshot(conn, experiment: str, config: config_lib.Config
                   ) -> Tuple[definition_lib.Definition, pd.DataFrame, int, pd.Timestamp]:
   """Reads one consistent snapshot of an experiment (rolls back an open transaction of conn).
 
@@ -86,7 +98,9 @@ def read_snapshot(conn, experiment: str
     (definition, per-user outcomes (the ab_user_outcomes view), number of
     exposures whose logged arm differs from ab_assign, snapshot time).
   Raises:
-    ValueError when the experiment does not exist.
+    ValueError when the experiment does not exist; sources.UnknownActionError
+    (as the export) when the interactions hold action values the config does
+    not map (the ab_unknown_actions view).
   """
   autocommit = conn.autocommit
   conn.rollback()
@@ -107,6 +121,8 @@ def read_snapshot(conn, experiment: str
         raise ValueError(f"experiment {experiment!r} not found in ab_experiments "
                          f"(known: {known})")
       definition = _definition_from_row(row)
+      cur.execute("SELECT coalesce(action, 'NULL'), interactions FROM ab_unknown_actions")
+      sources.check_actions(config, dict(cur.fetchall()), f"table {config.interactions.table!r}")
       columns = ("user_id", "arm", "first_exposed_at") + metrics_lib.OUTCOME_COLUMNS \
           + metrics_lib.PRE_COLUMNS
       cur.execute(f"SELECT {', '.join(columns)} FROM ab_user_outcomes WHERE experiment = %s "

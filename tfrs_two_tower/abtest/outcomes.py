@@ -1,8 +1,10 @@
 """Per-exposed-user outcomes from exposures and swipes, for CSV input.
 
-The same definitions as the `ab_user_outcomes` view in sql/abtest.sql and the
-`matches` view in sql/schema.sql (a test checks both agree on the same data):
-  * likes given / received are swipes with action 'like' or 'superlike';
+The same definitions as the `ab_user_outcomes` and `ab_user_matches` views in
+sql/abtest.sql (a test checks both agree on the same data):
+  * the swipes are the config's interactions (its column names in the CSV);
+    likes given / received are the actions of label 1 in interactions.actions,
+    and an action value the config does not map is refused (as by the export);
   * a match is a mutual like on each user's LATEST swipe of the other (ties:
     the greater action), made at the later of the two swipes;
   * outcomes count in [first_exposed_at, ends_at); pre-period counts
@@ -14,12 +16,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.abtest import definition as definition_lib
 from tfrs_two_tower.abtest import metrics as metrics_lib
+from tfrs_two_tower.data import sources
 
 EXPOSURE_COLUMNS = ("user_id", "arm", "first_exposed_at")
-SWIPE_COLUMNS = ("swiper_id", "swipee_id", "action", "created_at")
-LIKE_ACTIONS = ("like", "superlike")
 _NEVER = pd.Timestamp.max.tz_localize("UTC")
 
 
@@ -62,12 +64,27 @@ def clean_exposures(frame: pd.DataFrame, source: str, experiment: str = "") -> p
           .reset_index(drop=True))
 
 
-def clean_swipes(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-  _require(frame, SWIPE_COLUMNS, source)
-  return pd.DataFrame({"swiper_id": frame["swiper_id"].astype(str).to_numpy(),
-                       "swipee_id": frame["swipee_id"].astype(str).to_numpy(),
-                       "action": frame["action"].astype(str).to_numpy(),
-                       "created_at": _times(frame["created_at"], source, "created_at").to_numpy()})
+def clean_swipes(frame: pd.DataFrame, source: str, config: config_lib.Config) -> pd.DataFrame:
+  """Interaction rows (the config's column names) -> swiper_id, swipee_id, action, is_like,
+  created_at.
+
+  Raises:
+    InputError for a missing column or a bad time; sources.UnknownActionError
+    (exit code 16, like the export) naming every action value the config does
+    not map and its count.
+  """
+  cfg = config.interactions
+  columns = (cfg.query_id_column, cfg.candidate_id_column, cfg.action_column,
+             cfg.timestamp_column)
+  _require(frame, columns, source)
+  actions = frame[cfg.action_column].astype(str)
+  sources.check_actions(config, actions.value_counts().to_dict(), source)
+  likes = {a.name for a in cfg.actions if a.label == 1}
+  return pd.DataFrame({
+      "swiper_id": frame[cfg.query_id_column].astype(str).to_numpy(),
+      "swipee_id": frame[cfg.candidate_id_column].astype(str).to_numpy(),
+      "action": actions.to_numpy(), "is_like": actions.isin(likes).to_numpy(),
+      "created_at": _times(frame[cfg.timestamp_column], source, cfg.timestamp_column).to_numpy()})
 
 
 def _windowed_counts(exposed: pd.DataFrame, events: pd.DataFrame, key: str, time: str,
@@ -97,7 +114,6 @@ def user_outcomes(exposures: pd.DataFrame, swipes: pd.DataFrame,
     exposures: `clean_exposures` output.
     swipes: `clean_swipes` output (all swipes; the windows select).
   """
-  swipes = swipes.assign(is_like=swipes["action"].isin(LIKE_ACTIONS))
   latest = (swipes.sort_values(["created_at", "action"], kind="stable")
             .drop_duplicates(["swiper_id", "swipee_id"], keep="last"))
   likes = latest.loc[latest["is_like"], ["swiper_id", "swipee_id", "created_at"]]

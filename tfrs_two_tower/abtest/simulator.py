@@ -342,10 +342,11 @@ def check_empty(conn) -> None:
   conn.rollback()
 
 
-def write_experiment(conn, simulation: Simulation) -> None:
-  """Writes one simulated experiment: its row, its swipes and its logged exposures."""
+def write_experiment(conn, simulation: Simulation, config) -> None:
+  """Writes one simulated experiment: its row, its swipes (into the config's interactions
+  table) and its logged exposures."""
   database.create_experiment(conn, simulation.definition)
-  database.copy_swipes(conn, simulation.swipes)
+  database.copy_swipes(conn, simulation.swipes, config)
   database.log_exposures(conn, simulation.definition.name, simulation.exposures["user_id"],
                          simulation.exposures["first_exposed_at"])
 

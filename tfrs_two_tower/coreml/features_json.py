@@ -11,6 +11,7 @@ Layout::
   {"format_version": 1, "kind": "tfrs_two_tower.coreml_features",
    "run_id", "config_hash", "embedding_dim", "temperature", "calibration",
    "rules": {...human-readable statement of the rules below...},
+   "eligibility": {...the config's eligibility rules, see ELIGIBILITY_RULES} | null,
    "towers": {"query": {"model": "QueryTower.mlpackage", "output": "embedding",
                         "inputs": [{"name", "dtype", "shape", "feature", "role"}, ...],
                         "features": [{"key", "type", ...per type...}, ...]},
@@ -28,6 +29,13 @@ k = num_oov_buckets:
   numeric: "transform" (identity|log1p), "mean", "std", "fill_transformed",
     "bucket_boundaries"; inputs `<key>` (z-score), `<key>_missing`, `<key>_bucket`
 All float constants are to be cast to float32 before use; arithmetic in float32.
+
+"eligibility" carries who may be shown to whom (the config's rules, by raw
+column name of the entity table) so that the app filters exactly as evaluation
+(`tfrs_two_tower.eligibility`) and SQL (`tt_eligible`) do; `eligible_pair` is
+its reference implementation over two raw rows (a test holds it equal to the
+numpy implementation). Blocked pairs, already-swiped pairs and activity are
+lists and times the app gets from its backend: they are named, not shipped.
 """
 
 import math
@@ -35,7 +43,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
+from tfrs_two_tower import rules as rules_lib
 from tfrs_two_tower.coreml import fingerprint
 
 FORMAT_VERSION = 1
@@ -61,6 +71,115 @@ RULES = {
            "cos la sin lo, sin la) in radians, zeros when missing",
     "arithmetic": "float32 throughout; cast every constant to float32 first",
 }
+
+
+ELIGIBILITY_RULES = {
+    "values": "a cell's values: the elements of an array (or of '{a,b}' text), else the text "
+              "itself; values trimmed, empty ones dropped; compared lower-cased unless "
+              "case_sensitive",
+    "preference": "u accepts v when u's seeking cell has no value, or v's gender cell has no "
+                  "value, or accepts[seeking value] holds '*' or v's (first) gender value, for "
+                  "some value of u's seeking cell; eligible needs u accepts v AND v accepts u",
+    "age": "window_years: |age_u - age_v| <= window_years; else min_u <= age_v <= max_u AND "
+           "min_v <= age_u <= max_v; a comparison with a missing value passes",
+    "distance": "haversine(lat/lon of u, of v) with earth_radius_km <= max_km; missing passes",
+    "active": "v's column (a time) >= now - within_days days; missing: not eligible",
+    "exclusions": "exclude_self: v != u; exclude_swiped: u has not swiped v; blocked: neither "
+                  "blocked the other (lists from the backend)",
+}
+
+
+def eligibility_rules(config) -> Optional[Dict[str, Any]]:
+  """The `eligibility` block of features.json (None when the config has no rules).
+
+  `preference.accepts` is the mapping resolved for the phone: folded seeking value
+  -> folded raw gender values it accepts, or ["*"].
+  """
+  rules = config.eligibility
+  if rules is None:
+    return None
+  out: Dict[str, Any] = {"entity": rules.entity, "exclude_self": rules.exclude_self,
+                         "exclude_swiped": rules.exclude_swiped, "semantics": ELIGIBILITY_RULES}
+  pref = rules.preference
+  if pref is not None:
+    accepts = {}
+    for seeking, canonicals in pref.seeking.items():
+      raw = (["*"] if rules_lib.ANYONE in canonicals else
+             sorted({pref.fold(v) for g in canonicals for v in pref.genders[g]}))
+      accepts[pref.fold(seeking)] = raw
+    out["preference"] = {"gender_column": pref.gender_column,
+                         "seeking_column": pref.seeking_column,
+                         "case_sensitive": pref.case_sensitive, "accepts": accepts}
+  if rules.age is not None:
+    out["age"] = {k: getattr(rules.age, k) for k in ("column", "window_years", "min_column",
+                                                     "max_column")}
+  if rules.distance is not None:
+    entity = config.entities[rules.entity]
+    geo = next(f for f in entity.features if f.name == rules.distance.feature)
+    out["distance"] = {"feature": geo.name, "latitude_column": geo.columns[0],
+                       "longitude_column": geo.columns[1], "max_km": rules.distance.max_km,
+                       "earth_radius_km": eligibility_lib.EARTH_RADIUS_KM}
+  if rules.active is not None:
+    out["active"] = {"column": rules.active.column, "within_days": rules.active.within_days}
+  if rules.blocked is not None:
+    out["blocked"] = {"source": "backend"}
+  return out
+
+
+def _values(cell: Any, fold) -> List[str]:
+  return [fold(v) for v in eligibility_lib.cell_values(cell)]
+
+
+def _missing(x: Any) -> bool:
+  return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def eligible_pair(rules: Mapping[str, Any], u: Mapping[str, Any], v: Mapping[str, Any],
+                  now: Optional[float] = None) -> bool:
+  """Whether v may be shown to u by features.json's `eligibility` (pairwise rules only).
+
+  Args:
+    u, v: raw entity rows by column name (numbers, text, lists; None/NaN missing;
+      the `active` column in unix seconds).
+    now: unix seconds, for the `active` rule.
+  """
+  pref = rules.get("preference")
+  if pref:
+    fold = (lambda x: x) if pref["case_sensitive"] else (lambda x: x.casefold())
+    for a, b in ((u, v), (v, u)):
+      seeking = _values(a.get(pref["seeking_column"]), fold)
+      gender = _values(b.get(pref["gender_column"]), fold)
+      if seeking and gender and not any(
+          "*" in pref["accepts"].get(s, []) or gender[0] in pref["accepts"].get(s, [])
+          for s in seeking):
+        return False
+  age = rules.get("age")
+  if age:
+    au, av = u.get(age["column"]), v.get(age["column"])
+    if age["window_years"] is not None:
+      if not (_missing(au) or _missing(av)) and abs(au - av) > age["window_years"]:
+        return False
+    else:
+      for me, other in ((u, av), (v, au)):
+        lo, hi = me.get(age["min_column"]), me.get(age["max_column"])
+        if _missing(other):
+          continue
+        if (not _missing(lo) and other < lo) or (not _missing(hi) and other > hi):
+          return False
+  distance = rules.get("distance")
+  if distance:
+    a = np.array([u.get(distance["latitude_column"]), u.get(distance["longitude_column"])],
+                 np.float64)
+    b = np.array([v.get(distance["latitude_column"]), v.get(distance["longitude_column"])],
+                 np.float64)
+    if eligibility_lib.haversine_km(a, b) > distance["max_km"]:  # NaN (missing) passes
+      return False
+  active = rules.get("active")
+  if active:
+    t = v.get(active["column"])
+    if _missing(t) or t < now - active["within_days"] * eligibility_lib.SECONDS_PER_DAY:
+      return False
+  return True
 
 
 def tower_features(specs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -114,8 +233,9 @@ def tower_inputs(features: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
 
 def build(specs_by_side: Mapping[str, Sequence[Mapping[str, Any]]], *, run_id: str,
           config_hash: str, embedding_dim: int, temperature: float,
-          calibration: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
-  """The features.json payload for both towers."""
+          calibration: Optional[Mapping[str, float]] = None,
+          eligibility: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """The features.json payload for both towers (`eligibility`: `eligibility_rules(config)`)."""
   towers = {}
   for side, specs in specs_by_side.items():
     features = tower_features(specs)
@@ -125,7 +245,8 @@ def build(specs_by_side: Mapping[str, Sequence[Mapping[str, Any]]], *, run_id: s
   return {"format_version": FORMAT_VERSION, "kind": KIND, "run_id": run_id,
           "config_hash": config_hash, "embedding_dim": int(embedding_dim),
           "temperature": float(temperature), "calibration": dict(calibration or {}),
-          "rules": RULES, "towers": towers}
+          "rules": RULES, "eligibility": dict(eligibility) if eligibility else None,
+          "towers": towers}
 
 
 class Vocabulary:

@@ -230,14 +230,8 @@ class InteractionAudit:
       listed = ", ".join(f"{c!r}: {n}" for c, n in nulls.items())
       raise NullValueError(f"{source}: NULLs in required interaction columns ({listed} rows); "
                            "filter them with an interactions.sql query or fix the data")
-    known = {a.name for a in config.interactions.actions}
-    unknown = {a: n for a, n in self.actions.items() if a not in known}
-    if unknown and unknown_actions == "fail":
-      listed = ", ".join(f"{a!r} x{n}" for a, n in sorted(unknown.items(), key=lambda x: -x[1]))
-      raise UnknownActionError(
-          f"{source}: {sum(unknown.values())} interactions have action values the config does "
-          f"not map: {listed} (column {config.interactions.action_column!r}); map them in "
-          "config interactions.actions or pass --unknown_actions=drop")
+    if unknown_actions == "fail":
+      check_actions(config, self.actions, source, remedy=" or pass --unknown_actions=drop")
     if any(self.missing.values()) and missing_entities == "fail":
       columns = {"query": config.interactions.query_id_column,
                  "candidate": config.interactions.candidate_id_column}
@@ -246,6 +240,27 @@ class InteractionAudit:
                for side, n in self.missing.items() if n]
       raise MissingEntityError(f"{source}: interactions reference missing entities: "
                                f"{'; '.join(parts)}; pass --missing_entities=drop to skip them")
+
+
+def check_actions(config: config_lib.Config, counts: Mapping[str, int], source: str,
+                  remedy: str = "") -> None:
+  """Refuses action values the config does not map (interactions.actions).
+
+  Args:
+    counts: action value (as text) -> number of rows.
+    source: file or table, for the message.
+    remedy: what else the caller lets the user do, appended to the message.
+  Raises:
+    UnknownActionError naming the values and their counts, most frequent first.
+  """
+  known = {a.name for a in config.interactions.actions}
+  unknown = {a: n for a, n in counts.items() if a not in known}
+  if unknown:
+    listed = ", ".join(f"{a!r} x{n}" for a, n in sorted(unknown.items(), key=lambda x: -x[1]))
+    raise UnknownActionError(
+        f"{source}: {sum(unknown.values())} interactions have action values the config does "
+        f"not map: {listed} (column {config.interactions.action_column!r}; mapped: "
+        f"{', '.join(sorted(known))}); map them in config interactions.actions{remedy}")
 
 
 # -- partitions --------------------------------------------------------------------------------

@@ -12,12 +12,15 @@ same run again is a no-op (unless `republish`).
 
 import hashlib
 import io
-import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from psycopg2 import sql
 
-SQL_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sql", "recommend.sql")
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.serving import eligibility_sql
+from tfrs_two_tower.serving import schema_sql
+
 VERSION_HEX_DIGITS = 12  # 48 bits: a collision needs ~16 million published runs
 
 
@@ -33,23 +36,64 @@ def version_name(run_id: str) -> str:
   return "v" + hashlib.sha256(run_id.encode("utf-8")).hexdigest()[:VERSION_HEX_DIGITS]
 
 
-def install_sql(conn) -> None:
-  """Creates the version tables and the recommend functions (idempotent)."""
-  with open(SQL_PATH, encoding="utf-8") as f, conn.cursor() as cur:
-    cur.execute(f.read())
-  conn.commit()
+def serving_sql(conn, config: config_lib.Config) -> str:
+  """sql/recommend.sql for the config's schema: its tables, columns, actions and rules.
+
+  Raises:
+    schema_sql.SchemaSQLError naming the config key of a column or table that
+    cannot be read (nothing is installed then).
+  """
+  query, candidate = config.entity("query"), config.entity("candidate")
+  sources = {"query": schema_sql.entity_source(query),
+             "candidate": schema_sql.entity_source(candidate)}
+  id_types = {side: schema_sql.probe(conn, sources[side], config.entity(side).id_column,
+                                     f"entities.{config.entity(side).name}.id_column")
+              for side in ("query", "candidate")}
+  fields = schema_sql.interaction_fields(conn, config)
+  if config.same_entity_both_sides:
+    back_swipes = sql.SQL(
+        "SELECT DISTINCT ON (s.{swiper}) s.{swiper}::text, s.{action} IN ({positive})\n"
+        "  FROM {interactions} s\n"
+        "  WHERE s.{swipee} = $1::{id_type}\n"
+        "  ORDER BY s.{swiper}, s.{swiped_at} DESC, s.{action} DESC").format(
+            swiper=fields["swiper"], swipee=fields["swipee"], action=fields["action"],
+            swiped_at=fields["swiped_at"], positive=fields["positive_actions"],
+            interactions=fields["interactions"], id_type=sql.SQL(id_types["candidate"]))
+  else:  # items never swipe back
+    back_swipes = sql.SQL("SELECT NULL::text, NULL::boolean WHERE false")
+  return schema_sql.render(conn, "recommend.sql", {
+      "query_source": sources["query"], "candidate_source": sources["candidate"],
+      "query_id": sql.Identifier(query.id_column),
+      "candidate_id": sql.Identifier(candidate.id_column),
+      "query_id_type": sql.SQL(id_types["query"]),
+      "candidate_id_type": sql.SQL(id_types["candidate"]),
+      "eligible": eligibility_sql.condition(conn, config),
+      "back_swipes": back_swipes,
+      "reciprocal": sql.Literal(config.same_entity_both_sides),
+      "max_impressions": sql.Literal(config.rules.exposure.max_impressions_per_day)})
+
+
+def install_sql(conn, config: config_lib.Config) -> None:
+  """Creates the version tables and the recommend functions for `config` (idempotent).
+
+  The SQL is generated and every column it names checked before anything runs;
+  it then runs in one transaction.
+  """
+  text = serving_sql(conn, config)
+  conn.rollback()  # the probes' read-only transaction
+  schema_sql.execute_in_transaction(conn, [text])
 
 
 def _copy_embeddings(cur, table: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
   """COPY rows "id<TAB>[x1,x2,...]" (pgvector's text form) into `table`."""
-  from psycopg2 import sql
   values = np.char.mod("%.8g", embeddings.astype(np.float32))
   body = "\n".join(f"{i}\t[{','.join(row)}]" for i, row in zip(ids, values)) + "\n"
   cur.copy_expert(sql.SQL("COPY {} (id, embedding) FROM STDIN").format(sql.Identifier(table)),
                   io.StringIO(body))
 
 
-def publish(conn, *, run_id: str, config_hash: str, temperature: float,
+def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
+            temperature: float,
             query_ids: Sequence[str], query_embeddings: np.ndarray,
             candidate_ids: Sequence[str], candidate_embeddings: np.ndarray,
             calibration: Tuple[float, float], hnsw_m: int = 16, hnsw_ef_construction: int = 64,
@@ -58,8 +102,9 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
   """Writes one model version and makes it the active one.
 
   Args:
-    conn: a psycopg2 connection to a database with pgvector and the app's
-      `profiles`/`swipes` tables.
+    conn: a psycopg2 connection to a database with pgvector and the app's tables.
+    config: the config the run was trained with: recommend() reads its tables,
+      columns, actions and eligibility rules (`serving_sql`).
     query_ids, query_embeddings: [Nq] ids and [Nq, d] query-tower embeddings.
     candidate_ids, candidate_embeddings: [Nc] ids and [Nc, d] candidate embeddings.
     calibration: (scale, bias) with P(like) = sigmoid(scale * dot + bias), used
@@ -68,13 +113,12 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
   Returns:
     {"version", "run_id", "created" (False when it already existed), "dropped": [...]}.
   """
-  from psycopg2 import sql
   dim = int(candidate_embeddings.shape[1])
   if query_embeddings.shape[1] != dim:
     raise ValueError(f"query embeddings have dim {query_embeddings.shape[1]}, candidates {dim}")
   version = version_name(run_id)
   tables = {side: f"tt_{side}_embeddings_{version}" for side in ("query", "candidate")}
-  install_sql(conn)
+  install_sql(conn, config)
   with conn.cursor() as cur:
     cur.execute("SELECT EXISTS (SELECT 1 FROM tt_model_versions WHERE version = %s), "
                 "EXISTS (SELECT 1 FROM tt_active_model WHERE version = %s)", (version, version))
@@ -101,10 +145,11 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
       for table in tables.values():
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
       cur.execute("INSERT INTO tt_model_versions (version, run_id, dim, temperature, "
-                  "calibration_scale, calibration_bias, config_hash, candidates, queries) "
-                  "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                  "calibration_scale, calibration_bias, config_hash, candidates, queries, "
+                  "hubness_offset) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::vector)",
                   (version, run_id, dim, float(temperature), float(calibration[0]),
-                   float(calibration[1]), config_hash, len(candidate_ids), len(query_ids)))
+                   float(calibration[1]), config_hash, len(candidate_ids), len(query_ids),
+                   hubness_offset(config, query_embeddings)))
     conn.commit()
   else:
     log(f"publish: version {version} (run {run_id}) already published; switching to it")
@@ -117,8 +162,19 @@ def publish(conn, *, run_id: str, config_hash: str, temperature: float,
   return {"version": version, "run_id": run_id, "created": created, "dropped": dropped}
 
 
+def hubness_offset(config: config_lib.Config, query_embeddings: np.ndarray) -> Optional[str]:
+  """beta * mean query embedding (pgvector text) for exposure.hubness_beta = beta > 0, else None.
+
+  recommend() ranks by (q_u - offset) . c_v = s(u, v) - beta * qbar . c_v.
+  """
+  beta = config.rules.exposure.hubness_beta
+  if not beta:
+    return None
+  offset = beta * np.asarray(query_embeddings, np.float64).mean(axis=0)
+  return "[" + ",".join("%.8g" % x for x in offset.astype(np.float32)) + "]"
+
+
 def _drop_old_versions(conn, keep: int) -> list:
-  from psycopg2 import sql
   with conn.cursor() as cur:
     cur.execute("SELECT version FROM tt_model_versions WHERE version <> "
                 "(SELECT version FROM tt_active_model) ORDER BY published_at DESC")
@@ -133,11 +189,13 @@ def _drop_old_versions(conn, keep: int) -> list:
 
 
 def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciprocal: bool = False,
-              age_window: int = 10, pool: int = 400, combination: str = "product") -> list:
+              age_window: Optional[int] = None, pool: int = 400,
+              combination: str = "product") -> list:
   """Calls the SQL RPC; returns [(candidate_id, score), ...] best first.
 
-  `combination` ("product" = P(match), or "harmonic" for RECON) applies to
-  `reciprocal` only.
+  `age_window` (years) replaces the config's age rule when given. `combination`
+  ("product" = P(match), or "harmonic" for RECON) applies to `reciprocal` only.
+  Commits: under an exposure cap the call counts its list (tt_impressions).
   """
   with conn.cursor() as cur:
     if reciprocal:
@@ -147,5 +205,5 @@ def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciproca
       cur.execute("SELECT candidate_id, score FROM recommend(%s, %s, %s, %s, %s)",
                   (user_id, k, age_window, exact, pool))
     rows = cur.fetchall()
-  conn.rollback()  # the functions set transaction-local planner settings
+  conn.commit()  # the impressions counted under an exposure cap (planner settings are local)
   return rows

@@ -1,10 +1,9 @@
 -- A/B testing for the dating app: assignment, exposure logging, outcomes.
 --
 -- PostgreSQL >= 11 (Supabase: 15). Idempotent: safe to run again after edits.
--- Runs after schema.sql: needs the app's swipes table (swiper_id, swipee_id,
--- action 'like' | 'superlike' | 'pass', created_at) and its matches view/table
--- (user_a, user_b, matched_at; one row per pair). Ids may be uuid or text: the
--- experiment tables store them as text and the views compare id::text.
+-- A template: abtest/database.py fills the {{placeholders}} from the config (the interactions
+-- table or query and its columns, quoted; the actions of label 1 as likes). Ids may be uuid or
+-- text: the experiment tables store them as text and the views compare id::text.
 --
 -- Assignment (docs/abtest.md has the spec, test vectors and a Swift version):
 --   bucket = first 8 bytes of SHA-256(UTF-8(salt || ':' || user_id)), read as a
@@ -24,7 +23,7 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
                                         FROM 1 FOR 8), 'hex'))::bit(64)::bigint AS v) AS h
 $$;
 
--- Arms: a JSON array, in order, of {"name": text, "buckets": int}, counts summing to 10000.
+-- Arms: a JSON array, in order, of {{"name": text, "buckets": int}}, counts summing to 10000.
 CREATE OR REPLACE FUNCTION ab_arms_valid(arms jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
   SELECT jsonb_typeof(arms) = 'array'
@@ -112,17 +111,40 @@ CREATE OR REPLACE VIEW ab_assignment_mismatches AS
 
 -- ------------------------------------------------------------------ outcomes
 
--- Matches from the app's `matches` view (schema.sql: mutual like on each user's
--- latest swipe of the other, one row per pair, matched_at = the later like),
--- one row per direction so that each user finds their own.
+-- Matches: a mutual like on each user's LATEST interaction with the other (ties: the greater
+-- action), made at the later of the two; one row per direction so that each user finds their
+-- own. A like is an action of label 1 in the config's interactions.actions.
 CREATE OR REPLACE VIEW ab_user_matches AS
-  SELECT user_a::text AS user_id, user_b::text AS partner_id, matched_at FROM matches
-  UNION ALL
-  SELECT user_b::text, user_a::text, matched_at FROM matches;
+WITH latest AS (
+  SELECT DISTINCT ON (s.{swiper}, s.{swipee}) s.{swiper}::text AS swiper_id,
+         s.{swipee}::text AS swipee_id, s.{action} IN ({positive_actions}) AS liked,
+         s.{swiped_at} AS created_at
+  FROM {interactions} s
+  ORDER BY s.{swiper}, s.{swipee}, s.{swiped_at} DESC, s.{action} DESC
+)
+SELECT a.swiper_id AS user_id, a.swipee_id AS partner_id,
+       greatest(a.created_at, b.created_at) AS matched_at
+FROM latest a
+JOIN latest b ON b.swiper_id = a.swipee_id AND b.swipee_id = a.swiper_id
+WHERE a.liked AND b.liked;
+
+-- The interactions as the outcome views read them: text ids, liked = an action of label 1.
+CREATE OR REPLACE VIEW ab_swipes AS
+  SELECT s.{swiper}::text AS swiper_id, s.{swipee}::text AS swipee_id,
+         s.{action} IN ({positive_actions}) AS liked, s.{swiped_at} AS created_at
+  FROM {interactions} s;
+
+-- Action values the config does not map (interactions.actions): the analysis refuses to run
+-- while this is not empty, rather than count them silently as non-likes.
+CREATE OR REPLACE VIEW ab_unknown_actions AS
+  SELECT s.{action}::text AS action, count(*) AS interactions
+  FROM {interactions} s
+  WHERE s.{action} IS NULL OR s.{action}::text NOT IN ({known_actions})
+  GROUP BY 1;
 
 -- Per exposed user: outcomes in [first_exposed_at, ends_at) and the same counts in
 -- the pre-period [starts_at - pre_period, starts_at) as CUPED covariates. Likes
--- are swipes with action 'like' or 'superlike'.
+-- are interactions whose action has label 1 (ab_swipes.liked).
 CREATE OR REPLACE VIEW ab_user_outcomes AS
 WITH w AS (
   SELECT x.experiment, x.user_id, x.arm, x.first_exposed_at,
@@ -133,11 +155,11 @@ WITH w AS (
   SELECT w.experiment, w.user_id,
          count(*) FILTER (WHERE s.created_at >= w.first_exposed_at) AS swipes,
          count(*) FILTER (WHERE s.created_at >= w.first_exposed_at
-                            AND s.action IN ('like', 'superlike')) AS likes_given,
+                            AND s.liked) AS likes_given,
          count(*) FILTER (WHERE s.created_at < w.starts_at) AS pre_swipes,
          count(*) FILTER (WHERE s.created_at < w.starts_at
-                            AND s.action IN ('like', 'superlike')) AS pre_likes_given
-  FROM w JOIN swipes s ON s.swiper_id::text = w.user_id
+                            AND s.liked) AS pre_likes_given
+  FROM w JOIN ab_swipes s ON s.swiper_id = w.user_id
   WHERE s.created_at < w.ends_at
     AND (s.created_at >= w.first_exposed_at
          OR (s.created_at >= w.pre_starts_at AND s.created_at < w.starts_at))
@@ -146,8 +168,8 @@ WITH w AS (
   SELECT w.experiment, w.user_id,
          count(*) FILTER (WHERE s.created_at >= w.first_exposed_at) AS likes_received,
          count(*) FILTER (WHERE s.created_at < w.starts_at) AS pre_likes_received
-  FROM w JOIN swipes s ON s.swipee_id::text = w.user_id
-  WHERE s.action IN ('like', 'superlike') AND s.created_at < w.ends_at
+  FROM w JOIN ab_swipes s ON s.swipee_id = w.user_id
+  WHERE s.liked AND s.created_at < w.ends_at
     AND (s.created_at >= w.first_exposed_at
          OR (s.created_at >= w.pre_starts_at AND s.created_at < w.starts_at))
   GROUP BY 1, 2

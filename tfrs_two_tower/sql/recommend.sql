@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS tt_model_versions (
   published_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- exposure.hubness_beta * the mean query embedding of the version (NULL: beta 0): recommend()
+-- ranks by (q_u - hubness_offset) . c_v = s(u, v) - beta * qbar . c_v, a penalty on the
+-- candidates close to everyone (hubs); the scores it returns stay s(u, v).
+ALTER TABLE tt_model_versions ADD COLUMN IF NOT EXISTS hubness_offset vector;
+
 -- Exactly one row: the version recommend() serves.
 CREATE TABLE IF NOT EXISTS tt_active_model (
   singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -29,40 +34,61 @@ CREATE TABLE IF NOT EXISTS tt_active_model (
   switched_at   timestamptz NOT NULL DEFAULT now()
 );
 
--- The hard filters of the dating app, shared by every recommend variant:
--- mutual gender/seeking compatibility and an age window.
-CREATE OR REPLACE FUNCTION tt_seeks(seeking text, gender text) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
-  SELECT seeking = 'everyone'
-      OR (seeking = 'men' AND gender = 'man')
-      OR (seeking = 'women' AND gender = 'woman')
-$$;
+-- Generated from the config (serving/schema_sql.py fills the {{placeholders}} with quoted
+-- identifiers and literals): who may be shown to whom, and what a like is. Every recommend
+-- variant filters through tt_eligible, so the rules live in one place.
 
--- The type of profiles.id (uuid in the default schema): ids are compared in it so that the
--- primary key of profiles and the indexes of swipes are used.
-CREATE OR REPLACE FUNCTION tt_id_type() RETURNS text
-LANGUAGE sql STABLE AS $$
-  SELECT format_type(a.atttypid, a.atttypmod)
-  FROM pg_attribute a WHERE a.attrelid = 'profiles'::regclass AND a.attname = 'id'
-$$;
+-- tt_eligible(user_id, candidate_ids, age_window): the candidates among `candidate_ids` that
+-- user_id may be shown under the config's `eligibility` rules (mutual preference, age, distance,
+-- blocked pairs, inactive users, self, already swiped). age_window, when not NULL, replaces the
+-- config's age rule by a fixed window of that many years. The bodies name parameters by
+-- position ($1): in SQL functions a column of the same name would win over a parameter name.
+DROP FUNCTION IF EXISTS tt_eligible(text, text[], integer);
+CREATE FUNCTION tt_eligible(user_id text, candidate_ids text[], age_window integer)
+RETURNS TABLE (candidate_id text)
+LANGUAGE sql STABLE AS $tt_body$
+  SELECT c.{candidate_id}::text
+  FROM {query_source} u
+  JOIN {candidate_source} c ON c.{candidate_id} = ANY ($2::{candidate_id_type}[])
+  WHERE u.{query_id} = $1::{query_id_type}
+    AND {eligible}
+$tt_body$;
 
 -- tt_back_swipes(user_id): everyone who swiped on the user, with their latest swipe
--- (liked: like or superlike; false for a pass or any other action). What the other side of a
--- pair has already said, so recommend_reciprocal need not estimate it.
-CREATE OR REPLACE FUNCTION tt_back_swipes(user_id text)
+-- (liked: an action of label 1 in the config; false for any other action). What the other side
+-- of a pair has already said, so recommend_reciprocal need not estimate it.
+DROP FUNCTION IF EXISTS tt_back_swipes(text);
+CREATE FUNCTION tt_back_swipes(user_id text)
 RETURNS TABLE (swiper_id text, liked boolean)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-  RETURN QUERY EXECUTE format($q$
-    SELECT DISTINCT ON (s.swiper_id) s.swiper_id::text, s.action IN ('like', 'superlike')
-    FROM swipes s
-    WHERE s.swipee_id = $1::%s
-    ORDER BY s.swiper_id, s.created_at DESC, s.action DESC$q$, tt_id_type())
-  USING user_id;
-END;
-$$;
+LANGUAGE sql STABLE AS $tt_body$
+  {back_swipes}
+$tt_body$;
 
--- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below;
+-- Exposure control (the config's exposure.max_impressions_per_day, NULL = off): a candidate
+-- already returned in that many lists today (UTC) is left out of further lists until the next
+-- day. recommend() and recommend_reciprocal() count the ids they return in tt_impressions.
+CREATE TABLE IF NOT EXISTS tt_impressions (
+  day           date NOT NULL,
+  candidate_id  text NOT NULL,
+  impressions   integer NOT NULL,
+  PRIMARY KEY (day, candidate_id)
+);
+
+CREATE OR REPLACE FUNCTION tt_exposure_cap() RETURNS integer
+LANGUAGE sql IMMUTABLE AS $tt_body$
+  SELECT {max_impressions}::integer
+$tt_body$;
+
+CREATE OR REPLACE FUNCTION tt_record_impressions(ids text[]) RETURNS void
+LANGUAGE sql VOLATILE AS $tt_body$
+  INSERT INTO tt_impressions AS t (day, candidate_id, impressions)
+  SELECT (now() AT TIME ZONE 'UTC')::date, i, 1 FROM unnest($1) AS i
+  WHERE tt_exposure_cap() IS NOT NULL
+  ON CONFLICT (day, candidate_id) DO UPDATE SET impressions = t.impressions + 1
+$tt_body$;
+
+-- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below
+-- (the nearest candidates by the hubness-adjusted dot product, then tt_eligible);
 -- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
 -- beyond the top k, whatever their dot product (the reciprocal ranking must see them).
 CREATE OR REPLACE FUNCTION tt_ranked(user_id text, k integer, age_window integer,
@@ -72,12 +98,11 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   v text;
   q vector;
-  my_gender text;
-  my_seeking text;
-  my_age integer;
-  id_type text := tt_id_type();
+  q_rank vector;
+  offset_ vector;
 BEGIN
-  SELECT a.version INTO v FROM tt_active_model a;
+  SELECT a.version, m.hubness_offset INTO v, offset_
+  FROM tt_active_model a JOIN tt_model_versions m USING (version);
   IF v IS NULL THEN
     RAISE EXCEPTION 'no model published: run publish_embeddings.py';
   END IF;
@@ -86,8 +111,7 @@ BEGIN
   IF q IS NULL THEN
     RAISE EXCEPTION 'user % has no query embedding in model version %', user_id, v;
   END IF;
-  EXECUTE format('SELECT gender, seeking, age FROM profiles WHERE id = $1::%s', id_type)
-    INTO my_gender, my_seeking, my_age USING user_id;
+  q_rank := CASE WHEN offset_ IS NULL THEN q ELSE q - offset_ END;
   IF exact THEN
     PERFORM set_config('enable_indexscan', 'off', true);
   ELSE
@@ -95,46 +119,62 @@ BEGIN
   END IF;
   RETURN QUERY EXECUTE format($q$
     WITH nearest AS MATERIALIZED (
-      SELECT c.id, (c.embedding <#> $1) AS neg_ip, false AS admirer
+      SELECT c.id, (c.embedding <#> $1) AS neg_rank, (c.embedding <#> $7) AS neg_ip,
+             false AS admirer
       FROM %1$I c
       ORDER BY c.embedding <#> $1
       LIMIT $2),
     liked_me AS (
-      SELECT c.id, (c.embedding <#> $1) AS neg_ip, true AS admirer
+      SELECT c.id, (c.embedding <#> $1) AS neg_rank, (c.embedding <#> $7) AS neg_ip,
+             true AS admirer
       FROM tt_back_swipes($3) b JOIN %1$I c ON c.id = b.swiper_id
-      WHERE $9 AND b.liked),
+      WHERE $6 AND b.liked),
+    pooled AS MATERIALIZED (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me),
     eligible AS (
-      SELECT n.id, n.neg_ip, n.admirer
-      FROM (SELECT * FROM nearest UNION ALL SELECT * FROM liked_me) n
-      JOIN profiles p ON p.id = n.id::%2$s
-      WHERE n.id <> $3
-        AND tt_seeks($4, p.gender) AND tt_seeks(p.seeking, $5)
-        AND abs(p.age - $6) <= $7
-        AND NOT EXISTS (SELECT 1 FROM swipes s
-                        WHERE s.swiper_id = $3::%2$s AND s.swipee_id = n.id::%2$s)),
+      SELECT n.id, n.neg_rank, n.neg_ip, n.admirer
+      FROM pooled n
+      WHERE n.id IN (SELECT e.candidate_id
+                     FROM tt_eligible($3, ARRAY(SELECT p.id FROM pooled p), $4) e)
+        AND (tt_exposure_cap() IS NULL
+             OR NOT EXISTS (SELECT 1 FROM tt_impressions i
+                            WHERE i.day = (now() AT TIME ZONE 'UTC')::date
+                              AND i.candidate_id = n.id
+                              AND i.impressions >= tt_exposure_cap()))),
     top AS (
-      SELECT e.id, e.neg_ip FROM eligible e WHERE NOT e.admirer
-      ORDER BY e.neg_ip, e.id
-      LIMIT $8)
+      SELECT e.id, e.neg_rank, e.neg_ip FROM eligible e WHERE NOT e.admirer
+      ORDER BY e.neg_rank, e.id
+      LIMIT $5)
     SELECT r.id, (-r.neg_ip)::real
-    FROM (SELECT * FROM top UNION SELECT e.id, e.neg_ip FROM eligible e WHERE e.admirer) r
-    ORDER BY r.neg_ip, r.id$q$, 'tt_candidate_embeddings_' || v, id_type)
-  USING q, CASE WHEN exact THEN NULL ELSE pool END, user_id, my_seeking, my_gender, my_age,
-        age_window, k, admirers;
+    FROM (SELECT * FROM top
+          UNION SELECT e.id, e.neg_rank, e.neg_ip FROM eligible e WHERE e.admirer) r
+    ORDER BY r.neg_rank, r.id$q$, 'tt_candidate_embeddings_' || v)
+  USING q_rank, CASE WHEN exact THEN NULL ELSE pool END, user_id, age_window, k, admirers, q;
 END;
 $$;
 
 -- recommend(user_id, k): the top k candidates for user_id by the active model's dot product
--- q_u . c_v, excluding the user, everyone they already swiped on, and profiles that fail the
--- hard filters. exact => brute force (sequential scan; the reference); otherwise the HNSW
--- index returns the `pool` nearest candidates, which are then filtered (pgvector before 0.8
--- filters after the index scan, so pool must exceed k by the filtered-out share).
+-- q_u . c_v, among the candidates tt_eligible lets through (the config's rules; age_window
+-- overrides its age rule when given) and under the exposure cap. exact => brute force
+-- (sequential scan; the reference); otherwise the HNSW index returns the `pool` nearest
+-- candidates, which are then filtered (pgvector before 0.8 filters after the index scan, so
+-- pool must exceed k by the filtered-out share). Counts its list in tt_impressions when the
+-- cap is on (then call it in a read-write transaction and commit).
 CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
-                                     age_window integer DEFAULT 10, exact boolean DEFAULT false,
+                                     age_window integer DEFAULT NULL,
+                                     exact boolean DEFAULT false,
                                      pool integer DEFAULT 400)
 RETURNS TABLE (candidate_id text, score real)
-LANGUAGE sql STABLE AS $$
-  SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  listed text[] := '{{}}';
+BEGIN
+  FOR candidate_id, score IN SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+  LOOP
+    listed := listed || candidate_id;
+    RETURN NEXT;
+  END LOOP;
+  PERFORM tt_record_impressions(listed);
+END;
 $$;
 
 -- recommend_reciprocal(user_id, k): ranks for matches, not just likes. The one-way pool of
@@ -143,25 +183,31 @@ $$;
 -- latest swipe on u is a like / a pass, else sigmoid(scale * q_v.c_u + bias) from the same
 -- towers, with the calibration (scale, bias) published with the version. combination:
 -- 'product' (P(match) under independence; what a match rate rewards) or 'harmonic' (RECON).
+-- The exposure cap applies to the one-way pool, and the list is counted as recommend()'s.
 DROP FUNCTION IF EXISTS recommend_reciprocal(text, integer, integer, boolean, integer);
 CREATE OR REPLACE FUNCTION recommend_reciprocal(user_id text, k integer DEFAULT 20,
-                                                age_window integer DEFAULT 10,
+                                                age_window integer DEFAULT NULL,
                                                 exact boolean DEFAULT false,
                                                 pool integer DEFAULT 400,
                                                 combination text DEFAULT 'product')
 RETURNS TABLE (candidate_id text, score real)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   v text;
   a real;
   b real;
+  listed text[] := '{{}}';
 BEGIN
+  IF NOT {reciprocal} THEN
+    RAISE EXCEPTION 'recommend_reciprocal needs users on both sides '
+                    '(the config ranks another entity)';
+  END IF;
   IF combination IS NULL OR combination NOT IN ('product', 'harmonic') THEN
     RAISE EXCEPTION 'combination must be ''product'' or ''harmonic'', got %', combination;
   END IF;
   SELECT m.version, m.calibration_scale, m.calibration_bias INTO v, a, b
   FROM tt_active_model t JOIN tt_model_versions m USING (version);
-  RETURN QUERY EXECUTE format($q$
+  FOR candidate_id, score IN EXECUTE format($q$
     WITH one_way AS (
       SELECT r.candidate_id, r.score FROM tt_ranked($1, $2, $3, $4, $2, true) r),
     both_ways AS (
@@ -181,6 +227,11 @@ BEGIN
     FROM both_ways w
     ORDER BY 2 DESC, 1
     LIMIT $7$q$, 'tt_query_embeddings_' || v, 'tt_candidate_embeddings_' || v)
-  USING user_id, pool, age_window, exact, a, b, k, combination;
+  USING user_id, pool, age_window, exact, a, b, k, combination
+  LOOP
+    listed := listed || candidate_id;
+    RETURN NEXT;
+  END LOOP;
+  PERFORM tt_record_impressions(listed);
 END;
 $$;

@@ -77,8 +77,8 @@ def _treatment(kind: str, world, run_dir: Optional[str], control):
   return control
 
 
-def _analyse(conn, name: str, cuped: bool):
-  definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, name)
+def _analyse(conn, name: str, cuped: bool, config):
+  definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, name, config)
   result = analysis.analyze(outcomes, definition, cuped=cuped, assignment_mismatches=mismatches,
                             snapshot_at=snapshot)
   return result, outcomes, definition
@@ -123,10 +123,10 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
       _database(db_url, log) as conn:
     simulator.check_empty(conn)
     seed_stage.seed(conn, world, log=log)  # the app schema (schema.sql) + the world's history
-    database.install_schema(conn)
+    database.install_schema(conn, config)
     simulation = simulator.simulate(world, recommenders, exp, params, log=log)
-    simulator.write_experiment(conn, simulation)
-    result, outcomes, definition = _analyse(conn, exp.name, cuped)
+    simulator.write_experiment(conn, simulation, config)
+    result, outcomes, definition = _analyse(conn, exp.name, cuped, config)
     simulator.remove_experiment(conn, simulation)  # the A/A runs below start from history again
     log("simulate: truth: mean P(like) of shown profiles %s, mean P(match) of shown pairs %s" % (
         simulation.true_like_probability, simulation.true_match_probability))
@@ -142,13 +142,13 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
                              "swipes": len(simulation.swipes)}
     if aa_splits or aa_db_runs:
       summary["aa_calibration"] = _calibrate(conn, world, control, exp, params, aa_splits,
-                                             aa_db_runs, cuped, log)
+                                             aa_db_runs, cuped, config, log)
     summary["seconds"] = round(time.time() - started, 1)
     files.write_json(os.path.join(tmp, "manifest.json"), summary)
   return summary
 
 
-def _calibrate(conn, world, control, exp, params, aa_splits, aa_db_runs, cuped, log):
+def _calibrate(conn, world, control, exp, params, aa_splits, aa_db_runs, cuped, config, log):
   """A/A runs through the database, then re-splits of the first A/A population."""
   out: Dict[str, Any] = {}
   aa_recommenders = {a: control for a in exp.arm_names}
@@ -158,8 +158,8 @@ def _calibrate(conn, world, control, exp, params, aa_splits, aa_db_runs, cuped, 
     aa = assignment.Experiment(f"{exp.name}_aa{i}", f"{exp.salt}-aa{i}", exp.arms)
     simulation = simulator.simulate(world, aa_recommenders, aa, dataclasses.replace(
         params, seed=params.seed + 1000 + i, exposure_log_loss={}), log=lambda *a: None)
-    simulator.write_experiment(conn, simulation)
-    result, outcomes, definition = _analyse(conn, aa.name, cuped)
+    simulator.write_experiment(conn, simulation, config)
+    result, outcomes, definition = _analyse(conn, aa.name, cuped, config)
     simulator.remove_experiment(conn, simulation)
     primary = result.get("comparisons", {}).get(aa.arm_names[1], {}).get(
         definition.primary_metric)

@@ -9,6 +9,7 @@ import pandas as pd
 import psycopg2.errors
 
 from tfrs_two_tower import __version__
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.abtest import analysis
 from tfrs_two_tower.abtest import assignment
@@ -55,9 +56,14 @@ def plan(*, baseline_rate: float, mde: Optional[float], relative_mde: Optional[f
 def load(*, experiment: str, db_url: Optional[str], exposures_csv: Optional[str],
          swipes_csv: Optional[str], arms: str, starts_at: Optional[str], ends_at: Optional[str],
          primary_metric: str, guardrails: Sequence[str], pre_period_days: float,
-         planned_users_per_arm: Optional[int], env_file: Optional[str] = ".env",
-         log: Callable[..., None] = print):
-  """(definition, per-user outcomes, assignment mismatches, snapshot time, source description)."""
+         planned_users_per_arm: Optional[int], config: config_lib.Config,
+         env_file: Optional[str] = ".env", log: Callable[..., None] = print):
+  """(definition, per-user outcomes, assignment mismatches, snapshot time, source description).
+
+  `config` names the interactions' columns (the swipes CSV uses them) and maps
+  each action value to a label; an unmapped value is refused
+  (sources.UnknownActionError, exit code 16).
+  """
   if db_url and (exposures_csv or swipes_csv):
     raise ValueError("give either --db_url or --exposures_csv + --swipes_csv, not both")
   if not (exposures_csv or swipes_csv):
@@ -65,7 +71,8 @@ def load(*, experiment: str, db_url: Optional[str], exposures_csv: Optional[str]
     where = postgres_source.describe_url(postgres_source.connection_params(url))
     conn = postgres_source.connect(url, log=log)
     try:
-      definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, experiment)
+      definition, outcomes, mismatches, snapshot = database.read_snapshot(conn, experiment,
+                                                                          config)
     except (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedFunction) as e:
       raise sources.MissingTableError(
           f"{where} has no A/B testing schema ({e.diag.message_primary}): install "
@@ -84,7 +91,7 @@ def load(*, experiment: str, db_url: Optional[str], exposures_csv: Optional[str]
       assignment.Experiment.from_weights(experiment, parse_weights(arms)),
       starts_at or exposures["first_exposed_at"].min(), ends_at or None, primary_metric,
       tuple(guardrails), pre_period_days, planned_users_per_arm)
-  swipes = outcomes_lib.clean_swipes(_read_csv(swipes_csv), swipes_csv)
+  swipes = outcomes_lib.clean_swipes(_read_csv(swipes_csv), swipes_csv, config)
   return (definition, outcomes_lib.user_outcomes(exposures, swipes, definition), 0, None,
           {"exposures_csv": os.path.abspath(exposures_csv),
            "swipes_csv": os.path.abspath(swipes_csv)})
@@ -97,6 +104,7 @@ def _read_csv(path: str) -> pd.DataFrame:
 
 
 def run(*, experiment: str = "", db_url: Optional[str] = None, env_file: Optional[str] = ".env",
+        config_path: Optional[str] = None,
         exposures_csv: Optional[str] = None, swipes_csv: Optional[str] = None,
         arms: str = "control=1,treatment=1", starts_at: Optional[str] = None,
         ends_at: Optional[str] = None, primary_metric: str = "match_rate",
@@ -110,6 +118,7 @@ def run(*, experiment: str = "", db_url: Optional[str] = None, env_file: Optiona
         log: Callable[..., None] = print) -> Dict[str, Any]:
   """--plan: the sample size; otherwise the analysis (+ report in output_dir).
 
+  `config_path`: the config of the app's interactions (default: the packaged one).
   The database URL comes from `db_url`, else $SUPABASE_DB_URL / $DATABASE_URL,
   else `env_file` (postgres_source.resolve_url); it is never logged with its
   password.
@@ -131,7 +140,8 @@ def run(*, experiment: str = "", db_url: Optional[str] = None, env_file: Optiona
       experiment=experiment, db_url=db_url, exposures_csv=exposures_csv, swipes_csv=swipes_csv,
       arms=arms, starts_at=starts_at, ends_at=ends_at, primary_metric=primary_metric,
       guardrails=guardrails, pre_period_days=pre_period_days,
-      planned_users_per_arm=planned_users_per_arm, env_file=env_file, log=log)
+      planned_users_per_arm=planned_users_per_arm, config=config_lib.load_config(config_path),
+      env_file=env_file, log=log)
   log("analysis: %s: %d exposed users read from %s" % (
       experiment, len(outcomes), json.dumps(source)))
   result = analysis.analyze(outcomes, definition, alpha=alpha, cuped=cuped,

@@ -154,7 +154,8 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
   payload = features_json.build(
       specs, run_id=manifest["run_id"], config_hash=manifest["config_hash"],
       embedding_dim=run.embedding_dim, temperature=manifest["temperature"],
-      calibration={"scale": calibration.slope, "bias": calibration.intercept})
+      calibration={"scale": calibration.slope, "bias": calibration.intercept},
+      eligibility=features_json.eligibility_rules(dataset.config))
   for side in SIDES:
     _check_inputs(run.file(run_lib.core_dir(side)), payload["towers"][side]["inputs"])
 

@@ -37,7 +37,8 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
                                  log=lambda m: log(sources.redact(m, secrets)))
   try:
     result = pgvector.publish(
-        conn, run_id=run.manifest["run_id"], config_hash=run.manifest["config_hash"],
+        conn, config=dataset.config, run_id=run.manifest["run_id"],
+        config_hash=run.manifest["config_hash"],
         temperature=float(run.manifest["temperature"]), query_ids=queries["query_id"],
         query_embeddings=query_embeddings, candidate_ids=candidate_ids,
         candidate_embeddings=candidate_embeddings,
