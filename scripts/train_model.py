@@ -59,6 +59,10 @@ flags.DEFINE_float("pass_loss_weight", D.pass_loss_weight, "Weight of the like-v
                    "loss on the same dot product (passes as explicit negatives); 0 disables.")
 flags.DEFINE_integer("num_hard_negatives", D.num_hard_negatives, "Keep only the N hardest "
                      "in-batch negatives per like in the softmax; 0: all.")
+flags.DEFINE_float("id_dropout", D.id_dropout, "Probability that a training example's query "
+                   "and candidate id are replaced by the OOV index, so that the rows serving "
+                   "users and profiles unseen in training learn a features-only embedding "
+                   "(0 disables it; docs/training.md).")
 flags.DEFINE_integer("seed", D.seed, "Random seed (weights, shuffling, hash functions).")
 flags.DEFINE_integer("checkpoint_every_steps", D.checkpoint_every_steps, "Checkpoint interval "
                      "(and at every epoch end).")

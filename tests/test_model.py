@@ -130,3 +130,60 @@ def test_loss_parts_match_a_hand_computation():
       {k: tf.constant(v) for k, v in b.items()})["softmax_loss"])
   assert softmax_of(moved_pass_query) == pytest.approx(parts["softmax_loss"], rel=1e-6)
   assert softmax_of(moved_pass_candidate) != pytest.approx(parts["softmax_loss"], rel=1e-3)
+def _oov_row_gradients(id_dropout):
+  """Gradient norm of each side's OOV id row after one training loss on known ids."""
+  specs = {side: [{"key": f"{side}_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 6,
+                   "tokens": [f"u{i}" for i in range(6)], "embedding_dim": 4},
+                  {"key": f"{side}_city", "type": "categorical", "num_oov_buckets": 1,
+                   "vocab_size": 2, "tokens": ["a", "b"], "embedding_dim": 2}]
+           for side in ("query", "candidate")}
+  cores = {side: towers.build_core(specs[side], [8], 4, name=f"{side}_core")
+           for side in specs}
+  dropout = None if id_dropout is None else towers.IdDropout(
+      id_dropout, {**towers.id_dropout_buckets(specs["query"]),
+                   **towers.id_dropout_buckets(specs["candidate"])}, seed=3)
+  model = two_tower.TwoTowerModel(cores["query"], cores["candidate"], id_dropout=dropout)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  n = 64
+  rng = np.random.RandomState(0)
+  batch = {"query_id": tf.constant(rng.randint(2, 8, n), tf.int32),  # known ids: 2..7
+           "candidate_id": tf.constant(rng.randint(2, 8, n), tf.int32),
+           "query_city": tf.constant(rng.randint(2, 4, n), tf.int32),
+           "candidate_city": tf.constant(rng.randint(2, 4, n), tf.int32),
+           "label": tf.constant(rng.randint(0, 2, n), tf.int32),
+           "weight": tf.ones([n]), "candidate_key": tf.range(n, dtype=tf.int64) % 6}
+  tables = [cores[side].get_layer(f"{side}_id_embedding").embeddings for side in cores]
+  with tf.GradientTape() as tape:
+    loss = model.loss_parts(batch, training=True)["loss"]
+  grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, tables)]
+  # Inference never drops ids: embeddings at training=False ignore the dropout.
+  q, _ = model.embed(batch, training=False)
+  q_again, _ = model.embed(batch, training=False)
+  np.testing.assert_array_equal(q.numpy(), q_again.numpy())
+  return [float(np.abs(g[1]).sum()) for g in grads]
+
+
+def test_id_dropout_trains_the_oov_rows():
+  assert _oov_row_gradients(None) == [0.0, 0.0]  # without it the OOV row never learns
+  query_grad, candidate_grad = _oov_row_gradients(0.3)
+  assert query_grad > 0 and candidate_grad > 0
+
+
+def test_id_dropout_replaces_known_ids_only_and_serialises():
+  layer = towers.IdDropout(0.5, {"query_id": 3}, seed=1)
+  index = tf.constant([0] * 500 + [1] * 500 + list(range(4, 504)), tf.int32)
+  out = layer({"query_id": index, "other": index}, tf.constant(7, tf.int64),
+              training=True)["query_id"].numpy()
+  assert (out[:500] == 0).all() and (out[500:1000] == 1).all()  # padding, OOV kept
+  known, dropped = index.numpy()[1000:], out[1000:]
+  replaced = dropped != known
+  assert 0.4 < replaced.mean() < 0.6
+  np.testing.assert_array_equal(dropped[replaced], 1 + known[replaced] % 3)
+  again = layer({"query_id": index}, tf.constant(7, tf.int64), training=True)["query_id"]
+  np.testing.assert_array_equal(again.numpy(), out)  # same step, same mask (resumable)
+  assert (layer({"query_id": index}, tf.constant(7, tf.int64))["query_id"].numpy()
+          == index.numpy()).all()
+  clone = towers.IdDropout.from_config(layer.get_config())
+  assert (clone.rate, clone.num_oov_buckets, clone.seed) == (0.5, {"query_id": 3}, 1)
+  with pytest.raises(ValueError, match="rate"):
+    towers.IdDropout(1.0, {"query_id": 1})

@@ -15,6 +15,7 @@ It uses only gathers, matmuls, relu, concat, reduce_sum, maximum, rsqrt, mul,
 add and cast, so that coremltools' TensorFlow frontend converts it.
 """
 
+import json
 from typing import Any, Dict, Mapping, Sequence
 
 import tensorflow as tf
@@ -43,6 +44,71 @@ class MaskedPooling(tf.keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), "pooling": self.pooling}
+
+
+class IdDropout(tf.keras.layers.Layer):
+  """Trains the out-of-vocabulary rows of id features (DropoutNet-style cold start).
+
+  Every id seen in training has its own row, so without this the OOV rows that
+  serve unseen users and profiles never receive a gradient. In training, each
+  known id index i (i >= 1 + k, k = num_oov_buckets) is replaced with
+  probability `rate` by an OOV index, so the tower learns to embed an entity
+  from its other features alone:
+
+    i' = 1 + (i mod k)   with probability rate, else i      (padding 0 stays 0)
+
+  The draw is stateless, seeded by (seed, step): a resumed run replays the same
+  masks. At inference (`training=False`) the layer is the identity.
+
+  Args:
+    rate: replacement probability p in [0, 1).
+    num_oov_buckets: core input name -> k of each id feature it applies to.
+    seed: the run's seed.
+  """
+
+  def __init__(self, rate: float, num_oov_buckets: Mapping[str, int], seed: int = 0, **kwargs):
+    # float32 and no autocast: the batch dict also carries weights and keys that a
+    # mixed-precision policy must not cast.
+    kwargs.update(trainable=False, dtype="float32", autocast=False)
+    super().__init__(**kwargs)
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"id dropout rate must be in [0, 1), got {rate}")
+    self.rate = float(rate)
+    # Kept as JSON so that Keras attribute tracking does not wrap the dict.
+    self._buckets_json = json.dumps({str(k): int(v) for k, v in num_oov_buckets.items()},
+                                    sort_keys=True)
+    self.seed = int(seed)
+
+  @property
+  def num_oov_buckets(self) -> Dict[str, int]:
+    return json.loads(self._buckets_json)
+
+  def call(self, features: Mapping[str, tf.Tensor], step: tf.Tensor,
+           training: bool = False) -> Dict[str, tf.Tensor]:
+    """features: core inputs of a batch (more keys allowed); step: int64 scalar."""
+    out = dict(features)
+    if not training or self.rate == 0.0:
+      return out
+    for i, (key, k) in enumerate(sorted(self.num_oov_buckets.items())):
+      index = features[key]
+      seed = tf.stack([tf.cast(self.seed * 1009 + i, tf.int64), tf.cast(step, tf.int64)])
+      drop = tf.random.stateless_uniform(tf.shape(index), seed) < self.rate
+      drop &= index >= 1 + k
+      out[key] = tf.where(drop, 1 + index % k, index)
+    return out
+
+  def get_config(self):
+    config = super().get_config()
+    for key in ("trainable", "dtype", "autocast"):
+      config.pop(key, None)
+    return {**config, "rate": self.rate,
+            "num_oov_buckets": self.num_oov_buckets, "seed": self.seed}
+
+
+def id_dropout_buckets(specs: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
+  """Core input name -> num_oov_buckets of the id features of one side's specs."""
+  return {spec["key"]: int(spec["num_oov_buckets"]) for spec in specs
+          if spec["type"] == "id" and int(spec["num_oov_buckets"]) >= 1}
 
 
 class L2Normalize(tf.keras.layers.Layer):

@@ -21,6 +21,10 @@ single-machine step on the global batch):
             like-vs-pass logistic loss on the same dot product (a, b learned):
             passes are explicit negatives for their own query.
   loss = softmax + pass_loss_weight * pairwise
+
+In training, `id_dropout` (a `towers.IdDropout`) first replaces a share of the
+batch's query and candidate id indices by their OOV index, so the rows that
+serve unseen ids are trained.
 """
 
 import contextlib
@@ -69,13 +73,14 @@ class TwoTowerModel(tfrs.Model):
       probabilities (required for "streaming").
     pass_loss_weight: weight of the like-vs-pass logistic loss (0 disables it).
     num_hard_negatives: keep only the hardest negatives per row in the softmax.
+    id_dropout: a `towers.IdDropout` applied to training batches (None: off).
   """
 
   def __init__(self, query_core: tf.keras.Model, candidate_core: tf.keras.Model,
                temperature: float = 0.05, sampling: str = "none",
                frequency_estimator: Optional[tf.keras.layers.Layer] = None,
                pass_loss_weight: float = 1.0, num_hard_negatives: Optional[int] = None,
-               **kwargs):
+               id_dropout: Optional[towers.IdDropout] = None, **kwargs):
     super().__init__(**kwargs)
     if sampling not in SAMPLING_MODES:
       raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
@@ -86,6 +91,7 @@ class TwoTowerModel(tfrs.Model):
     self.sampling = sampling
     self.frequency_estimator = frequency_estimator
     self.pass_loss_weight = float(pass_loss_weight)
+    self.id_dropout = id_dropout
     with float32_policy():
       self.task = tfrs.tasks.Retrieval(
           loss=tf.keras.losses.CategoricalCrossentropy(
@@ -115,6 +121,8 @@ class TwoTowerModel(tfrs.Model):
 
   def loss_parts(self, batch: Dict[str, tf.Tensor], training: bool = False
                  ) -> Dict[str, tf.Tensor]:
+    if training and self.id_dropout is not None:
+      batch = self.id_dropout(batch, self.optimizer.iterations, training=True)
     q, c = self.embed(batch, training=training)
     label = tf.cast(batch["label"], tf.float32)
     weight = tf.cast(batch["weight"], tf.float32)

@@ -71,6 +71,7 @@ class TrainOptions:
   estimator_alpha: float = 0.01
   pass_loss_weight: float = 1.0
   num_hard_negatives: int = 0
+  id_dropout: float = 0.1
   seed: int = 0
   checkpoint_every_steps: int = 500
   log_every_steps: int = 50
@@ -102,6 +103,8 @@ class TrainOptions:
     if self.sampling_probability not in two_tower.SAMPLING_MODES:
       problems.append(f"--sampling_probability must be one of {two_tower.SAMPLING_MODES}, "
                       f"got {self.sampling_probability!r}")
+    if not 0.0 <= self.id_dropout < 1.0:
+      problems.append(f"--id_dropout must be in [0, 1), got {self.id_dropout}")
     if self.temperature <= 0 or self.learning_rate <= 0:
       problems.append("--temperature and --learning_rate must be > 0")
     for name in ("l2", "pass_loss_weight", "num_hard_negatives"):
@@ -180,7 +183,11 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
       cores["query"], cores["candidate"], temperature=options.temperature,
       sampling=options.sampling_probability, frequency_estimator=estimator,
       pass_loss_weight=options.pass_loss_weight,
-      num_hard_negatives=options.num_hard_negatives or None)
+      num_hard_negatives=options.num_hard_negatives or None,
+      id_dropout=towers.IdDropout(
+          options.id_dropout, {**towers.id_dropout_buckets(specs["query"]),
+                               **towers.id_dropout_buckets(specs["candidate"])},
+          seed=options.seed, name="id_dropout") if options.id_dropout else None)
 
 
 def _recover_from_interrupted_write(run_dir: str, work: str, log) -> None:
