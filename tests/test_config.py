@@ -2,6 +2,7 @@
 import copy
 import json
 
+import numpy as np
 import pytest
 
 from tfrs_two_tower import config as config_lib
@@ -120,3 +121,21 @@ def test_timestamp_unit_is_validated():
   bad = dict(raw, interactions=dict(raw["interactions"], timestamp_unit="seconds"))
   with pytest.raises(config_lib.ConfigError, match=r"interactions.timestamp_unit: must be one of"):
     config_lib.parse_config(bad)
+
+
+def test_action_thresholds_map_ratings_and_bad_maps_are_refused():
+  raw = _default_raw()
+  raw["interactions"]["action_thresholds"] = [{"action": "like", "min": 4},
+                                              {"action": "pass", "max": 3}]
+  cfg = config_lib.parse_config(raw).interactions
+  names, unmapped = cfg.threshold_actions(np.array([1, 3, 3.5, 4, 5, np.nan]))
+  assert names.tolist() == ["pass", "pass", "", "like", "like", ""]
+  assert unmapped.tolist() == [False, False, True, False, False, True]
+  raw["interactions"]["action_thresholds"] = [
+      {"action": "like", "min": 3}, {"action": "pass", "max": 3}, {"action": "block", "min": 0},
+      {"action": "like", "min": "x"}, {"action": "pass"}]
+  problems = "\n".join(_problems(raw))
+  assert "the ranges of 'like' and 'pass' overlap (both contain 3)" in problems
+  assert "action_thresholds[2].action: 'block' is not one of interactions.actions" in problems
+  assert "action_thresholds[3].min: must be a number" in problems
+  assert "action_thresholds[4]: needs min and/or max" in problems

@@ -109,10 +109,14 @@ def test_duplicates_keep_the_latest_and_are_counted(tiny_world, tmp_path):
   assert read(out, "stats.json")["rows"]["train"] + read(out, "stats.json")["rows"]["eval"] == 2000
 
 
-def _config_with_unit(tmp_path, unit):
+RATINGS = {"superlike": 5, "like": 4, "pass": 2}
+
+
+def _config_with(tmp_path, **interactions):
+  """The default config with `interactions` keys set; returns its path."""
   raw = config_lib.load_config().raw
-  raw = dict(raw, interactions=dict(raw["interactions"], timestamp_unit=unit))
-  path = str(tmp_path / f"config-{unit}.json")
+  raw = dict(raw, interactions=dict(raw["interactions"], **interactions))
+  path = str(tmp_path / f"config-{config_lib.config_hash(raw)[:12]}.json")
   with open(path, "w", encoding="utf-8") as f:
     json.dump(raw, f)
   return path
@@ -137,7 +141,7 @@ def test_unix_seconds_in_a_csv_need_and_honour_the_unit(tiny_world, tiny_dataset
   assert "looks like unix s" in errors and not (tmp_path / "out").exists()
   out = str(tmp_path / "seconds")
   code, _, errors = run_main(tmp_path, input_dir=dump, output_dir=out,
-                             config_path=_config_with_unit(tmp_path, "s"))
+                             config_path=_config_with(tmp_path, timestamp_unit="s"))
   assert code == 0, errors
   assert_same_dataset(out, tiny_dataset_dir, same_config=False)  # the config names a unit
 
@@ -151,13 +155,13 @@ def test_parquet_milliseconds_are_never_read_as_seconds(tiny_world, tiny_dataset
   code, _, errors = run_main(tmp_path, input_dir=str(dump))
   assert code == 19 and "looks like unix ms" in errors, errors
   code, _, errors = run_main(tmp_path, input_dir=str(dump),
-                             config_path=_config_with_unit(tmp_path, "s"))
+                             config_path=_config_with(tmp_path, timestamp_unit="s"))
   assert code == 19 and "swipes.parquet: column 'created_at' row 0" in errors, errors
   assert "read as unix s" in errors and "looks like unix ms" in errors
   assert not (tmp_path / "out").exists()
   out = str(tmp_path / "ms")
   code, _, errors = run_main(tmp_path, input_dir=str(dump), output_dir=out,
-                             config_path=_config_with_unit(tmp_path, "ms"))
+                             config_path=_config_with(tmp_path, timestamp_unit="ms"))
   assert code == 0, errors
   assert_same_dataset(out, tiny_dataset_dir, same_config=False)
 
@@ -191,4 +195,30 @@ def test_unreadable_files_are_named(tiny_world, tmp_path):
   open(os.path.join(dump, "profiles.csv"), "wb").close()
   code, _, errors = run_main(tmp_path, input_dir=dump)
   assert code == 19 and "profiles.csv: the file is empty (0 bytes)" in errors, errors
+
+
+def test_rating_thresholds_map_to_the_same_dataset(tiny_world, tiny_dataset_dir, tmp_path):
+  swipes = tiny_world.swipes.assign(action=tiny_world.swipes["action"].map(RATINGS))
+  dump = supabase_csv(tiny_world, tmp_path / "dump", swipes)
+  config = _config_with(tmp_path, action_thresholds=[{"action": "superlike", "min": 5},
+                                     {"action": "like", "min": 3.5, "max": 4.5},
+                                     {"action": "pass", "max": 3}])
+  out = str(tmp_path / "out")
+  code, logs, errors = run_main(tmp_path, input_dir=dump, config_path=config)
+  assert code == 0, errors
+  # The same records, labels and action counts; only the config (and its hash) differs.
+  assert_same_dataset(out, tiny_dataset_dir, same_config=False)
+
+
+def test_unmapped_rating_is_refused_naming_the_config_key(tiny_world, tmp_path):
+  swipes = tiny_world.swipes.assign(
+      action=tiny_world.swipes["action"].map(RATINGS).astype(float))
+  swipes.loc[swipes.index[:2], "action"] = 3.7  # between the pass and like ranges
+  dump = supabase_csv(tiny_world, tmp_path / "dump", swipes)
+  config = _config_with(tmp_path, action_thresholds=[{"action": "superlike", "min": 5},
+                                     {"action": "like", "min": 4, "max": 4.5},
+                                     {"action": "pass", "max": 3}])
+  code, logs, errors = run_main(tmp_path, input_dir=dump, config_path=config)
+  assert code == 16, errors
+  assert "interactions.action_thresholds" in errors and "'3.7' x2" in errors, errors
   assert not (tmp_path / "out").exists()

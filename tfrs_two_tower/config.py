@@ -13,6 +13,7 @@ Shape (see `default_config.json` for the dating schema)::
     "interactions": {"table", "query_id_column", "candidate_id_column",
                      "action_column", "timestamp_column", "weight_column",
                      "actions": {"like": {"label": 1, "weight": 1.0}, ...},
+                     "action_thresholds": null,  # or [{"action": "like", "min": 4}, ...]
                      "sql": null},
     "query": {"entity": "user"},
     "candidate": {"entity": "user"},
@@ -37,6 +38,8 @@ import json
 import os
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from tfrs_two_tower import rules as rules_lib
 
@@ -66,6 +69,22 @@ class Action:
   name: str
   label: int
   weight: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionThreshold:
+  """A numeric action value v in [minimum, maximum] (inclusive; None: unbounded) is `action`."""
+  action: str
+  minimum: Optional[float] = None
+  maximum: Optional[float] = None
+
+  def contains(self, values: np.ndarray) -> np.ndarray:
+    inside = np.ones(values.shape, bool)
+    if self.minimum is not None:
+      inside &= values >= self.minimum
+    if self.maximum is not None:
+      inside &= values <= self.maximum
+    return inside
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +157,7 @@ class Interactions:
   sql: Optional[str]
   actions: Tuple[Action, ...]
   timestamp_unit: Optional[str] = None  # unit of numeric timestamps: s, ms, us or ns
+  action_thresholds: Tuple[ActionThreshold, ...] = ()
 
   @property
   def columns(self) -> List[str]:
@@ -147,6 +167,18 @@ class Interactions:
 
   def action(self, name: str) -> Optional[Action]:
     return next((a for a in self.actions if a.name == name), None)
+
+  def threshold_actions(self, values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """[n] numeric action values -> ([n] action names, [n] bool unmapped).
+
+    Uses `action_thresholds` (the rules do not overlap, so at most one matches);
+    NaN and values between the rules' ranges are unmapped (name "").
+    """
+    values = np.asarray(values, np.float64)
+    names = np.full(values.shape, "", dtype=object)
+    for rule in self.action_thresholds:
+      names[rule.contains(values)] = rule.action
+    return names, names == ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +361,7 @@ def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interacti
     return None
   _check_keys(section, path, {"table", "query_id_column", "candidate_id_column", "action_column",
                               "timestamp_column", "timestamp_unit", "weight_column", "actions",
-                              "sql"}, problems)
+                              "sql", "action_thresholds"}, problems)
   fields = {k: _require_str(section, k, path, problems)
             for k in ("table", "query_id_column", "candidate_id_column", "action_column",
                       "timestamp_column")}
@@ -360,10 +392,65 @@ def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interacti
     actions.append(Action(name, int(label), float(weight)))
   if raw_actions and actions and not any(a.label == 1 for a in actions):
     problems.append(f"{path}.actions: no action maps to label 1; retrieval needs positives")
+  thresholds = _parse_action_thresholds(section.get("action_thresholds"),
+                                        {a.name for a in actions}, problems)
   if None in fields.values():
     return None
   return Interactions(weight_column=weight_column, sql=sql, actions=tuple(actions),
-                      timestamp_unit=timestamp_unit, **fields)
+                      timestamp_unit=timestamp_unit, action_thresholds=thresholds,
+                      **fields)
+
+
+def _parse_action_thresholds(section: Any, actions: set,
+                             problems: List[str]) -> Tuple[ActionThreshold, ...]:
+  """`interactions.action_thresholds`: a numeric action column -> action names.
+
+  A list of {"action": name, "min": x, "max": y} (either bound may be left out;
+  both inclusive), e.g. [{"action": "like", "min": 4}, {"action": "pass", "max": 3}]
+  for 1-5 ratings. Ranges may not overlap; a data value no range covers is refused.
+  """
+  path = "interactions.action_thresholds"
+  if section is None:
+    return ()
+  if not isinstance(section, list) or not section:
+    problems.append(f"{path}: must be a non-empty list of {{\"action\", \"min\", \"max\"}} or null")
+    return ()
+  rules = []
+  for i, spec in enumerate(section):
+    where = f"{path}[{i}]"
+    if not isinstance(spec, dict):
+      problems.append(f"{where}: must be an object with action and min and/or max")
+      continue
+    _check_keys(spec, where, {"action", "min", "max"}, problems)
+    bounds = {}
+    for key in ("min", "max"):
+      value = spec.get(key)
+      if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                or not np.isfinite(value)):
+        problems.append(f"{where}.{key}: must be a number, got {value!r}")
+        value = None
+      bounds[key] = value
+    if spec.get("action") not in actions:
+      problems.append(f"{where}.action: {spec.get('action')!r} is not one of "
+                      f"interactions.actions ({', '.join(sorted(actions))})")
+      continue
+    if bounds["min"] is None and bounds["max"] is None:
+      problems.append(f"{where}: needs min and/or max")
+      continue
+    if None not in bounds.values() and bounds["min"] > bounds["max"]:
+      problems.append(f"{where}: min {bounds['min']} > max {bounds['max']}")
+      continue
+    rules.append(ActionThreshold(spec["action"], bounds["min"], bounds["max"]))
+  for i, a in enumerate(rules):
+    for b in rules[i + 1:]:
+      low = max(-np.inf if a.minimum is None else a.minimum,
+                -np.inf if b.minimum is None else b.minimum)
+      high = min(np.inf if a.maximum is None else a.maximum,
+                 np.inf if b.maximum is None else b.maximum)
+      if low <= high:
+        problems.append(f"{path}: the ranges of {a.action!r} and {b.action!r} overlap "
+                        f"(both contain {low:g}); a value must map to one action")
+  return tuple(rules)
 
 
 def _parse_entity(name: str, section: Any, problems: List[str]) -> Optional[Entity]:

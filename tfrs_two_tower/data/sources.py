@@ -145,8 +145,10 @@ def column_rules(config: config_lib.Config, kind: str) -> Dict[str, Tuple[frozen
   rules: Dict[str, Tuple[frozenset, str]] = {}
   if kind == "interactions":
     cfg = config.interactions
+    # Numeric actions (ratings) are mapped by interactions.action_thresholds.
+    action_types = frozenset("SEN") if cfg.action_thresholds else frozenset("SE")
     for key, allowed in (("query_id_column", _ID), ("candidate_id_column", _ID),
-                         ("action_column", frozenset("SE")), ("timestamp_column", _TIME),
+                         ("action_column", action_types), ("timestamp_column", _TIME),
                          ("weight_column", frozenset("N"))):
       column = getattr(cfg, key)
       if column:
@@ -195,6 +197,32 @@ def check_columns_present(config: config_lib.Config, kind: str, available: Seque
 # -- the audit -------------------------------------------------------------------------------
 
 
+def threshold_action_counts(config: config_lib.Config, counts: Mapping[str, int],
+                            source: str) -> Dict[str, int]:
+  """Counts per raw numeric action value (as text) -> counts per mapped action name.
+
+  Raises UnknownActionError naming `interactions.action_thresholds` when a value
+  is not a number or no threshold range covers it.
+  """
+  cfg = config.interactions
+  raw = list(counts)
+  values = pd.to_numeric(pd.Series(raw, dtype=object), errors="coerce").to_numpy(np.float64)
+  names, unmapped = cfg.threshold_actions(values)
+  if unmapped.any():
+    bad = sorted(((raw[i], counts[raw[i]]) for i in np.flatnonzero(unmapped)),
+                 key=lambda x: -x[1])
+    listed = ", ".join(f"{v!r} x{n}" for v, n in bad[:5])
+    raise UnknownActionError(
+        f"{source}: {sum(n for _, n in bad)} interactions have {cfg.action_column!r} values "
+        f"that config interactions.action_thresholds does not map: {listed}; widen a range so "
+        "that every value maps to an action")
+  out: Dict[str, int] = {}
+  for name, value in zip(names, raw):
+    out[name] = out.get(name, 0) + int(counts[value])
+  return out
+
+
+
 @dataclasses.dataclass
 class InteractionAudit:
   """Counts over the exported interactions, before deduplication.
@@ -230,8 +258,21 @@ class InteractionAudit:
       listed = ", ".join(f"{c!r}: {n}" for c, n in nulls.items())
       raise NullValueError(f"{source}: NULLs in required interaction columns ({listed} rows); "
                            "filter them with an interactions.sql query or fix the data")
+<<<<<<< HEAD
     if unknown_actions == "fail":
       check_actions(config, self.actions, source, remedy=" or pass --unknown_actions=drop")
+=======
+    actions = (threshold_action_counts(config, self.actions, source)
+               if config.interactions.action_thresholds else self.actions)
+    known = {a.name for a in config.interactions.actions}
+    unknown = {a: n for a, n in actions.items() if a not in known}
+    if unknown and unknown_actions == "fail":
+      listed = ", ".join(f"{a!r} x{n}" for a, n in sorted(unknown.items(), key=lambda x: -x[1]))
+      raise UnknownActionError(
+          f"{source}: {sum(unknown.values())} interactions have action values the config does "
+          f"not map: {listed} (column {config.interactions.action_column!r}); map them in "
+          "config interactions.actions or pass --unknown_actions=drop")
+>>>>>>> 8beb4d5 (Numeric action columns (ratings) mapped to actions by config interactions.action_thresholds; a value no range covers is refused naming the key (exit 16))
     if any(self.missing.values()) and missing_entities == "fail":
       columns = {"query": config.interactions.query_id_column,
                  "candidate": config.interactions.candidate_id_column}

@@ -264,7 +264,7 @@ class DatasetWriter:
         raise DataError(f"{source}: column {column!r} row {row}: NULL in a required column "
                         f"({int(nulls.sum())} such rows in this chunk)")
 
-    actions = chunk[cfg.action_column].astype(str).to_numpy(dtype=object)
+    actions = self._action_names(chunk[cfg.action_column], source, first_row)
     known = np.isin(actions, list(self._actions))
     if not known.all():
       unknown = collections.Counter(actions[~known].tolist())
@@ -308,6 +308,21 @@ class DatasetWriter:
     keep = known & ~missing
     self._write_rows(q_idx[keep], c_idx[keep], actions[keep], timestamps[keep], weights[keep])
     self._maybe_log()
+
+  def _action_names(self, column: pd.Series, source: str, first_row: int) -> np.ndarray:
+    """The action column as action names; numeric values through `action_thresholds`."""
+    cfg = self.config.interactions
+    if not cfg.action_thresholds:
+      return column.astype(str).to_numpy(dtype=object)
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    names, unmapped = cfg.threshold_actions(values)
+    if unmapped.any():
+      i = int(np.flatnonzero(unmapped)[0])
+      raise DataError(f"{source}: column {cfg.action_column!r} row {first_row + i}: value "
+                      f"{column.iloc[i]!r} is not covered by config "
+                      f"interactions.action_thresholds ({int(unmapped.sum())} such rows in this "
+                      "chunk); widen a range so that every value maps to an action")
+    return names
 
   def _write_rows(self, q_idx, c_idx, actions, timestamps, weights) -> None:
     if len(q_idx) == 0:
