@@ -222,3 +222,30 @@ def test_unmapped_rating_is_refused_naming_the_config_key(tiny_world, tmp_path):
   assert code == 16, errors
   assert "interactions.action_thresholds" in errors and "'3.7' x2" in errors, errors
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_likes_only_data_is_implicit_feedback_end_to_end(tiny_world, tmp_path):
+  """Likes-only data exports with a warning, trains without the pass loss, AUC is n/a."""
+  from tfrs_two_tower.stages import evaluate_stage
+  from tfrs_two_tower.stages import train_stage
+  likes = tiny_world.swipes[tiny_world.swipes["action"] != "pass"]
+  dump = supabase_csv(tiny_world, tmp_path / "dump", likes)
+  out = str(tmp_path / "out")
+  code, logs, errors = run_main(tmp_path, input_dir=dump, min_users=100, min_interactions=1000)
+  assert code == 0, errors  # the like share does not fail the gate
+  assert "warning: no passes: implicit feedback" in logs
+  assert read(out, "stats.json")["readiness"]["feedback"] == "implicit"
+  lines = []
+  run_dir = str(tmp_path / "run")
+  train_stage.run(out, run_dir, train_stage.TrainOptions(
+      epochs=1, steps_per_epoch=5, batch_size=128, layer_sizes="16", embedding_dim=8),
+      log=lambda *a: lines.append(" ".join(map(str, a))))
+  assert any("no passes (implicit feedback" in line for line in lines), lines
+  assert read(run_dir, "flags.json")["pass_loss_weight"] == 0.0
+  report = evaluate_stage.run(out, [run_dir], str(tmp_path / "eval"), ks=(10,), bootstrap=20,
+                              reciprocal=False, tensorboard=False, log=lambda *a: None)
+  auc = report["recommenders"]["run"]["segments"]["all"]["auc"]
+  assert auc["value"] is None and "no passes" in auc["reason"]
+  assert "gate not applicable" in report["verdict"]["run"]["line"]
+  assert report["recommenders"]["run"]["segments"]["all"]["recall@10"]["value"] > 0

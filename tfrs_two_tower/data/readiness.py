@@ -32,7 +32,10 @@ def readiness_report(interactions_per_user: np.ndarray, positives: int, negative
     min_users, min_interactions: the gate.
   Returns:
     A JSON-able dict with `verdict` ("ready", "not_yet" or "too_early"),
-    `reasons` (one line per failed or warned check) and the figures behind them.
+    `reasons` (one line per failed check), `warnings`, `advice` (what can help),
+    `feedback` ("implicit" when there are likes but no passes: accepted, with a
+    warning, since likes-only data still trains the retrieval softmax) and the
+    figures behind them.
   """
   per_user = np.asarray(interactions_per_user)
   active = per_user[per_user > 0]
@@ -43,7 +46,12 @@ def readiness_report(interactions_per_user: np.ndarray, positives: int, negative
     reasons.append(f"{users} users swiped; the gate needs >= {min_users}")
   if interactions < min_interactions:
     reasons.append(f"{interactions} interactions; the gate needs >= {min_interactions}")
-  if interactions and not 0.02 <= positive_rate <= 0.98:
+  size_reasons = list(reasons)
+  implicit = positives > 0 and negatives == 0
+  if implicit:
+    warnings.append("no passes: implicit feedback (likes only); training switches the "
+                    "like-vs-pass loss off and AUC is not defined (recall still is)")
+  elif interactions and not 0.02 <= positive_rate <= 0.98:
     reasons.append(f"like share {positive_rate:.1%}: with almost only one label there is "
                    "nothing to learn the difference from")
   if users < TOO_EARLY_USERS or interactions < TOO_EARLY_INTERACTIONS:
@@ -67,6 +75,9 @@ def readiness_report(interactions_per_user: np.ndarray, positives: int, negative
   return {
       "verdict": verdict,
       "reasons": reasons,
+      "advice": ("lower --min_users/--min_interactions or pass --force to export anyway"
+                 if size_reasons else "pass --force to export anyway"),
+      "feedback": "implicit" if implicit else "explicit",
       "warnings": warnings,
       "gate": {"min_users": min_users, "min_interactions": min_interactions},
       "users": users,

@@ -497,5 +497,5 @@ def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,
   files.write_json(os.path.abspath(readiness_path), report)
   raise NotReadyError(
       f"readiness gate not met ({report['verdict']}): " + "; ".join(report["reasons"])
-      + f". The report is in {readiness_path}; no dataset was written. Lower --min_users/"
-      "--min_interactions or pass --force to export anyway.")
+      + f". The report is in {readiness_path}; no dataset was written. "
+      + report.get("advice", "pass --force to export anyway").capitalize() + ".")

@@ -337,9 +337,15 @@ def eligibility_violations(result: Result, data: EvalData) -> Optional[int]:
 
 
 def fit_calibration(scorer: retrieval.Scorer, data: EvalData,
-                    seed: int = 0) -> retrieval.PlattCalibration:
-  """Platt calibration of a scorer on the train swipes (like vs pass)."""
+                    seed: int = 0) -> Optional[retrieval.PlattCalibration]:
+  """Platt calibration of a scorer on the train swipes (like vs pass).
+
+  None when the train swipes hold one label only (likes-only, implicit
+  feedback): there is no P(like) to calibrate to, so no log loss either.
+  """
   train = data.train_swipes
+  if np.unique(train.labels).size < 2:
+    return None
   return retrieval.PlattCalibration.fit(scorer.pair_scores(train.users, train.candidates),
                                         train.labels, seed=seed)
 

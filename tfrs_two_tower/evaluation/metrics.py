@@ -430,8 +430,16 @@ def bootstrap_auc(labels: np.ndarray, scores: np.ndarray, pair_users: np.ndarray
   samples = np.concatenate([
       weighted_auc(labels, scores, counts[i:i + chunk][:, pair_users])
       for i in range(0, counts.shape[0], chunk)]) if labels.size else np.array([])
-  return estimate(value, samples, level, pairs=int(labels.size),
-                  users=int(np.unique(pair_users).size))
+  out = estimate(value, samples, level, pairs=int(labels.size),
+                 users=int(np.unique(pair_users).size))
+  positive = np.asarray(labels, bool)
+  if not positive.size:
+    out["reason"] = "no eval swipes"
+  elif positive.all():
+    out["reason"] = "no passes among the eval swipes (implicit feedback): AUC needs both labels"
+  elif not positive.any():
+    out["reason"] = "no likes among the eval swipes"
+  return out
 
 
 def bootstrap_exposure(top_candidates: np.ndarray, k: int, num_candidates: int,

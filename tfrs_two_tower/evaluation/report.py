@@ -50,6 +50,10 @@ def verdict(report: Dict) -> Dict[str, object]:
     line, auc_pass = [], None
     if reciprocal:
       line.append("AUC gate not applied (a reciprocal score is not a like probability)")
+    elif (rec["segments"]["all"]["auc"]["value"] is None
+          and rec["segments"]["all"]["auc"].get("reason")):
+      # The gate does not apply (e.g. likes-only data: no passes to separate).
+      line.append(f"AUC {format_estimate(rec['segments']['all']['auc'])}: gate not applicable")
     else:
       auc = rec["segments"]["all"]["auc"]
       auc_pass = auc["ci"][0] is not None and auc["value"] > thresholds["auc_gate"]
@@ -245,7 +249,7 @@ def _lift_gate(report: Dict, name: str, recall_lift: Optional[Dict]):
 
 def format_estimate(est: Optional[Dict], digits: int = 3) -> str:
   if not est or est.get("value") is None:
-    return "n/a"
+    return f"n/a ({est['reason']})" if est and est.get("reason") else "n/a"
   low, high = est["ci"]
   if low is None:
     return f"{est['value']:.{digits}f}"
@@ -426,15 +430,20 @@ def write_plots(directory: str, report: Dict, curves: Dict[str, Dict[str, np.nda
   ax.legend(fontsize=7)
   written.append(_save(fig, directory, "recall_at_k.png"))
 
-  fig, ax = plt.subplots(figsize=(5, 5))
-  for name, c in curves.items():
-    fpr, tpr, _ = roc_curve(c["labels"], c["scores"])
-    ax.plot(fpr, tpr, label=f"{name} (AUC {recs[name]['segments']['all']['auc']['value']:.3f})")
-  ax.plot([0, 1], [0, 1], "k:", lw=1)
-  ax.set(xlabel="false positive rate", ylabel="true positive rate",
-         title="Like vs pass on eval swipes")
-  ax.legend(fontsize=7)
-  written.append(_save(fig, directory, "roc.png"))
+  # No ROC curve without both labels (likes-only data: AUC is n/a with its reason).
+  curves = {n: c for n, c in curves.items()
+            if recs[n]["segments"]["all"]["auc"]["value"] is not None}
+  if curves:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, c in curves.items():
+      fpr, tpr, _ = roc_curve(c["labels"], c["scores"])
+      ax.plot(fpr, tpr,
+              label=f"{name} (AUC {recs[name]['segments']['all']['auc']['value']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate",
+           title="Like vs pass on eval swipes")
+    ax.legend(fontsize=7)
+    written.append(_save(fig, directory, "roc.png"))
 
   k = ks[0]
   segments = list(report["segments"]["definitions"])

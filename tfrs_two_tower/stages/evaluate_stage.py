@@ -151,7 +151,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   for name, run_dir in zip(names, runs):
     entries += _models(name, run_dir, data, dataset,
                        reciprocal_combinations if reciprocal else (), back_swipes, penalties,
-                       caps, shown_slots=ks[0])
+                       caps, shown_slots=ks[0], log=log)
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -331,7 +331,8 @@ def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
 
 def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
             back_swipes: bool, penalties: Dict[str, Sequence[float]],
-            caps: Sequence[int] = (), shown_slots: int = 10) -> List[_Entry]:
+            caps: Sequence[int] = (), shown_slots: int = 10,
+            log: Callable[..., None] = print) -> List[_Entry]:
   started = time.time()
   query_embeddings = run.embed("query", data.query_entities)
   ids, embeddings = run.candidate_embeddings()
@@ -349,7 +350,7 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
           "sampling_probability": run.manifest.get("sampling_probability"),
           "pass_loss_weight": flags.get("pass_loss_weight"),
           "num_hard_negatives": flags.get("num_hard_negatives"),
-          "calibration": dataclasses.asdict(calibration),
+          "calibration": dataclasses.asdict(calibration) if calibration else None,
           "embedding_seconds": round(time.time() - started, 2)}
   entries = [_Entry(forward, "model", calibration, {**info, "mode": "one_way"}, run)]
   for kind, betas in penalties.items():
@@ -358,7 +359,10 @@ def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Seq
                    if kind == "popularity" else retrieval.CandidatePenalty.hubness(forward, beta))
       entries.append(_Entry(penalised, "model", evaluator.fit_calibration(penalised, data),
                             {**info, "mode": f"{kind}_penalty", "beta": beta}, run))
-  if combinations and dataset.config.same_entity_both_sides:
+  if combinations and dataset.config.same_entity_both_sides and calibration is None:
+    log("evaluate: no reciprocal ranking: it multiplies calibrated P(like) of both "
+        "directions, and the train swipes have no passes to calibrate on")
+  elif combinations and dataset.config.same_entity_both_sides:
     # Both towers see the same profile table: embed every user in the other role too.
     candidate_side_of_queries = run.embed(
         "candidate", retrieval.as_other_side(data.query_entities, "query", "candidate"))

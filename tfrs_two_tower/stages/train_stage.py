@@ -222,6 +222,21 @@ def _resume_or_start(work: str, resolved: Dict[str, Any]) -> None:
     files.write_json(flags_path, resolved)
 
 
+def implicit_feedback_options(dataset: reader.DatasetDir, options: TrainOptions,
+                              log: Callable[..., None]) -> TrainOptions:
+  """Options with the like-vs-pass loss off when the train split has no passes.
+
+  Likes-only data (implicit feedback) trains the retrieval softmax alone: the
+  logistic loss would only learn to call every pair a like.
+  """
+  passes = int(dataset.stats["labels"]["train"]["negative"])
+  if passes or not options.pass_loss_weight:
+    return options
+  log("train: the train split has no passes (implicit feedback, likes only): the like-vs-pass "
+      "loss is off (pass_loss_weight 0); the retrieval softmax trains alone")
+  return dataclasses.replace(options, pass_loss_weight=0.0)
+
+
 def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
         overwrite: bool = False, log: Callable[..., None] = print) -> TrainResult:
   """Trains the two-tower model and writes the run directory (only the chief writes it)."""
@@ -234,6 +249,7 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
     dataset = reader.open_dataset(dataset_dir)
   except reader.DatasetFormatError as e:
     raise TrainError(f"--dataset_dir: {e}") from None
+  options = implicit_feedback_options(dataset, options, log)
   resolved = {"dataset_dir": os.path.abspath(dataset_dir), "run_dir": run_dir,
               **dataclasses.asdict(options)}
   policy = tf.keras.mixed_precision.global_policy()
