@@ -102,3 +102,13 @@ def test_generate_world_script(tmp_path):
   bad = subprocess.run([sys.executable, script, f"--world_dir={out}/w2", "--num_users=1"],
                        capture_output=True, text=True)
   assert bad.returncode != 0 and "num_users" in bad.stderr
+
+
+def test_popularity_feed_concentrates_exposure_on_liked_profiles():
+  small = dict(num_users=800, days=30, seed=5)
+  shown = {feed: synthetic.generate_world(synthetic.WorldParams(feed=feed, **small))
+           .swipes["swipee_id"].value_counts() for feed in synthetic.FEEDS}
+  top = {feed: counts.iloc[:8].sum() / counts.sum() for feed, counts in shown.items()}
+  assert top["popularity"] > 1.4 * top["feature_matching"], top
+  with pytest.raises(ValueError, match="feed"):
+    synthetic.generate_world(synthetic.WorldParams(feed="random", **small))

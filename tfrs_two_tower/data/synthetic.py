@@ -101,6 +101,10 @@ class WorldParams:
   base_utility: float = -0.6
   superlike_utility: float = 3.0
   exploration: float = 0.0  # share of feeds drawn uniformly from their pool (see step 5)
+  # Who the feed shows (FEEDS): "feature_matching" ranks the pool by the
+  # hand-written score (the users' Phase 1&2), "popularity" by the likes each
+  # profile received so far (a feed with no eligibility rule at all).
+  feed: str = "feature_matching"
   seed: int = 0
 
   def __post_init__(self):
@@ -340,10 +344,16 @@ def feature_matching_score(h: Dict[str, np.ndarray], u: np.ndarray, v: np.ndarra
   return 3.0 * mutual - 0.2 * np.maximum(age_gap - 5.0, 0.0) + 0.5 * shared
 
 
+FEEDS = ("feature_matching", "popularity")
+
+
 def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Generator,
                    progress=None) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
   """Returns (swipes: u, v, t, like, superlike arrays; impressions log arrays)."""
+  if p.feed not in FEEDS:
+    raise ValueError(f"WorldParams.feed must be one of {FEEDS}, got {p.feed!r}")
   n = p.num_users
+  likes_received = np.zeros(n, np.float64)  # for the popularity feed
   join_day = np.floor(h["join"] / SECONDS_PER_DAY)
   by_city = [np.flatnonzero(h["city"] == c) for c in range(len(CITIES))]
   pool = p.feed_size * 4
@@ -368,7 +378,9 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
       picks = members[rng.integers(0, members.size, (rows.size, pool))]
       cand[rows] = np.where(local[rows], picks, cand[rows])
     users = np.repeat(active[:, None], pool, axis=1)
-    score = feature_matching_score(h, users, cand) + rng.gumbel(0, 1.0, cand.shape)
+    feed_score = (feature_matching_score(h, users, cand) if p.feed == "feature_matching"
+                  else np.log1p(likes_received[cand]))
+    score = feed_score + rng.gumbel(0, 1.0, cand.shape)
     score[cand == users] = -np.inf
     order = np.argsort(-score, axis=1, kind="stable")
     if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
@@ -381,6 +393,7 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     swipers, shown = swipers[ok], shown[ok]
     utility = _utility(p, h, swipers, shown)
     like = rng.random(utility.size) < _sigmoid(utility)
+    np.add.at(likes_received, shown[like], 1.0)
     # A swipe happens after both joined; spread over the day.
     t = day * SECONDS_PER_DAY + rng.integers(0, SECONDS_PER_DAY, swipers.size)
     t = np.maximum(t, np.ceil(np.maximum(h["join"][swipers], h["join"][shown])) + 1)
