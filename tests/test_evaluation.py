@@ -388,7 +388,7 @@ def test_reciprocal_entries_see_train_back_swipes_and_the_oracle_their_outcome(
   np.testing.assert_array_equal(back.lookup(u, v), train.labels)
   assert back.candidates.size == len(set(zip(u, v))) > 1000
   # The oracle: observed outcomes for swiped pairs, the hidden probability otherwise.
-  oracle = evaluate_stage._realised_oracle(tiny_world.like_probability, data)
+  oracle = evaluate_stage.realised_oracle(tiny_world.like_probability, data)
   np.testing.assert_array_equal(oracle(swipers[:500], swipees[:500]), train.labels[:500])
   unswiped = np.setdiff1d(data.candidate_ids[:50], swipees[swipers == swipers[0]])
   first = np.full(unswiped.size, swipers[0], dtype=object)

@@ -144,7 +144,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   truth = None
   if like_probability is not None:
     like_probability(data.query_ids[:2], data.candidate_ids[:2])  # fails fast, before the work
-    truth = _realised_oracle(like_probability, data)
+    truth = realised_oracle(like_probability, data)
 
   entries = _baselines(baselines, data, dataset, seed, db_url)
   names = _run_names(run_dirs)
@@ -401,7 +401,7 @@ def _train_back_swipes(scorer: retrieval.Scorer,
                                         data.candidate_ids[train.candidates], train.labels)
 
 
-def _realised_oracle(like_probability: oracle_lib.OracleFn, data: evaluator.EvalData):
+def realised_oracle(like_probability: oracle_lib.OracleFn, data: evaluator.EvalData):
   """The oracle's P(swiper likes swipee), except for pairs swiped in train: their outcome.
 
   A candidate who already liked (passed on) the user matches with certainty

@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""The DEFAULT training command on data the team did not generate, against ALS, BPR and popularity.
+
+Data sets (temporal split, the export's default eval fraction):
+
+  movielens        MovieLens 100k (943 users, 1,682 movies, 100k ratings) as shipped inside
+                   the `recbole` wheel (recbole/dataset_example/ml-100k; installed with
+                   --no-deps and never imported: only its data files are read). Exported
+                   through the CSV path with a config written for it: user-to-item, the
+                   rating column mapped by `interactions.action_thresholds`
+                   (rating >= 4 -> like, <= 3 -> pass).
+  popularity_world a second synthetic dating world with a different feed (WorldParams
+                   feed="popularity": profiles ranked by the likes they received so far,
+                   no eligibility rule) and different parameters (3,000 users, 90 days,
+                   12 profiles a day, stronger taste and appeal).
+  default_world    the embedded default world (oracle headroom and AUC targets).
+
+For each: `train_model.py --dataset_dir=D --run_dir=R` (no other flags unless
+--train_flags is given, to measure a proposal), then one in-process evaluation with the
+library's definitions (filtered recall@K over all candidates, macro over users with an
+eval like, train swipes excluded) of: the model, a popularity ranking, feature matching
+(dating worlds), ALS and BPR from `implicit` (factors and regularisation tuned on a
+validation split: the last 10 % of the train swipes by time), and on the worlds the
+world's own P(like) ranking (the oracle). Segments: `warm` users (train swipes) and
+`new` users (no train swipes: unseen in training, scored from their profile).
+
+Figures, printed side by side with their ratios:
+  warm recall@50: model vs popularity, ALS, BPR        (target: model beats all three)
+  new recall@50:  model vs popularity                   (target: model beats popularity)
+  default world:  oracle_like@10 headroom share = (model - feature matching) /
+                  (oracle ranking - feature matching)    (target >= 50 %), AUC (>= 0.80)
+
+Benchmark-only dependencies (requirements-bench.txt): implicit, recbole (--no-deps).
+
+  python benchmarks/bench_defaults.py --work_dir=/tmp/bench_defaults \
+      [--datasets=movielens,popularity_world,default_world] [--train_flags="--epochs=5"]
+"""
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice for its own threads
+
+import argparse  # noqa: E402
+import importlib.metadata  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy.sparse  # noqa: E402
+
+from tfrs_two_tower import config as config_lib  # noqa: E402
+from tfrs_two_tower import features as features_lib  # noqa: E402
+from tfrs_two_tower.data import reader  # noqa: E402
+from tfrs_two_tower.data import synthetic  # noqa: E402
+from tfrs_two_tower.evaluation import baselines as baselines_lib  # noqa: E402
+from tfrs_two_tower.evaluation import evaluator  # noqa: E402
+from tfrs_two_tower.evaluation import metrics  # noqa: E402
+from tfrs_two_tower.evaluation import retrieval  # noqa: E402
+from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
+from tfrs_two_tower.stages import evaluate_stage  # noqa: E402
+from tfrs_two_tower.stages import export_stage  # noqa: E402
+from tfrs_two_tower.stages import seed_stage  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KS = (10, 50)
+VALIDATION_FRACTION = 0.10
+POPULARITY_WORLD = synthetic.WorldParams(num_users=3000, days=90, feed_size=12,
+                                         mean_activity=0.15, taste_weight=2.0,
+                                         attractiveness_scale=1.4, feed="popularity", seed=11)
+ALS_GRID = [dict(factors=f, regularization=r) for f in (16, 64, 128) for r in (0.01, 0.1, 1.0)]
+BPR_GRID = [dict(factors=f, learning_rate=lr, regularization=r)
+            for f in (32, 128) for lr in (0.01, 0.05) for r in (0.001, 0.01)]
+
+
+# -- data sets ------------------------------------------------------------------------------
+
+MOVIELENS_CONFIG = {
+    "format_version": 1,
+    "description": "MovieLens 100k: users rate movies 1-5; >= 4 is a like, <= 3 a pass.",
+    "interactions": {
+        "table": "ratings", "query_id_column": "user_id", "candidate_id_column": "item_id",
+        "action_column": "rating", "timestamp_column": "rated_at", "weight_column": None,
+        "sql": None,
+        "actions": {"like": {"label": 1, "weight": 1.0}, "pass": {"label": 0, "weight": 1.0}},
+        "action_thresholds": [{"action": "like", "min": 4}, {"action": "pass", "max": 3}]},
+    "query": {"entity": "user"},
+    "candidate": {"entity": "movie"},
+    "entities": {
+        "user": {"table": "users", "id_column": "user_id", "created_at_column": None,
+                 "sql": None, "features": [
+                     {"name": "id", "type": "id", "embedding_dim": 32},
+                     {"name": "age", "type": "numeric", "normalization": "zscore",
+                      "bucket_boundaries": [18, 25, 35, 45, 50, 56], "embedding_dim": 8},
+                     {"name": "gender", "type": "categorical", "embedding_dim": 4},
+                     {"name": "occupation", "type": "categorical", "embedding_dim": 8},
+                     {"name": "zip_region", "type": "categorical", "embedding_dim": 8}]},
+        "movie": {"table": "movies", "id_column": "item_id", "created_at_column": None,
+                  "sql": None, "features": [
+                      {"name": "id", "type": "id", "embedding_dim": 32},
+                      {"name": "genres", "type": "multi_categorical", "embedding_dim": 16,
+                       "max_length": 6},
+                      {"name": "release_year", "type": "numeric",
+                       "normalization": "zscore", "fill": "mean"}]}}}
+
+
+def movielens_files() -> str:
+  """The directory of recbole's shipped ml-100k atomic files."""
+  try:
+    dist = importlib.metadata.distribution("recbole")
+  except importlib.metadata.PackageNotFoundError:
+    sys.exit("bench_defaults: needs the recbole wheel for its shipped MovieLens 100k files: "
+             "pip install --no-deps recbole==1.2.1 (see requirements-bench.txt)")
+  return str(dist.locate_file("recbole/dataset_example/ml-100k"))
+
+
+def _atomic(path: str, name: str) -> pd.DataFrame:
+  frame = pd.read_csv(os.path.join(path, f"ml-100k.{name}"), sep="\t", dtype=str)
+  frame.columns = [c.split(":")[0] for c in frame.columns]
+  return frame
+
+
+def movielens_dump(directory: str) -> str:
+  """ml-100k as CSV tables (users, movies, ratings) and the config written for them."""
+  src = movielens_files()
+  os.makedirs(directory, exist_ok=True)
+  users = _atomic(src, "user")
+  users = pd.DataFrame({"user_id": users["user_id"], "age": users["age"].astype(int),
+                        "gender": users["gender"], "occupation": users["occupation"],
+                        "zip_region": users["zip_code"].str[:1]})
+  items = _atomic(src, "item")
+  movies = pd.DataFrame({
+      "item_id": items["item_id"],
+      "genres": items["class"].fillna("").str.split().map(seed_stage.array_literal),
+      "release_year": pd.to_numeric(items["release_year"], errors="coerce")})
+  inter = _atomic(src, "inter")
+  # ISO times: the CSV path reads them without a unit in the config.
+  ratings = pd.DataFrame({
+      "user_id": inter["user_id"], "item_id": inter["item_id"],
+      "rating": inter["rating"].astype(float).astype(int),
+      "rated_at": pd.to_datetime(inter["timestamp"].astype(float).astype(np.int64), unit="s",
+                                 utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")})
+  users.to_csv(os.path.join(directory, "users.csv"), index=False)
+  movies.to_csv(os.path.join(directory, "movies.csv"), index=False)
+  ratings.to_csv(os.path.join(directory, "ratings.csv"), index=False)
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(MOVIELENS_CONFIG, f, indent=2)
+  return directory
+
+
+def prepare_dataset(name: str, work: str, log) -> dict:
+  """Writes the data set's dataset dir (and world dir); returns their paths."""
+  out = {"dataset": os.path.join(work, name, "dataset"), "world": None}
+  if name == "movielens":
+    dump = movielens_dump(os.path.join(work, name, "csv"))
+    if not os.path.exists(out["dataset"]):
+      export_stage.run(out["dataset"], config_path=os.path.join(dump, "config.json"),
+                       input_dir=dump, log=log)
+    return out
+  out["world"] = os.path.join(work, name, "world")
+  if not os.path.exists(out["dataset"]):
+    params = POPULARITY_WORLD if name == "popularity_world" else synthetic.WorldParams()
+    world = synthetic.generate_world(params)
+    world.save(out["world"], overwrite=True)
+    synthetic.write_world_dataset(world, config_lib.load_config(), out["dataset"])
+  return out
+
+
+# -- the model: the default command ----------------------------------------------------------
+
+def train_default(dataset_dir: str, run_dir: str, extra_flags, log) -> float:
+  """`train_model.py --dataset_dir --run_dir` (+ extra flags); returns wall seconds."""
+  shutil.rmtree(run_dir, ignore_errors=True)
+  cmd = [sys.executable, os.path.join(REPO, "scripts", "train_model.py"),
+         f"--dataset_dir={dataset_dir}", f"--run_dir={run_dir}", *extra_flags]
+  log("$ " + " ".join(shlex.quote(c) for c in cmd[1:]))
+  started = time.time()
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    sys.exit(f"training failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return time.time() - started
+
+
+def model_scorer(run_dir: str, data: evaluator.EvalData) -> retrieval.EmbeddingScorer:
+  run = run_lib.open_run(run_dir)
+  ids, embeddings = run.candidate_embeddings()
+  rows = retrieval.id_index(np.asarray(ids, dtype=object)).get_indexer(data.candidate_ids)
+  return retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
+                                   run.embed("query", data.query_entities), embeddings[rows],
+                                   name="model")
+
+
+# -- ALS and BPR, tuned on a validation split of train -----------------------------------------
+
+def _train_swipes(dataset, data: evaluator.EvalData):
+  """Train swipes as (query row, candidate row, label, timestamp) arrays."""
+  train = reader.read_interactions(dataset, "train", keys=(
+      features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LABEL,
+      features_lib.TIMESTAMP))
+  return (retrieval.id_index(data.query_ids).get_indexer(train["query_id"]),
+          retrieval.id_index(data.candidate_ids).get_indexer(train["candidate_id"]),
+          np.asarray(train["label"], np.int64), np.asarray(train["timestamp"], np.int64))
+
+
+def _matrix(rows, cols, shape) -> scipy.sparse.csr_matrix:
+  m = scipy.sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
+  m.data[:] = 1.0  # duplicates count once
+  return m
+
+
+def _validation_recall(user_factors, item_factors, seen, held, k: int = 50) -> float:
+  """Macro recall@k over users with a held-out like and a fitted factor, seen pairs excluded."""
+  users = np.flatnonzero((np.diff(held.indptr) > 0) & (np.abs(user_factors).sum(axis=1) > 0))
+  recalls = []
+  for start in range(0, users.size, 512):
+    block = users[start:start + 512]
+    scores = user_factors[block] @ item_factors.T
+    scores[seen[block].toarray() > 0] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    for i, u in enumerate(block):
+      liked = held.indices[held.indptr[u]:held.indptr[u + 1]]
+      recalls.append(np.isin(liked, top[i]).mean())
+  return float(np.mean(recalls)) if recalls else 0.0
+
+
+def tuned_factor_models(dataset, data: evaluator.EvalData, log) -> dict:
+  """ALS and BPR: grid on a validation split (last 10 % of train by time), refit on train."""
+  import implicit
+  q, c, label, ts = _train_swipes(dataset, data)
+  shape = (data.query_ids.size, data.candidate_ids.size)
+  cut = np.quantile(ts, 1.0 - VALIDATION_FRACTION)
+  fit, val = ts < cut, ts >= cut
+  fit_likes = _matrix(q[fit & (label == 1)], c[fit & (label == 1)], shape)
+  seen = _matrix(q[fit], c[fit], shape)
+  if data.query_ids.size == data.candidate_ids.size and (data.query_ids == data.candidate_ids).all():
+    seen = seen + scipy.sparse.identity(shape[0], format="csr")  # never recommend oneself
+  held = _matrix(q[val & (label == 1)], c[val & (label == 1)], shape)
+  held = held - held.multiply(seen > 0)
+  held.eliminate_zeros()
+  all_likes = _matrix(q[label == 1], c[label == 1], shape)
+  out = {}
+  for name, grid, make in (
+      ("als", ALS_GRID, lambda p: implicit.als.AlternatingLeastSquares(
+          iterations=15, random_state=0, num_threads=2, **p)),
+      ("bpr", BPR_GRID, lambda p: implicit.bpr.BayesianPersonalizedRanking(
+          iterations=100, random_state=0, num_threads=2, **p))):
+    trials = []
+    for params in grid:
+      model = make(params)
+      model.fit(fit_likes, show_progress=False)
+      trials.append((_validation_recall(model.user_factors, model.item_factors, seen, held),
+                     params))
+    best_recall, best = max(trials, key=lambda t: t[0])
+    log(f"  {name}: best validation recall@50 {best_recall:.4f} with {best} "
+        f"({len(trials)} trials)")
+    model = make(best)
+    model.fit(all_likes, show_progress=False)
+    out[name] = (retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
+                                           np.asarray(model.user_factors),
+                                           np.asarray(model.item_factors), name=name),
+                 {"params": best, "validation_recall@50": round(best_recall, 4)})
+  return out
+
+
+# -- the world's oracle ranking ----------------------------------------------------------------
+
+class OracleScorer(retrieval.Scorer):
+  """The world's own P(like): the best any one-way ranker can do in that world."""
+  name = "oracle"
+
+  def __init__(self, world: synthetic.World, query_ids, candidate_ids):
+    super().__init__(query_ids, candidate_ids)
+    self.world = world
+    self._q = world.user_index(self.query_ids)
+    self._c = world.user_index(self.candidate_ids)
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    rows = np.asarray(query_rows)
+    u = np.repeat(self._q[rows][:, None], self._c.size, axis=1)
+    v = np.broadcast_to(self._c[None, :], u.shape)
+    return tf.constant(self.world.utility(u, v).astype(np.float32))
+
+  def pair_scores(self, query_rows, candidate_rows):
+    return self.world.utility(self._q[np.asarray(query_rows)],
+                              self._c[np.asarray(candidate_rows)]).astype(np.float32)
+
+
+# -- one data set ---------------------------------------------------------------------------------
+
+def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default") -> dict:
+  paths = prepare_dataset(name, work, log)
+  dataset = reader.open_dataset(paths["dataset"])
+  stats = dataset.stats
+  log(f"[{name}] {stats['rows']['train']:,} train / {stats['rows']['eval']:,} eval swipes, "
+      f"{stats['entities']['query']:,} query / {stats['entities']['candidate']:,} candidate "
+      "entities")
+  run_dir = os.path.join(work, name, f"run_{tag}")
+  train_seconds = train_default(paths["dataset"], run_dir, extra_flags, log)
+  data = evaluator.prepare(dataset)
+  data.segments["warm"] = ~data.segments["new"]
+  scorers = {"model": (model_scorer(run_dir, data), {}),
+             "popularity": (baselines_lib.PopularityScorer(data.query_ids, data.candidate_ids,
+                                                           data.likes_received), {})}
+  world, oracle = None, None
+  if paths["world"]:
+    world = synthetic.World.load(paths["world"])
+    oracle = evaluate_stage.realised_oracle(world.like_probability, data)
+    scorers["feature_matching"] = (baselines_lib.FeatureMatching.from_entities(
+        dataset.config, data.query_entities, data.candidate_entities), {})
+    scorers["oracle"] = (OracleScorer(world, data.query_ids, data.candidate_ids), {})
+  started = time.time()
+  scorers.update(tuned_factor_models(dataset, data, log))
+  tune_seconds = time.time() - started
+  counts = metrics.bootstrap_counts(data.num_users, bootstrap, 0)
+  popular = metrics.top_popular_mask(data.likes_received, 0.01)
+  out = {"train_seconds": round(train_seconds, 1), "baseline_tuning_seconds": round(tune_seconds),
+         "segment_sizes": {s: int(m.sum()) for s, m in data.segments.items()},
+         "flags": extra_flags, "recommenders": {}}
+  for label, (scorer, info) in scorers.items():
+    result = evaluator.evaluate(scorer, data, KS, None, oracle)
+    summary = evaluator.summarize(result, data, counts, KS, popular)
+    out["recommenders"][label] = {"info": info, **{
+        segment: {m: block[m]["value"] for m in ("auc", "recall@10", "recall@50",
+                                                  "oracle_like@10") if m in block}
+        for segment, block in summary["segments"].items()}}
+  return out
+
+
+def _fmt(x) -> str:
+  return "  n/a " if x is None else f"{x:.4f}"
+
+
+def _ratio(a, b) -> str:
+  return "  n/a" if a is None or not b else f"{a / b:5.2f}x"
+
+
+def print_table(name: str, result: dict) -> None:
+  recs = result["recommenders"]
+  model = recs["model"]
+  sizes = result["segment_sizes"]
+  print(f"\n== {name} (warm users {sizes['warm']}, new users {sizes['new']}; training "
+        f"{result['train_seconds']}s; flags: {' '.join(result['flags']) or '(defaults)'})")
+  print(f"{'recommender':<18} {'warm R@50':>9} {'model/it':>8} {'new R@50':>9} {'model/it':>8}"
+        f" {'all R@10':>9} {'AUC':>7} {'oracle_like@10':>14}")
+  for label, rec in recs.items():
+    warm, new, all_ = rec["warm"], rec["new"], rec["all"]
+    print(f"{label:<18} {_fmt(warm['recall@50']):>9} "
+          f"{_ratio(model['warm']['recall@50'], warm['recall@50']):>8} "
+          f"{_fmt(new['recall@50']):>9} {_ratio(model['new']['recall@50'], new['recall@50']):>8}"
+          f" {_fmt(all_['recall@10']):>9} {_fmt(all_['auc']):>7} "
+          f"{_fmt(all_.get('oracle_like@10')):>14}")
+  verdicts = [f"warm recall@50 beats {b}: {model['warm']['recall@50'] > recs[b]['warm']['recall@50']}"
+              for b in ("popularity", "als", "bpr")]
+  verdicts.append(f"new recall@50 beats popularity: "
+                  f"{(model['new']['recall@50'] or 0) > (recs['popularity']['new']['recall@50'] or 0)}")
+  if "oracle" in recs:
+    fm, orc = recs["feature_matching"]["all"]["oracle_like@10"], recs["oracle"]["all"]["oracle_like@10"]
+    share = (model["all"]["oracle_like@10"] - fm) / (orc - fm)
+    result["headroom_share"] = share
+    verdicts.append(f"oracle_like@10 headroom share (model - FM) / (oracle - FM) = "
+                    f"({model['all']['oracle_like@10']:.3f} - {fm:.3f}) / ({orc:.3f} - {fm:.3f}) "
+                    f"= {share:.1%} (target >= 50 %)")
+    verdicts.append(f"AUC {model['all']['auc']:.3f} (target >= 0.80)")
+  for line in verdicts:
+    print("  " + line)
+  for label in ("als", "bpr"):
+    print(f"  {label} tuned: {recs[label]['info']}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--work_dir", default="/tmp/bench_defaults")
+  parser.add_argument("--datasets", default="movielens,popularity_world,default_world")
+  parser.add_argument("--train_flags", default="", help="extra train_model.py flags (a "
+                      "proposal to measure); empty: the default command")
+  parser.add_argument("--tag", default="default", help="names the run directory "
+                      "(run_<tag>), so that variants share the data sets")
+  parser.add_argument("--bootstrap", type=int, default=100)
+  parser.add_argument("--output", default=None, help="also write the figures as JSON here")
+  args = parser.parse_args()
+  log = lambda *a: print(*a, flush=True)  # noqa: E731
+  results = {}
+  for name in [n for n in args.datasets.split(",") if n]:
+    results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
+                          log, args.tag)
+    print_table(name, results[name])
+  if args.output:
+    with open(args.output, "w") as f:
+      json.dump(results, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+  main()
