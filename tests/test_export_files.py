@@ -249,3 +249,8 @@ def test_likes_only_data_is_implicit_feedback_end_to_end(tiny_world, tmp_path):
   assert auc["value"] is None and "no passes" in auc["reason"]
   assert "gate not applicable" in report["verdict"]["run"]["line"]
   assert report["recommenders"]["run"]["segments"]["all"]["recall@10"]["value"] > 0
+  markdown = read(str(tmp_path / "eval"), "report.md")
+  assert "AUC n/a (no passes among the eval swipes" in markdown
+  new_users = report["segments"]["sizes"]["new"]
+  assert new_users > 0 and f"## Users new since training ({new_users} users" in markdown
+  assert "| popularity | " in markdown.split("## Users new since training")[1]

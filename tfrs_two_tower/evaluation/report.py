@@ -283,6 +283,7 @@ def render_markdown(report: Dict) -> str:
   if not report["verdict"]:
     lines.append("- no model run given: baselines only")
   lines += render_answer(report)
+  lines += _new_users_section(report, k)
   lines += ["", f"## All users (K = {', '.join(map(str, ks))})", ""]
   names = [m.format(k=kk) for m in HEADLINE_METRICS for kk in (ks if "{k}" in m else [None])]
   present = [n for n in names if any(n in r["segments"]["all"] for r in recs.values())]
@@ -401,6 +402,22 @@ def render_off_policy(report: Dict) -> List[str]:
   for name, by_segment in off.get("lifts", {}).items():
     lines += ["", f"Lift of {name} over {report['lift_baseline']}: " + ", ".join(
         f"{n} {format_lift(by_segment['all'].get(n))}" for n in names)]
+  return lines
+
+
+def _new_users_section(report: Dict, k: int) -> List[str]:
+  """Users unseen in training (segment `new`) against the baselines, at the smallest K."""
+  sizes = report["segments"]["sizes"]
+  if not sizes.get("new"):
+    return []
+  recs = report["recommenders"]
+  metrics = [m for m in (f"recall@{k}", f"oracle_like@{k}")
+             if any(m in r["segments"]["new"] for r in recs.values())]
+  lines = ["", f"## Users new since training ({sizes['new']} users with no train swipes)", "",
+           "| recommender | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+  for name, rec in recs.items():
+    lines.append(f"| {name} | " + " | ".join(format_estimate(rec["segments"]["new"].get(m))
+                                             for m in metrics) + " |")
   return lines
 
 

@@ -3,7 +3,9 @@
 All three are decided at the split time T from what was known then (train swipes
 and the profile's created_at), never from the eval window:
 
-  new        no train swipes at all (cold start: the model knows only the profile).
+  new        no train swipes at all: unseen in training. Their id is not in the
+             query vocabulary (built from train swipes), so the model scores them
+             through the OOV id row (trained by id dropout) and their profile.
   active     >= `active_min_swipes` train swipes in the `active_window_days` before T.
   long_time  account age at T >= `long_time_days` (created_at; the first train swipe
              when created_at is unknown).
@@ -28,7 +30,7 @@ class SegmentRules:
   def describe(self) -> Dict[str, str]:
     return {
         "all": "every user with at least one eval swipe",
-        "new": "no train swipes (cold start)",
+        "new": "no train swipes: unseen in training (cold start; id out of vocabulary)",
         "active": f">= {self.active_min_swipes} train swipes in the {self.active_window_days:g} "
                   "days before the split",
         "long_time": f"account age >= {self.long_time_days:g} days at the split (created_at, "
