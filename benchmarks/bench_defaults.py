@@ -20,7 +20,7 @@ For each: `train_model.py --dataset_dir=D --run_dir=R` (no other flags unless
 library's definitions (filtered recall@K over all candidates, macro over users with an
 eval like, train swipes excluded) of: the model, a popularity ranking, feature matching
 (dating worlds), ALS and BPR from `implicit` (factors and regularisation tuned on a
-validation split: the last 10 % of the train swipes by time), and on the worlds the
+dataset's validation split, fitted on train like the model), and on the worlds the
 world's own P(like) ranking (the oracle). Segments: `warm` users (train swipes) and
 `new` users (no train swipes: unseen in training, scored from their profile).
 
@@ -56,6 +56,7 @@ import scipy.sparse  # noqa: E402
 
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower import features as features_lib  # noqa: E402
+from tfrs_two_tower.data import dataset_format as fmt  # noqa: E402
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.evaluation import baselines as baselines_lib  # noqa: E402
@@ -197,14 +198,19 @@ def model_scorer(run_dir: str, data: evaluator.EvalData) -> retrieval.EmbeddingS
 
 # -- ALS and BPR, tuned on a validation split of train -----------------------------------------
 
-def _train_swipes(dataset, data: evaluator.EvalData):
-  """Train swipes as (query row, candidate row, label, timestamp) arrays."""
-  train = reader.read_interactions(dataset, "train", keys=(
+def _swipes(dataset, data: evaluator.EvalData, split: str):
+  """One split's swipes as (query row, candidate row, label, timestamp) arrays."""
+  if split not in fmt.SPLITS:  # a dataset format without that split
+    return tuple(np.zeros(0, np.int64) for _ in range(4))
+  rows = reader.read_interactions(dataset, split, keys=(
       features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LABEL,
       features_lib.TIMESTAMP))
-  return (retrieval.id_index(data.query_ids).get_indexer(train["query_id"]),
-          retrieval.id_index(data.candidate_ids).get_indexer(train["candidate_id"]),
-          np.asarray(train["label"], np.int64), np.asarray(train["timestamp"], np.int64))
+  if not rows or not len(rows[features_lib.LABEL]):
+    return tuple(np.zeros(0, np.int64) for _ in range(4))
+  return (retrieval.id_index(data.query_ids).get_indexer(rows[features_lib.QUERY_ID]),
+          retrieval.id_index(data.candidate_ids).get_indexer(rows[features_lib.CANDIDATE_ID]),
+          np.asarray(rows[features_lib.LABEL], np.int64),
+          np.asarray(rows[features_lib.TIMESTAMP], np.int64))
 
 
 def _matrix(rows, cols, shape) -> scipy.sparse.csr_matrix:
@@ -229,20 +235,31 @@ def _validation_recall(user_factors, item_factors, seen, held, k: int = 50) -> f
 
 
 def tuned_factor_models(dataset, data: evaluator.EvalData, log) -> dict:
-  """ALS and BPR: grid on a validation split (last 10 % of train by time), refit on train."""
+  """ALS and BPR: factors/regularisation chosen on the validation split.
+
+  Like the model: fitted on the train split, chosen on the dataset's validation
+  split, not refitted. A dataset without a validation split: the last 10 % of
+  train by time validates, then the winner is refitted on all of train.
+  """
   import implicit
-  q, c, label, ts = _train_swipes(dataset, data)
+  q, c, label, ts = _swipes(dataset, data, "train")
+  vq, vc, vlabel, vts = _swipes(dataset, data, "validation")
+  refit = not vq.size
+  if refit:  # no validation split in the dataset: carve the last 10 % of train by time
+    cut = np.quantile(ts, 1.0 - VALIDATION_FRACTION)
+    val = ts >= cut
+    vq, vc, vlabel = q[val], c[val], label[val]
+    all_likes = _matrix(q[label == 1], c[label == 1], (data.query_ids.size,
+                                                        data.candidate_ids.size))
+    q, c, label = q[~val], c[~val], label[~val]
   shape = (data.query_ids.size, data.candidate_ids.size)
-  cut = np.quantile(ts, 1.0 - VALIDATION_FRACTION)
-  fit, val = ts < cut, ts >= cut
-  fit_likes = _matrix(q[fit & (label == 1)], c[fit & (label == 1)], shape)
-  seen = _matrix(q[fit], c[fit], shape)
-  if data.query_ids.size == data.candidate_ids.size and (data.query_ids == data.candidate_ids).all():
+  fit_likes = _matrix(q[label == 1], c[label == 1], shape)
+  seen = _matrix(q, c, shape)
+  if shape[0] == shape[1] and (data.query_ids == data.candidate_ids).all():
     seen = seen + scipy.sparse.identity(shape[0], format="csr")  # never recommend oneself
-  held = _matrix(q[val & (label == 1)], c[val & (label == 1)], shape)
+  held = _matrix(vq[vlabel == 1], vc[vlabel == 1], shape)
   held = held - held.multiply(seen > 0)
   held.eliminate_zeros()
-  all_likes = _matrix(q[label == 1], c[label == 1], shape)
   out = {}
   for name, grid, make in (
       ("als", ALS_GRID, lambda p: implicit.als.AlternatingLeastSquares(
@@ -259,7 +276,7 @@ def tuned_factor_models(dataset, data: evaluator.EvalData, log) -> dict:
     log(f"  {name}: best validation recall@50 {best_recall:.4f} with {best} "
         f"({len(trials)} trials)")
     model = make(best)
-    model.fit(all_likes, show_progress=False)
+    model.fit(all_likes if refit else fit_likes, show_progress=False)
     out[name] = (retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
                                            np.asarray(model.user_factors),
                                            np.asarray(model.item_factors), name=name),
