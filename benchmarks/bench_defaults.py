@@ -342,9 +342,11 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
   for label, (scorer, info) in scorers.items():
     result = evaluator.evaluate(scorer, data, KS, None, oracle)
     summary = evaluator.summarize(result, data, counts, KS, popular)
+    wanted = [m for m in ("auc", "recall@10", "recall@50", "oracle_like@10")
+              if m in summary["segments"]["all"]]
     out["recommenders"][label] = {"info": info, **{
-        segment: {m: block[m]["value"] for m in ("auc", "recall@10", "recall@50",
-                                                  "oracle_like@10") if m in block}
+        segment: {**{m: block[m]["value"] for m in wanted},
+                  **{f"{m}_ci": block[m]["ci"] for m in wanted}}
         for segment, block in summary["segments"].items()}}
   return out
 
