@@ -310,7 +310,8 @@ class OracleScorer(retrieval.Scorer):
 
 # -- one data set ---------------------------------------------------------------------------------
 
-def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default") -> dict:
+def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
+          factor_models: bool = True) -> dict:
   paths = prepare_dataset(name, work, log)
   dataset = reader.open_dataset(paths["dataset"])
   stats = dataset.stats
@@ -332,7 +333,8 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
         dataset.config, data.query_entities, data.candidate_entities), {})
     scorers["oracle"] = (OracleScorer(world, data.query_ids, data.candidate_ids), {})
   started = time.time()
-  scorers.update(tuned_factor_models(dataset, data, log))
+  if factor_models:
+    scorers.update(tuned_factor_models(dataset, data, log))
   tune_seconds = time.time() - started
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, 0)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -375,7 +377,7 @@ def print_table(name: str, result: dict) -> None:
           f" {_fmt(all_['recall@10']):>9} {_fmt(all_['auc']):>7} "
           f"{_fmt(all_.get('oracle_like@10')):>14}")
   verdicts = [f"warm recall@50 beats {b}: {model['warm']['recall@50'] > recs[b]['warm']['recall@50']}"
-              for b in ("popularity", "als", "bpr")]
+              for b in ("popularity", "als", "bpr") if b in recs]
   verdicts.append(f"new recall@50 beats popularity: "
                   f"{(model['new']['recall@50'] or 0) > (recs['popularity']['new']['recall@50'] or 0)}")
   if "oracle" in recs:
@@ -389,7 +391,8 @@ def print_table(name: str, result: dict) -> None:
   for line in verdicts:
     print("  " + line)
   for label in ("als", "bpr"):
-    print(f"  {label} tuned: {recs[label]['info']}")
+    if label in recs:
+      print(f"  {label} tuned: {recs[label]['info']}")
 
 
 def main():
@@ -401,13 +404,15 @@ def main():
   parser.add_argument("--tag", default="default", help="names the run directory "
                       "(run_<tag>), so that variants share the data sets")
   parser.add_argument("--bootstrap", type=int, default=100)
+  parser.add_argument("--no_factor_models", action="store_true", help="skip ALS/BPR (faster "
+                      "when only the model's flags change)")
   parser.add_argument("--output", default=None, help="also write the figures as JSON here")
   args = parser.parse_args()
   log = lambda *a: print(*a, flush=True)  # noqa: E731
   results = {}
   for name in [n for n in args.datasets.split(",") if n]:
     results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
-                          log, args.tag)
+                          log, args.tag, not args.no_factor_models)
     print_table(name, results[name])
   if args.output:
     with open(args.output, "w") as f:
