@@ -110,6 +110,9 @@ def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
                     train_stage.TrainOptions(layer_sizes="64,x"))
   with pytest.raises(train_stage.TrainError, match="--dataset_dir"):
     train_stage.run(str(tmp_path / "nope"), str(tmp_path / "r"))
+  with pytest.raises(train_stage.TrainError, match=r"--id_dropout must be in \[0, 1\)"):
+    train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
+                    train_stage.TrainOptions(id_dropout=1.0))
 
 
 def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
