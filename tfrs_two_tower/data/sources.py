@@ -258,21 +258,12 @@ class InteractionAudit:
       listed = ", ".join(f"{c!r}: {n}" for c, n in nulls.items())
       raise NullValueError(f"{source}: NULLs in required interaction columns ({listed} rows); "
                            "filter them with an interactions.sql query or fix the data")
-<<<<<<< HEAD
-    if unknown_actions == "fail":
-      check_actions(config, self.actions, source, remedy=" or pass --unknown_actions=drop")
-=======
+    # Numeric actions map through interactions.action_thresholds; a value no range
+    # covers is refused whatever --unknown_actions says (the config is wrong, not the row).
     actions = (threshold_action_counts(config, self.actions, source)
                if config.interactions.action_thresholds else self.actions)
-    known = {a.name for a in config.interactions.actions}
-    unknown = {a: n for a, n in actions.items() if a not in known}
-    if unknown and unknown_actions == "fail":
-      listed = ", ".join(f"{a!r} x{n}" for a, n in sorted(unknown.items(), key=lambda x: -x[1]))
-      raise UnknownActionError(
-          f"{source}: {sum(unknown.values())} interactions have action values the config does "
-          f"not map: {listed} (column {config.interactions.action_column!r}); map them in "
-          "config interactions.actions or pass --unknown_actions=drop")
->>>>>>> 8beb4d5 (Numeric action columns (ratings) mapped to actions by config interactions.action_thresholds; a value no range covers is refused naming the key (exit 16))
+    if unknown_actions == "fail":
+      check_actions(config, actions, source, remedy=" or pass --unknown_actions=drop")
     if any(self.missing.values()) and missing_entities == "fail":
       columns = {"query": config.interactions.query_id_column,
                  "candidate": config.interactions.candidate_id_column}
