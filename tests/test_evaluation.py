@@ -296,7 +296,7 @@ def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
 # -- the stage, end to end ----------------------------------------------------------
 
 FAST_TRAIN = dict(epochs=1, steps_per_epoch=25, batch_size=128, log_every_steps=25,
-                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16)
+                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="module")

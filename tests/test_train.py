@@ -12,7 +12,7 @@ from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import train_stage
 
 FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
-            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16)
+            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="module")

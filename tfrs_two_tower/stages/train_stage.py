@@ -240,7 +240,9 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed=()) -> Tra
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
   _resume_or_start(work, resolved)
   try:
-    evaluator = epoch_eval.ValidationEvaluator(dataset, ks=options.ks())
+    # The selection metric's K is always computed, whatever --eval_ks lists.
+    evaluator = epoch_eval.ValidationEvaluator(
+        dataset, ks=sorted(set(options.ks()) | {options.early_stopping_k}))
   except epoch_eval.ValidationDataError as e:
     raise TrainError(f"--dataset_dir: {e}") from None
   search = None
