@@ -11,8 +11,9 @@ halving (Jamieson & Talwalkar 2016) spends epochs as the resource:
 The winner then keeps training (early stopping on validation decides how many
 epochs); its best epoch is the model. There is no refit on train + validation
 (docs/training.md says why). The wall-clock budget covers the whole search and
-the winner's continuation: when the next epoch would not fit, the search stops
-with a log line and the best trial so far wins. With the same seed, data and a
+the winner's continuation: the search may use SEARCH_SHARE of it; when its next
+epoch would not fit that share, the search stops with a log line and the best
+trial so far wins; the winner trains on while its next epoch fits the budget. With the same seed, data and a
 budget that is not reached, the trials and their results are identical.
 
 A trial is any object with `run_epoch() -> metrics dict`, `epoch` (epochs
@@ -34,6 +35,9 @@ EMBEDDING_DIMS = (16, 32, 64)
 TUNED = ("sampling_probability", "temperature", "learning_rate", "embedding_dim")
 RUNG_EPOCHS = (1, 2, 4)
 ETA = 2
+# The search may use this share of the budget; the rest is kept for the winner's training,
+# so a slow machine gets a less searched but fully trained model, not an untrained winner.
+SEARCH_SHARE = 0.5
 DEFAULT_TRIALS = 6
 
 
@@ -105,6 +109,7 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
                        start: Callable[[int, Mapping[str, Any]], Any], key: str,
                        budget_seconds: float, log: Callable[[str], None] = print,
                        rung_epochs: Sequence[int] = RUNG_EPOCHS, eta: int = ETA,
+                       search_share: float = SEARCH_SHARE,
                        clock: Callable[[], float] = time.monotonic) -> SearchResult:
   """Runs the search (see the module docstring) and returns the trained winner.
 
@@ -123,12 +128,12 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
   start_seconds: List[float] = []
   budget_reached = False
 
-  def fits(new_trial: bool = False) -> bool:
+  def fits(new_trial: bool = False, share: float = search_share) -> bool:
     """Whether one more epoch (of a trial still to start, when `new_trial`) fits."""
     estimate = float(np.mean(epoch_seconds)) if epoch_seconds else 0.0
     if new_trial and start_seconds:
       estimate += float(np.mean(start_seconds))
-    return clock() - began + estimate <= budget_seconds
+    return clock() - began + estimate <= budget_seconds * share
 
   def advance(i: int) -> None:
     t0 = clock()
@@ -152,8 +157,8 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
       if i not in trials:
         if start_seconds and not fits(new_trial=True):
           budget_reached = True
-          log("tune: the budget (%.1f min) is reached; the best trial so far wins" % (
-              budget_seconds / 60))
+          log("tune: the search's share of the budget (%.1f of %.1f min) is used; the best "
+              "trial so far wins" % (budget_seconds * search_share / 60, budget_seconds / 60))
           break
         t0 = clock()
         trials[i] = start(i, configs[i])
@@ -162,8 +167,8 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
       while trials[i].epoch < epochs and not trials[i].done and not budget_reached:
         if epoch_seconds and not fits():
           budget_reached = True
-          log("tune: the budget (%.1f min) is reached; the best trial so far wins" % (
-              budget_seconds / 60))
+          log("tune: the search's share of the budget (%.1f of %.1f min) is used; the best "
+              "trial so far wins" % (budget_seconds * search_share / 60, budget_seconds / 60))
           break
         advance(i)
         if len(epoch_seconds) == 1 and clock() - began > budget_seconds:
@@ -190,8 +195,8 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
   for record in records:
     if record.status == "pending" and record.best_epoch is None:
       record.status = "not run (budget)"
-  while not trials[winner].done and not budget_reached:
-    if not fits():
+  while not trials[winner].done:
+    if not fits(share=1.0):
       budget_reached = True
       log("tune: the budget (%.1f min) is reached; the winner stops at epoch %d" % (
           budget_seconds / 60, trials[winner].epoch))
