@@ -9,8 +9,8 @@ from tfrs_two_tower.data import writer as writer_lib
 from tfrs_two_tower.model import tuning
 from tfrs_two_tower.stages import train_stage
 
-BASE = dict(sampling_probability="streaming", temperature=0.05, learning_rate=0.003,
-            embedding_dim=32)
+BASE = dict(sampling_probability="streaming", estimator_init="static", temperature=0.05,
+            learning_rate=0.003, embedding_dim=32)
 TINY = dict(epochs=3, steps_per_epoch=3, batch_size=128, layer_sizes="16", log_every_steps=100,
             checkpoint_every_steps=100, tune_trials=3, tune_budget_minutes=30)
 
@@ -21,6 +21,8 @@ def test_configs_are_seeded_distinct_and_keep_fixed_values():
   assert a != tuning.sample_configs(BASE, [], 6, seed=4)
   assert a[0] == BASE and len({json.dumps(c, sort_keys=True) for c in a}) == 6
   assert {c["sampling_probability"] for c in a} <= set(tuning.LOGQ_MODES)
+  assert all(c["estimator_init"] == "static" for c in a
+             if c["sampling_probability"] != "streaming")
   assert all(tuning.TEMPERATURE_RANGE[0] <= c["temperature"] <= tuning.TEMPERATURE_RANGE[1]
              for c in a[1:])
   fixed = tuning.sample_configs(BASE, ["temperature", "embedding_dim"], 6, seed=3)

@@ -32,7 +32,9 @@ LOGQ_MODES = ("static", "streaming", "none")
 TEMPERATURE_RANGE = (0.02, 0.3)
 LEARNING_RATE_RANGE = (1e-3, 1e-2)
 EMBEDDING_DIMS = (16, 32, 64)
-TUNED = ("sampling_probability", "temperature", "learning_rate", "embedding_dim")
+ESTIMATOR_INITS = ("static", "zero")  # streaming only: warm start, or Yi et al.'s cold start
+TUNED = ("sampling_probability", "estimator_init", "temperature", "learning_rate",
+         "embedding_dim")
 RUNG_EPOCHS = (1, 2, 4)
 ETA = 2
 # The search may use this share of the budget; the rest is kept for the winner's training,
@@ -63,11 +65,14 @@ def sample_configs(base: Mapping[str, Any], fixed: Iterable[str], num_trials: in
     attempts += 1
     config = {
         "sampling_probability": str(rng.choice(LOGQ_MODES)),
+        "estimator_init": str(rng.choice(ESTIMATOR_INITS)),
         "temperature": _log_uniform(rng, *TEMPERATURE_RANGE, digits=3),
         "learning_rate": _log_uniform(rng, *LEARNING_RATE_RANGE, digits=5),
         "embedding_dim": int(rng.choice(EMBEDDING_DIMS)),
     }
     config.update({k: base[k] for k in fixed})
+    if config["sampling_probability"] != "streaming":  # the init means nothing without it
+      config["estimator_init"] = base["estimator_init"]
     if config not in configs:
       configs.append(config)
   return configs
