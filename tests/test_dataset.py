@@ -45,7 +45,8 @@ def _swipes():
       "swiper_id": ["a", "b", "c", "a", "d", "b"],
       "swipee_id": ["b", "a", "a", "c", "a", "d"],
       "action": ["like", "superlike", "pass", "like", "pass", "like"],
-      "created_at": [T0 + 1, T0 + 2, T0 + 3, T0 + 1000, T0 + 1001, T0 + 1002],
+      "created_at": pd.to_datetime([T0 + 1, T0 + 2, T0 + 3, T0 + 1000, T0 + 1001, T0 + 1002],
+                                   unit="s", utc=True),
   })
 
 
@@ -325,7 +326,9 @@ def test_validation_vocabulary_comes_from_train_only(tmp_path, default_config):
                 swipes=pd.DataFrame({"swiper_id": ["a", "b", "d", "a"],
                                      "swipee_id": ["b", "a", "a", "c"],
                                      "action": ["like", "like", "like", "pass"],
-                                     "created_at": [T0 + 1, T0 + 2, T0 + 600, T0 + 1000]}))
+                                     "created_at": pd.to_datetime(
+                                         [T0 + 1, T0 + 2, T0 + 600, T0 + 1000], unit="s",
+                                         utc=True)}))
   ds = reader.open_dataset(path)
   assert ds.manifest["rows"] == {"train": 2, "validation": 1, "eval": 1}
   assert "d" not in ds.vocabulary("query_id")

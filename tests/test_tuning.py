@@ -107,7 +107,8 @@ def test_validation_split_without_likes_is_refused(tmp_path, default_config, tin
   a, b, c = profiles["id"].iloc[:3]
   swipes = pd.DataFrame({"swiper_id": [a, b, c, a], "swipee_id": [b, a, a, c],
                          "action": ["like", "like", "pass", "like"],
-                         "created_at": [t0, t0 + 1, t0 + 500, t0 + 1000]})
+                         "created_at": pd.to_datetime([t0, t0 + 1, t0 + 500, t0 + 1000],
+                                                      unit="s", utc=True)})
   path = str(tmp_path / "ds")
   with writer_lib.DatasetWriter(default_config, path, t0 + 1000, profiles, profiles,
                                 validation_time=t0 + 400) as w:
