@@ -48,6 +48,7 @@ flags.DEFINE_list("combine", [], "Partition export directories (globs allowed) t
                   "--output_dir instead of exporting.")
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of interactions (by time) kept for "
                    "eval, unless --split_time is given.", lower_bound=0.0, upper_bound=1.0)
+cli.define_validation_flags()
 flags.DEFINE_string("split_time", None, "ISO time (or unix seconds) of the train/eval boundary; "
                     "give the same value to every partition of a partitioned export.")
 flags.DEFINE_integer("num_partitions", 1, "Split the export into this many hash partitions of "
@@ -85,6 +86,7 @@ def main(argv):
       interactions_file=FLAGS.interactions_file, query_entities_file=FLAGS.query_entities_file,
       candidate_entities_file=FLAGS.candidate_entities_file, combine=FLAGS.combine,
       eval_fraction=FLAGS.eval_fraction, split_time=FLAGS.split_time,
+      validation_fraction=FLAGS.validation_fraction, validation_days=FLAGS.validation_days,
       num_partitions=FLAGS.num_partitions, partition=FLAGS.partition,
       unknown_actions=FLAGS.unknown_actions, missing_entities=FLAGS.missing_entities,
       min_users=FLAGS.min_users, min_interactions=FLAGS.min_interactions, force=FLAGS.force,

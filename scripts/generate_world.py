@@ -30,6 +30,7 @@ flags.DEFINE_float("exploration", 0.0, "Share of feeds drawn uniformly from thei
                    upper_bound=1.0)
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) kept for eval, "
                    "unless --split_time is given.")
+cli.define_validation_flags()
 flags.DEFINE_string("split_time", None, "ISO time of the train/eval boundary (overrides "
                     "--eval_fraction).")
 flags.DEFINE_integer("train_shards", 4, "TFRecord shards of the train split.", lower_bound=1)
@@ -43,8 +44,10 @@ def main(argv):
     world_stage.run(world_dir=FLAGS.world_dir, dataset_dir=FLAGS.dataset_dir,
                     config_path=FLAGS.config, num_users=FLAGS.num_users, days=FLAGS.days,
                     feed_size=FLAGS.feed_size, mean_activity=FLAGS.mean_activity,
-                    exploration=FLAGS.exploration, seed=FLAGS.seed, eval_fraction=FLAGS.eval_fraction,
-                    split_time=FLAGS.split_time, train_shards=FLAGS.train_shards,
+                    exploration=FLAGS.exploration, seed=FLAGS.seed,
+                    eval_fraction=FLAGS.eval_fraction, split_time=FLAGS.split_time,
+                    validation_fraction=FLAGS.validation_fraction,
+                    validation_days=FLAGS.validation_days, train_shards=FLAGS.train_shards,
                     eval_shards=FLAGS.eval_shards, overwrite=FLAGS.overwrite, log=logging.info)
 
 

@@ -36,10 +36,16 @@ flags.DEFINE_integer("days", 120, "Synthetic world: simulated days.", lower_boun
 flags.DEFINE_integer("seed", 0, "Seed for the world, training and the bootstrap.")
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) held out for eval.")
 flags.DEFINE_boolean("force", False, "Export even when the readiness gate is not met.")
-flags.DEFINE_integer("epochs", 6, "Training epochs.", lower_bound=1)
+flags.DEFINE_integer("epochs", None, "Training epochs at most (early stopping on the "
+                     "validation split picks the best); default: train_model.py's.",
+                     lower_bound=1)
 flags.DEFINE_integer("batch_size", 1024, "Training batch size.", lower_bound=1)
-flags.DEFINE_enum("sampling_probability", "streaming", ["none", "static", "streaming"],
-                  "logQ correction of the sampled softmax.")
+flags.DEFINE_enum("sampling_probability", None, ["none", "static", "streaming"],
+                  "logQ correction of the sampled softmax; given, it is not tuned.")
+flags.DEFINE_boolean("no_tune", False, "Train with the default values instead of choosing them "
+                     "on the validation split.")
+flags.DEFINE_float("tune_budget_minutes", None, "Wall-clock budget of the training stage's "
+                   "search and final model; default: train_model.py's.")
 flags.DEFINE_integer("bootstrap", 500, "Bootstrap resamples for the report's CIs.", lower_bound=10)
 flags.DEFINE_enum("coreml_precision", "float16", ["float32", "float16"], "Core ML precision.")
 flags.DEFINE_enum("coreml_compress", "none",
@@ -55,6 +61,8 @@ def main(argv):
       num_users=FLAGS.num_users, days=FLAGS.days, seed=FLAGS.seed,
       eval_fraction=FLAGS.eval_fraction, force=FLAGS.force, epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size, sampling_probability=FLAGS.sampling_probability,
+      no_tune=FLAGS.no_tune, tune_budget_minutes=FLAGS.tune_budget_minutes,
+      fixed=[n for n in ("sampling_probability",) if FLAGS[n].present],
       bootstrap=FLAGS.bootstrap, coreml_precision=FLAGS.coreml_precision,
       coreml_compress=FLAGS.coreml_compress)
   with cli.user_errors():

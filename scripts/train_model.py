@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfrs_two_tower.model import tuning
 from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages import train_stage
 
@@ -55,6 +56,9 @@ flags.DEFINE_integer("estimator_hashes", D.estimator_hashes, "Streaming estimato
                      "hash arrays (1 = Algorithm 2, >1 = Algorithm 3).")
 flags.DEFINE_float("estimator_alpha", D.estimator_alpha, "Streaming estimator: moving-average "
                    "rate of the gap between two appearances of a candidate.")
+flags.DEFINE_enum("estimator_init", D.estimator_init, list(train_stage.ESTIMATOR_INITS),
+                  "Streaming estimator start: static (the gaps the train counts predict: right "
+                  "from step 1) or zero (Yi et al.'s cold start; needs ~1/alpha appearances).")
 flags.DEFINE_float("pass_loss_weight", D.pass_loss_weight, "Weight of the like-vs-pass logistic "
                    "loss on the same dot product (passes as explicit negatives); 0 disables.")
 flags.DEFINE_integer("num_hard_negatives", D.num_hard_negatives, "Keep only the N hardest "
@@ -63,17 +67,25 @@ flags.DEFINE_float("id_dropout", D.id_dropout, "Probability that a training exam
                    "and candidate id are replaced by the OOV index, so that the rows serving "
                    "users and profiles unseen in training learn a features-only embedding "
                    "(0 disables it; docs/training.md).")
+flags.DEFINE_boolean("no_tune", D.no_tune, "Train with the given values instead of choosing "
+                     f"{', '.join(tuning.TUNED)} on the validation split (flags given "
+                     "explicitly are never tuned).")
+flags.DEFINE_float("tune_budget_minutes", D.tune_budget_minutes, "Wall-clock budget of the "
+                   "search and the winner's training together.")
+flags.DEFINE_integer("tune_trials", D.tune_trials, "Trials of the successive-halving search "
+                     "(trial 0 = the defaults).")
 flags.DEFINE_integer("seed", D.seed, "Random seed (weights, shuffling, hash functions).")
 flags.DEFINE_integer("checkpoint_every_steps", D.checkpoint_every_steps, "Checkpoint interval "
                      "(and at every epoch end).")
 flags.DEFINE_integer("log_every_steps", D.log_every_steps, "TensorBoard/log interval of the "
                      "training losses.")
-flags.DEFINE_string("eval_ks", D.eval_ks, "Comma-separated K of recall@K computed on the eval "
-                    "split over all candidates at each epoch end.")
-flags.DEFINE_integer("early_stopping_k", D.early_stopping_k, "Early stopping watches eval "
-                     "recall@K for this K.")
-flags.DEFINE_integer("early_stopping_patience", D.early_stopping_patience, "Stop when recall@K "
-                     "did not improve for this many epochs; 0: never.")
+flags.DEFINE_string("eval_ks", D.eval_ks, "Comma-separated K of validation_recall@K computed "
+                    "on the validation split (evaluate.py's definition) at each epoch end.")
+flags.DEFINE_integer("early_stopping_k", D.early_stopping_k, "Model selection and early "
+                     "stopping watch validation_recall@K for this K.")
+flags.DEFINE_integer("early_stopping_patience", D.early_stopping_patience, "Stop when "
+                     "validation_recall@K did not improve for this many epochs (the best epoch "
+                     "is restored either way); 0: never stop early.")
 flags.DEFINE_boolean("mixed_precision", D.mixed_precision, "mixed_float16 compute (GPU); the "
                      "embedding output stays float32.")
 flags.DEFINE_boolean("jit_compile", D.jit_compile, "XLA-compile the training step.")
@@ -91,7 +103,7 @@ def main(argv):
       f.name: FLAGS[f.name].value for f in dataclasses.fields(train_stage.TrainOptions)})
   with cli.user_errors():
     train_stage.run(FLAGS.dataset_dir, FLAGS.run_dir, options, overwrite=FLAGS.overwrite,
-                    log=logging.info)
+                    log=logging.info, fixed=[n for n in tuning.TUNED if FLAGS[n].present])
 
 
 if __name__ == "__main__":

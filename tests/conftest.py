@@ -138,7 +138,7 @@ def fresh_database(postgres, make_database):
 
 # A few real training steps: enough for SavedModels, an index and embeddings that rank.
 TINY_TRAINING = dict(epochs=1, steps_per_epoch=12, batch_size=128, layer_sizes="32",
-                     embedding_dim=16)
+                     embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="session")

@@ -164,6 +164,7 @@ def test_pipeline_is_deterministic_and_filters_labels(tiny_dataset_dir):
     ("truncate_shard", "interactions-eval.tfrecord-00000-of-00002: size"),
     ("missing_vocab", "vocab/query_city.tsv: listed in the manifest but missing"),
     ("future_version", "format_version 99 is not supported"),
+    ("version_1", "format_version 1 has no validation split.*export the dataset again"),
 ])
 def test_damaged_dataset_is_refused_naming_the_file(dataset_copy, damage, message):
   if damage == "delete_manifest":
@@ -181,9 +182,9 @@ def test_damaged_dataset_is_refused_naming_the_file(dataset_copy, damage, messag
       f.truncate(os.path.getsize(path) // 2)
   elif damage == "missing_vocab":
     os.remove(os.path.join(dataset_copy, "vocab", "query_city.tsv"))
-  elif damage == "future_version":
+  elif damage in ("future_version", "version_1"):
     manifest = json.load(open(os.path.join(dataset_copy, fmt.MANIFEST)))
-    manifest["format_version"] = 99
+    manifest["format_version"] = 99 if damage == "future_version" else 1
     json.dump(manifest, open(os.path.join(dataset_copy, fmt.MANIFEST), "w"))
   with pytest.raises(reader.DatasetFormatError, match=message.replace("/", r"[/\\]")):
     reader.open_dataset(dataset_copy)
@@ -296,3 +297,46 @@ def test_text_booleans_and_numbers_from_csv_string_columns():
   got = features_lib._as_float(values, "profiles.csv", "verified")
   np.testing.assert_array_equal(got[:5], [1, 0, 1, 0, 2.5])
   assert np.isnan(got[5:]).all()
+
+
+def test_validation_split_is_the_last_part_of_train_and_disjoint(tiny_dataset_dir):
+  ds = reader.open_dataset(tiny_dataset_dir)
+  splits = {s: reader.read_interactions(ds, s, keys=["query_id", "candidate_id", "timestamp"])
+            for s in fmt.SPLITS}
+  v_time, s_time = ds.manifest["validation_time"], ds.manifest["split_time"]
+  assert v_time < s_time
+  assert splits["train"]["timestamp"].max() < v_time <= splits["validation"]["timestamp"].min()
+  assert splits["validation"]["timestamp"].max() < s_time <= splits["eval"]["timestamp"].min()
+  pairs = {s: set(zip(v["query_id"], v["candidate_id"])) for s, v in splits.items()}
+  assert not pairs["train"] & pairs["validation"] and not pairs["validation"] & pairs["eval"]
+  # The default: the last 10 % of the pre-eval swipes (quantile, ties go to validation).
+  n_train, n_val = len(splits["train"]["timestamp"]), len(splits["validation"]["timestamp"])
+  assert 0.09 <= n_val / (n_train + n_val) <= 0.11
+  for where in (ds.manifest["rows"], ds.stats["rows"]):
+    assert where["validation"] == n_val
+  assert ds.stats["labels"]["validation"]["positive"] > 0
+  assert ds.stats["entities"]["query_with_validation_likes"] > 0
+  info = json.load(open(os.path.join(tiny_dataset_dir, "dataset_info.json")))
+  assert {s["name"]: sum(int(n) for n in s["shardLengths"]) for s in info["splits"]}[
+      "validation"] == n_val
+
+
+def test_validation_vocabulary_comes_from_train_only(tmp_path, default_config):
+  # Swipes of "d" lie only in the validation window: d is not in the id vocabulary.
+  path = _write(default_config, str(tmp_path / "ds"), validation_time=T0 + 500,
+                swipes=pd.DataFrame({"swiper_id": ["a", "b", "d", "a"],
+                                     "swipee_id": ["b", "a", "a", "c"],
+                                     "action": ["like", "like", "like", "pass"],
+                                     "created_at": pd.to_datetime(
+                                         [T0 + 1, T0 + 2, T0 + 600, T0 + 1000], unit="s",
+                                         utc=True)}))
+  ds = reader.open_dataset(path)
+  assert ds.manifest["rows"] == {"train": 2, "validation": 1, "eval": 1}
+  assert "d" not in ds.vocabulary("query_id")
+
+
+def test_empty_validation_window_is_refused(tmp_path, default_config):
+  with pytest.raises(writer_lib.DataError, match="validation split would be empty.*"
+                     "--validation_fraction"):
+    _write(default_config, str(tmp_path / "ds"), validation_time=T0 + 900)
+  assert not os.path.exists(tmp_path / "ds")

@@ -295,7 +295,7 @@ def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
 # -- the stage, end to end ----------------------------------------------------------
 
 FAST_TRAIN = dict(epochs=1, steps_per_epoch=25, batch_size=128, log_every_steps=25,
-                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16)
+                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="module")
@@ -342,10 +342,6 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
                  "factorized_top20_accuracy", "log_loss", "oracle_match@5"):
     assert metric in model["all"], metric
   assert 0.4 < model["all"]["auc"]["value"] < 1
-  # the stage's AUC is the trainer's AUC on the same eval swipes
-  manifest = json.load(open(os.path.join(tiny_run, "manifest.json")))
-  assert model["all"]["auc"]["value"] == pytest.approx(manifest["metrics"]["final"]["auc"],
-                                                       abs=2e-3)
   assert report["lifts"][name]["all"]["recall@5"]["ci"][0] is not None
   assert name in report["verdict"] and "AUC" in report["verdict"][name]["line"]
   # The tiny world's feed does not explore: the answer falls back to what users were shown.

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "run_pipeline.py")
 SMALL = ["--num_users=700", "--days=50", "--epochs=1", "--batch_size=512", "--bootstrap=50",
-         "--coreml_precision=float32"]
+         "--coreml_precision=float32", "--no_tune"]
 
 
 def _run(out, *flags):

@@ -12,7 +12,7 @@ from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.stages import train_stage
 
 FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
-            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16)
+            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="module")
@@ -127,16 +127,18 @@ def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
   ids, embeddings = run.candidate_embeddings()
   assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-3)
-  # The recorded AUC is the saved model's: recompute it from the reloaded run on the eval swipes.
+  # The recorded AUC is the saved model's: recompute it from the reloaded run on the
+  # validation swipes (training never reads eval).
   from tfrs_two_tower.evaluation import metrics
-  swipes = reader.read_interactions(reader.open_dataset(tiny_dataset_dir), "eval")
+  swipes = reader.read_interactions(reader.open_dataset(tiny_dataset_dir), "validation")
   row = {c: i for i, c in enumerate(ids)}
   known = np.array([c in row for c in swipes["candidate_id"]])
   q = run.embed("query", {k: v[known] for k, v in swipes.items()})
   pair = np.einsum("nd,nd->n", q, embeddings[[row[c] for c in swipes["candidate_id"][known]]])
   expected = metrics.roc_auc(swipes["label"][known].astype(np.int64), pair)
   assert 0 <= expected <= 1
-  assert result.manifest["metrics"]["final"]["auc"] == pytest.approx(expected, abs=0.01)
+  assert result.manifest["metrics"]["final"]["validation_auc"] == pytest.approx(expected,
+                                                                                abs=0.01)
 
 
 def test_scann_index_agrees_with_brute_force(trained, tmp_path):
@@ -166,3 +168,58 @@ def test_scann_index_agrees_with_brute_force(trained, tmp_path):
   row = {c: i for i, c in enumerate(ids)}
   expected = np.take_along_axis(scores, np.vectorize(row.get)(got_ids), axis=1)
   np.testing.assert_allclose(got["scores"].numpy(), expected, atol=1e-4)
+
+
+def _poison_eval_split(path):
+  """Replaces the eval shards by undecodable records (manifest checksums updated)."""
+  import json
+  import tensorflow as tf
+  from tfrs_two_tower import files
+  from tfrs_two_tower.data import dataset_format as fmt
+  manifest = json.load(open(os.path.join(path, fmt.MANIFEST)))
+  for shard in manifest["shards"]["eval"]:
+    with tf.io.TFRecordWriter(os.path.join(path, shard["file"]), fmt.COMPRESSION) as w:
+      w.write(b"not a tf.train.Example")
+  manifest["files"] = files.file_checksums(path)
+  files.write_json(os.path.join(path, fmt.MANIFEST), manifest)
+
+
+def test_training_never_reads_the_eval_split(dataset_copy, tmp_path):
+  _poison_eval_split(dataset_copy)
+  ds = reader.open_dataset(dataset_copy)
+  with pytest.raises(Exception):  # the poison is real: reading eval fails
+    reader.read_interactions(ds, "eval")
+  result = train_stage.run(dataset_copy, str(tmp_path / "run"),
+                           train_stage.TrainOptions(**{**FAST, "epochs": 2}),
+                           log=lambda *a: None)
+  history = result.manifest["metrics"]["history"]
+  assert [h["epoch"] for h in history] == [1, 2]
+  assert all(k.startswith("validation_") for h in history for k in h if k != "epoch")
+
+
+def test_best_validation_epoch_is_restored(tiny_dataset_dir, tmp_path):
+  logs = []
+  result = train_stage.run(tiny_dataset_dir, str(tmp_path / "run"), train_stage.TrainOptions(
+      **{**FAST, "epochs": 3, "early_stopping_patience": 0}), log=logs.append)
+  metrics = result.manifest["metrics"]
+  key = "validation_recall@50"
+  best = max(metrics["history"], key=lambda h: h[key])
+  assert metrics["selected_epoch"] == best["epoch"] and metrics["final"] == best
+  # The written embeddings are the selected epoch's: re-evaluating them gives its metrics.
+  from tfrs_two_tower.model import epoch_eval
+  evaluator = epoch_eval.ValidationEvaluator(reader.open_dataset(tiny_dataset_dir))
+  again = evaluator(result.query_tower, result.candidate_tower)
+  assert again[key] == pytest.approx(best[key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_collapsed_model_is_refused_with_exit_3(tiny_dataset_dir, tmp_path):
+  run = str(tmp_path / "run")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(os.path.dirname(__file__), "..", "scripts", "train_model.py"),
+       f"--dataset_dir={tiny_dataset_dir}", f"--run_dir={run}", "--learning_rate=1e6",
+       "--epochs=1", "--steps_per_epoch=12", "--batch_size=128", "--no_tune"],
+      capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert "the model has collapsed" in proc.stderr and "--learning_rate" in proc.stderr
+  assert not os.path.exists(run)

@@ -22,7 +22,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "train_mo
 
 def _command(dataset_dir, run_dir, **overrides):
   flags = dict(epochs=2, steps_per_epoch=30, batch_size=64, checkpoint_every_steps=5,
-               log_every_steps=5, layer_sizes="16", embedding_dim=8, eval_ks="10")
+               log_every_steps=5, layer_sizes="16", embedding_dim=8, eval_ks="10", no_tune=True)
   flags.update(overrides)
   return [sys.executable, SCRIPT, f"--dataset_dir={dataset_dir}", f"--run_dir={run_dir}"] + [
       f"--{k}={v}" for k, v in flags.items()]
@@ -70,7 +70,7 @@ def test_sigkill_then_same_command_resumes_to_the_same_step(tiny_dataset_dir, tm
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_dir, tmp_path):
   run_dir = str(tmp_path / "run")
-  options = train_stage.TrainOptions(epochs=1, steps_per_epoch=10, batch_size=64,
+  options = train_stage.TrainOptions(no_tune=True, epochs=1, steps_per_epoch=10, batch_size=64,
                                      optimizer="sgd", learning_rate=1e30,
                                      checkpoint_every_steps=1, layer_sizes="16",
                                      embedding_dim=8, eval_ks="10")

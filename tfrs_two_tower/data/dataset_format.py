@@ -10,7 +10,9 @@
     vocab/<key>.tsv         "token<TAB>count", most frequent first (train split counts)
     candidate_counts.tsv    candidate_id, train interactions, train positives (static logQ)
     interactions-train.tfrecord-0000i-of-0000n   gzip TFRecord shards, one Example per swipe
-    interactions-eval.tfrecord-0000i-of-0000m    (time split: eval = timestamp >= split_time)
+    interactions-validation.tfrecord-...         time split: train = timestamp < validation_time,
+    interactions-eval.tfrecord-0000i-of-0000m    validation = [validation_time, split_time),
+                                                 eval = timestamp >= split_time
     entities/candidates.tfrecord.gz   every candidate entity (the corpus), candidate_* keys
     entities/queries.tfrecord.gz      every query entity, query_* keys
     dataset_info.json, features.json  TFDS metadata (`tfds.builder_from_directory`)
@@ -21,10 +23,11 @@ from typing import List
 
 import pandas as pd
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: a validation split (the last part of train by time) for model selection.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (2,)
 DATASET_NAME = "interactions"
-SPLITS = ("train", "eval")
+SPLITS = ("train", "validation", "eval")
 MANIFEST = "manifest.json"
 CONFIG = "config.json"
 STATS = "stats.json"

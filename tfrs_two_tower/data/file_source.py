@@ -293,10 +293,12 @@ class FileSource:
         nulls=nulls, actions=actions, missing=missing, missing_examples=examples,
         entities={side: len(t) for side, t in tables.items()})
 
-  def split_time(self, eval_fraction: float) -> int:
+  def split_time(self, eval_fraction: float, before: Optional[int] = None) -> int:
     if self._dedup is None:
       raise RuntimeError("audit() first")
     latest = np.sort(self._dedup["latest_ts"])
+    if before is not None:
+      latest = latest[latest < before]
     if latest.size == 0:
       raise sources.EmptyResultError(f"{self.paths['interactions']}: no interactions")
     return int(latest[sources.split_index(latest.size, eval_fraction)])

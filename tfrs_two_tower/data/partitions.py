@@ -72,11 +72,13 @@ def combine(partition_dirs: Sequence[str], output_dir: str, *,
   for m in parts[1:]:
     d = m["dataset"]
     for what, a, b in (("config", first.manifest["config_hash"], d.manifest["config_hash"]),
-                       ("split time", first.manifest["split_time"], d.manifest["split_time"])):
+                       ("split time", first.manifest["split_time"], d.manifest["split_time"]),
+                       ("validation time", first.manifest["validation_time"],
+                        d.manifest["validation_time"])):
       if a != b:
         raise sources.PartitionError(f"{d.path} and {first.path} have different {what}s "
                                      f"({b} vs {a}); export every partition with the same "
-                                     "--config and --split_time")
+                                     "--config, --split_time and validation window")
     for name in fmt.ENTITY_FILES.values():
       if first.manifest["files"][name]["sha256"] != d.manifest["files"][name]["sha256"]:
         raise sources.PartitionError(
@@ -90,9 +92,11 @@ def combine(partition_dirs: Sequence[str], output_dir: str, *,
                  for split in fmt.SPLITS}
   writer = writer_lib.DatasetWriter(
       config, output_dir, int(first.manifest["split_time"]), queries, candidates,
+      validation_time=int(first.manifest["validation_time"]),
       query_source=f"{first.path} query entities",
       candidate_source=f"{first.path} candidate entities",
       num_train_shards=len(shard_files["train"]), num_eval_shards=len(shard_files["eval"]),
+      num_validation_shards=len(shard_files["validation"]),
       min_users=min_users, min_interactions=min_interactions,
       source_description={"kind": "partitions", "count": count,
                           "partitions": [m["dataset"].manifest["source"] for m in parts]},
@@ -110,7 +114,7 @@ def combine(partition_dirs: Sequence[str], output_dir: str, *,
       for src, name in zip(shard_files[split], names):
         files.link_or_copy(src, os.path.join(tmp, name))
     writer.finalize(tmp)
-  log(f"combine: {count} partitions -> {output_dir}: train {stats['rows']['train']:,}, eval "
-      f"{stats['rows']['eval']:,} interactions")
+  log(f"combine: {count} partitions -> {output_dir}: train {stats['rows']['train']:,}, "
+      f"validation {stats['rows']['validation']:,}, eval {stats['rows']['eval']:,} interactions")
   return stats
 

@@ -384,14 +384,16 @@ class PostgresSource:
                                     actions=actions, missing=missing, missing_examples=examples,
                                     entities=entities)
 
-  def split_time(self, eval_fraction: float) -> int:
-    """The time leaving the last `eval_fraction` of deduplicated interactions (all partitions)."""
+  def split_time(self, eval_fraction: float, before: Optional[int] = None) -> int:
+    """The time leaving the last `eval_fraction` of deduplicated interactions (all partitions),
+    counting only those before `before` (unix seconds) when given."""
     sources.split_index(2, eval_fraction)  # validates eval_fraction
     rows = self._execute(sql.SQL(
         "WITH src AS ({}) SELECT ts FROM (SELECT ts, row_number() OVER (ORDER BY ts) - 1 AS i, "
-        "count(*) OVER () AS n FROM (SELECT max(ts) AS ts FROM src GROUP BY q, c) AS latest) t "
-        "WHERE i = ceil((n - 1)::float8 * %s::float8)").format(self._interactions_sql()),
-        (1.0 - eval_fraction,), what="split time")
+        "count(*) OVER () AS n FROM (SELECT max(ts) AS ts FROM src GROUP BY q, c) AS latest "
+        "WHERE ts < %s) t WHERE i = ceil((n - 1)::float8 * %s::float8)").format(
+            self._interactions_sql()),
+        (2**62 if before is None else int(before), 1.0 - eval_fraction), what="split time")
     if not rows:
       raise sources.EmptyResultError(f"{self.description['label']}: no interactions")
     return int(rows[0][0])

@@ -85,6 +85,10 @@ def open_dataset(path: str, verify_checksums: bool = True) -> DatasetDir:
   except ValueError as e:
     raise DatasetFormatError(f"{manifest_path}: not valid JSON ({e})") from None
   version = manifest.get("format_version")
+  if version == 1:
+    raise DatasetFormatError(f"{manifest_path}: format_version 1 has no validation split, which "
+                             "training now selects its model on: export the dataset again "
+                             "(export_data.py or generate_world.py) with this tfrs_two_tower")
   if version not in fmt.SUPPORTED_FORMAT_VERSIONS:
     raise DatasetFormatError(f"{manifest_path}: format_version {version!r} is not supported "
                              f"by this tfrs_two_tower (supports {fmt.SUPPORTED_FORMAT_VERSIONS})")
@@ -141,7 +145,7 @@ def interactions_dataset(dataset: DatasetDir, split: str, batch_size: int, *,
   fast path).
 
   Args:
-    split: "train" or "eval".
+    split: "train", "validation" or "eval".
     labels: keep only these labels (e.g. [1] for likes); filtering happens after
       parsing, so batches may then be smaller than `batch_size`.
     deterministic: fixed element order for a given seed (slower interleave).

@@ -16,7 +16,8 @@ A source is duck-typed (see `PostgresSource`, `FileSource`):
 
   description: dict for the manifest (no secrets).
   audit(partition) -> InteractionAudit        (also checks tables, columns, types)
-  split_time(eval_fraction) -> int            (over all partitions)
+  split_time(eval_fraction, before=None) -> int  (over all partitions; only the
+      interactions before `before` when given: the validation window's start)
   entities(side) -> pd.DataFrame              (raw entity table of the config)
   interaction_chunks(chunk_size, partition) -> iterator of DataFrames
       deduplicated: one row per (query id, candidate id), the latest (ties: the
@@ -367,7 +368,8 @@ class Progress:
 
 def export(source, config: config_lib.Config, output_dir: str, *,
            split_time: Optional[int] = None, eval_fraction: float = 0.15,
-           partition: Partition = Partition(), unknown_actions: str = "fail",
+           validation_fraction: float = writer_lib.DEFAULT_VALIDATION_FRACTION,
+           validation_days: float = 0.0, partition: Partition = Partition(), unknown_actions: str = "fail",
            missing_entities: str = "fail", min_users: int = readiness.DEFAULT_MIN_USERS,
            min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS, force: bool = False,
            readiness_path: Optional[str] = None, chunk_size: int = 100_000,
@@ -398,11 +400,21 @@ def export(source, config: config_lib.Config, output_dir: str, *,
     split_time = source.split_time(eval_fraction)
     log(f"export: split time {pd.Timestamp(split_time, unit='s', tz='UTC')} (last "
         f"{eval_fraction:.0%} of interactions by time are eval)")
+  try:
+    validation_time = writer_lib.validation_time(
+        split_time, lambda share: source.split_time(share, before=split_time),
+        validation_fraction=validation_fraction, validation_days=validation_days)
+  except ValueError as e:
+    raise writer_lib.DataError(str(e)) from None
+  log(f"export: validation from {pd.Timestamp(validation_time, unit='s', tz='UTC')} ("
+      + (f"the last {validation_days:g} days" if validation_days > 0 else
+         f"the last {validation_fraction:.0%} of the pre-eval interactions")
+      + " by time select the model)")
   queries = source.entities("query")
   candidates = queries if config.same_entity_both_sides else source.entities("candidate")
   description = dict(source.description, partition=dataclasses.asdict(partition))
   with writer_lib.DatasetWriter(
-      config, output_dir, split_time, queries, candidates,
+      config, output_dir, split_time, queries, candidates, validation_time=validation_time,
       query_source=f"{label} {config.entity('query').table}",
       candidate_source=f"{label} {config.entity('candidate').table}",
       num_train_shards=num_train_shards, num_eval_shards=num_eval_shards,
@@ -431,8 +443,9 @@ def export(source, config: config_lib.Config, output_dir: str, *,
                      readiness_path or output_dir.rstrip("/") + ".readiness.json", log)
     else:  # the gate applies to the combined dataset
       write_partition_files(writer, partition, queries, candidates)
-  log(f"export: wrote {output_dir}: train {stats['rows']['train']:,}, eval "
-      f"{stats['rows']['eval']:,} interactions in {time.time() - started:.1f}s")
+  log(f"export: wrote {output_dir}: train {stats['rows']['train']:,}, validation "
+      f"{stats['rows']['validation']:,}, eval {stats['rows']['eval']:,} interactions in "
+      f"{time.time() - started:.1f}s")
   return stats
 
 

@@ -497,7 +497,9 @@ def oracle_auc(world: World, swiper_ids, swipee_ids, labels) -> float:
 
 
 def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction: float = 0.15,
-                        split_time: Optional[int] = None, overwrite: bool = False,
+                        split_time: Optional[int] = None,
+                        validation_fraction: float = writer_lib.DEFAULT_VALIDATION_FRACTION,
+                        validation_days: float = 0.0, overwrite: bool = False,
                         chunk_size: int = 200_000, **writer_kwargs) -> str:
   """Writes the world's dataset directory through the common writer.
 
@@ -512,12 +514,15 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
   if split_time is None:
     split_time = writer_lib.default_split_time(seconds, eval_fraction)
   eval_rows = seconds >= split_time
+  validation_time = writer_lib.validation_time(
+      split_time, lambda share: writer_lib.default_split_time(seconds[~eval_rows], share),
+      validation_fraction=validation_fraction, validation_days=validation_days)
   labels = (swipes["action"] != "pass").to_numpy()
   auc = oracle_auc(world, swipes["swiper_id"].to_numpy()[eval_rows],
                    swipes["swipee_id"].to_numpy()[eval_rows], labels[eval_rows])
   with writer_lib.DatasetWriter(
       config, output_dir, split_time, world.profiles, world.profiles,
-      query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
+      validation_time=validation_time, query_source="world profiles", candidate_source="world profiles", overwrite=overwrite,
       source_description={"kind": "synthetic", "params": dataclasses.asdict(world.params)},
       check_dates=False, **writer_kwargs) as writer:
     for start in range(0, len(swipes), chunk_size):

@@ -5,16 +5,18 @@ two entity tables once and then stream interaction chunks. Memory is bounded by
 the entity tables plus one chunk, never by the number of swipes.
 
 Everything the writer derives (vocabularies, normalisation constants, candidate
-counts, readiness) comes from additive per-entity counters over the **train**
-split only, so nothing from the eval window leaks into preprocessing, and
-partitions written separately can be summed.
+counts) comes from additive per-entity counters over the **train** split only
+(the validation window excluded too), so nothing from the windows a model is
+selected or judged on leaks into preprocessing, and partitions written
+separately can be summed. Splits by time: train < validation_time <= validation
+< split_time <= eval.
 """
 
 import collections
 import logging
 import os
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,8 @@ from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import timestamps as timestamps_lib
 
 UNKNOWN_ACTION_POLICIES = ("fail", "drop")
+# The last 10 % of the pre-eval interactions by time select the model (see docs/data.md).
+DEFAULT_VALIDATION_FRACTION = 0.1
 MISSING_ENTITY_POLICIES = ("fail", "drop")
 ELIGIBILITY_SAMPLE = 20_000  # query users checked exactly for "no eligible candidate"
 ELIGIBILITY_WARN_SHARE = 0.01  # warn when more users than this share have none
@@ -106,8 +110,10 @@ class DatasetWriter:
 
   def __init__(self, config: config_lib.Config, output_dir: str, split_time: int,
                query_entities: pd.DataFrame, candidate_entities: pd.DataFrame, *,
+               validation_time: Optional[int] = None,
                query_source: str = "query entities", candidate_source: str = "candidate entities",
                num_train_shards: int = 4, num_eval_shards: int = 2,
+               num_validation_shards: int = 1,
                unknown_actions: str = "fail", missing_entities: str = "fail",
                min_users: int = readiness.DEFAULT_MIN_USERS,
                min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS,
@@ -119,8 +125,14 @@ class DatasetWriter:
       raise ValueError(f"unknown_actions must be one of {UNKNOWN_ACTION_POLICIES}")
     if missing_entities not in MISSING_ENTITY_POLICIES:
       raise ValueError(f"missing_entities must be one of {MISSING_ENTITY_POLICIES}")
-    if num_train_shards < 1 or num_eval_shards < 1:
+    if min(num_train_shards, num_eval_shards, num_validation_shards) < 1:
       raise ValueError("shard counts must be >= 1")
+    # None: no validation window (the split exists but is empty); every export
+    # path passes one (see `validation_time`).
+    self.validation_requested = validation_time is not None
+    self.validation_time = int(split_time if validation_time is None else validation_time)
+    if self.validation_time > int(split_time):
+      raise ValueError(f"validation_time {validation_time} is after split_time {split_time}")
     self.config = config
     self.output_dir = output_dir
     self.split_time = int(split_time)
@@ -135,7 +147,8 @@ class DatasetWriter:
         config, {"query": (query_entities, query_source),
                  "candidate": (candidate_entities, candidate_source)})
     self.blocked_pairs = blocked_pairs
-    self.num_shards = {"train": num_train_shards, "eval": num_eval_shards}
+    self.num_shards = {"train": num_train_shards, "validation": num_validation_shards,
+                       "eval": num_eval_shards}
     self.unknown_actions = unknown_actions
     self.missing_entities = missing_entities
     self.min_users, self.min_interactions = min_users, min_interactions
@@ -150,6 +163,7 @@ class DatasetWriter:
     self.query_all = np.zeros(nq, np.int64)
     self.candidate_train = np.zeros(nc, np.int64)
     self.candidate_train_positive = np.zeros(nc, np.int64)
+    self.query_validation_positive = np.zeros(nq, np.int64)
     self.rows = {s: 0 for s in fmt.SPLITS}
     self.shard_rows = {s: [0] * n for s, n in self.num_shards.items()}
     self.labels = {s: [0, 0] for s in fmt.SPLITS}
@@ -195,7 +209,8 @@ class DatasetWriter:
     return self._tmp
 
   # -- additive counters: partitions written separately sum to the whole ------
-  ARRAY_COUNTERS = ("query_train", "query_all", "candidate_train", "candidate_train_positive")
+  ARRAY_COUNTERS = ("query_train", "query_all", "candidate_train", "candidate_train_positive",
+                    "query_validation_positive")
 
   def counters(self) -> Dict[str, Any]:
     """Every counter the finalisation derives from (numpy arrays for per-entity ones)."""
@@ -329,11 +344,13 @@ class DatasetWriter:
       return
     labels = np.array([self._actions[a].label for a in actions], np.int64)
     is_eval = timestamps >= self.split_time
+    is_validation = (timestamps >= self.validation_time) & ~is_eval
     lo, hi = int(timestamps.min()), int(timestamps.max())
     self.time_range = [lo if self.time_range[0] is None else min(lo, self.time_range[0]),
                        hi if self.time_range[1] is None else max(hi, self.time_range[1])]
-    train = ~is_eval
+    train = ~is_eval & ~is_validation
     np.add.at(self.query_all, q_idx, 1)
+    np.add.at(self.query_validation_positive, q_idx[is_validation & (labels == 1)], 1)
     np.add.at(self.query_train, q_idx[train], 1)
     np.add.at(self.candidate_train, c_idx[train], 1)
     np.add.at(self.candidate_train_positive, c_idx[train & (labels == 1)], 1)
@@ -341,7 +358,7 @@ class DatasetWriter:
 
     q_bytes, c_bytes = self.queries.serialized, self.candidates.serialized
     tails = {}  # label, weight and action repeat: encode each combination once
-    for split, mask in (("train", train), ("eval", is_eval)):
+    for split, mask in (("train", train), ("validation", is_validation), ("eval", is_eval)):
       rows = np.flatnonzero(mask)
       if rows.size == 0:
         continue
@@ -380,6 +397,16 @@ class DatasetWriter:
     if total == 0:
       raise DataError("no interactions were written: the source is empty, or every row was "
                       f"dropped ({self.dropped})")
+    if self.validation_requested and self.rows["validation"] == 0:
+      raise DataError(
+          f"no interactions between the validation time {self.validation_time} "
+          f"({pd.Timestamp(self.validation_time, unit='s', tz='UTC')}) and the split time: the "
+          "validation split would be empty; raise --validation_fraction or --validation_days")
+    if self.rows["train"] == 0 and self.rows["validation"] > 0:
+      raise DataError(
+          f"no interactions before the validation time {self.validation_time} "
+          f"({pd.Timestamp(self.validation_time, unit='s', tz='UTC')}): the train split would be "
+          "empty; lower --validation_fraction or --validation_days")
     if self.rows["train"] == 0:
       raise DataError(f"no interactions before the split time {self.split_time} "
                       f"({pd.Timestamp(self.split_time, unit='s', tz='UTC')}): the train split "
@@ -408,6 +435,7 @@ class DatasetWriter:
         "config_hash": self.config.hash,
         "source": self.source_description,
         "split_time": self.split_time,
+        "validation_time": self.validation_time,
         "time_range": self.time_range,
         "rows": dict(self.rows),
         "shards": {split: [{"file": name, "rows": n} for name, n in
@@ -520,10 +548,13 @@ class DatasetWriter:
         "actions": {s: dict(sorted(c.items())) for s, c in self.actions.items()},
         "dropped": self.dropped,
         "split_time": self.split_time,
+        "validation_time": self.validation_time,
         "time_range": self.time_range,
         "entities": {"query": len(self.queries), "candidate": len(self.candidates),
                      "query_with_interactions": int((self.query_all > 0).sum()),
                      "query_new_in_eval": new_query,
+                     "query_with_validation_likes":
+                         int((self.query_validation_positive > 0).sum()),
                      "candidate_with_train_interactions": int((self.candidate_train > 0).sum())},
         "readiness": report,
     }
@@ -627,6 +658,28 @@ def transform_numeric(values: np.ndarray, normalization: str) -> np.ndarray:
 
 def _write_tsv(path: str, frame: pd.DataFrame, header: bool = False) -> None:
   frame.to_csv(path, sep="\t", index=False, header=header, lineterminator="\n")
+
+
+def validation_time(split_time: int, start_of_last: Callable[[float], int], *,
+                    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+                    validation_days: float = 0.0) -> int:
+  """The start of the validation window: the last part of train by time.
+
+  Args:
+    split_time: the train/eval boundary (unix seconds).
+    start_of_last: f(share) -> the time leaving the last `share` of the
+      interactions before `split_time` after it (a source's
+      `split_time(share, before=split_time)`); used with `validation_fraction`.
+    validation_fraction: share of the pre-split interactions that become validation.
+    validation_days: a window of this many days before `split_time` instead (wins when > 0).
+  """
+  if validation_days < 0:
+    raise ValueError(f"--validation_days must be >= 0, got {validation_days}")
+  if validation_days > 0:
+    return int(split_time - round(validation_days * 86400))
+  if not 0 < validation_fraction < 1:
+    raise ValueError(f"--validation_fraction must be in (0, 1), got {validation_fraction}")
+  return int(start_of_last(validation_fraction))
 
 
 def default_split_time(timestamps: Sequence[int], eval_fraction: float) -> int:

@@ -103,24 +103,32 @@ def prepare(dataset: reader.DatasetDir,
   candidate_ids = candidate_entities["candidate_id"]
   q_index, c_index = retrieval.id_index(query_ids), retrieval.id_index(candidate_ids)
   train = reader.read_interactions(dataset, "train", keys=_SWIPE_KEYS)
+  # The validation window is history at the split time: its swipes are excluded
+  # from the lists like train's. Baselines fit on train only, as the model does.
+  validation = reader.read_interactions(dataset, "validation", keys=_SWIPE_KEYS)
   held = reader.read_interactions(dataset, "eval", keys=_SWIPE_KEYS)
+  history = {k: np.concatenate([train[k], validation[k]]) if validation else train[k]
+             for k in train}
   t_q, t_c = q_index.get_indexer(train["query_id"]), c_index.get_indexer(train["candidate_id"])
   e_q, e_c = q_index.get_indexer(held["query_id"]), c_index.get_indexer(held["candidate_id"])
   if (t_q < 0).any() or (t_c < 0).any() or (e_q < 0).any() or (e_c < 0).any():
     raise reader.DatasetFormatError(f"{dataset.path}: interactions name entities missing from "
                                     "the entity tables")
   t_label, e_label = train["label"].astype(np.int64), held["label"].astype(np.int64)
+  h_q, h_c = q_index.get_indexer(history["query_id"]), c_index.get_indexer(history["candidate_id"])
+  h_label = history["label"].astype(np.int64)
 
   users, e_user = np.unique(e_q, return_inverse=True)  # evaluated users, sorted by query row
   user_of_row = np.full(query_ids.size, -1, np.int64)
   user_of_row[users] = np.arange(users.size)
-  # Exclusions: the user's train swipes, and the user as a candidate.
-  t_user = user_of_row[t_q]
-  in_eval = t_user >= 0
+  # Exclusions: the user's swipes before the split (train + validation), and the
+  # user as a candidate.
+  h_user = user_of_row[h_q]
+  in_eval = h_user >= 0
   self_col = c_index.get_indexer(query_ids[users])
   eligible, blocked_rows, blocked_cols = _eligibility(dataset, q_index, c_index, user_of_row)
-  ex_rows = np.concatenate([t_user[in_eval], np.flatnonzero(self_col >= 0), blocked_rows])
-  ex_cols = np.concatenate([t_c[in_eval], self_col[self_col >= 0], blocked_cols])
+  ex_rows = np.concatenate([h_user[in_eval], np.flatnonzero(self_col >= 0), blocked_rows])
+  ex_cols = np.concatenate([h_c[in_eval], self_col[self_col >= 0], blocked_cols])
   exclusions = retrieval.Exclusions.from_pairs(ex_rows, ex_cols, users.size)
 
   width = np.int64(candidate_ids.size)
@@ -135,13 +143,13 @@ def prepare(dataset: reader.DatasetDir,
   g = np.int64(all_ids.size)
   back_keys, order = np.unique(q_gid[e_q] * g + c_gid[e_c], return_index=True)
   back_labels = e_label[order]
-  like_keys = np.unique(np.concatenate([q_gid[t_q[t_label == 1]] * g + c_gid[t_c[t_label == 1]],
+  like_keys = np.unique(np.concatenate([q_gid[h_q[h_label == 1]] * g + c_gid[h_c[h_label == 1]],
                                         q_gid[e_q[e_label == 1]] * g + c_gid[e_c[e_label == 1]]]))
   liked_back = np.isin(c_gid[e_c] * g + q_gid[e_q], like_keys)
 
   segments = segments_lib.assign_segments(
-      users.size, query_entities[features_lib.CREATED_AT][users], t_user[in_eval],
-      train["timestamp"][in_eval], int(dataset.manifest["split_time"]), rules)
+      users.size, query_entities[features_lib.CREATED_AT][users], h_user[in_eval],
+      history["timestamp"][in_eval], int(dataset.manifest["split_time"]), rules)
   ones = np.ones(int(like.sum()), np.int64)
   return EvalData(
       query_entities=query_entities, candidate_entities=candidate_entities,

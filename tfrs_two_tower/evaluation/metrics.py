@@ -112,6 +112,37 @@ def reciprocal_rank(hits: np.ndarray, num_relevant: np.ndarray) -> np.ndarray:
   return np.where(num_relevant > 0, rr, np.nan)
 
 
+def ranks_ties_against(scores: np.ndarray, rows: np.ndarray,
+                       candidates: np.ndarray) -> np.ndarray:
+  """0-based rank of each relevant pair in its row, every tie ranked ahead of it.  [P].
+
+  rank(r, c) = |{c' != c : scores[r, c'] >= scores[r, c]}|, so a model whose
+  scores are all equal ranks every relevant candidate last: ties are never hits.
+  Excluded candidates must already be -inf in `scores`.
+
+  Args:
+    scores: [B, N] float scores of B lists over N candidates.
+    rows: [P] list index of each relevant pair; candidates: [P] its candidate index.
+  """
+  rows = np.asarray(rows, np.int64)
+  own = scores[rows, np.asarray(candidates, np.int64)]
+  return (scores[rows] >= own[:, None]).sum(axis=1).astype(np.int64) - 1
+
+
+def recall_at_k_from_ranks(ranks: np.ndarray, rows: np.ndarray, num_rows: int,
+                           k: int) -> np.ndarray:
+  """recall@K(u) = |{relevant pairs of u with rank < K}| / |R(u)|; NaN when R(u) empty.  [U].
+
+  The same per-user recall as `recall_at_k`, from ranks (`ranks_ties_against`)
+  instead of a hits matrix: [P] ranks, [P] rows -> [num_rows].
+  """
+  rows = np.asarray(rows, np.int64)
+  found = np.bincount(rows[np.asarray(ranks) < k], minlength=num_rows).astype(np.float64)
+  num_relevant = count_per_row(rows, num_rows)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(num_relevant > 0, found / num_relevant, np.nan)
+
+
 def unmasked_ranks(masked_positions: np.ndarray, positive_rows: np.ndarray,
                    positive_scores: np.ndarray, excluded_rows: np.ndarray,
                    excluded_scores: np.ndarray) -> np.ndarray:

@@ -1,10 +1,18 @@
-"""Full-corpus retrieval metrics at epoch end (not per step, not FactorizedTopK).
+"""Epoch-end model selection metrics on the **validation** split (never eval).
 
-recall@K: over the eval likes (label 1) whose candidate is in the corpus, the
-share whose candidate ranks in the top K of q . c over ALL candidates (brute
-force, nothing excluded). AUC: like-vs-pass ROC AUC of q . c over every eval
-swipe. Recall is also split by candidate popularity (train interactions):
-"tail" = the least popular third of the corpus, "head" = the most popular third.
+The definitions are `evaluate.py`'s, so that what training selects on is what
+the report measures:
+
+  validation_recall@K: for each user u with >= 1 validation like (whose
+    candidate u had not swiped in train), the share of u's validation likes
+    ranked in u's top K of q_u . c over ALL candidates minus u's train swipes
+    and u itself; macro-averaged over those users. A tied score ranks ahead of
+    the liked candidate (`metrics.ranks_ties_against`): ties are never hits.
+  validation_auc: like-vs-pass ROC AUC of q . c over every validation swipe.
+
+A collapsed model -- every evaluated user's scores equal over the corpus (e.g.
+all embeddings zero after a diverging learning rate) -- raises
+`CollapsedModelError` instead of reporting a meaningless recall.
 """
 
 from typing import Dict, Sequence, Tuple
@@ -17,28 +25,65 @@ from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.model import towers
 
-POPULARITY_GROUPS = ("tail", "mid", "head")
+SPLIT = "validation"
+PREFIX = "validation_"
+# Scores closer than this over a whole list are ties (float32 dot products of unit vectors).
+COLLAPSE_TOLERANCE = 1e-6
 
 
-class RetrievalEvaluator:
-  """Holds the eval swipes and the corpus in memory; call with the two towers."""
+class ValidationDataError(ValueError):
+  """The validation split cannot select a model (no users with likes)."""
+
+
+class CollapsedModelError(ValueError):
+  """Every score tied: the model learned nothing usable."""
+  exit_code = 3
+
+
+class ValidationEvaluator:
+  """Holds the validation swipes, the train exclusions and the corpus; call with the towers."""
 
   def __init__(self, dataset: reader.DatasetDir, ks: Sequence[int] = (10, 50, 100),
-               split: str = "eval", batch_size: int = 4096):
+               batch_size: int = 1024):
     self.ks = tuple(sorted(int(k) for k in ks))
     self.batch_size = batch_size
     self._calls = {}
     self.corpus = reader.read_entities(dataset, "candidate")
-    self.swipes = reader.read_interactions(dataset, split)
     self.candidate_ids = self.corpus["candidate_id"].astype(str)
-    row = {c: i for i, c in enumerate(self.candidate_ids)}
-    self.swipe_rows = np.array([row.get(c, -1) for c in self.swipes[features_lib.CANDIDATE_ID]])
-    counts = dataset.candidate_counts()
-    popularity = dict(zip(counts["candidate_id"].astype(str), counts["interactions"]))
-    pop = np.array([popularity.get(c, 0) for c in self.candidate_ids], np.float64)
-    order = np.argsort(pop, kind="stable")
-    self.popularity_group = np.empty(len(pop), np.int64)
-    self.popularity_group[order] = np.arange(len(pop)) * len(POPULARITY_GROUPS) // max(len(pop), 1)
+    column = {c: i for i, c in enumerate(self.candidate_ids)}
+    swipes = reader.read_interactions(dataset, SPLIT)
+    train = reader.read_interactions(dataset, "train", keys=[features_lib.QUERY_ID,
+                                                             features_lib.CANDIDATE_ID])
+    rows = np.array([column.get(c, -1) for c in swipes[features_lib.CANDIDATE_ID]], np.int64)
+    known = rows >= 0
+    swipes = {k: v[known] for k, v in swipes.items()}
+    rows = rows[known]
+    # One list per validation user; the user's features from its first validation row.
+    user_ids, first, user_of_swipe = np.unique(swipes[features_lib.QUERY_ID], return_index=True,
+                                               return_inverse=True)
+    self.queries = {k: v[first] for k, v in swipes.items()}
+    self.swipe_user, self.swipe_column = user_of_swipe, rows
+    self.labels = swipes[features_lib.LABEL].astype(np.int64)
+    # Exclusions: each user's train swipes and the user itself as a candidate.
+    user_index = {u: i for i, u in enumerate(user_ids)}
+    t_user = np.array([user_index.get(q, -1) for q in train[features_lib.QUERY_ID]], np.int64)
+    t_col = np.array([column.get(c, -1) for c in train[features_lib.CANDIDATE_ID]], np.int64)
+    self_col = np.array([column.get(u, -1) for u in user_ids], np.int64)
+    keep = (t_user >= 0) & (t_col >= 0)
+    ex_user = np.concatenate([t_user[keep], np.flatnonzero(self_col >= 0)])
+    ex_col = np.concatenate([t_col[keep], self_col[self_col >= 0]])
+    width = np.int64(len(self.candidate_ids))
+    excluded = np.unique(ex_user * width + ex_col)
+    like_keys = np.unique((user_of_swipe * width + rows)[self.labels == 1])
+    relevant = like_keys[~np.isin(like_keys, excluded)]
+    self.relevant_user, self.relevant_column = relevant // width, relevant % width
+    self.excluded_user, self.excluded_column = excluded // width, excluded % width
+    self.num_users = int(np.unique(self.relevant_user).size)
+    if self.num_users == 0:
+      raise ValidationDataError(
+          f"{dataset.path}: the validation split has {len(user_ids)} users and "
+          f"{int((self.labels == 1).sum())} likes, none of them new to its user: nothing to "
+          "select a model on; export with a larger --validation_fraction or --validation_days")
 
   def _embed(self, tower: towers.Tower, table: Dict[str, np.ndarray], side: str) -> np.ndarray:
     keys = [spec["key"] for spec in tower.preprocessing.specs]
@@ -57,28 +102,33 @@ class RetrievalEvaluator:
 
   def __call__(self, query_tower: towers.Tower, candidate_tower: towers.Tower,
                candidate_embeddings: np.ndarray = None) -> Dict[str, float]:
+    """Metrics named `validation_*` (see the module docstring); raises CollapsedModelError."""
     if candidate_embeddings is None:
       _, candidate_embeddings = self.candidate_embeddings(candidate_tower)
-    q = self._embed(query_tower, self.swipes, "query")
-    rows = self.swipe_rows
-    labels = self.swipes[features_lib.LABEL].astype(np.int64)
-    known = rows >= 0
-    pair = np.einsum("nd,nd->n", q[known], candidate_embeddings[rows[known]])
-    out = {"auc": metrics.roc_auc(labels[known], pair)}
-    likes = np.flatnonzero(known & (labels == 1))
-    ranks = np.empty(len(likes), np.int64)
+    q = self._embed(query_tower, self.queries, "query")
+    pair = np.einsum("nd,nd->n", q[self.swipe_user], candidate_embeddings[self.swipe_column])
+    out = {PREFIX + "auc": metrics.roc_auc(self.labels, pair)}
     corpus = tf.constant(candidate_embeddings)
-    for start in range(0, len(likes), self.batch_size):
-      part = likes[start:start + self.batch_size]
-      scores = tf.matmul(tf.constant(q[part]), corpus, transpose_b=True).numpy()
-      own = scores[np.arange(len(part)), rows[part]]
-      ranks[start:start + len(part)] = (scores > own[:, None]).sum(axis=1)
-    groups = self.popularity_group[rows[likes]]
+    ranks = np.empty(self.relevant_user.size, np.int64)
+    spread = 0.0
+    for start in range(0, len(q), self.batch_size):
+      stop = min(start + self.batch_size, len(q))
+      scores = tf.matmul(tf.constant(q[start:stop]), corpus, transpose_b=True).numpy()
+      ex = slice(*np.searchsorted(self.excluded_user, [start, stop]))
+      scores[self.excluded_user[ex] - start, self.excluded_column[ex]] = -np.inf
+      finite = np.where(np.isfinite(scores), scores, np.nan)
+      spread = max(spread, float(np.nanmax(np.nanmax(finite, 1) - np.nanmin(finite, 1))))
+      rel = slice(*np.searchsorted(self.relevant_user, [start, stop]))
+      ranks[rel] = metrics.ranks_ties_against(scores, self.relevant_user[rel] - start,
+                                              self.relevant_column[rel])
+    if spread <= COLLAPSE_TOLERANCE:
+      raise CollapsedModelError(
+          "the model has collapsed: every user's scores are equal over the whole corpus (spread "
+          f"{spread:.2g}), so it ranks nothing; typical causes are a too high --learning_rate or "
+          "a too low --temperature. Nothing was written.")
     for k in self.ks:
-      hit = ranks < k
-      out[f"recall@{k}"] = float(hit.mean()) if len(hit) else float("nan")
-      for g, name in enumerate(POPULARITY_GROUPS):
-        mask = groups == g
-        out[f"recall@{k}_{name}"] = float(hit[mask].mean()) if mask.any() else float("nan")
-    out["eval_likes"] = int(len(likes))
+      per_user = metrics.recall_at_k_from_ranks(ranks, self.relevant_user, len(q), k)
+      out[f"{PREFIX}recall@{k}"] = float(np.nanmean(per_user))
+    out["validation_users"] = self.num_users
+    out["validation_likes"] = int(self.relevant_user.size)
     return out

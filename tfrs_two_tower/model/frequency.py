@@ -11,6 +11,13 @@ the average number of steps between two of its appearances:
 During training the update comes first, so a candidate of the batch always has
 a gap > 0; a never-updated bucket (gap 0) gives p = 1, i.e. no logQ boost.
 
+Warm start (`initialize_from_counts`): started from B = 0, the moving average
+needs ~1/alpha appearances of a candidate before it is unbiased -- thousands of
+steps for a rare one, more than a whole short run (docs/training.md). Started
+from the gap the train counts predict, B_i[b] = T / (batch_size * n_b) with n_b
+the train interactions hashed to bucket b and T all train interactions, the
+estimate is right from step 1 and the stream then tracks drift.
+
 A hash collision makes a bucket look more frequent (smaller delta); taking the
 max over m independent arrays (Algorithm 3) keeps the least collided estimate.
 
@@ -66,6 +73,25 @@ class StreamingFrequencyEstimator(tf.keras.layers.Layer):
     self.gap = self.add_weight(name="gap", shape=shape, dtype=tf.float32, **state)
     self.step = self.add_weight(name="step", shape=(), dtype=tf.float32, **state)
     super().build(input_shape)
+
+  def initialize_from_counts(self, keys: np.ndarray, counts: np.ndarray,
+                             batch_size: int) -> None:
+    """Sets the gaps to those the counts predict (see the module docstring).
+
+    Args:
+      keys: [N] int64 candidate keys; counts: [N] train interactions of each;
+      batch_size: global batch size (expected appearances per step = batch * n / T).
+    """
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total <= 0:
+      return
+    index = self._indices(self.buckets(tf.constant(np.asarray(keys, np.int64)))).numpy()
+    per_bucket = np.zeros(self.num_hashes * self.num_buckets, np.float64)
+    np.add.at(per_bucket, index, np.tile(counts, self.num_hashes))
+    with np.errstate(divide="ignore"):
+      gap = np.where(per_bucket > 0, total / (batch_size * per_bucket), 0.0)
+    self.gap.assign(gap.astype(np.float32))
 
   def buckets(self, keys: tf.Tensor) -> tf.Tensor:
     """[B] int64 keys -> [m, B] int64 bucket per hash."""

@@ -16,7 +16,7 @@ and a resumed run sees exactly the batches it would have seen. The batch layout
 is described in `two_tower.py`.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +36,13 @@ RECORD_KEYS = (features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LA
 def candidate_key(ids: tf.Tensor) -> tf.Tensor:
   """[B] id strings -> [B] int64 keys (for accidental hits and frequency estimation)."""
   return tf.strings.to_hash_bucket_fast(ids, KEY_SPACE)
+
+
+def candidate_interaction_counts(dataset: reader.DatasetDir) -> Tuple[np.ndarray, np.ndarray]:
+  """(keys [N] int64 `candidate_key`, train interactions [N] int64) of every candidate."""
+  counts = dataset.candidate_counts()
+  keys = candidate_key(tf.constant(counts["candidate_id"].astype(str).tolist())).numpy()
+  return keys, counts["interactions"].to_numpy(np.int64)
 
 
 class StaticSamplingProbability:

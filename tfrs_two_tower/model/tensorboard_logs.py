@@ -20,11 +20,11 @@ PROJECTOR_DIR = "projector"
 
 
 def write_hparams(writer, options: Mapping[str, Any], metrics: Sequence[str]) -> None:
-  """Declares the hyperparameters (flags) of this run and the metrics to compare."""
+  """Declares the hyperparameters (flags) of this run and the metric tags to compare."""
   values = {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str))}
   with writer.as_default():
     hp.hparams_config(hparams=[hp.HParam(k) for k in sorted(values)],
-                      metrics=[hp.Metric(f"eval/{m}") for m in metrics])
+                      metrics=[hp.Metric(m) for m in metrics])
     hp.hparams(values)
 
 

@@ -109,3 +109,14 @@ def define_world_flags() -> None:
                      upper_bound=1.0)
   flags.DEFINE_integer("seed", defaults.seed, "Random seed: same seed and flags give "
                        "byte-identical outputs.")
+
+
+def define_validation_flags() -> None:
+  """The validation window's flags, shared by every script that writes a dataset."""
+  from absl import flags
+  from tfrs_two_tower.data import writer
+  flags.DEFINE_float("validation_fraction", writer.DEFAULT_VALIDATION_FRACTION,
+                     "Last fraction of the pre-eval interactions (by time) written as the "
+                     "validation split that training selects its model on.")
+  flags.DEFINE_float("validation_days", 0.0, "Instead of --validation_fraction: the last this "
+                     "many days before the split time are validation (0: use the fraction).")

@@ -21,6 +21,7 @@ from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.stages import cli
+from tfrs_two_tower.data import writer as writer_lib
 from tfrs_two_tower.stages.cli import parse_time
 
 
@@ -33,7 +34,9 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
         env_file: Optional[str] = ".env", input_dir: Optional[str] = None,
         interactions_file: Optional[str] = None, query_entities_file: Optional[str] = None,
         candidate_entities_file: Optional[str] = None, combine: Sequence[str] = (),
-        eval_fraction: float = 0.15, split_time: Optional[str] = None, num_partitions: int = 1,
+        eval_fraction: float = 0.15, split_time: Optional[str] = None,
+        validation_fraction: float = writer_lib.DEFAULT_VALIDATION_FRACTION,
+        validation_days: float = 0.0, num_partitions: int = 1,
         partition: int = 0, unknown_actions: str = "fail", missing_entities: str = "fail",
         min_users: int = readiness.DEFAULT_MIN_USERS,
         min_interactions: int = readiness.DEFAULT_MIN_INTERACTIONS, force: bool = False,
@@ -57,6 +60,9 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
     raise UsageError("give either --db_url or file inputs (--input_dir, --*_file), not both")
   if not 0 < eval_fraction < 1:
     raise UsageError(f"--eval_fraction must be in (0, 1), got {eval_fraction}")
+  if validation_days < 0 or (validation_days == 0 and not 0 < validation_fraction < 1):
+    raise UsageError(f"--validation_fraction must be in (0, 1) (got {validation_fraction}) or "
+                     f"--validation_days > 0 (got {validation_days})")
   try:
     part = sources.Partition(num_partitions, partition)
   except sources.PartitionError as e:
@@ -75,7 +81,8 @@ def run(output_dir: str, config_path: Optional[str] = None, db_url: Optional[str
   with source:
     return sources.export(
         source, config, output_dir, split_time=parse_time(split_time, "split_time"),
-        eval_fraction=eval_fraction, partition=part, unknown_actions=unknown_actions,
+        eval_fraction=eval_fraction, validation_fraction=validation_fraction,
+        validation_days=validation_days, partition=part, unknown_actions=unknown_actions,
         missing_entities=missing_entities, min_users=min_users,
         min_interactions=min_interactions, force=force, readiness_path=readiness_path,
         chunk_size=chunk_size, num_train_shards=train_shards, num_eval_shards=eval_shards,

@@ -63,9 +63,13 @@ class PipelineOptions:
   seed: int = 0
   eval_fraction: float = 0.15
   force: bool = False
-  epochs: int = 6
+  # None: train_stage.TrainOptions' default (epochs is a maximum: early stopping on validation)
+  epochs: Optional[int] = None
   batch_size: int = 1024
-  sampling_probability: str = "streaming"
+  sampling_probability: Optional[str] = None
+  no_tune: bool = False
+  tune_budget_minutes: Optional[float] = None
+  fixed: Sequence[str] = ()  # tuned training options the user fixed by a flag
   bootstrap: int = 500
   coreml_precision: str = "float16"
   coreml_compress: str = "none"
@@ -201,12 +205,16 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
                          force=options.force, overwrite=True, log=log)
     record("export")
 
+    given = {k: getattr(options, k) for k in ("epochs", "sampling_probability",
+                                              "tune_budget_minutes")}
     train_options = train_stage.TrainOptions(
-        epochs=options.epochs, batch_size=options.batch_size, seed=options.seed,
-        sampling_probability=options.sampling_probability)
-    if should_run("train", run_dir, dataclasses.asdict(train_options), [dataset_dir]):
+        batch_size=options.batch_size, seed=options.seed, no_tune=options.no_tune,
+        **{k: v for k, v in given.items() if v is not None})
+    if should_run("train", run_dir, {**dataclasses.asdict(train_options),
+                                     "fixed": sorted(options.fixed)}, [dataset_dir]):
       with timed("train"):
-        train_stage.run(dataset_dir, run_dir, train_options, overwrite=True, log=log)
+        train_stage.run(dataset_dir, run_dir, train_options, overwrite=True, log=log,
+                        fixed=options.fixed)
     record("train")
 
     if should_run("evaluate", report_dir, {"bootstrap": options.bootstrap, "seed": options.seed,

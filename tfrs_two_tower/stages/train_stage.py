@@ -11,7 +11,7 @@ import dataclasses
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,11 +28,15 @@ from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import tensorboard_logs
 from tfrs_two_tower.model import towers
+from tfrs_two_tower.model import tuning
 from tfrs_two_tower.model import two_tower
 
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 INCOMPLETE_SUFFIX = ".incomplete"
+TRIALS = "trials"  # the search's trial directories (in the run: logs/trials/, trials.csv)
+# How the streaming estimator starts: from the train counts' gaps, or from zero.
+ESTIMATOR_INITS = ("static", "zero")
 
 
 class TrainError(ValueError):
@@ -55,7 +59,7 @@ class NonFiniteLossError(RuntimeError):
 @dataclasses.dataclass
 class TrainOptions:
   """Every training knob (the flags of `train_model.py` use these defaults)."""
-  epochs: int = 2
+  epochs: int = 10
   steps_per_epoch: int = 0
   batch_size: int = 1024
   learning_rate: float = 0.003
@@ -69,6 +73,7 @@ class TrainOptions:
   estimator_buckets: int = 1 << 16
   estimator_hashes: int = 3
   estimator_alpha: float = 0.01
+  estimator_init: str = "static"
   pass_loss_weight: float = 1.0
   num_hard_negatives: int = 0
   id_dropout: float = 0.1
@@ -77,11 +82,14 @@ class TrainOptions:
   log_every_steps: int = 50
   eval_ks: str = "10,50,100"
   early_stopping_k: int = 50
-  early_stopping_patience: int = 0
+  early_stopping_patience: int = 2
   mixed_precision: bool = False
   jit_compile: bool = False
   strategy: str = "default"
   index: str = "brute_force"
+  no_tune: bool = False
+  tune_budget_minutes: float = 8.0
+  tune_trials: int = tuning.DEFAULT_TRIALS
 
   def check(self) -> None:
     problems = []
@@ -90,6 +98,10 @@ class TrainOptions:
                  "default_embedding_dim"):
       if getattr(self, name) < 1:
         problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+    if self.tune_trials < 1:
+      problems.append(f"--tune_trials must be >= 1, got {self.tune_trials}")
+    if not self.tune_budget_minutes > 0:
+      problems.append(f"--tune_budget_minutes must be > 0, got {self.tune_budget_minutes}")
     if self.steps_per_epoch < 0:
       problems.append(f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
     if self.optimizer not in OPTIMIZERS:
@@ -100,6 +112,9 @@ class TrainOptions:
       problems.append(f"--index must be one of {export.INDEX_TYPES}, got {self.index!r}")
     elif self.index == "scann" and not export.scann_available():
       problems.append("--index=scann needs the scann package (pip install scann)")
+    if self.estimator_init not in ESTIMATOR_INITS:
+      problems.append(f"--estimator_init must be one of {ESTIMATOR_INITS}, "
+                      f"got {self.estimator_init!r}")
     if self.sampling_probability not in two_tower.SAMPLING_MODES:
       problems.append(f"--sampling_probability must be one of {two_tower.SAMPLING_MODES}, "
                       f"got {self.sampling_probability!r}")
@@ -238,8 +253,13 @@ def implicit_feedback_options(dataset: reader.DatasetDir, options: TrainOptions,
 
 
 def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
-        overwrite: bool = False, log: Callable[..., None] = print) -> TrainResult:
-  """Trains the two-tower model and writes the run directory (only the chief writes it)."""
+        overwrite: bool = False, log: Callable[..., None] = print,
+        fixed: Sequence[str] = ()) -> TrainResult:
+  """Trains the two-tower model and writes the run directory (only the chief writes it).
+
+  Unless `options.no_tune`, the tuned options (`tuning.TUNED`) not named in
+  `fixed` (the flags the user gave) are chosen on the validation split first.
+  """
   options = options or TrainOptions()
   options.check()
   run_dir = os.path.abspath(run_dir)
@@ -256,13 +276,12 @@ def run(dataset_dir: str, run_dir: str, options: Optional[TrainOptions] = None,
   if options.mixed_precision:
     tf.keras.mixed_precision.set_global_policy("mixed_float16")
   try:
-    return _train(dataset, run_dir, options, resolved, overwrite, log)
+    return _train(dataset, run_dir, options, resolved, overwrite, log, fixed)
   finally:
     tf.keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
-  tf.keras.utils.set_random_seed(options.seed)
+def _train(dataset, run_dir, options, resolved, overwrite, log, fixed=()) -> TrainResult:
   strategy = make_strategy(options.strategy)
   chief = _is_chief(strategy)
   work = run_dir + INCOMPLETE_SUFFIX
@@ -271,95 +290,211 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
   else:
     _recover_from_interrupted_write(run_dir, work, log)
   _resume_or_start(work, resolved)
-
-  specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
-                                         side) for side in run_lib.SIDES}
-  preprocessing = {side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
-                   for side in run_lib.SIDES}
-  query_features = inputs.EntityFeatures(dataset, "query", preprocessing["query"])
-  candidate_features = inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"])
-  train_index = inputs.InteractionIndex(
-      dataset, "train", query_features, candidate_features,
-      inputs.StaticSamplingProbability(dataset)
-      if options.sampling_probability == "static" else None)
-  with strategy.scope():
-    # Every variable (estimator state, optimizer slots) is created here, in the
-    # strategy's scope, not lazily inside the first distributed step.
-    model = build_model(options, specs)
-    if model.frequency_estimator is not None:
-      model.frequency_estimator.build(None)
-    model.compile(optimizer=make_optimizer(options))
-    model.optimizer.build(model.trainable_variables)
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(work, run_lib.CHECKPOINTS),
-                                       max_to_keep=3)
-  if manager.latest_checkpoint:
-    checkpoint.restore(manager.latest_checkpoint)
-    log("train: resuming from %s" % manager.latest_checkpoint)
-
-  steps_per_epoch = options.steps_per_epoch or max(len(train_index) // options.batch_size, 1)
-  total_steps = options.epochs * steps_per_epoch
-  step_fn = _distributed_step(strategy, model, options.jit_compile)
-  evaluator = epoch_eval.RetrievalEvaluator(dataset, ks=options.ks())
-  query_tower = towers.Tower(preprocessing["query"], model.query_core, name="query_tower")
-  candidate_tower = towers.Tower(preprocessing["candidate"], model.candidate_core,
-                                 name="candidate_tower")
-  writer = tf.summary.create_file_writer(os.path.join(work, run_lib.LOGS, "train"))
-  tensorboard_logs.write_hparams(writer, resolved, ["auc"] + [f"recall@{k}" for k in options.ks()])
-  history: List[Dict[str, float]] = []
-  step = int(model.optimizer.iterations.numpy())
-  started, start_step = time.time(), step
-  for epoch in range(step // steps_per_epoch, options.epochs):
-    skip = step - epoch * steps_per_epoch
-    sums, count = {}, 0
-    for batch in _distributed_epoch(strategy, train_index, options, epoch, skip,
-                                    steps_per_epoch - skip):
-      parts = {k: float(v) for k, v in step_fn(batch).items()}
-      step += 1
-      if not np.isfinite(parts["loss"]):
-        raise NonFiniteLossError(
-            f"loss is {parts['loss']} at step {step}: training stopped; the last good "
-            f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept in {work}. Lower "
-            "--learning_rate or raise --temperature and start again.")
-      for k, v in parts.items():
-        sums[k] = sums.get(k, 0.0) + v
-      count += 1
-      if step % options.log_every_steps == 0:
-        with writer.as_default(step=step):
-          for k, v in sums.items():
-            tf.summary.scalar(f"train/{k}", v / count)
-          tf.summary.scalar("train/learning_rate", _learning_rate(model.optimizer))
-        tensorboard_logs.write_embedding_norms(writer, step, [model.query_core,
-                                                              model.candidate_core])
-        log("train: step %d/%d loss %.4f (softmax %.4f, pairwise %.4f) %.1f steps/s" % (
-            step, total_steps, sums["loss"] / count, sums["softmax_loss"] / count,
-            sums["pairwise_loss"] / count, (step - start_step) / (time.time() - started)))
-        sums, count = {}, 0
-      if step % options.checkpoint_every_steps == 0:
-        _save_checkpoint(manager, model, step, work)
-    _save_checkpoint(manager, model, step, work)
-    result = evaluator(query_tower, candidate_tower)
-    result["epoch"] = epoch + 1
-    history.append(result)
-    with writer.as_default(step=step):
-      for k, v in result.items():
-        if k.startswith(("recall@", "auc")):
-          tf.summary.scalar(f"eval/{k}", v)
-    log("train: epoch %d/%d step %d: eval AUC %.4f, %s" % (
-        epoch + 1, options.epochs, step, result["auc"],
-        ", ".join("recall@%d %.4f" % (k, result[f"recall@{k}"]) for k in options.ks())))
-    if _early_stop(history, options):
-      log("train: early stopping: recall@%d did not improve for %d epochs" % (
-          options.early_stopping_k, options.early_stopping_patience))
-      break
-  writer.flush()
+  try:
+    # The selection metric's K is always computed, whatever --eval_ks lists.
+    evaluator = epoch_eval.ValidationEvaluator(
+        dataset, ks=sorted(set(options.ks()) | {options.early_stopping_k}))
+  except epoch_eval.ValidationDataError as e:
+    raise TrainError(f"--dataset_dir: {e}") from None
+  search = None
+  configs = tuning.sample_configs(dataclasses.asdict(options), fixed, options.tune_trials,
+                                  options.seed)
+  if options.no_tune or len(configs) == 1 or options.strategy != "default":
+    if not options.no_tune:
+      log("train: no tuning (%s)" % ("every tuned value is fixed by a flag" if len(configs) == 1
+                                     else "--strategy=%s trains one model" % options.strategy))
+    training = Training(dataset, options, work, evaluator, strategy, resolved, log)
+    while not training.done:
+      training.run_epoch()
+  else:
+    training, search = _tune(dataset, options, work, evaluator, strategy, resolved, configs,
+                             log)
+  training.restore_best()
   manifest = {}
   if not chief:
     shutil.rmtree(work, ignore_errors=True)
   else:
-    manifest = _write_run(run_dir, work, dataset, options, resolved, query_tower,
-                          candidate_tower, evaluator, history, step, overwrite, log)
-  return TrainResult(manifest, query_tower, candidate_tower)
+    manifest = _write_run(run_dir, work, dataset, training.options, training.resolved,
+                          training, overwrite, log, search)
+  return TrainResult(manifest, training.query_tower, training.candidate_tower)
+
+
+class Training:
+  """One model trained epoch by epoch, selected on the validation split.
+
+  `run_epoch()` trains one epoch, checkpoints, and evaluates on validation
+  (`epoch_eval`); the weights of the best epoch by validation_recall@K
+  (K = --early_stopping_k) are kept in memory, and `restore_best()` puts them
+  back. `done` is set after --epochs, or when the metric has not improved for
+  --early_stopping_patience epochs. Tuning trials and the final run both use it.
+  """
+
+  def __init__(self, dataset, options: TrainOptions, work: str, evaluator, strategy,
+               resolved: Dict[str, Any], log: Callable[..., None],
+               inputs_cache: Optional[Dict[str, Any]] = None):
+    """`inputs_cache`: a dict trials share, so the entity features and the train
+    index (independent of the tuned values) are built once."""
+    tf.keras.utils.set_random_seed(options.seed)
+    self.options, self.work, self.evaluator, self.log = options, work, evaluator, log
+    self.resolved = resolved
+    self.strategy = strategy
+    specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
+                                           side) for side in run_lib.SIDES}
+    cache = {} if inputs_cache is None else inputs_cache
+    if "preprocessing" not in cache:
+      cache["preprocessing"] = {
+          side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
+          for side in run_lib.SIDES}
+      cache["features"] = [inputs.EntityFeatures(dataset, side, cache["preprocessing"][side])
+                           for side in run_lib.SIDES]
+    preprocessing = cache["preprocessing"]
+    static = options.sampling_probability == "static"
+    if ("index", static) not in cache:
+      cache["index", static] = inputs.InteractionIndex(
+          dataset, "train", *cache["features"],
+          inputs.StaticSamplingProbability(dataset) if static else None)
+    self.train_index = cache["index", static]
+    with strategy.scope():
+      # Every variable (estimator state, optimizer slots) is created here, in the
+      # strategy's scope, not lazily inside the first distributed step.
+      model = build_model(options, specs)
+      if model.frequency_estimator is not None:
+        model.frequency_estimator.build(None)
+        if options.estimator_init == "static":
+          model.frequency_estimator.initialize_from_counts(
+              *inputs.candidate_interaction_counts(dataset), options.batch_size)
+      model.compile(optimizer=make_optimizer(options))
+      model.optimizer.build(model.trainable_variables)
+    self.model = model
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    self.manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(work, run_lib.CHECKPOINTS), max_to_keep=3)
+    if self.manager.latest_checkpoint:
+      checkpoint.restore(self.manager.latest_checkpoint)
+      log("train: resuming from %s" % self.manager.latest_checkpoint)
+    self.steps_per_epoch = options.steps_per_epoch or max(
+        len(self.train_index) // options.batch_size, 1)
+    self.total_steps = options.epochs * self.steps_per_epoch
+    self.step_fn = _distributed_step(strategy, model, options.jit_compile)
+    self.query_tower = towers.Tower(preprocessing["query"], model.query_core, name="query_tower")
+    self.candidate_tower = towers.Tower(preprocessing["candidate"], model.candidate_core,
+                                        name="candidate_tower")
+    self.writer = tf.summary.create_file_writer(os.path.join(work, run_lib.LOGS, "train"))
+    self.selection_key = f"{epoch_eval.PREFIX}recall@{options.early_stopping_k}"
+    tensorboard_logs.write_hparams(
+        self.writer, resolved, [_tag(epoch_eval.PREFIX + "auc")]
+        + [_tag(f"{epoch_eval.PREFIX}recall@{k}") for k in options.ks()])
+    self.history: List[Dict[str, float]] = []
+    self.step = int(model.optimizer.iterations.numpy())
+    self.epoch = self.step // self.steps_per_epoch
+    self.best: Optional[Dict[str, float]] = None
+    self._best_weights: Optional[List[np.ndarray]] = None
+    self.done = self.epoch >= options.epochs
+    self.started, self.start_step = time.time(), self.step
+
+  def run_epoch(self) -> Dict[str, float]:
+    """Trains one epoch and evaluates it on validation; returns the epoch's metrics."""
+    options, model, manager = self.options, self.model, self.manager
+    epoch = self.epoch
+    skip = self.step - epoch * self.steps_per_epoch
+    sums, count = {}, 0
+    for batch in _distributed_epoch(self.strategy, self.train_index, options, epoch, skip,
+                                    self.steps_per_epoch - skip):
+      parts = {k: float(v) for k, v in self.step_fn(batch).items()}
+      self.step += 1
+      if not np.isfinite(parts["loss"]):
+        raise NonFiniteLossError(
+            f"loss is {parts['loss']} at step {self.step}: training stopped; the last good "
+            f"checkpoint ({manager.latest_checkpoint or 'none'}) is kept in {self.work}. Lower "
+            "--learning_rate or raise --temperature and start again.")
+      for k, v in parts.items():
+        sums[k] = sums.get(k, 0.0) + v
+      count += 1
+      if self.step % options.log_every_steps == 0:
+        with self.writer.as_default(step=self.step):
+          for k, v in sums.items():
+            tf.summary.scalar(f"train/{k}", v / count)
+          tf.summary.scalar("train/learning_rate", _learning_rate(model.optimizer))
+        tensorboard_logs.write_embedding_norms(self.writer, self.step, [model.query_core,
+                                                                        model.candidate_core])
+        self.log("train: step %d/%d loss %.4f (softmax %.4f, pairwise %.4f) %.1f steps/s" % (
+            self.step, self.total_steps, sums["loss"] / count, sums["softmax_loss"] / count,
+            sums["pairwise_loss"] / count,
+            (self.step - self.start_step) / (time.time() - self.started)))
+        sums, count = {}, 0
+      if self.step % options.checkpoint_every_steps == 0:
+        _save_checkpoint(manager, model, self.step, self.work)
+    _save_checkpoint(manager, model, self.step, self.work)
+    result = self.evaluator(self.query_tower, self.candidate_tower)
+    self.epoch += 1
+    result["epoch"] = self.epoch
+    self.history.append(result)
+    with self.writer.as_default(step=self.step):
+      for k, v in result.items():
+        if k.startswith(epoch_eval.PREFIX) and isinstance(v, float):
+          tf.summary.scalar(_tag(k), v)
+    self.log("train: epoch %d/%d step %d: validation AUC %.4f, %s" % (
+        self.epoch, options.epochs, self.step, result[epoch_eval.PREFIX + "auc"],
+        ", ".join("recall@%d %.4f" % (k, result[f"{epoch_eval.PREFIX}recall@{k}"])
+                  for k in options.ks())))
+    if self.best is None or result[self.selection_key] > self.best[self.selection_key]:
+      self.best = result
+      self._best_weights = [v.numpy() for v in model.variables]
+    if self.epoch >= options.epochs:
+      self.done = True
+    elif _early_stop(self.history, options, self.selection_key):
+      self.log("train: early stopping: %s did not improve for %d epochs" % (
+          self.selection_key, options.early_stopping_patience))
+      self.done = True
+    return result
+
+  def restore_best(self) -> None:
+    """Puts back the weights of the best validation epoch (a no-op if it was the last)."""
+    if self._best_weights is not None and self.best is not self.history[-1]:
+      for variable, value in zip(self.model.variables, self._best_weights):
+        variable.assign(value)
+      self.log("train: restored epoch %d, the best by %s (%.4f)" % (
+          self.best["epoch"], self.selection_key, self.best[self.selection_key]))
+    self.writer.flush()
+
+
+def _tune(dataset, options: TrainOptions, work: str, evaluator, strategy,
+          resolved: Dict[str, Any], configs: List[Dict[str, Any]], log):
+  """Successive halving over `configs` (see `model/tuning.py`); returns (winner, result)."""
+  trials_dir = os.path.join(work, TRIALS)
+  if os.path.exists(trials_dir):  # the search itself is not resumable: start it again
+    log("train: an interrupted search in %s is started again" % trials_dir)
+    shutil.rmtree(trials_dir)
+  log("train: tuning %s on the validation split: %d trials, budget %g min (--no_tune or "
+      "explicit flags fix values)" % (", ".join(tuning.TUNED), len(configs),
+                                      options.tune_budget_minutes))
+
+  def quiet(message: str) -> None:  # per-step lines of every trial would drown the search
+    if not message.startswith("train: step"):
+      log(message)
+
+  cache: Dict[str, Any] = {}
+
+  def start(i: int, config: Dict[str, Any]) -> Training:
+    return Training(dataset, dataclasses.replace(options, **config),
+                    os.path.join(trials_dir, f"trial_{i:02d}"), evaluator, strategy,
+                    {**resolved, **config}, quiet, inputs_cache=cache)
+  key = f"{epoch_eval.PREFIX}recall@{options.early_stopping_k}"
+  try:
+    result = tuning.successive_halving(configs, start, key, options.tune_budget_minutes * 60,
+                                       log=log)
+  except tuning.TuningError as e:
+    raise TrainError(str(e)) from None
+  log("train: tuning chose %s (trial %d of %d, %s %.4f) in %.0f s" % (
+      ", ".join(f"{k}={v}" for k, v in configs[result.winner_index].items()),
+      result.winner_index, len(configs), key, result.records[result.winner_index].score,
+      result.seconds))
+  return result.winner, result
+
+
+def _tag(key: str) -> str:
+  """TensorBoard tag of a metric key: validation_recall@50 -> validation/recall@50."""
+  return key.replace(epoch_eval.PREFIX, epoch_eval.PREFIX[:-1] + "/", 1)
 
 
 def _save_checkpoint(manager, model, step: int, work: str) -> None:
@@ -378,9 +513,8 @@ def _learning_rate(optimizer) -> float:
   return float(tf.convert_to_tensor(value))  # also a (mirrored) variable
 
 
-def _early_stop(history: List[Dict[str, float]], options: TrainOptions) -> bool:
+def _early_stop(history: List[Dict[str, float]], options: TrainOptions, key: str) -> bool:
   patience = options.early_stopping_patience
-  key = f"recall@{options.early_stopping_k}"
   if not patience or len(history) <= patience or key not in history[0]:
     return False
   best_before = max(h[key] for h in history[:-patience])
@@ -416,10 +550,13 @@ def _distributed_step(strategy, model, jit_compile: bool):
   return distributed
 
 
-def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate_tower,
-               evaluator, history, step, overwrite, log) -> Dict[str, Any]:
+def _write_run(run_dir, work, dataset, options, resolved, training, overwrite,
+               log, search=None) -> Dict[str, Any]:
+  query_tower, candidate_tower, evaluator = (training.query_tower, training.candidate_tower,
+                                             training.evaluator)
   ids, embeddings = evaluator.candidate_embeddings(candidate_tower)
-  final = history[-1] if history else evaluator(query_tower, candidate_tower, embeddings)
+  final = training.best or evaluator(query_tower, candidate_tower, embeddings)
+  history, step = training.history, training.step
   with files.atomic_directory(run_dir, overwrite=overwrite) as out:
     for side, tower in (("query", query_tower), ("candidate", candidate_tower)):
       export.save_tower(os.path.join(out, run_lib.model_dir(side)), tower)
@@ -442,23 +579,47 @@ def _write_run(run_dir, work, dataset, options, resolved, query_tower, candidate
         "embedding_dim": options.embedding_dim, "temperature": options.temperature,
         "sampling_probability": options.sampling_probability, "global_step": step,
         "index": {"type": index_type, "candidates": int(len(ids))},
-        "metrics": {"final": final, "history": history},
+        # "final": the validation metrics of the written (best) epoch.
+        "metrics": {"final": final, "selected_epoch": final.get("epoch"),
+                    "history": history},
         "created_by": {"package": "tfrs_two_tower", "version": tfrs_two_tower.__version__,
                        "tensorflow": tf.__version__},
     }
     manifest["files"] = run_lib.artifact_checksums(out)
-    tensorboard_logs.write_projector(os.path.join(work, run_lib.LOGS), ids, embeddings,
+    tensorboard_logs.write_projector(os.path.join(training.work, run_lib.LOGS), ids, embeddings,
                                      _projector_metadata(dataset, evaluator))
     for name in (run_lib.CHECKPOINTS, run_lib.LOGS):  # copies: `work` stays resumable until
-      if os.path.exists(os.path.join(work, name)):    # the run directory is in place
-        shutil.copytree(os.path.join(work, name), os.path.join(out, name),
+      if os.path.exists(os.path.join(training.work, name)):  # the run directory is in place
+        shutil.copytree(os.path.join(training.work, name), os.path.join(out, name),
                         copy_function=files.link_or_copy)
+    if search is not None:
+      manifest["tuning"] = _write_trials(out, os.path.join(work, TRIALS), search,
+                                         training.selection_key)
     files.write_json(os.path.join(out, run_lib.MANIFEST), manifest)
   shutil.rmtree(work, ignore_errors=True)
-  log("train: run written to %s (step %d, eval AUC %.4f)" % (run_dir, step, final["auc"]))
+  log("train: run written to %s (step %d, epoch %s, validation AUC %.4f, %s %.4f)" % (
+      run_dir, step, final.get("epoch"), final[epoch_eval.PREFIX + "auc"],
+      training.selection_key, final[training.selection_key]))
   return manifest
 
 
+
+
+def _write_trials(out: str, trials_dir: str, search, key: str) -> Dict[str, Any]:
+  """trials.csv / trials.json in the run, every trial's TensorBoard logs (HParams) under
+  logs/trials/; returns the manifest's `tuning` section."""
+  import pandas as pd
+  rows = [r.row(key) for r in search.records]
+  pd.DataFrame(rows).to_csv(os.path.join(out, TRIALS + ".csv"), index=False)
+  files.write_json(os.path.join(out, TRIALS + ".json"), rows)
+  for name in sorted(os.listdir(trials_dir)) if os.path.isdir(trials_dir) else []:
+    logs = os.path.join(trials_dir, name, run_lib.LOGS)
+    if os.path.isdir(logs):
+      shutil.move(logs, os.path.join(out, run_lib.LOGS, TRIALS, name))
+  return {"method": "successive halving", "trials": len(rows), "winner": search.winner_index,
+          "chosen": dict(search.records[search.winner_index].params),
+          "seconds": round(search.seconds, 1), "budget_reached": search.budget_reached,
+          "selection_metric": key}
 
 
 def _projector_metadata(dataset, evaluator) -> Dict[str, np.ndarray]:
