@@ -24,6 +24,7 @@ from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import export
 from tfrs_two_tower.model import frequency
 from tfrs_two_tower.model import inputs
+from tfrs_two_tower.model import optimizers
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import tensorboard_logs
@@ -60,6 +61,7 @@ class TrainOptions:
   batch_size: int = 1024
   learning_rate: float = 0.003
   optimizer: str = "adam"
+  sparse_embedding_updates: bool = True
   embedding_dim: int = 32
   layer_sizes: str = "128"
   default_embedding_dim: int = towers.DEFAULT_EMBEDDING_DIM
@@ -158,12 +160,20 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def make_optimizer(options: TrainOptions) -> tf.keras.optimizers.Optimizer:
+  """`--optimizer`; with sparse_embedding_updates, embedding rows move only when touched.
+
+  The lazy variants (`optimizers.py`) apply the same rule as the stock ones to
+  dense gradients and restrict it to the looked-up rows for embedding tables,
+  so a step costs O(batch) instead of O(vocabulary). Adagrad is row-wise in
+  tf-keras already.
+  """
   lr = options.learning_rate
+  lazy = options.sparse_embedding_updates
   if options.optimizer == "adam":
-    return tf.keras.optimizers.Adam(lr)
+    return optimizers.LazyAdam(lr) if lazy else tf.keras.optimizers.Adam(lr)
   if options.optimizer == "adagrad":
     return tf.keras.optimizers.Adagrad(lr)
-  return tf.keras.optimizers.SGD(lr, momentum=0.9)
+  return (optimizers.LazySGD if lazy else tf.keras.optimizers.SGD)(lr, momentum=0.9)
 
 
 def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoTowerModel:
