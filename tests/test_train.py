@@ -9,6 +9,7 @@ import pytest
 
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.stages import train_stage
 
 FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
@@ -29,6 +30,7 @@ import numpy as np
 import tfrs_two_tower
 import tensorflow as tf
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.data import reader
 path, dataset_dir, out = sys.argv[1:4]
 run = run_lib.open_run(path)
@@ -163,3 +165,28 @@ def test_scann_index_agrees_with_brute_force(trained, tmp_path):
   row = {c: i for i, c in enumerate(ids)}
   expected = np.take_along_axis(scores, np.vectorize(row.get)(got_ids), axis=1)
   np.testing.assert_allclose(got["scores"].numpy(), expected, atol=1e-4)
+
+
+def test_tables_too_large_for_memory_are_refused_before_training(tiny_dataset_dir, tmp_path):
+  # The tiny world's tables need ~0.5 MB; a 100 kB budget refuses the run before
+  # anything is written.
+  path = str(tmp_path / "run")
+  options = train_stage.TrainOptions(**{**FAST, "table_memory_budget": 100_000})
+  with pytest.raises(train_stage.TrainError) as error:
+    train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
+  message = str(error.value)
+  for needed in ("GB in training", "query_id", "min_count", "num_oov_buckets", "embedding_dim",
+                 "--table_memory_budget", tiny_dataset_dir):
+    assert needed in message, message
+  assert not os.path.exists(path) and not os.path.exists(path + train_stage.INCOMPLETE_SUFFIX)
+
+
+def test_table_memory_counts_weights_slots_and_dense_temporaries():
+  tables = [("query_id", 1_000_002, 32), ("candidate_id", 1_000_002, 32)]
+  weights = 4 * 2 * 1_000_002 * 32
+  assert table_memory.training_bytes(tables, "adam", sparse_updates=True) == 3 * weights
+  assert table_memory.training_bytes(tables, "adagrad", sparse_updates=True) == 2 * weights
+  assert table_memory.training_bytes(tables, "adam", sparse_updates=False) == 5 * weights
+  assert table_memory.check_fits(tables, "adam", True, budget_bytes=10 ** 9) == 3 * weights
+  with pytest.raises(table_memory.TablesTooLargeError, match=r"0\.77 GB.*query_id: 1,000,002"):
+    table_memory.check_fits(tables, "adam", True, budget_bytes=5 * 10 ** 8)

@@ -27,6 +27,7 @@ from tfrs_two_tower.model import inputs
 from tfrs_two_tower.model import optimizers
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.model import tensorboard_logs
 from tfrs_two_tower.model import towers
 from tfrs_two_tower.model import two_tower
@@ -62,6 +63,7 @@ class TrainOptions:
   learning_rate: float = 0.003
   optimizer: str = "adam"
   sparse_embedding_updates: bool = True
+  table_memory_budget: int = 0
   embedding_dim: int = 32
   layer_sizes: str = "128"
   default_embedding_dim: int = towers.DEFAULT_EMBEDDING_DIM
@@ -91,6 +93,8 @@ class TrainOptions:
                  "default_embedding_dim"):
       if getattr(self, name) < 1:
         problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+    if self.table_memory_budget < 0:
+      problems.append(f"--table_memory_budget must be >= 0, got {self.table_memory_budget}")
     if self.steps_per_epoch < 0:
       problems.append(f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
     if self.optimizer not in OPTIMIZERS:
@@ -257,10 +261,18 @@ def _train(dataset, run_dir, options, resolved, overwrite, log) -> TrainResult:
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
   else:
     _recover_from_interrupted_write(run_dir, work, log)
-  _resume_or_start(work, resolved)
-
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
                                          side) for side in run_lib.SIDES}
+  try:  # Before anything is written or allocated.
+    table_bytes = table_memory.check_fits(
+        [t for side in run_lib.SIDES
+         for t in table_memory.tables(specs[side], options.default_embedding_dim)],
+        options.optimizer, options.sparse_embedding_updates, options.table_memory_budget or None)
+  except table_memory.TablesTooLargeError as e:
+    raise TrainError(f"--dataset_dir {dataset.path}: {e}") from None
+  log("train: embedding tables need %.2f GB in training" % (table_bytes / 1e9))
+  _resume_or_start(work, resolved)
+
   preprocessing = {side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
                    for side in run_lib.SIDES}
   query_features = inputs.EntityFeatures(dataset, "query", preprocessing["query"])
