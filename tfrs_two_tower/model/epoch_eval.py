@@ -34,10 +34,12 @@ class RetrievalEvaluator:
 
   def __init__(self, dataset: reader.DatasetDir, ks: Sequence[int] = (10, 50, 100),
                split: str = "eval", batch_size: int = 4096,
-               max_recall_likes: int = MAX_RECALL_LIKES):
+               max_recall_likes: int = MAX_RECALL_LIKES,
+               score_block_bytes: int = SCORE_BLOCK_BYTES):
     self.ks = tuple(sorted(int(k) for k in ks))
     self.batch_size = batch_size
     self.max_recall_likes = max_recall_likes
+    self.score_block_bytes = score_block_bytes
     self._calls = {}
     self.corpus = reader.read_entities(dataset, "candidate")
     self.swipes = reader.read_interactions(dataset, split)
@@ -83,7 +85,7 @@ class RetrievalEvaluator:
     ranks = np.empty(len(likes), np.int64)
     corpus = tf.constant(candidate_embeddings)
     block = int(max(1, min(self.batch_size,
-                           SCORE_BLOCK_BYTES // (4 * max(len(candidate_embeddings), 1)))))
+                           self.score_block_bytes // (4 * max(len(candidate_embeddings), 1)))))
     for start in range(0, len(likes), block):
       part = likes[start:start + block]
       scores = tf.matmul(tf.constant(q[part]), corpus, transpose_b=True).numpy()
