@@ -194,6 +194,7 @@ def test_table_memory_counts_weights_slots_and_dense_temporaries():
     table_memory.check_fits(tables, "adam", True, budget_bytes=5 * 10 ** 8)
 
 
+@pytest.mark.slow
 def test_epoch_eval_blocks_and_like_sample(trained, tiny_dataset_dir):
   # Score blocks of one row give the same metrics as one big block; a like
   # sample gives recall on that many likes, close to the full figure.
