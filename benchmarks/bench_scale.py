@@ -255,6 +255,7 @@ def _run_stage(size: int, stage: str) -> dict:
         break
       time.sleep(0.5)
   record = {"stage": stage, "size": size, "wall_s": time.perf_counter() - started,
+            "cpu_s": usage.ru_utime + usage.ru_stime,  # comparable on a shared box
             "peak_rss_bytes": usage.ru_maxrss * 1024, "exit": os.waitstatus_to_exitcode(status)}
   if record["exit"] == 0 and os.path.exists(out_path):
     with open(out_path) as f:
