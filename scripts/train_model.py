@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from tfrs_two_tower.model import tuning
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.stages import cli
 from tfrs_two_tower.stages import train_stage
 
@@ -38,6 +39,14 @@ flags.DEFINE_integer("batch_size", D.batch_size, "Global batch size (in-batch ne
                      "batches give more negatives per like).")
 flags.DEFINE_float("learning_rate", D.learning_rate, "Learning rate.")
 flags.DEFINE_enum("optimizer", D.optimizer, train_stage.OPTIMIZERS, "Optimizer.")
+flags.DEFINE_boolean("sparse_embedding_updates", D.sparse_embedding_updates, "Embedding rows "
+                     "(and their Adam/momentum slots) move only when a batch looks them up, so "
+                     "a step costs the same at 5k and 1M users; --nosparse_embedding_updates: "
+                     "the stock dense update of the whole table every step.")
+flags.DEFINE_integer("table_memory_budget", D.table_memory_budget, "Bytes the embedding tables "
+                     "(weights + optimizer slots) may take in training; a larger vocabulary is "
+                     "refused before training starts. 0: %d%% of the memory available."
+                     % (100 * table_memory.BUDGET_FRACTION), lower_bound=0)
 flags.DEFINE_integer("embedding_dim", D.embedding_dim, "Size of the L2-normalised tower output.")
 flags.DEFINE_string("layer_sizes", D.layer_sizes, "Comma-separated hidden ReLU layer sizes of "
                     "each tower, before the projection to --embedding_dim (at least one).")

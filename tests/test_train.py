@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.stages import train_stage
 
 FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
@@ -28,7 +30,9 @@ import json, sys
 import numpy as np
 import tfrs_two_tower
 import tensorflow as tf
+from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.data import reader
 path, dataset_dir, out = sys.argv[1:4]
 run = run_lib.open_run(path)
@@ -206,7 +210,6 @@ def test_best_validation_epoch_is_restored(tiny_dataset_dir, tmp_path):
   best = max(metrics["history"], key=lambda h: h[key])
   assert metrics["selected_epoch"] == best["epoch"] and metrics["final"] == best
   # The written embeddings are the selected epoch's: re-evaluating them gives its metrics.
-  from tfrs_two_tower.model import epoch_eval
   evaluator = epoch_eval.ValidationEvaluator(reader.open_dataset(tiny_dataset_dir))
   again = evaluator(result.query_tower, result.candidate_tower)
   assert again[key] == pytest.approx(best[key], abs=1e-6)
@@ -223,3 +226,40 @@ def test_collapsed_model_is_refused_with_exit_3(tiny_dataset_dir, tmp_path):
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert "the model has collapsed" in proc.stderr and "--learning_rate" in proc.stderr
   assert not os.path.exists(run)
+
+
+def test_tables_too_large_for_memory_are_refused_before_training(tiny_dataset_dir, tmp_path):
+  # The tiny world's tables need ~0.5 MB; a 100 kB budget refuses the run before
+  # anything is written.
+  path = str(tmp_path / "run")
+  options = train_stage.TrainOptions(**{**FAST, "table_memory_budget": 100_000})
+  with pytest.raises(train_stage.TrainError) as error:
+    train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
+  message = str(error.value)
+  for needed in ("GB in training", "query_id", "min_count", "num_oov_buckets", "embedding_dim",
+                 "--table_memory_budget", tiny_dataset_dir):
+    assert needed in message, message
+  assert not os.path.exists(path) and not os.path.exists(path + train_stage.INCOMPLETE_SUFFIX)
+
+
+def test_table_memory_counts_weights_slots_and_dense_temporaries():
+  tables = [("query_id", 1_000_002, 32), ("candidate_id", 1_000_002, 32)]
+  weights = 4 * 2 * 1_000_002 * 32
+  assert table_memory.training_bytes(tables, "adam", sparse_updates=True) == 3 * weights
+  assert table_memory.training_bytes(tables, "adagrad", sparse_updates=True) == 2 * weights
+  assert table_memory.training_bytes(tables, "adam", sparse_updates=False) == 5 * weights
+  assert table_memory.check_fits(tables, "adam", True, budget_bytes=10 ** 9) == 3 * weights
+  with pytest.raises(table_memory.TablesTooLargeError, match=r"0\.77 GB.*query_id: 1,000,002"):
+    table_memory.check_fits(tables, "adam", True, budget_bytes=5 * 10 ** 8)
+
+
+@pytest.mark.slow
+def test_epoch_eval_score_blocks_give_the_same_metrics(trained, tiny_dataset_dir):
+  # Score blocks of one row (what a 1M-candidate corpus gets) give the same metrics as
+  # the default block size.
+  _, result = trained
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  towers_ = (result.query_tower, result.candidate_tower)
+  full = epoch_eval.ValidationEvaluator(dataset, ks=(50,))(*towers_)
+  one_row = epoch_eval.ValidationEvaluator(dataset, ks=(50,), score_block_bytes=1)(*towers_)
+  assert one_row == full

@@ -13,6 +13,10 @@ the report measures:
 A collapsed model -- every evaluated user's scores equal over the corpus (e.g.
 all embeddings zero after a diverging learning rate) -- raises
 `CollapsedModelError` instead of reporting a meaningless recall.
+
+Cost at scale: ranking U users against N candidates takes U x N x d
+multiply-adds in [block, N] float32 score blocks; the block is sized to stay under
+`SCORE_BLOCK_BYTES` (at 1M candidates ~64 rows, not 1024 rows = 4 GB).
 """
 
 from typing import Dict, Sequence, Tuple
@@ -29,6 +33,7 @@ SPLIT = "validation"
 PREFIX = "validation_"
 # Scores closer than this over a whole list are ties (float32 dot products of unit vectors).
 COLLAPSE_TOLERANCE = 1e-6
+SCORE_BLOCK_BYTES = 256 << 20
 
 
 class ValidationDataError(ValueError):
@@ -44,9 +49,10 @@ class ValidationEvaluator:
   """Holds the validation swipes, the train exclusions and the corpus; call with the towers."""
 
   def __init__(self, dataset: reader.DatasetDir, ks: Sequence[int] = (10, 50, 100),
-               batch_size: int = 1024):
+               batch_size: int = 1024, score_block_bytes: int = SCORE_BLOCK_BYTES):
     self.ks = tuple(sorted(int(k) for k in ks))
     self.batch_size = batch_size
+    self.score_block_bytes = score_block_bytes
     self._calls = {}
     self.corpus = reader.read_entities(dataset, "candidate")
     self.candidate_ids = self.corpus["candidate_id"].astype(str)
@@ -111,8 +117,10 @@ class ValidationEvaluator:
     corpus = tf.constant(candidate_embeddings)
     ranks = np.empty(self.relevant_user.size, np.int64)
     spread = 0.0
-    for start in range(0, len(q), self.batch_size):
-      stop = min(start + self.batch_size, len(q))
+    block = int(max(1, min(self.batch_size,
+                           self.score_block_bytes // (4 * max(len(candidate_embeddings), 1)))))
+    for start in range(0, len(q), block):
+      stop = min(start + block, len(q))
       scores = tf.matmul(tf.constant(q[start:stop]), corpus, transpose_b=True).numpy()
       ex = slice(*np.searchsorted(self.excluded_user, [start, stop]))
       scores[self.excluded_user[ex] - start, self.excluded_column[ex]] = -np.inf

@@ -24,8 +24,10 @@ from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import export
 from tfrs_two_tower.model import frequency
 from tfrs_two_tower.model import inputs
+from tfrs_two_tower.model import optimizers
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.model import tensorboard_logs
 from tfrs_two_tower.model import towers
 from tfrs_two_tower.model import tuning
@@ -64,6 +66,8 @@ class TrainOptions:
   batch_size: int = 1024
   learning_rate: float = 0.003
   optimizer: str = "adam"
+  sparse_embedding_updates: bool = True
+  table_memory_budget: int = 0
   embedding_dim: int = 32
   layer_sizes: str = "128"
   default_embedding_dim: int = towers.DEFAULT_EMBEDDING_DIM
@@ -102,6 +106,8 @@ class TrainOptions:
       problems.append(f"--tune_trials must be >= 1, got {self.tune_trials}")
     if not self.tune_budget_minutes > 0:
       problems.append(f"--tune_budget_minutes must be > 0, got {self.tune_budget_minutes}")
+    if self.table_memory_budget < 0:
+      problems.append(f"--table_memory_budget must be >= 0, got {self.table_memory_budget}")
     if self.steps_per_epoch < 0:
       problems.append(f"--steps_per_epoch must be >= 0, got {self.steps_per_epoch}")
     if self.optimizer not in OPTIMIZERS:
@@ -176,12 +182,20 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def make_optimizer(options: TrainOptions) -> tf.keras.optimizers.Optimizer:
+  """`--optimizer`; with sparse_embedding_updates, embedding rows move only when touched.
+
+  The lazy variants (`optimizers.py`) apply the same rule as the stock ones to
+  dense gradients and restrict it to the looked-up rows for embedding tables,
+  so a step costs O(batch) instead of O(vocabulary). Adagrad is row-wise in
+  tf-keras already.
+  """
   lr = options.learning_rate
+  lazy = options.sparse_embedding_updates
   if options.optimizer == "adam":
-    return tf.keras.optimizers.Adam(lr)
+    return optimizers.LazyAdam(lr) if lazy else tf.keras.optimizers.Adam(lr)
   if options.optimizer == "adagrad":
     return tf.keras.optimizers.Adagrad(lr)
-  return tf.keras.optimizers.SGD(lr, momentum=0.9)
+  return (optimizers.LazySGD if lazy else tf.keras.optimizers.SGD)(lr, momentum=0.9)
 
 
 def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoTowerModel:
@@ -289,6 +303,16 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed=()) -> Tra
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
   else:
     _recover_from_interrupted_write(run_dir, work, log)
+  specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
+                                         side) for side in run_lib.SIDES}
+  try:  # Before anything is written or allocated.
+    table_bytes = table_memory.check_fits(
+        [t for side in run_lib.SIDES
+         for t in table_memory.tables(specs[side], options.default_embedding_dim)],
+        options.optimizer, options.sparse_embedding_updates, options.table_memory_budget or None)
+  except table_memory.TablesTooLargeError as e:
+    raise TrainError(f"--dataset_dir {dataset.path}: {e}") from None
+  log("train: embedding tables need %.2f GB in training" % (table_bytes / 1e9))
   _resume_or_start(work, resolved)
   try:
     # The selection metric's K is always computed, whatever --eval_ks lists.
