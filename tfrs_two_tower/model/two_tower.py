@@ -122,7 +122,10 @@ class TwoTowerModel(tfrs.Model):
   def loss_parts(self, batch: Dict[str, tf.Tensor], training: bool = False
                  ) -> Dict[str, tf.Tensor]:
     if training and self.id_dropout is not None:
-      batch = self.id_dropout(batch, self.optimizer.iterations, training=True)
+      # The optimizer's step seeds the draw (a resumed run replays it); a model stepped
+      # by hand, without compile(), draws as at step 0.
+      step = self.optimizer.iterations if self.optimizer is not None else 0
+      batch = self.id_dropout(batch, step, training=True)
     q, c = self.embed(batch, training=training)
     label = tf.cast(batch["label"], tf.float32)
     weight = tf.cast(batch["weight"], tf.float32)
