@@ -23,6 +23,7 @@ import numpy as np
 from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.data import dataset_format as fmt
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.evaluation import retrieval
@@ -110,6 +111,11 @@ def prepare(dataset: reader.DatasetDir,
     raise reader.DatasetFormatError(f"{dataset.path}: interactions name entities missing from "
                                     "the entity tables")
   t_label, e_label = train["label"].astype(np.int64), held["label"].astype(np.int64)
+  history = dataset.config.history
+  if history:  # the query tower's history at ranking time: every swipe up to the split
+    query_entities.update(history_lib.histories_at(history, train, query_ids))
+    if dataset.config.same_entity_both_sides:  # candidates embedded as queries (two-way)
+      candidate_entities.update(history_lib.histories_at(history, train, candidate_ids))
 
   users, e_user = np.unique(e_q, return_inverse=True)  # evaluated users, sorted by query row
   user_of_row = np.full(query_ids.size, -1, np.int64)
