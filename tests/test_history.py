@@ -99,3 +99,64 @@ def test_preprocessing_lists_the_history_with_the_candidate_vocabulary(tmp_path)
   assert entry["vocabulary"] == spec["candidate_id"]["vocabulary"]
   assert (entry["type"], entry["max_length"], entry["vocab_size"]) == ("history", 4, 1)
   assert "query_history_liked" not in spec
+
+
+HISTORY_SPECS = [
+    {"key": "query_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 2,
+     "tokens": ["u1", "u2"], "embedding_dim": 4},
+    {"key": "query_history_liked", "type": "history", "num_oov_buckets": 1, "vocab_size": 3,
+     "tokens": ["c1", "c2", "c3"], "max_length": 3, "embedding_dim": 4},
+]
+
+
+def test_history_inputs_index_the_candidate_vocabulary_and_are_masked():
+  import tensorflow as tf
+  from tfrs_two_tower.model import preprocessing as prep
+  from tfrs_two_tower.model import towers
+  layer = prep.FeaturePreprocessing(HISTORY_SPECS)
+  raw = {"query_id": tf.constant(["u1", "u1", "u1"]),
+         "query_history_liked": tf.constant([["c3", "new", "c1", "c2"], ["c1", "", "", ""],
+                                             ["", "", "", ""]])}
+  out = layer(raw)
+  # Truncated to N = 3 (the most recent first), unknown ids -> OOV 1, "" -> 0 (masked).
+  assert out["query_history_liked"].numpy().tolist() == [[4, 1, 2], [2, 0, 0], [0, 0, 0]]
+  assert set(layer(raw, history=False)) == {"query_id"}
+  assert set(layer.history_inputs({"query_history_liked": raw["query_history_liked"]})) == {
+      "query_history_liked"}
+  core = towers.build_core(HISTORY_SPECS, [8], 6, name="core")
+  embedded = core(out).numpy()
+  assert not np.allclose(embedded[1], embedded[2])  # the history moves the query
+  padded = dict(out, query_history_liked=tf.constant([[2, 0, 0]] * 3))
+  np.testing.assert_allclose(core(padded).numpy()[1], embedded[1], atol=1e-6)
+  shared = tf.keras.layers.Embedding(5, 4, name="candidate_id_embedding")
+  core = towers.build_core(HISTORY_SPECS, [8], 6, name="core",
+                           shared_embeddings={"query_history_liked": shared})
+  core(out)
+  assert shared in core.layers
+
+
+@pytest.mark.slow
+def test_history_trains_and_serves_through_the_savedmodels(tmp_path, tiny_world):
+  import tensorflow as tf
+  from tfrs_two_tower.data import synthetic
+  from tfrs_two_tower.model import run_dir as run_lib
+  from tfrs_two_tower.stages import train_stage
+  config = history_config(max_length=5)
+  ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
+  synthetic.write_world_dataset(tiny_world, config, ds, num_train_shards=2, num_eval_shards=1)
+  train_stage.run(ds, run_path, train_stage.TrainOptions(
+      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes="16", embedding_dim=8),
+      log=lambda *a: None)
+  run = run_lib.open_run(run_path)
+  raw_specs = run.model("query").signatures["serving_default"].structured_input_signature[1]
+  assert raw_specs["query_history_liked"].shape.as_list() == [None, None]
+  core_specs = run.core("query").signatures["serving_default"].structured_input_signature[1]
+  assert core_specs["query_history_passed"].shape.as_list() == [None, 5]
+  assert core_specs["query_history_passed"].dtype == tf.int32
+  evals = reader.read_interactions(reader.open_dataset(ds), "eval")
+  rows = np.flatnonzero([len([v for v in h if v]) >= 2 for h in evals["query_history_liked"]])
+  features = {k: v[rows[:8]] for k, v in evals.items() if k.startswith("query_")}
+  with_history = run.embed("query", features)
+  empty = dict(features, query_history_liked=[[]] * len(rows[:8]),
+               query_history_passed=[[]] * len(rows[:8]))
+  assert not np.allclose(with_history, run.embed("query", empty), atol=1e-4)
