@@ -160,3 +160,23 @@ def test_history_trains_and_serves_through_the_savedmodels(tmp_path, tiny_world)
   empty = dict(features, query_history_liked=[[]] * len(rows[:8]),
                query_history_passed=[[]] * len(rows[:8]))
   assert not np.allclose(with_history, run.embed("query", empty), atol=1e-4)
+
+
+def test_features_json_builds_history_inputs_like_the_savedmodel():
+  import tensorflow as tf
+  from tfrs_two_tower.coreml import features_json
+  from tfrs_two_tower.model import preprocessing as prep
+  specs = [dict(s, name=s["key"].rsplit("_", 1)[-1]) for s in HISTORY_SPECS]
+  tower = features_json.build({"query": specs}, run_id="r", config_hash="h", embedding_dim=6,
+                              temperature=0.05)["towers"]["query"]
+  history = next(f for f in tower["features"] if f["type"] == "history")
+  assert (history["list"], history["label"], history["max_length"]) == ("liked", 1, 3)
+  assert {"name": "query_history_liked", "dtype": "int32", "shape": [-1, 3],
+          "feature": "query_history_liked", "role": "index"} in tower["inputs"]
+  raw = {"query_id": ["u2", "x"], "query_history_liked": [["c3", "new", "c1", "c2"], []]}
+  got = features_json.preprocess_with_features_json(tower, raw)
+  want = prep.FeaturePreprocessing(specs)({
+      "query_id": tf.constant(raw["query_id"]),
+      "query_history_liked": tf.constant([["c3", "new", "c1", "c2"], ["", "", "", ""]])})
+  for key in ("query_id", "query_history_liked"):
+    np.testing.assert_array_equal(got[key], want[key].numpy())

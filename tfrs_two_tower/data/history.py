@@ -26,7 +26,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.data import example_codec
+from tfrs_two_tower.data import reader
 
 NO_ITEM = -1
 
@@ -168,3 +170,19 @@ def histories_at(history: config_lib.History, interactions: Mapping[str, np.ndar
   at = (int(times.max()) + 1 if times.size else 0) if time is None else int(time)
   wanted = user_rows[query.size:]
   return history_ids(history, logs, items, wanted, np.full(wanted.size, at, np.int64))
+
+
+def split_histories(dataset: reader.DatasetDir, user_ids: Sequence[str]
+                    ) -> Dict[str, List[List[str]]]:
+  """History lists of `user_ids` as of the dataset's split (every train swipe).
+
+  What the query tower sees for a user ranked right after training (publishing
+  embeddings, calibration); {} when the config declares no history.
+  """
+  history = dataset.config.history
+  if not history:
+    return {}
+  train = reader.read_interactions(dataset, "train", keys=(
+      features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LABEL,
+      features_lib.TIMESTAMP))
+  return histories_at(history, train, user_ids)
