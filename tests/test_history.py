@@ -14,6 +14,7 @@ T0 = 1_780_000_000
 def history_config(max_length=3, lists=("liked", "passed")):
   raw = config_lib.load_config().raw
   raw["history"] = {"max_length": max_length, "lists": list(lists)}
+  raw["interactions"]["timestamp_unit"] = "s"  # the tests' swipes carry unix seconds
   return config_lib.parse_config(raw)
 
 
