@@ -50,7 +50,10 @@ flags.DEFINE_integer("epochs", 3, "Training epochs of every variant.")
 flags.DEFINE_integer("batch_size", 256, "Training batch size of every variant.")
 flags.DEFINE_integer("throughput_steps", 40, "Timed training steps per variant and repeat.")
 flags.DEFINE_integer("repeats", 2, "Timed repeats per variant (best kept).")
-flags.DEFINE_list("variants", ["none", "own", "shared"], "Variants to compare.")
+flags.DEFINE_list("variants", ["none", "own", "shared"],
+                  "Variants to compare: none, own, shared (liked + passed lists, own or shared "
+                  "id table), liked_own, liked_shared (the liked list only).")
+flags.DEFINE_list("worlds", ["default", "taste_active"], "Worlds to measure on.")
 
 K_LIKE, K_RECALL = 10, 50
 # The second world: taste drives likes more, interests less, users are more
@@ -65,8 +68,9 @@ WORLDS = {
 def variant_config(variant: str) -> config_lib.Config:
   raw = config_lib.load_config().raw
   if variant != "none":
-    raw["history"] = {"max_length": FLAGS.max_length, "lists": ["liked", "passed"],
-                      "share_candidate_id_embedding": variant == "shared"}
+    raw["history"] = {"max_length": FLAGS.max_length,
+                      "lists": ["liked"] if variant.startswith("liked") else ["liked", "passed"],
+                      "share_candidate_id_embedding": variant.endswith("shared")}
   return config_lib.parse_config(raw)
 
 
@@ -156,7 +160,8 @@ def main(argv):
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
   options = train_stage.TrainOptions(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                                      log_every_steps=10**6)
-  for world_name, overrides in WORLDS.items():
+  for world_name in FLAGS.worlds:
+    overrides = WORLDS[world_name]
     params = synthetic.WorldParams(num_users=FLAGS.num_users, days=FLAGS.days, **overrides)
     world = synthetic.generate_world(params)
     base = os.path.join(FLAGS.work_dir, world_name)
