@@ -184,10 +184,11 @@ def main(argv):
       figures.update(fresh(ds, run, world))
       rows[variant] = figures
     names = list(rows)
-    print(f"{'metric':34s}" + "".join(f"{n:>12s}" for n in names))
+    width = max(14, *(len(n) + 2 for n in names))
+    print(f"{'metric':34s}" + "".join(f"{n:>{width}s}" for n in names))
     for metric in rows[names[0]]:
-      cells = "".join(f"{rows[n][metric]:>12.4f}" if isinstance(rows[n][metric], float)
-                      else f"{str(rows[n][metric]):>12s}" for n in names)
+      cells = "".join(f"{rows[n][metric]:>{width}.4f}" if isinstance(rows[n][metric], float)
+                      else f"{str(rows[n][metric]):>{width}s}" for n in names)
       print(f"{metric:34s}{cells}")
     base_rate = rows[names[0]]["examples/s"]
     print("throughput slowdown vs " + names[0] + ": " + ", ".join(
