@@ -139,3 +139,25 @@ def test_action_thresholds_map_ratings_and_bad_maps_are_refused():
   assert "action_thresholds[2].action: 'block' is not one of interactions.actions" in problems
   assert "action_thresholds[3].min: must be a number" in problems
   assert "action_thresholds[4]: needs min and/or max" in problems
+
+
+def test_history_is_off_unless_declared_and_validated_by_key(default_config):
+  assert default_config.history is None
+  raw = _default_raw()
+  raw["history"] = {"max_length": 5, "lists": ["liked"], "share_candidate_id_embedding": True}
+  history = config_lib.parse_config(raw).history
+  assert (history.max_length, history.lists, history.share_candidate_id_embedding) == (
+      5, ("liked",), True)
+  assert history.keys == ["query_history_liked"]
+  for bad, key in (({"max_length": 0}, "history.max_length"),
+                   ({"max_length": -3}, "history.max_length"),
+                   ({"max_length": 5, "lists": ["liked", "liked"]}, "history.lists"),
+                   ({"max_length": 5, "lists": ["clicked"]}, "history.lists"),
+                   ({"max_length": 5, "recency": 1}, "history.recency")):
+    raw["history"] = bad
+    problems = _problems(raw)
+    assert len(problems) == 1 and problems[0].startswith(key), problems
+  raw["history"] = {"max_length": 5}
+  del raw["interactions"]["timestamp_column"]
+  problems = _problems(raw)
+  assert any(p.startswith("history: needs interactions.timestamp_column") for p in problems)

@@ -50,6 +50,8 @@ FEATURE_TYPES = ("id", "categorical", "multi_categorical", "numeric", "geo")
 NUMERIC_NORMALIZATIONS = ("zscore", "log_zscore", "none")
 POOLINGS = ("mean", "sum")
 TIMESTAMP_UNITS = ("s", "ms", "us", "ns")  # numeric timestamps count these since 1970
+# History lists of the query tower: name -> the label of the actions it holds.
+HISTORY_LISTS = {"liked": 1, "passed": 0}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -213,6 +215,27 @@ class Impressions:
 
 
 @dataclasses.dataclass(frozen=True)
+class History:
+  """The query user's recent swipes as query tower inputs (config key `history`).
+
+  For each list (`liked`: actions with label 1, `passed`: label 0) the query
+  side gets the candidate ids of the user's last `max_length` interactions of
+  that list strictly before the interaction's time, most recent first, stored
+  under `query_history_<list>` and looked up in the candidate id vocabulary.
+  """
+  max_length: int
+  lists: Tuple[str, ...]
+  share_candidate_id_embedding: bool
+
+  def key(self, name: str) -> str:
+    return f"query_history_{name}"
+
+  @property
+  def keys(self) -> List[str]:
+    return [self.key(name) for name in self.lists]
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   interactions: Interactions
   entities: Dict[str, Entity]
@@ -222,6 +245,7 @@ class Config:
   source: str
   impressions: Optional[Impressions] = None
   rules: rules_lib.Rules = rules_lib.Rules(None, None, rules_lib.Verdict(), rules_lib.Exposure())
+  history: Optional[History] = None
 
   @property
   def eligibility(self) -> Optional[rules_lib.Eligibility]:
@@ -280,7 +304,8 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
   if raw.get("format_version") != FORMAT_VERSION:
     problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
   _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
-                        "description", "impressions", *rules_lib.TOP_LEVEL_KEYS}, problems)
+                        "description", "impressions", "history",
+                        *rules_lib.TOP_LEVEL_KEYS}, problems)
 
   entities: Dict[str, Entity] = {}
   raw_entities = raw.get("entities")
@@ -308,6 +333,10 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
   impressions = _parse_impressions(raw.get("impressions"), problems)
   rules = rules_lib.parse_rules(raw, entities, side_entities.get("query"),
                                 side_entities.get("candidate"), problems)
+  history = None
+  if "history" in raw:
+    history = _parse_history(raw["history"], raw.get("interactions"),
+                             entities.get(side_entities.get("candidate")), problems)
   if problems:
     raise ConfigError(source, problems)
   entities = {name: dataclasses.replace(
@@ -315,7 +344,8 @@ def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
       for name, e in entities.items()}
   return Config(interactions=interactions, entities=entities,
                 query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
-                raw=raw, source=source, impressions=impressions, rules=rules)
+                raw=raw, source=source, impressions=impressions, rules=rules,
+                history=history)
 
 
 def _parse_impressions(section: Any, problems: List[str]) -> Optional[Impressions]:
@@ -333,6 +363,46 @@ def _parse_impressions(section: Any, problems: List[str]) -> Optional[Impression
   if None in fields.values():
     return None
   return Impressions(sql=sql, **fields)
+
+
+def _parse_history(section: Any, interactions: Any, candidate: Optional[Entity],
+                   problems: List[str]) -> Optional[History]:
+  """The optional `history` section; problems name the key at fault."""
+  if not isinstance(section, dict):
+    problems.append("history: must be an object like {\"max_length\": 20, "
+                    "\"lists\": [\"liked\", \"passed\"]}")
+    return None
+  n_before = len(problems)
+  _check_keys(section, "history", {"max_length", "lists", "share_candidate_id_embedding"},
+              problems)
+  max_length = section.get("max_length")
+  if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+    problems.append(f"history.max_length: must be an integer >= 1, got {max_length!r}")
+  lists = section.get("lists", list(HISTORY_LISTS))
+  if (not isinstance(lists, list) or not lists or len(set(map(str, lists))) != len(lists)
+      or any(name not in HISTORY_LISTS for name in lists)):
+    problems.append(f"history.lists: must be a non-empty list of distinct names from "
+                    f"{', '.join(HISTORY_LISTS)}, got {lists!r}")
+    lists = []
+  share = section.get("share_candidate_id_embedding", False)
+  if not isinstance(share, bool):
+    problems.append(f"history.share_candidate_id_embedding: must be true or false, got {share!r}")
+  if not isinstance(interactions, dict) or not interactions.get("timestamp_column"):
+    problems.append("history: needs interactions.timestamp_column (a history is the swipes "
+                    "before each interaction's time)")
+  if candidate is not None and not any(f.type == "id" for f in candidate.features):
+    problems.append(f"history: the candidate entity {candidate.name!r} has no feature of type "
+                    "'id' (history ids use its vocabulary)")
+  if isinstance(interactions, dict) and isinstance(interactions.get("actions"), dict):
+    labels = {spec.get("label") for spec in interactions["actions"].values()
+              if isinstance(spec, dict)}
+    for name in lists:
+      if HISTORY_LISTS.get(name) not in labels:
+        problems.append(f"history.lists: {name!r} holds actions with label "
+                        f"{HISTORY_LISTS[name]}, but interactions.actions has none")
+  if len(problems) > n_before:
+    return None
+  return History(max_length=max_length, lists=tuple(lists), share_candidate_id_embedding=share)
 
 
 def _check_keys(section: Dict[str, Any], path: str, allowed: set, problems: List[str]) -> None:

@@ -60,6 +60,9 @@ def parse_spec(config: config_lib.Config, sides: Sequence[str] = config_lib.SIDE
         spec[key] = tf.io.FixedLenFeature([], tf.float32, default_value=math.nan)
       elif f.type == "geo":
         spec[key] = tf.io.FixedLenFeature([2], tf.float32, default_value=[math.nan, math.nan])
+  if interaction and "query" in sides and config.history:
+    for key in config.history.keys:  # candidate ids, most recent first (data/history.py)
+      spec[key] = tf.io.VarLenFeature(tf.string)
   if interaction:
     spec[LABEL] = tf.io.FixedLenFeature([], tf.int64)
     spec[WEIGHT] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0)
@@ -72,17 +75,19 @@ def parse_spec(config: config_lib.Config, sides: Sequence[str] = config_lib.SIDE
 
 def densify(config: config_lib.Config, parsed: Dict[str, object],
             sides: Sequence[str] = config_lib.SIDES) -> Dict[str, object]:
-  """Pads VarLen multi-categorical features to dense [batch, max_length] strings."""
+  """Pads VarLen features (multi-categorical, history) to dense [batch, max_length] strings."""
   import tensorflow as tf
+  lengths = {f.key(side): f.max_length for side in sides for f in config.features(side)
+             if f.type == "multi_categorical"}
+  if config.history and "query" in sides:
+    lengths.update({key: config.history.max_length for key in config.history.keys})
   out = dict(parsed)
-  for side in sides:
-    for f in config.features(side):
-      key = f.key(side)
-      if f.type == "multi_categorical" and key in parsed:  # absent when not parsed
-        dense = tf.sparse.to_dense(parsed[key], default_value=MISSING_TOKEN)
-        dense = dense[:, :f.max_length]
-        pad = f.max_length - tf.shape(dense)[1]
-        out[key] = tf.pad(dense, [[0, 0], [0, pad]], constant_values=MISSING_TOKEN)
+  for key, length in lengths.items():
+    if key in parsed:  # absent when not parsed
+      dense = tf.sparse.to_dense(parsed[key], default_value=MISSING_TOKEN)
+      dense = dense[:, :length]
+      out[key] = tf.pad(dense, [[0, 0], [0, length - tf.shape(dense)[1]]],
+                        constant_values=MISSING_TOKEN)
   return out
 
 

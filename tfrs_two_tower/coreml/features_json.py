@@ -24,6 +24,9 @@ k = num_oov_buckets:
     "num_oov_buckets": k, "oov": "constant" (index 1) | "fingerprint64" (1 + FarmHash
     Fingerprint64(utf8) mod k), index("") = 0 (padding/missing)
     multi_categorical: "max_length" L (cut or pad with "" to L)
+    history (query tower, key `query_history_<list>`): "list", "label", "max_length" N;
+         the vocabulary is the candidate id vocabulary; the app builds the input
+         from its local swipe list (see RULES["history"])
     geo: "cell_degrees" (cell token "row:col", row = floor((lat + 90) / cell),
          col = floor((lon + 180) / cell), float32), plus input `<key>_xyz`
   numeric: "transform" (identity|log1p), "mean", "std", "fill_transformed",
@@ -43,6 +46,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import rules as rules_lib
@@ -51,7 +55,8 @@ from tfrs_two_tower.coreml import fingerprint
 FORMAT_VERSION = 1
 KIND = "tfrs_two_tower.coreml_features"
 MODEL_FILES = {"query": "QueryTower.mlpackage", "candidate": "CandidateTower.mlpackage"}
-VOCAB_TYPES = ("id", "categorical", "multi_categorical", "geo")
+VOCAB_TYPES = ("id", "categorical", "multi_categorical", "geo", "history")
+LIST_TYPES = ("multi_categorical", "history")
 # Suffixes of the extra core inputs (`model/preprocessing.py`).
 MISSING_SUFFIX = "_missing"
 BUCKET_SUFFIX = "_bucket"
@@ -63,6 +68,10 @@ RULES = {
              "1 + (FarmHash Fingerprint64 of its UTF-8 bytes, unsigned 64-bit) mod "
              "num_oov_buckets",
     "multi_categorical": "tokens cut or padded with '' to max_length, then indexed",
+    "history": "the candidate ids of the user's swipes whose action has the list's label "
+               "(liked: 1, passed: 0), strictly before the moment of ranking, most recent "
+               "first, from the app's local swipe list; cut or padded with '' to max_length, "
+               "then indexed like the candidate id (unknown ids: OOV)",
     "numeric": "x_t = log1p(max(x, 0)) if transform == 'log1p' else x; z = (x_t - mean) / std; "
                "missing x: z = (fill_transformed - mean) / std, <key>_missing = 1; "
                "<key>_bucket = 0 if missing else 1 + count(boundary <= x) over the raw x",
@@ -192,8 +201,10 @@ def tower_features(specs: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
       k = int(spec["num_oov_buckets"])
       entry.update(num_oov_buckets=k, oov="constant" if k == 1 else "fingerprint64",
                    first_index=1 + k, vocabulary=list(spec["tokens"]))
-      if spec["type"] == "multi_categorical":
+      if spec["type"] in LIST_TYPES:
         entry.update(max_length=int(spec["max_length"]), pooling=spec.get("pooling", "mean"))
+      if spec["type"] == "history":
+        entry.update(list=spec["name"], label=config_lib.HISTORY_LISTS[spec["name"]])
       if spec["type"] == "geo":
         entry["cell_degrees"] = float(spec["cell_degrees"])
     elif spec["type"] == "numeric":
@@ -218,7 +229,7 @@ def tower_inputs(features: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     key, ftype = f["key"], f["type"]
     if ftype in ("id", "categorical"):
       add(key, "int32", [], key, "index")
-    elif ftype == "multi_categorical":
+    elif ftype in LIST_TYPES:
       add(key, "int32", [f["max_length"]], key, "index")
     elif ftype == "geo":
       add(key, "int32", [], key, "index")
@@ -292,7 +303,7 @@ def preprocess_with_features_json(tower: Mapping[str, Any], raw: Mapping[str, An
     if ftype in ("id", "categorical"):
       vocab = vocabularies[key]
       out[key] = np.array([vocab.index(_as_text(v)) for v in raw[key]], np.int32)
-    elif ftype == "multi_categorical":
+    elif ftype in LIST_TYPES:
       vocab, length = vocabularies[key], int(f["max_length"])
       rows = []
       for tokens in raw[key]:

@@ -68,6 +68,12 @@ def bytes_entry(key: str, value: bytes) -> bytes:
   return _map_entry(key, _length_delimited(0x0A, _length_delimited(0x0A, value)))
 
 
+def bytes_list_entry(key: str, values: Sequence[bytes]) -> bytes:
+  """One map entry holding a list of byte strings (an empty list is a valid entry)."""
+  payload = b"".join(_length_delimited(0x0A, v) for v in values)
+  return _map_entry(key, _length_delimited(0x0A, payload))
+
+
 def example(parts: Sequence[bytes]) -> bytes:
   """Serialised `tf.train.Example` from serialised `Features` parts."""
   features = b"".join(parts)

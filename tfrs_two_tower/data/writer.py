@@ -15,6 +15,7 @@ separately can be summed. Splits by time: train < validation_time <= validation
 import collections
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -28,6 +29,7 @@ from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import example_codec
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import readiness
 from tfrs_two_tower.data import timestamps as timestamps_lib
 
@@ -174,6 +176,10 @@ class DatasetWriter:
     self._writers: Dict[str, list] = {}
     self._context = None
     self._tmp: Optional[str] = None
+    # With a history every record needs the whole log: rows wait in the buffer.
+    self._history = (history_lib.HistoryBuffer(config.history, self.candidates.ids,
+                                               {a.name: a.label for a in self._actions.values()})
+                     if config.history else None)
 
   # -- context management: the atomic directory --------------------------------
   def __enter__(self) -> "DatasetWriter":
@@ -189,6 +195,11 @@ class DatasetWriter:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> bool:
+    if exc_type is None and self._history:
+      try:
+        self._history.flush(self._write_rows)
+      except BaseException as e:  # the staging directory goes, as for any failure
+        exc_type, exc, tb = type(e), e, e.__traceback__
     for writers in self._writers.values():
       for w in writers:
         w.close()
@@ -198,7 +209,10 @@ class DatasetWriter:
       except BaseException as e:
         self._context.__exit__(type(e), e, e.__traceback__)
         raise
-    return bool(self._context.__exit__(exc_type, exc, tb))
+    suppressed = bool(self._context.__exit__(exc_type, exc, tb))
+    if exc is not None and not suppressed and exc is not sys.exc_info()[1]:
+      raise exc
+    return suppressed
 
   @property
   def staging_dir(self) -> str:
@@ -214,6 +228,8 @@ class DatasetWriter:
 
   def counters(self) -> Dict[str, Any]:
     """Every counter the finalisation derives from (numpy arrays for per-entity ones)."""
+    if self._history:
+      self._history.flush(self._write_rows)
     out: Dict[str, Any] = {k: getattr(self, k).copy() for k in self.ARRAY_COUNTERS}
     out.update(rows=dict(self.rows), labels={s: list(v) for s, v in self.labels.items()},
                actions={s: dict(c) for s, c in self.actions.items()},
@@ -243,6 +259,8 @@ class DatasetWriter:
 
   def stats(self) -> Dict[str, Any]:
     """stats.json (readiness report included) as the counters stand now."""
+    if self._history:
+      self._history.flush(self._write_rows)
     return self._stats()
 
   def finalize(self, out: str) -> None:
@@ -321,7 +339,8 @@ class DatasetWriter:
                         "non-negative number")
       weights = weights * raw
     keep = known & ~missing
-    self._write_rows(q_idx[keep], c_idx[keep], actions[keep], timestamps[keep], weights[keep])
+    rows = (q_idx[keep], c_idx[keep], actions[keep], timestamps[keep], weights[keep])
+    (self._history.add if self._history else self._write_rows)(*rows)
     self._maybe_log()
 
   def _action_names(self, column: pd.Series, source: str, first_row: int) -> np.ndarray:
@@ -339,7 +358,8 @@ class DatasetWriter:
                       "chunk); widen a range so that every value maps to an action")
     return names
 
-  def _write_rows(self, q_idx, c_idx, actions, timestamps, weights) -> None:
+  def _write_rows(self, q_idx, c_idx, actions, timestamps, weights, extra=None) -> None:
+    """Counts and writes rows; `extra[i]` (bytes) is appended to row i's record."""
     if len(q_idx) == 0:
       return
     labels = np.array([self._actions[a].label for a in actions], np.int64)
@@ -377,7 +397,8 @@ class DatasetWriter:
           tails[tail_key] = tail
         record = example_codec.example(
             (q_bytes[q_idx[r]], c_bytes[c_idx[r]], tail,
-             example_codec.int64_entry(features_lib.TIMESTAMP, timestamps[r])))
+             example_codec.int64_entry(features_lib.TIMESTAMP, timestamps[r]),
+             extra[r] if extra is not None else b""))
         shard = (start + j) % len(writers)
         writers[shard].write(record)
         counts[shard] += 1
@@ -421,6 +442,9 @@ class DatasetWriter:
                                                                     counts)
       self._write_entities(out, side, table)
     self._write_rule_attributes(out)
+    if self.config.history:
+      preprocessing.update(history_lib.preprocessing_entries(
+          self.config.history, preprocessing[features_lib.CANDIDATE_ID]))
     files.write_json(os.path.join(out, fmt.PREPROCESSING), preprocessing)
     self._write_candidate_counts(out)
     stats = self._stats()

@@ -23,6 +23,7 @@ import numpy as np
 from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.data import dataset_format as fmt
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.evaluation import retrieval
@@ -117,6 +118,11 @@ def prepare(dataset: reader.DatasetDir,
   t_label, e_label = train["label"].astype(np.int64), held["label"].astype(np.int64)
   h_q, h_c = q_index.get_indexer(history["query_id"]), c_index.get_indexer(history["candidate_id"])
   h_label = history["label"].astype(np.int64)
+  history_spec = dataset.config.history
+  if history_spec:  # the query tower's history at ranking time: every swipe before the split
+    query_entities.update(history_lib.histories_at(history_spec, history, query_ids))
+    if dataset.config.same_entity_both_sides:  # candidates embedded as queries (two-way)
+      candidate_entities.update(history_lib.histories_at(history_spec, history, candidate_ids))
 
   users, e_user = np.unique(e_q, return_inverse=True)  # evaluated users, sorted by query row
   user_of_row = np.full(query_ids.size, -1, np.int64)

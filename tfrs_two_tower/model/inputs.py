@@ -72,10 +72,11 @@ class EntityFeatures:
   def __init__(self, dataset: reader.DatasetDir, side: str,
                preprocessing: prep.FeaturePreprocessing, batch_size: int = 65536):
     self.side = side
+    self.preprocessing = preprocessing
     parts: Dict[str, list] = {}
     id_chunks = []
     for raw in reader.entity_dataset(dataset, side, batch_size=batch_size):
-      for key, value in preprocessing(raw).items():
+      for key, value in preprocessing(raw, history=False).items():
         parts.setdefault(key, []).append(value)
       id_chunks.append(raw[f"{side}_id"])
     ids = tf.concat(id_chunks, axis=0)
@@ -93,15 +94,21 @@ class EntityFeatures:
 
 
 class InteractionIndex:
-  """One split as arrays: entity rows of both sides and the training targets."""
+  """One split as arrays: entity rows of both sides and the training targets.
+
+  With a swipe history the query user's history lists of each interaction
+  (core inputs, int32 [n, N] each) are columns of the index too.
+  """
 
   def __init__(self, dataset: reader.DatasetDir, split: str, query: EntityFeatures,
                candidate: EntityFeatures,
                static_probability: Optional[StaticSamplingProbability] = None):
     self.query, self.candidate = query, candidate
     parts: Dict[str, list] = {}
+    history_keys = query.preprocessing.history_keys
     records = reader.interactions_dataset(dataset, split, 65536, shuffle=False,
-                                          deterministic=True, keys=RECORD_KEYS)
+                                          deterministic=True,
+                                          keys=RECORD_KEYS + tuple(history_keys))
     for batch in records:
       ids = batch[features_lib.CANDIDATE_ID]
       columns = {"query_row": query.row(batch[features_lib.QUERY_ID]),
@@ -111,6 +118,8 @@ class InteractionIndex:
                  "candidate_key": candidate_key(ids)}
       if static_probability is not None:
         columns["candidate_sampling_probability"] = static_probability(ids)
+      if history_keys:
+        columns.update(query.preprocessing.history_inputs(batch))  # string work once
       for key, value in columns.items():
         parts.setdefault(key, []).append(value.numpy())
     columns = {key: np.concatenate(chunks) for key, chunks in parts.items()}

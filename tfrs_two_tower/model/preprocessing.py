@@ -36,6 +36,12 @@ Core inputs per feature type (names are the dataset key plus a suffix):
                                             0 when x is missing, else
                                             1 + count(boundary <= x) over the RAW x
                                             (so 1 .. len(boundaries) + 1)
+  history           `<key>` int32 [B, N]    index of each candidate id of the query
+                                            user's history list (`query_history_liked`,
+                                            `query_history_passed`: most recent first,
+                                            see `data/history.py`) in the CANDIDATE id
+                                            vocabulary; cut or padded with "" to
+                                            N = max_length (index 0 = padding: the mask)
   geo               `<key>` int32 [B]       index(cell token), the token from
                                             `features.geo_cell_tokens` ("row:col",
                                             "" when latitude or longitude is NaN)
@@ -62,7 +68,8 @@ from tfrs_two_tower.data import dataset_format as fmt
 MISSING_SUFFIX = "_missing"
 BUCKET_SUFFIX = "_bucket"
 XYZ_SUFFIX = "_xyz"
-VOCAB_TYPES = ("id", "categorical", "multi_categorical", "geo")
+VOCAB_TYPES = ("id", "categorical", "multi_categorical", "geo", "history")
+LIST_TYPES = ("multi_categorical", "history")  # [B, L] string inputs, padded with ""
 
 
 def side_feature_specs(config: config_lib.Config, preprocessing: Mapping[str, Any],
@@ -89,6 +96,17 @@ def side_feature_specs(config: config_lib.Config, preprocessing: Mapping[str, An
         raise ValueError(f"{path}: {len(spec['tokens'])} tokens but vocab_size "
                          f"{spec['vocab_size']} in preprocessing.json")
     specs.append(spec)
+  if side == "query" and config.history:
+    candidate_id = next(f for f in config.features("candidate") if f.type == "id")
+    for key in config.history.keys:
+      if key not in preprocessing:
+        raise KeyError(f"preprocessing.json has no entry for the history list {key!r} (the "
+                       "dataset was exported without the config's history section)")
+      spec = dict(preprocessing[key], key=key, embedding_dim=candidate_id.embedding_dim,
+                  pooling="mean")
+      spec["tokens"] = [str(t) for t in fmt.read_tsv_counts(
+          os.path.join(base_dir, spec["vocabulary"]))["token"].tolist()]
+      specs.append(spec)
   return specs
 
 
@@ -104,7 +122,7 @@ def core_input_specs(specs: Sequence[Mapping[str, Any]]) -> Dict[str, tf.TensorS
     key, ftype = spec["key"], spec["type"]
     if ftype in ("id", "categorical"):
       out[key] = tf.TensorSpec([None], tf.int32, name=key)
-    elif ftype == "multi_categorical":
+    elif ftype in LIST_TYPES:
       out[key] = tf.TensorSpec([None, int(spec["max_length"])], tf.int32, name=key)
     elif ftype == "numeric":
       out[key] = tf.TensorSpec([None], tf.float32, name=key)
@@ -126,7 +144,7 @@ def raw_input_specs(specs: Sequence[Mapping[str, Any]]) -> Dict[str, tf.TensorSp
     key, ftype = spec["key"], spec["type"]
     if ftype in ("id", "categorical"):
       out[key] = tf.TensorSpec([None], tf.string, name=key)
-    elif ftype == "multi_categorical":
+    elif ftype in LIST_TYPES:
       out[key] = tf.TensorSpec([None, None], tf.string, name=key)
     elif ftype == "numeric":
       out[key] = tf.TensorSpec([None], tf.float32, name=key)
@@ -140,7 +158,8 @@ class FeaturePreprocessing(tf.keras.layers.Layer):
 
   Call with a dict holding (at least) the raw features of the side by dataset
   key; returns the dict of core inputs. String work (lookups, hashing) happens
-  here so that the core stays free of strings.
+  here so that the core stays free of strings. `history=False` leaves out the
+  history lists (an entity table has none: they belong to each interaction).
   """
 
   def __init__(self, specs: Sequence[Mapping[str, Any]], **kwargs):
@@ -178,27 +197,40 @@ class FeaturePreprocessing(tf.keras.layers.Layer):
     index = tf.where(tf.equal(tokens, features_lib.MISSING_TOKEN), tf.zeros_like(index), index)
     return tf.cast(index, tf.int32)
 
-  def call(self, raw: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+  @property
+  def history_keys(self) -> List[str]:
+    return [spec["key"] for spec in self.specs if spec["type"] == "history"]
+
+  def call(self, raw: Mapping[str, tf.Tensor], history: bool = True) -> Dict[str, tf.Tensor]:
     out = {}
     for spec in self.specs:
-      key, ftype = spec["key"], spec["type"]
-      value = raw[key]
-      if ftype in ("id", "categorical"):
-        out[key] = self._index(spec, value)
-      elif ftype == "multi_categorical":
-        length = int(spec["max_length"])
-        value = value[:, :length]
-        value = tf.pad(value, [[0, 0], [0, length - tf.shape(value)[1]]],
-                       constant_values=features_lib.MISSING_TOKEN)
-        out[key] = tf.ensure_shape(self._index(spec, value), [None, length])
-      elif ftype == "numeric":
-        out.update(_numeric(spec, tf.cast(value, tf.float32)))
-      elif ftype == "geo":
-        location = tf.cast(value, tf.float32)
-        cells = features_lib.geo_cell_tokens_tf(location, float(spec["cell_degrees"]))
-        out[key] = self._index(spec, cells)
-        out[key + XYZ_SUFFIX] = unit_sphere_xyz(location)
+      if spec["type"] != "history" or history:
+        out.update(self._core_inputs(spec, raw[spec["key"]]))
     return out
+
+  def history_inputs(self, raw: Mapping[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Core inputs of the history lists only (`raw` needs no other key)."""
+    out = {}
+    for spec in self.specs:
+      if spec["type"] == "history":
+        out.update(self._core_inputs(spec, raw[spec["key"]]))
+    return out
+
+  def _core_inputs(self, spec: Mapping[str, Any], value: tf.Tensor) -> Dict[str, tf.Tensor]:
+    key, ftype = spec["key"], spec["type"]
+    if ftype in ("id", "categorical"):
+      return {key: self._index(spec, value)}
+    if ftype in LIST_TYPES:
+      length = int(spec["max_length"])
+      value = value[:, :length]
+      value = tf.pad(value, [[0, 0], [0, length - tf.shape(value)[1]]],
+                     constant_values=features_lib.MISSING_TOKEN)
+      return {key: tf.ensure_shape(self._index(spec, value), [None, length])}
+    if ftype == "numeric":
+      return _numeric(spec, tf.cast(value, tf.float32))
+    location = tf.cast(value, tf.float32)  # geo
+    cells = features_lib.geo_cell_tokens_tf(location, float(spec["cell_degrees"]))
+    return {key: self._index(spec, cells), key + XYZ_SUFFIX: unit_sphere_xyz(location)}
 
 
 def _numeric(spec: Mapping[str, Any], x: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -6,6 +6,9 @@ The core is a functional Keras model over the int32/float32 inputs of
   per vocabulary feature  e = Embedding(1 + k + vocab_size, d)(index)         [B, d]
   multi-valued            e = sum_l m_l E[i_l] / max(sum_l m_l, 1)  (mean)     [B, d]
                               or sum_l m_l E[i_l]                   (sum),  m_l = [i_l > 0]
+  history list            the masked mean as above over the candidate ids the user
+                          liked (or passed) before; E is its own table, or the
+                          candidate tower's id embedding (`shared_embeddings`)
   numeric                 [z, missing] (+ Embedding(len(boundaries) + 2, d)(bucket))
   geo                     cell embedding and the unit-sphere xyz
   h = concat(all) -> Dense(relu) x len(layer_sizes) -> Dense(embedding_dim)
@@ -16,7 +19,7 @@ add and cast, so that coremltools' TensorFlow frontend converts it.
 """
 
 import json
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import tensorflow as tf
 
@@ -129,8 +132,15 @@ class L2Normalize(tf.keras.layers.Layer):
 
 def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
                embedding_dim: int, name: str, l2: float = 0.0,
-               default_embedding_dim: int = DEFAULT_EMBEDDING_DIM) -> tf.keras.Model:
-  """The numeric core of a tower as a functional Keras model (dict in, [B, d] out)."""
+               default_embedding_dim: int = DEFAULT_EMBEDDING_DIM,
+               shared_embeddings: Optional[Mapping[str, tf.keras.layers.Layer]] = None
+               ) -> tf.keras.Model:
+  """The numeric core of a tower as a functional Keras model (dict in, [B, d] out).
+
+  `shared_embeddings`: feature key -> an Embedding layer of another core to use
+  instead of a table of its own (history lists sharing the candidate id table).
+  """
+  shared_embeddings = shared_embeddings or {}
   inputs = {n: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=n)
             for n, s in prep.core_input_specs(specs).items()}
   regularizer = tf.keras.regularizers.l2(l2) if l2 else None
@@ -139,10 +149,10 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
     key, ftype = spec["key"], spec["type"]
     dim = int(spec.get("embedding_dim") or default_embedding_dim)
     if ftype in prep.VOCAB_TYPES:
-      table = tf.keras.layers.Embedding(prep.num_rows(spec), dim, name=f"{key}_embedding",
-                                        embeddings_regularizer=regularizer)
+      table = shared_embeddings.get(key) or tf.keras.layers.Embedding(
+          prep.num_rows(spec), dim, name=f"{key}_embedding", embeddings_regularizer=regularizer)
       embedded = table(inputs[key])
-      if ftype == "multi_categorical":
+      if ftype in prep.LIST_TYPES:
         embedded = MaskedPooling(spec.get("pooling", "mean"), name=f"{key}_pooling")(
             embedded, inputs[key])
       parts.append(embedded)

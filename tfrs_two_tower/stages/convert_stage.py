@@ -25,6 +25,7 @@ from tfrs_two_tower.coreml import features_json
 from tfrs_two_tower.coreml import mil_emulator
 from tfrs_two_tower.coreml import parity
 from tfrs_two_tower.data import dataset_format as fmt
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
@@ -149,6 +150,7 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
   # The app turns dot products into P(like) for reciprocal ranking: the same Platt
   # calibration (train swipes) that evaluation and pgvector publishing use.
   queries = reader.read_entities(dataset, "query")
+  queries.update(history_lib.split_histories(dataset, queries["query_id"]))
   calibration = retrieval.calibrate_on_train_swipes(
       dataset, queries["query_id"], run.embed("query", queries), *run.candidate_embeddings())
   payload = features_json.build(

@@ -3,6 +3,7 @@
 import time
 from typing import Any, Callable, Dict, Optional
 
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import sources
@@ -23,6 +24,7 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
   reader.check_same_candidates(dataset, candidate_ids, f"run dir {run_dir}")
   started = time.time()
   queries = reader.read_entities(dataset, "query")
+  queries.update(history_lib.split_histories(dataset, queries["query_id"]))
   query_embeddings = run.embed("query", queries)
   calibration = retrieval.calibrate_on_train_swipes(
       dataset, queries["query_id"], query_embeddings, candidate_ids, candidate_embeddings)

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfrs_two_tower
+from tfrs_two_tower import features as features_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
@@ -199,10 +200,13 @@ def make_optimizer(options: TrainOptions) -> tf.keras.optimizers.Optimizer:
 
 
 def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoTowerModel:
-  cores = {side: towers.build_core(specs[side], options.layers(), options.embedding_dim,
-                                   name=f"{side}_core", l2=options.l2,
-                                   default_embedding_dim=options.default_embedding_dim)
-           for side in run_lib.SIDES}
+  cores = {}
+  for side in ("candidate", "query"):  # the query core may share a candidate table
+    cores[side] = towers.build_core(specs[side], options.layers(), options.embedding_dim,
+                                    name=f"{side}_core", l2=options.l2,
+                                    default_embedding_dim=options.default_embedding_dim,
+                                    shared_embeddings=_shared_history_embeddings(
+                                        specs[side], cores.get("candidate")))
   estimator = None
   if options.sampling_probability == "streaming":
     estimator = frequency.StreamingFrequencyEstimator(
@@ -235,6 +239,17 @@ def _recover_from_interrupted_write(run_dir: str, work: str, log) -> None:
           os.replace(os.path.join(stale, name), os.path.join(work, name))
       log(f"train: recovered the checkpoints of an interrupted run from {stale} into {work}")
       return
+
+
+def _shared_history_embeddings(specs: list, candidate_core: Optional[tf.keras.Model]
+                               ) -> Dict[str, tf.keras.layers.Layer]:
+  """History lists that use the candidate id embedding (config history.share_...)."""
+  shared = [s["key"] for s in specs
+            if s["type"] == "history" and s.get("share_candidate_id_embedding")]
+  if not shared:
+    return {}
+  table = candidate_core.get_layer(f"{features_lib.CANDIDATE_ID}_embedding")
+  return {key: table for key in shared}
 
 
 def _resume_or_start(work: str, resolved: Dict[str, Any]) -> None:

@@ -1,0 +1,183 @@
+"""Swipe history of the query tower: leak-free, truncated by recency, in every record."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.data import history as history_lib
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import writer as writer_lib
+
+T0 = 1_780_000_000
+
+
+def history_config(max_length=3, lists=("liked", "passed")):
+  raw = config_lib.load_config().raw
+  raw["history"] = {"max_length": max_length, "lists": list(lists)}
+  raw["interactions"]["timestamp_unit"] = "s"  # the tests' swipes carry unix seconds
+  return config_lib.parse_config(raw)
+
+
+def test_last_before_excludes_ties_and_later_and_keeps_the_most_recent():
+  # user 0: items 10@1, 11@2, 12@2, 13@3, 14@5; user 1: item 20@2
+  log = history_lib.SwipeLog(users=[0, 0, 0, 0, 0, 1], items=[14, 10, 12, 11, 13, 20],
+                             times=[5, 1, 2, 2, 3, 2])
+  got = log.last_before(users=[0, 0, 0, 0, 1, 1, 2], times=[1, 2, 3, 6, 2, 3, 9], n=3)
+  np.testing.assert_array_equal(got, [
+      [-1, -1, -1],     # nothing before t=1
+      [10, -1, -1],     # the ties at t=2 are excluded
+      [12, 11, 10],     # same-time events in item order, most recent first
+      [14, 13, 12],     # truncated to the last 3
+      [-1, -1, -1],
+      [20, -1, -1],
+      [-1, -1, -1]])    # a user without events
+
+
+def _profiles(n=6):
+  return pd.DataFrame({
+      "id": [f"u{i}" for i in range(n)], "gender": ["woman", "man"] * (n // 2),
+      "seeking": ["everyone"] * n, "age": [30.0] * n, "city": ["Boston"] * n,
+      "latitude": [42.0] * n, "longitude": [-71.0] * n, "interests": [[]] * n,
+      "photo_count": [1] * n, "verified": [1] * n, "bio_length": [10] * n,
+      "created_at": pd.to_datetime([T0 - 100] * n, unit="s", utc=True)})
+
+
+def test_every_record_sees_only_strictly_earlier_swipes(tmp_path):
+  config = history_config(max_length=3)
+  rng = np.random.RandomState(0)
+  n = 400
+  swipes = pd.DataFrame({
+      "swiper_id": [f"u{i}" for i in rng.randint(0, 30, n)],
+      "swipee_id": [f"u{i}" for i in rng.randint(0, 30, n)],
+      "action": rng.choice(["like", "superlike", "pass"], n),
+      "created_at": T0 + rng.randint(0, 60, n)})  # many ties at the same second
+  swipes = swipes.drop_duplicates(["swiper_id", "swipee_id"])
+  path = str(tmp_path / "ds")
+  # Chunks out of time order: the writer must not rely on the source's order.
+  with writer_lib.DatasetWriter(config, path, T0 + 45, _profiles(30), _profiles(30),
+                                num_train_shards=2, num_eval_shards=1) as w:
+    shuffled = swipes.sample(frac=1, random_state=1)
+    for start in range(0, len(shuffled), 100):
+      w.add_interactions(shuffled.iloc[start:start + 100], source="swipes.csv")
+  ds = reader.open_dataset(path)
+  seen = 0
+  for split in ("train", "eval"):
+    rows = reader.read_interactions(ds, split)
+    for i in range(len(rows["label"])):
+      mine = swipes[(swipes.swiper_id == rows["query_id"][i])
+                    & (swipes.created_at < rows["timestamp"][i])]
+      for name, liked in (("liked", True), ("passed", False)):
+        earlier = mine[(mine.action != "pass") == liked].assign(
+            row=lambda f: f.swipee_id.str[1:].astype(int))  # ties: candidate table row
+        earlier = earlier.sort_values(["created_at", "row"], ascending=False)
+        expected = earlier.swipee_id.tolist()[:3]
+        got = [v for v in rows[f"query_history_{name}"][i] if v]
+        assert got == expected, (split, i, name)
+        seen += len(got)
+  assert seen > 300  # the histories are not trivially empty
+
+
+def test_histories_at_the_ranking_time_and_unknown_users():
+  config = history_config(max_length=2, lists=("liked",))
+  interactions = {"query_id": np.array(["a", "a", "a", "b"], dtype=object),
+                  "candidate_id": np.array(["x", "y", "z", "x"], dtype=object),
+                  "label": np.array([1, 1, 1, 0]), "timestamp": np.array([1, 2, 3, 4])}
+  got = history_lib.histories_at(config.history, interactions, ["a", "b", "new"])
+  assert got == {"query_history_liked": [["z", "y"], [], []]}
+  got = history_lib.histories_at(config.history, interactions, ["a"], time=3)
+  assert got == {"query_history_liked": [["y", "x"]]}
+
+
+def test_preprocessing_lists_the_history_with_the_candidate_vocabulary(tmp_path):
+  config = history_config(max_length=4, lists=("passed",))
+  path = str(tmp_path / "ds")
+  swipes = pd.DataFrame({"swiper_id": ["u0", "u1"], "swipee_id": ["u1", "u0"],
+                         "action": ["pass", "like"], "created_at": [T0, T0 + 10]})
+  with writer_lib.DatasetWriter(config, path, T0 + 5, _profiles(), _profiles()) as w:
+    w.add_interactions(swipes, source="swipes.csv")
+  spec = reader.open_dataset(path).preprocessing
+  entry = spec["query_history_passed"]
+  assert entry["vocabulary"] == spec["candidate_id"]["vocabulary"]
+  assert (entry["type"], entry["max_length"], entry["vocab_size"]) == ("history", 4, 1)
+  assert "query_history_liked" not in spec
+
+
+HISTORY_SPECS = [
+    {"key": "query_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 2,
+     "tokens": ["u1", "u2"], "embedding_dim": 4},
+    {"key": "query_history_liked", "type": "history", "num_oov_buckets": 1, "vocab_size": 3,
+     "tokens": ["c1", "c2", "c3"], "max_length": 3, "embedding_dim": 4},
+]
+
+
+def test_history_inputs_index_the_candidate_vocabulary_and_are_masked():
+  import tensorflow as tf
+  from tfrs_two_tower.model import preprocessing as prep
+  from tfrs_two_tower.model import towers
+  layer = prep.FeaturePreprocessing(HISTORY_SPECS)
+  raw = {"query_id": tf.constant(["u1", "u1", "u1"]),
+         "query_history_liked": tf.constant([["c3", "new", "c1", "c2"], ["c1", "", "", ""],
+                                             ["", "", "", ""]])}
+  out = layer(raw)
+  # Truncated to N = 3 (the most recent first), unknown ids -> OOV 1, "" -> 0 (masked).
+  assert out["query_history_liked"].numpy().tolist() == [[4, 1, 2], [2, 0, 0], [0, 0, 0]]
+  assert set(layer(raw, history=False)) == {"query_id"}
+  assert set(layer.history_inputs({"query_history_liked": raw["query_history_liked"]})) == {
+      "query_history_liked"}
+  core = towers.build_core(HISTORY_SPECS, [8], 6, name="core")
+  embedded = core(out).numpy()
+  assert not np.allclose(embedded[1], embedded[2])  # the history moves the query
+  padded = dict(out, query_history_liked=tf.constant([[2, 0, 0]] * 3))
+  np.testing.assert_allclose(core(padded).numpy()[1], embedded[1], atol=1e-6)
+  shared = tf.keras.layers.Embedding(5, 4, name="candidate_id_embedding")
+  core = towers.build_core(HISTORY_SPECS, [8], 6, name="core",
+                           shared_embeddings={"query_history_liked": shared})
+  core(out)
+  assert shared in core.layers
+
+
+@pytest.mark.slow
+def test_history_trains_and_serves_through_the_savedmodels(tmp_path, tiny_world):
+  import tensorflow as tf
+  from tfrs_two_tower.data import synthetic
+  from tfrs_two_tower.model import run_dir as run_lib
+  from tfrs_two_tower.stages import train_stage
+  config = history_config(max_length=5)
+  ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
+  synthetic.write_world_dataset(tiny_world, config, ds, num_train_shards=2, num_eval_shards=1)
+  train_stage.run(ds, run_path, train_stage.TrainOptions(
+      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes="16", embedding_dim=8),
+      log=lambda *a: None)
+  run = run_lib.open_run(run_path)
+  raw_specs = run.model("query").signatures["serving_default"].structured_input_signature[1]
+  assert raw_specs["query_history_liked"].shape.as_list() == [None, None]
+  core_specs = run.core("query").signatures["serving_default"].structured_input_signature[1]
+  assert core_specs["query_history_passed"].shape.as_list() == [None, 5]
+  assert core_specs["query_history_passed"].dtype == tf.int32
+  evals = reader.read_interactions(reader.open_dataset(ds), "eval")
+  rows = np.flatnonzero([len([v for v in h if v]) >= 2 for h in evals["query_history_liked"]])
+  features = {k: v[rows[:8]] for k, v in evals.items() if k.startswith("query_")}
+  with_history = run.embed("query", features)
+  empty = dict(features, query_history_liked=[[]] * len(rows[:8]),
+               query_history_passed=[[]] * len(rows[:8]))
+  assert not np.allclose(with_history, run.embed("query", empty), atol=1e-4)
+
+
+def test_features_json_builds_history_inputs_like_the_savedmodel():
+  import tensorflow as tf
+  from tfrs_two_tower.coreml import features_json
+  from tfrs_two_tower.model import preprocessing as prep
+  specs = [dict(s, name=s["key"].rsplit("_", 1)[-1]) for s in HISTORY_SPECS]
+  tower = features_json.build({"query": specs}, run_id="r", config_hash="h", embedding_dim=6,
+                              temperature=0.05)["towers"]["query"]
+  history = next(f for f in tower["features"] if f["type"] == "history")
+  assert (history["list"], history["label"], history["max_length"]) == ("liked", 1, 3)
+  assert {"name": "query_history_liked", "dtype": "int32", "shape": [-1, 3],
+          "feature": "query_history_liked", "role": "index"} in tower["inputs"]
+  raw = {"query_id": ["u2", "x"], "query_history_liked": [["c3", "new", "c1", "c2"], []]}
+  got = features_json.preprocess_with_features_json(tower, raw)
+  want = prep.FeaturePreprocessing(specs)({
+      "query_id": tf.constant(raw["query_id"]),
+      "query_history_liked": tf.constant([["c3", "new", "c1", "c2"], ["", "", "", ""]])})
+  for key in ("query_id", "query_history_liked"):
+    np.testing.assert_array_equal(got[key], want[key].numpy())
