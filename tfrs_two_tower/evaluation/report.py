@@ -63,10 +63,7 @@ def verdict(report: Dict) -> Dict[str, object]:
     if baseline_error:
       line.append(baseline_error)
     else:
-      if reciprocal:
-        lift_pass, lift_line = _match_gate(report, name, lifts.get(f"match_recall@{k}"))
-      else:
-        lift_pass, lift_line = _lift_gate(report, name, lifts.get(f"recall@{k}"))
+      lift_pass, lift_line = _lift_gate(report, name, "match" if reciprocal else "like")
       if lift_line:
         line.append(lift_line)
       oracle_metrics = ((f"oracle_match@{k}", f"oracle_like@{k}") if reciprocal
@@ -113,21 +110,6 @@ def _lift_alarm(lifts: Dict) -> Optional[str]:
     return None
   return (f"WARNING: lift above {LIFT_ALARM:+.0%} on {', '.join(big)}: probably a broken "
           "baseline (check its lists and the eligibility mapping), not a better model")
-
-
-def _match_gate(report: Dict, name: str, logged_match_lift: Optional[Dict]):
-  """(beats or None, text) for a reciprocal model: the answer's MATCH lift."""
-  chosen = (report.get("answer") or {}).get(name)
-  aside = ""
-  if logged_match_lift and logged_match_lift.get("value") is not None:
-    aside = (f" [logged match_recall@{min(report['k'])} lift {format_lift(logged_match_lift)}: "
-             "biased toward the logging feed, not used]")
-  lift = (chosen or {}).get("match_lift")
-  if not lift or lift.get("value") is None:
-    return None, aside.strip(" []")
-  beats = lift["ci"][0] is not None and lift["ci"][0] > 0
-  return beats, (f"match lift over feature matching ({chosen['estimator']}) {format_lift(lift)}: "
-                 f"{'PASS' if beats else 'FAIL'} ({_expected(report)})" + aside)
 
 
 # -- the answer to the users' question: which estimator, why, under what assumptions --------
@@ -235,16 +217,27 @@ def _no_off_policy_reason(report: Dict, name: str) -> str:
           "logged support for an off-policy interval")
 
 
-def _lift_gate(report: Dict, name: str, recall_lift: Optional[Dict]):
-  """(beats or None, verdict text): the answer's lift; logged recall only as a labelled aside."""
-  chosen = (report.get("answer") or {}).get(name)
+def _lift_gate(report: Dict, name: str, target: str):
+  """(beats or None, verdict text) for the answer's `target` ("like" | "match") lift over
+  feature matching; the logged recall of the same target only as a labelled aside (it
+  favours the feed that produced the logs)."""
+  logged_metric = f"{'match_' if target == 'match' else ''}recall@{min(report['k'])}"
+  logged = report["lifts"].get(name, {}).get("all", {}).get(logged_metric)
   aside = ""
-  if recall_lift and recall_lift.get("value") is not None:
-    aside = (f" [logged recall@{min(report['k'])} lift {format_lift(recall_lift)}: biased "
-             "toward the logging feed, not used]")
-  if chosen is None:
+  if logged and logged.get("value") is not None:
+    aside = (f" [logged {logged_metric} lift {format_lift(logged)}: biased toward the logging "
+             "feed, not used]")
+  chosen = (report.get("answer") or {}).get(name)
+  if target == "like":
+    if chosen is None:
+      return None, aside.strip(" []")
+    return chosen["beats"], chosen["line"] + aside
+  lift = (chosen or {}).get("match_lift")
+  if not lift or lift.get("value") is None:
     return None, aside.strip(" []")
-  return chosen["beats"], chosen["line"] + aside
+  beats = lift["ci"][0] is not None and lift["ci"][0] > 0
+  return beats, (f"match lift over feature matching ({chosen['estimator']}) {format_lift(lift)}: "
+                 f"{'PASS' if beats else 'FAIL'} ({_expected(report)})" + aside)
 
 
 def format_estimate(est: Optional[Dict], digits: int = 3) -> str:
