@@ -318,8 +318,7 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed=()) -> Tra
     work = f"{run_dir}.worker-{strategy.cluster_resolver.task_id}{INCOMPLETE_SUFFIX}"
   else:
     _recover_from_interrupted_write(run_dir, work, log)
-  specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
-                                         side) for side in run_lib.SIDES}
+  specs = feature_specs(dataset)
   try:  # Before anything is written or allocated.
     table_bytes = table_memory.check_fits(
         [t for side in run_lib.SIDES
@@ -358,6 +357,54 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed=()) -> Tra
   return TrainResult(manifest, training.query_tower, training.candidate_tower)
 
 
+def feature_specs(dataset) -> Dict[str, list]:
+  """Per side, the feature specs the preprocessing layers and the cores are built from."""
+  return {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
+                                        side) for side in run_lib.SIDES}
+
+
+def training_inputs(dataset, specs: Dict[str, list], options: TrainOptions,
+                    cache: Optional[Dict[str, Any]] = None):
+  """(per-side preprocessing layers, the train split's `inputs.InteractionIndex`).
+
+  `cache`: a dict tuning trials share, so the entity features and the train index
+  (independent of the tuned values) are built once.
+  """
+  cache = {} if cache is None else cache
+  if "preprocessing" not in cache:
+    cache["preprocessing"] = {
+        side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
+        for side in run_lib.SIDES}
+    cache["features"] = [inputs.EntityFeatures(dataset, side, cache["preprocessing"][side])
+                         for side in run_lib.SIDES]
+  static = options.sampling_probability == "static"
+  if ("index", static) not in cache:
+    cache["index", static] = inputs.InteractionIndex(
+        dataset, "train", *cache["features"],
+        inputs.StaticSamplingProbability(dataset) if static else None)
+  return cache["preprocessing"], cache["index", static]
+
+
+def compiled_model(dataset, options: TrainOptions, specs: Dict[str, list],
+                   strategy: Optional[tf.distribute.Strategy] = None) -> two_tower.TwoTowerModel:
+  """The two-tower `tfrs.Model`, compiled with its optimizer, every variable built.
+
+  Built in `strategy`'s scope (estimator state, optimizer slots) rather than lazily
+  inside the first distributed step; the streaming estimator starts from the train
+  counts with --estimator_init=static.
+  """
+  with (strategy or tf.distribute.get_strategy()).scope():
+    model = build_model(options, specs)
+    if model.frequency_estimator is not None:
+      model.frequency_estimator.build(None)
+      if options.estimator_init == "static":
+        model.frequency_estimator.initialize_from_counts(
+            *inputs.candidate_interaction_counts(dataset), options.batch_size)
+    model.compile(optimizer=make_optimizer(options))
+    model.optimizer.build(model.trainable_variables)
+  return model
+
+
 class Training:
   """One model trained epoch by epoch, selected on the validation split.
 
@@ -371,39 +418,14 @@ class Training:
   def __init__(self, dataset, options: TrainOptions, work: str, evaluator, strategy,
                resolved: Dict[str, Any], log: Callable[..., None],
                inputs_cache: Optional[Dict[str, Any]] = None):
-    """`inputs_cache`: a dict trials share, so the entity features and the train
-    index (independent of the tuned values) are built once."""
+    """`inputs_cache`: see `training_inputs`."""
     tf.keras.utils.set_random_seed(options.seed)
     self.options, self.work, self.evaluator, self.log = options, work, evaluator, log
     self.resolved = resolved
     self.strategy = strategy
-    specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
-                                           side) for side in run_lib.SIDES}
-    cache = {} if inputs_cache is None else inputs_cache
-    if "preprocessing" not in cache:
-      cache["preprocessing"] = {
-          side: prep.FeaturePreprocessing(specs[side], name=f"{side}_preprocessing")
-          for side in run_lib.SIDES}
-      cache["features"] = [inputs.EntityFeatures(dataset, side, cache["preprocessing"][side])
-                           for side in run_lib.SIDES]
-    preprocessing = cache["preprocessing"]
-    static = options.sampling_probability == "static"
-    if ("index", static) not in cache:
-      cache["index", static] = inputs.InteractionIndex(
-          dataset, "train", *cache["features"],
-          inputs.StaticSamplingProbability(dataset) if static else None)
-    self.train_index = cache["index", static]
-    with strategy.scope():
-      # Every variable (estimator state, optimizer slots) is created here, in the
-      # strategy's scope, not lazily inside the first distributed step.
-      model = build_model(options, specs)
-      if model.frequency_estimator is not None:
-        model.frequency_estimator.build(None)
-        if options.estimator_init == "static":
-          model.frequency_estimator.initialize_from_counts(
-              *inputs.candidate_interaction_counts(dataset), options.batch_size)
-      model.compile(optimizer=make_optimizer(options))
-      model.optimizer.build(model.trainable_variables)
+    specs = feature_specs(dataset)
+    preprocessing, self.train_index = training_inputs(dataset, specs, options, inputs_cache)
+    model = compiled_model(dataset, options, specs, strategy)
     self.model = model
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     self.manager = tf.train.CheckpointManager(
