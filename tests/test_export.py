@@ -445,7 +445,7 @@ def test_sql_overrides_and_candidates_from_another_table(world_db, tmp_path):
                                  "c.card_id = s.swipee_id WHERE s.action <> 'superlike'")
   (cards,), = query(world_db, "SELECT count(*) FROM cards")
   dataset = reader.open_dataset(out)
-  assert dataset.num_rows("train") + dataset.num_rows("eval") == expected
+  assert sum(dataset.num_rows(split) for split in ("train", "validation", "eval")) == expected
   assert dataset.manifest["entities"] == {"query": 700, "candidate": cards}
   assert "superlike" not in read(out, "stats.json")["actions"]["train"]
 

@@ -561,8 +561,8 @@ class DatasetWriter:
     created = self.queries.created_at
     weekly_new = collections.Counter((created[created >= 0] // readiness.SECONDS_PER_WEEK).tolist())
     report = readiness.readiness_report(
-        self.query_all, positives=self.labels["train"][1] + self.labels["eval"][1],
-        negatives=self.labels["train"][0] + self.labels["eval"][0],
+        self.query_all, positives=sum(self.labels[s][1] for s in fmt.SPLITS),
+        negatives=sum(self.labels[s][0] for s in fmt.SPLITS),
         weekly_interactions=self.weekly, weekly_new_users=weekly_new,
         min_users=self.min_users, min_interactions=self.min_interactions)
     new_query = int(((self.query_train == 0) & (self.query_all > 0)).sum())
