@@ -673,9 +673,10 @@ def _write_trials(out: str, trials_dir: str, search, key: str) -> Dict[str, Any]
   rows = [r.row(key) for r in search.records]
   pd.DataFrame(rows).to_csv(os.path.join(out, TRIALS + ".csv"), index=False)
   files.write_json(os.path.join(out, TRIALS + ".json"), rows)
+  winner = f"trial_{search.winner_index:02d}"  # its logs are the run's own (logs/train)
   for name in sorted(os.listdir(trials_dir)) if os.path.isdir(trials_dir) else []:
     logs = os.path.join(trials_dir, name, run_lib.LOGS)
-    if os.path.isdir(logs):
+    if name != winner and os.path.isdir(logs):
       shutil.move(logs, os.path.join(out, run_lib.LOGS, TRIALS, name))
   return {"method": "successive halving", "trials": len(rows), "winner": search.winner_index,
           "chosen": dict(search.records[search.winner_index].params),
