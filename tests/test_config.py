@@ -1,11 +1,14 @@
 """Config validation: every problem found, each named by its path."""
 import copy
 import json
+import os
 
+import jsonschema
 import numpy as np
 import pytest
 
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import config_schema
 
 
 def _default_raw():
@@ -40,7 +43,8 @@ def test_unknown_type_duplicate_name_bad_mapping_reported_together():
   problems = _problems(raw)
   assert len(problems) == 4, problems
   text = "\n".join(problems)
-  assert "features[1] (gender).type: unknown type 'categoric'" in text
+  assert ("features[1] (gender).type: must be one of ['id', 'categorical', 'multi_categorical', "
+          "'numeric', 'geo'], got 'categoric'") in text
   assert "duplicate feature name 'seeking'" in text
   assert "interactions.actions.like.label" in text
   assert "interactions.actions.pass.weight" in text
@@ -52,7 +56,7 @@ def test_missing_keys_unknown_entity_and_unknown_keys():
   raw["candidate"]["entity"] = "item"
   raw["entities"]["user"]["features"][3]["normalisation"] = "zscore"  # British spelling
   problems = "\n".join(_problems(raw))
-  assert "interactions.timestamp_column: must be a non-empty string" in problems
+  assert "interactions.timestamp_column: missing (required)" in problems
   assert "candidate.entity: unknown entity 'item'" in problems
   assert "normalisation: unknown key" in problems
 
@@ -72,7 +76,7 @@ def test_type_specific_checks():
   features[3]["bucket_boundaries"] = [30, 20]  # numeric
   features[2]["embedding_dim"] = 0
   problems = "\n".join(_problems(raw))
-  for expected in ("embeds the entity id column", "cell_degrees", "pooling: unknown 'max'",
+  for expected in ("embeds the entity id column", "cell_degrees", "pooling: must be one of ['mean', 'sum'], got 'max'",
                    "bucket_boundaries: must be a strictly increasing", "embedding_dim: must be"):
     assert expected in problems, expected
 
@@ -138,7 +142,8 @@ def test_action_thresholds_map_ratings_and_bad_maps_are_refused():
   assert "the ranges of 'like' and 'pass' overlap (both contain 3)" in problems
   assert "action_thresholds[2].action: 'block' is not one of interactions.actions" in problems
   assert "action_thresholds[3].min: must be a number" in problems
-  assert "action_thresholds[4]: needs min and/or max" in problems
+  assert "action_thresholds[4]: expected an object with action and min and/or max" in problems
+  assert "action_thresholds[3]:" not in problems  # a bad bound is one problem, not two
 
 
 def test_history_is_off_unless_declared_and_validated_by_key(default_config):
@@ -160,4 +165,49 @@ def test_history_is_off_unless_declared_and_validated_by_key(default_config):
   raw["history"] = {"max_length": 5}
   del raw["interactions"]["timestamp_column"]
   problems = _problems(raw)
-  assert any(p.startswith("history: needs interactions.timestamp_column") for p in problems)
+  assert "interactions.timestamp_column: missing (required)" in problems
+
+
+# -- the JSON Schema ------------------------------------------------------------------------
+
+SECOND_SCHEMA_CONFIG = os.path.join(os.path.dirname(__file__), "second_schema", "config.json")
+
+
+def test_schema_file_is_a_valid_draft_2020_12_schema():
+  with open(config_schema.SCHEMA_PATH, encoding="utf-8") as f:
+    schema = json.load(f)
+  assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+  jsonschema.Draft202012Validator.check_schema(schema)
+
+
+@pytest.mark.parametrize("path", [config_lib.DEFAULT_CONFIG_PATH, SECOND_SCHEMA_CONFIG])
+def test_schema_alone_accepts_the_shipped_and_the_second_schema_configs(path):
+  """Any language's validator, given only the schema file, accepts both configs."""
+  with open(config_schema.SCHEMA_PATH, encoding="utf-8") as f:
+    validator = jsonschema.Draft202012Validator(json.load(f))
+  with open(path, encoding="utf-8") as f:
+    raw = json.load(f)
+  assert list(validator.iter_errors(raw)) == []
+  raw["interactions"]["actions"]["extra"] = {"label": "yes"}
+  assert not validator.is_valid(raw)
+
+
+def test_wrong_type_unknown_key_and_missing_key_name_the_path_and_the_file(tmp_path):
+  raw = _default_raw()
+  raw["interactions"]["action_thresholds"] = [{"action": "like", "min": 4}]
+  raw["interactions"]["action_thresholds"][0]["min"] = "four"          # wrong type
+  raw["exposure"]["hubness"] = 0.1                                     # unknown key
+  del raw["entities"]["user"]["features"][5]["latitude_column"]        # missing key
+  path = tmp_path / "mine.json"
+  path.write_text(json.dumps(raw), encoding="utf-8")
+  with pytest.raises(config_lib.ConfigError) as err:
+    config_lib.load_config(str(path))
+  assert err.value.source == str(path) and str(path) in str(err.value)
+  assert err.value.problems == [
+      "entities.user.features[5] (location).latitude_column: missing (required)",
+      "exposure.hubness: unknown key (allowed: hubness_beta, max_impressions_per_day)",
+      "interactions.action_thresholds[0].min: must be a number or null, got 'four'"]
+  # a section of the wrong type is one problem, not one per alternative of the schema
+  raw = _default_raw()
+  raw["eligibility"] = ["user"]
+  assert _problems(raw) == ["eligibility: must be null or an object, got ['user']"]

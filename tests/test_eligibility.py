@@ -141,11 +141,11 @@ def test_bad_rules_are_named_by_config_key(default_config):
     config_lib.parse_config(raw)
   text = str(e.value)
   for expected in ("eligibility.preference.seeking.men: ['male'] are not canonical genders",
-                   "eligibility.age: give either window_years OR both",
+                   "eligibility.age: expected either window_years or both min_column and max_column",
                    "eligibility.distance.feature: 'city' is not a geo feature",
-                   "eligibility.blocked: give either table or sql",
-                   "baseline: give either a non-empty terms list OR sql",
-                   "verdict.auc_gate: must be in [0.5, 1)",
+                   "eligibility.blocked: expected either table or sql",
+                   "baseline: expected either a non-empty terms list or sql",
+                   "verdict.auc_gate: must be a number < 1, got 1.5",
                    "exposure.max_impressions_per_day: must be an integer >= 1"):
     assert expected in text, text
 

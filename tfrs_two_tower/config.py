@@ -1,7 +1,10 @@
 """The one config that declares the data and the features of both towers.
 
 The config is a JSON file: human-editable, diffable, readable from any language
-(the iOS side and SQL tooling included) and it needs no extra dependency. Its
+(the iOS side and SQL tooling included). Its structure is the JSON Schema
+`config.schema.json` shipped with the package (`config_schema`); the checks that
+relate values to each other (an entity a side names exists, feature names are
+unique, a rule's feature has the right type) are made here. Its
 canonical form (sorted keys, no whitespace) is hashed; the hash travels through
 the dataset and run manifests so that a stage can refuse inputs made from a
 different config.
@@ -36,23 +39,21 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfrs_two_tower import config_schema
 from tfrs_two_tower import rules as rules_lib
 
 FORMAT_VERSION = 1
 DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(__file__), "default_config.json")
 SIDES = ("query", "candidate")
-FEATURE_TYPES = ("id", "categorical", "multi_categorical", "numeric", "geo")
-NUMERIC_NORMALIZATIONS = ("zscore", "log_zscore", "none")
-POOLINGS = ("mean", "sum")
-TIMESTAMP_UNITS = ("s", "ms", "us", "ns")  # numeric timestamps count these since 1970
+# Numeric timestamps count these units since 1970 (the schema's interactions.timestamp_unit).
+TIMESTAMP_UNITS = tuple(u for u in config_schema.SCHEMA["$defs"]["interactions"]["properties"]
+                        ["timestamp_unit"]["enum"] if u)
 # History lists of the query tower: name -> the label of the actions it holds.
 HISTORY_LISTS = {"liked": 1, "passed": 0}
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class ConfigError(ValueError):
@@ -296,221 +297,102 @@ def load_config(path: Optional[str] = None) -> Config:
 
 
 def parse_config(raw: Dict[str, Any], source: str = "<dict>") -> Config:
-  """Validates a config dict; raises ConfigError listing every problem found."""
-  problems: List[str] = []
-  if not isinstance(raw, dict):
-    raise ConfigError(source, ["top level must be a JSON object"])
+  """Validates a config dict; raises ConfigError listing every problem found.
+
+  Two passes: the JSON Schema (`config.schema.json`) checks the structure, then
+  the checks below relate values to each other on the parts that passed it
+  (both passes report together, so one run lists every problem).
+  """
   raw = copy.deepcopy(raw)
-  if raw.get("format_version") != FORMAT_VERSION:
-    problems.append(f"format_version: expected {FORMAT_VERSION}, got {raw.get('format_version')!r}")
-  _check_keys(raw, "", {"format_version", "interactions", "query", "candidate", "entities",
-                        "description", "impressions", "history",
-                        *rules_lib.TOP_LEVEL_KEYS}, problems)
-
-  entities: Dict[str, Entity] = {}
-  raw_entities = raw.get("entities")
-  if not isinstance(raw_entities, dict) or not raw_entities:
-    problems.append("entities: must be a non-empty object of entity name -> definition")
-    raw_entities = {}
-  for name, ent in raw_entities.items():
-    entity = _parse_entity(name, ent, problems)
-    if entity is not None:
-      entities[name] = entity
-
-  side_entities = {}
-  for side in SIDES:
-    section = raw.get(side)
-    if not isinstance(section, dict) or "entity" not in section:
-      problems.append(f"{side}: must be an object like {{\"entity\": \"user\"}}")
-      continue
-    _check_keys(section, side, {"entity"}, problems)
-    if section["entity"] not in raw_entities:
-      problems.append(f"{side}.entity: unknown entity {section['entity']!r} "
-                      f"(defined: {', '.join(sorted(raw_entities)) or 'none'})")
-    side_entities[side] = section["entity"]
-
-  interactions = _parse_interactions(raw.get("interactions"), problems)
-  impressions = _parse_impressions(raw.get("impressions"), problems)
-  rules = rules_lib.parse_rules(raw, entities, side_entities.get("query"),
-                                side_entities.get("candidate"), problems)
-  history = None
-  if "history" in raw:
-    history = _parse_history(raw["history"], raw.get("interactions"),
-                             entities.get(side_entities.get("candidate")), problems)
+  checked = config_schema.check(raw)
+  problems = checked.messages
+  if isinstance(raw, dict):
+    problems += _cross_field_problems(raw, checked)
   if problems:
     raise ConfigError(source, problems)
-  entities = {name: dataclasses.replace(
-      e, attributes=tuple(rules_lib.attribute_roles(rules, name).items()))
-      for name, e in entities.items()}
-  return Config(interactions=interactions, entities=entities,
-                query_entity=side_entities["query"], candidate_entity=side_entities["candidate"],
-                raw=raw, source=source, impressions=impressions, rules=rules,
-                history=history)
+  return _build(raw, source)
 
 
-def _parse_impressions(section: Any, problems: List[str]) -> Optional[Impressions]:
-  """The optional `impressions` section (None when absent or null)."""
-  if section is None:
-    return None
-  path = "impressions"
-  if not isinstance(section, dict):
-    problems.append(f"{path}: must be an object naming the impressions table and its columns")
-    return None
-  keys = ["table"] + [key for _, key in Impressions.ROLES]
-  _check_keys(section, path, set(keys) | {"sql"}, problems)
-  fields = {k: _require_str(section, k, path, problems) for k in keys}
-  sql = _require_str(section, "sql", path, problems, optional=True)
-  if None in fields.values():
-    return None
-  return Impressions(sql=sql, **fields)
+# -- checks relating values (what a JSON Schema cannot say) ----------------------------------
+
+def _cross_field_problems(raw: Dict[str, Any], checked: config_schema.SchemaCheck) -> List[str]:
+  problems: List[str] = []
+  entities = raw.get("entities") if checked.readable("entities") else {}
+  for name, entity in entities.items():
+    if checked.readable("entities", name, "features"):
+      problems += _feature_problems(raw, name, entity, checked)
+  sides = {}
+  for side in SIDES:
+    if checked.readable(side, "entity"):
+      sides[side] = raw[side]["entity"]
+      if sides[side] not in entities:
+        problems.append(f"{side}.entity: unknown entity {sides[side]!r} "
+                        f"(defined: {', '.join(sorted(entities)) or 'none'})")
+  if checked.readable("interactions"):
+    problems += _interaction_problems(raw["interactions"], checked)
+  if "history" in raw and checked.valid("history"):
+    problems += _history_problems(raw, sides.get("candidate"), checked)
+  problems += rules_lib.rule_problems(raw, sides.get("query"), sides.get("candidate"),
+                                      checked.valid)
+  return problems
 
 
-def _parse_history(section: Any, interactions: Any, candidate: Optional[Entity],
-                   problems: List[str]) -> Optional[History]:
-  """The optional `history` section; problems name the key at fault."""
-  if not isinstance(section, dict):
-    problems.append("history: must be an object like {\"max_length\": 20, "
-                    "\"lists\": [\"liked\", \"passed\"]}")
-    return None
-  n_before = len(problems)
-  _check_keys(section, "history", {"max_length", "lists", "share_candidate_id_embedding"},
-              problems)
-  max_length = section.get("max_length")
-  if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-    problems.append(f"history.max_length: must be an integer >= 1, got {max_length!r}")
-  lists = section.get("lists", list(HISTORY_LISTS))
-  if (not isinstance(lists, list) or not lists or len(set(map(str, lists))) != len(lists)
-      or any(name not in HISTORY_LISTS for name in lists)):
-    problems.append(f"history.lists: must be a non-empty list of distinct names from "
-                    f"{', '.join(HISTORY_LISTS)}, got {lists!r}")
-    lists = []
-  share = section.get("share_candidate_id_embedding", False)
-  if not isinstance(share, bool):
-    problems.append(f"history.share_candidate_id_embedding: must be true or false, got {share!r}")
-  if not isinstance(interactions, dict) or not interactions.get("timestamp_column"):
-    problems.append("history: needs interactions.timestamp_column (a history is the swipes "
-                    "before each interaction's time)")
-  if candidate is not None and not any(f.type == "id" for f in candidate.features):
-    problems.append(f"history: the candidate entity {candidate.name!r} has no feature of type "
-                    "'id' (history ids use its vocabulary)")
-  if isinstance(interactions, dict) and isinstance(interactions.get("actions"), dict):
-    labels = {spec.get("label") for spec in interactions["actions"].values()
-              if isinstance(spec, dict)}
-    for name in lists:
-      if HISTORY_LISTS.get(name) not in labels:
-        problems.append(f"history.lists: {name!r} holds actions with label "
-                        f"{HISTORY_LISTS[name]}, but interactions.actions has none")
-  if len(problems) > n_before:
-    return None
-  return History(max_length=max_length, lists=tuple(lists), share_candidate_id_embedding=share)
-
-
-def _check_keys(section: Dict[str, Any], path: str, allowed: set, problems: List[str]) -> None:
-  for key in section:
-    if key not in allowed:
-      where = f"{path}.{key}" if path else key
-      problems.append(f"{where}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _require_str(section: Dict[str, Any], key: str, path: str, problems: List[str],
-                 optional: bool = False) -> Optional[str]:
-  value = section.get(key)
-  if value is None and optional:
-    return None
-  if not isinstance(value, str) or not value:
-    problems.append(f"{path}.{key}: {'must be a non-empty string' + (' or null' if optional else '')}"
-                    f" (got {value!r})")
-    return None
-  return value
-
-
-def _parse_interactions(section: Any, problems: List[str]) -> Optional[Interactions]:
-  path = "interactions"
-  if not isinstance(section, dict):
-    problems.append(f"{path}: must be an object")
-    return None
-  _check_keys(section, path, {"table", "query_id_column", "candidate_id_column", "action_column",
-                              "timestamp_column", "timestamp_unit", "weight_column", "actions",
-                              "sql", "action_thresholds"}, problems)
-  fields = {k: _require_str(section, k, path, problems)
-            for k in ("table", "query_id_column", "candidate_id_column", "action_column",
-                      "timestamp_column")}
-  weight_column = _require_str(section, "weight_column", path, problems, optional=True)
-  sql = _require_str(section, "sql", path, problems, optional=True)
-  timestamp_unit = section.get("timestamp_unit")
-  if timestamp_unit is not None and timestamp_unit not in TIMESTAMP_UNITS:
-    problems.append(f"{path}.timestamp_unit: must be one of {list(TIMESTAMP_UNITS)} (the unit "
-                    f"of numeric timestamps), got {timestamp_unit!r}")
-  actions = []
-  raw_actions = section.get("actions")
-  if not isinstance(raw_actions, dict) or not raw_actions:
-    problems.append(f"{path}.actions: must map each action value to {{\"label\": 0|1, \"weight\": w}}")
-    raw_actions = {}
-  for name, spec in raw_actions.items():
-    where = f"{path}.actions.{name}"
-    if not isinstance(spec, dict):
-      problems.append(f"{where}: must be an object with label and weight")
+def _feature_problems(raw: Dict[str, Any], name: str, entity: Dict[str, Any],
+                      checked: config_schema.SchemaCheck) -> List[str]:
+  """Names unique, one id feature embedding the id column, ordered bounds."""
+  problems, seen, ids = [], set(), 0
+  for i, spec in enumerate(entity["features"]):
+    if not checked.valid("entities", name, "features", i):
       continue
-    _check_keys(spec, where, {"label", "weight"}, problems)
-    label, weight = spec.get("label"), spec.get("weight", 1.0)
-    if label not in (0, 1) or isinstance(label, bool):
-      problems.append(f"{where}.label: must be 1 (positive) or 0 (negative), got {label!r}")
-      continue
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight <= 0:
-      problems.append(f"{where}.weight: must be a positive number, got {weight!r}")
-      continue
-    actions.append(Action(name, int(label), float(weight)))
-  if raw_actions and actions and not any(a.label == 1 for a in actions):
-    problems.append(f"{path}.actions: no action maps to label 1; retrieval needs positives")
-  thresholds = _parse_action_thresholds(section.get("action_thresholds"),
-                                        {a.name for a in actions}, problems)
-  if None in fields.values():
-    return None
-  return Interactions(weight_column=weight_column, sql=sql, actions=tuple(actions),
-                      timestamp_unit=timestamp_unit, action_thresholds=thresholds,
-                      **fields)
+    where = config_schema.render_path(raw, ("entities", name, "features", i))
+    if spec["name"] in seen:
+      problems.append(f"{where}.name: duplicate feature name {spec['name']!r}")
+    seen.add(spec["name"])
+    ids += spec["type"] == "id"
+    column = spec.get("column", entity["id_column"])
+    if spec["type"] == "id" and column != entity["id_column"]:
+      problems.append(f"{where}.column: an 'id' feature embeds the entity id column "
+                      f"{entity['id_column']!r}, got {column!r}")
+    bounds = spec.get("bucket_boundaries", [])
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+      problems.append(f"{where}.bucket_boundaries: must be a strictly increasing list of "
+                      f"numbers, got {bounds!r}")
+    valid = spec.get("valid_range")
+    if valid is not None and not valid[0] < valid[1]:
+      problems.append(f"{where}.valid_range: must be [low, high] with low < high, got {valid!r}")
+  if ids > 1:
+    problems.append(f"entities.{name}.features: at most one feature of type 'id'")
+  return problems
 
 
-def _parse_action_thresholds(section: Any, actions: set,
-                             problems: List[str]) -> Tuple[ActionThreshold, ...]:
-  """`interactions.action_thresholds`: a numeric action column -> action names.
+def _interaction_problems(section: Dict[str, Any],
+                          checked: config_schema.SchemaCheck) -> List[str]:
+  """A positive action exists; action_thresholds name actions and do not overlap.
 
-  A list of {"action": name, "min": x, "max": y} (either bound may be left out;
+  `interactions.action_thresholds` maps a numeric action column to action names:
+  a list of {"action": name, "min": x, "max": y} (either bound may be left out;
   both inclusive), e.g. [{"action": "like", "min": 4}, {"action": "pass", "max": 3}]
-  for 1-5 ratings. Ranges may not overlap; a data value no range covers is refused.
+  for 1-5 ratings. A data value no range covers is refused at export.
   """
-  path = "interactions.action_thresholds"
-  if section is None:
-    return ()
-  if not isinstance(section, list) or not section:
-    problems.append(f"{path}: must be a non-empty list of {{\"action\", \"min\", \"max\"}} or null")
-    return ()
-  rules = []
-  for i, spec in enumerate(section):
-    where = f"{path}[{i}]"
-    if not isinstance(spec, dict):
-      problems.append(f"{where}: must be an object with action and min and/or max")
+  problems = []
+  actions = section.get("actions") if checked.readable("interactions", "actions") else {}
+  if checked.valid("interactions", "actions") and not any(
+      spec["label"] == 1 for spec in actions.values()):
+    problems.append("interactions.actions: no action maps to label 1; retrieval needs positives")
+  if not checked.readable("interactions", "action_thresholds"):
+    return problems
+  path, rules = "interactions.action_thresholds", []
+  for i, spec in enumerate(section.get("action_thresholds") or []):
+    if not checked.valid("interactions", "action_thresholds", i):
       continue
-    _check_keys(spec, where, {"action", "min", "max"}, problems)
-    bounds = {}
-    for key in ("min", "max"):
-      value = spec.get(key)
-      if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                or not np.isfinite(value)):
-        problems.append(f"{where}.{key}: must be a number, got {value!r}")
-        value = None
-      bounds[key] = value
-    if spec.get("action") not in actions:
-      problems.append(f"{where}.action: {spec.get('action')!r} is not one of "
+    rule = ActionThreshold(spec["action"], spec.get("min"), spec.get("max"))
+    if rule.action not in actions:
+      problems.append(f"{path}[{i}].action: {rule.action!r} is not one of "
                       f"interactions.actions ({', '.join(sorted(actions))})")
-      continue
-    if bounds["min"] is None and bounds["max"] is None:
-      problems.append(f"{where}: needs min and/or max")
-      continue
-    if None not in bounds.values() and bounds["min"] > bounds["max"]:
-      problems.append(f"{where}: min {bounds['min']} > max {bounds['max']}")
-      continue
-    rules.append(ActionThreshold(spec["action"], bounds["min"], bounds["max"]))
+    elif None not in (rule.minimum, rule.maximum) and rule.minimum > rule.maximum:
+      problems.append(f"{path}[{i}]: min {rule.minimum} > max {rule.maximum}")
+    else:
+      rules.append(rule)
   for i, a in enumerate(rules):
     for b in rules[i + 1:]:
       low = max(-np.inf if a.minimum is None else a.minimum,
@@ -520,146 +402,96 @@ def _parse_action_thresholds(section: Any, actions: set,
       if low <= high:
         problems.append(f"{path}: the ranges of {a.action!r} and {b.action!r} overlap "
                         f"(both contain {low:g}); a value must map to one action")
-  return tuple(rules)
+  return problems
 
 
-def _parse_entity(name: str, section: Any, problems: List[str]) -> Optional[Entity]:
-  path = f"entities.{name}"
-  if not _NAME_RE.match(str(name)):
-    problems.append(f"{path}: entity names must match {_NAME_RE.pattern}")
-  if not isinstance(section, dict):
-    problems.append(f"{path}: must be an object")
-    return None
-  _check_keys(section, path, {"table", "id_column", "created_at_column", "sql", "features"},
-              problems)
-  table = _require_str(section, "table", path, problems)
-  id_column = _require_str(section, "id_column", path, problems)
-  created_at = _require_str(section, "created_at_column", path, problems, optional=True)
-  sql = _require_str(section, "sql", path, problems, optional=True)
-  raw_features = section.get("features")
-  if not isinstance(raw_features, list) or not raw_features:
-    problems.append(f"{path}.features: must be a non-empty list")
-    return None
-  features, seen = [], set()
-  for i, spec in enumerate(raw_features):
-    feature = _parse_feature(f"{path}.features[{i}]", spec, id_column, problems)
-    if feature is None:
-      continue
-    if feature.name in seen:
-      problems.append(f"{path}.features[{i}].name: duplicate feature name {feature.name!r}")
-      continue
-    seen.add(feature.name)
-    features.append(feature)
-  if sum(f.type == "id" for f in features) > 1:
-    problems.append(f"{path}.features: at most one feature of type 'id'")
-  if None in (table, id_column):
-    return None
-  return Entity(name, table, id_column, created_at, sql, tuple(features))
+def _history_problems(raw: Dict[str, Any], candidate: Optional[str],
+                      checked: config_schema.SchemaCheck) -> List[str]:
+  """History ids need the candidate id vocabulary; each list needs actions with its label."""
+  problems = []
+  lists = raw["history"].get("lists", list(HISTORY_LISTS))
+  if candidate in raw.get("entities", {}) and checked.valid("entities", candidate, "features"):
+    if not any(f["type"] == "id" for f in raw["entities"][candidate]["features"]):
+      problems.append(f"history: the candidate entity {candidate!r} has no feature of type "
+                      "'id' (history ids use its vocabulary)")
+  if checked.valid("interactions", "actions"):
+    labels = {spec["label"] for spec in raw["interactions"]["actions"].values()}
+    for name in lists:
+      if HISTORY_LISTS[name] not in labels:
+        problems.append(f"history.lists: {name!r} holds actions with label "
+                        f"{HISTORY_LISTS[name]}, but interactions.actions has none")
+  return problems
 
 
-def _positive_int(spec, key, default, path, problems, minimum=1):
-  value = spec.get(key, default)
-  if value is None and default is None:
-    return None
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    problems.append(f"{path}.{key}: must be an integer >= {minimum}, got {value!r}")
-    return default
-  return value
+# -- building the config from a valid dict (defaults filled in) ------------------------------
+
+def _build(raw: Dict[str, Any], source: str) -> Config:
+  rules = rules_lib.parse_rules(raw)
+  entities = {name: _entity(name, spec, rules) for name, spec in raw["entities"].items()}
+  history = None
+  if "history" in raw:
+    spec = raw["history"]
+    history = History(max_length=spec["max_length"],
+                      lists=tuple(spec.get("lists", HISTORY_LISTS)),
+                      share_candidate_id_embedding=spec.get("share_candidate_id_embedding",
+                                                            False))
+  impressions = None
+  if raw.get("impressions") is not None:
+    spec = raw["impressions"]
+    impressions = Impressions(table=spec["table"], sql=spec.get("sql"),
+                              **{key: spec[key] for _, key in Impressions.ROLES})
+  return Config(interactions=_interactions(raw["interactions"]), entities=entities,
+                query_entity=raw["query"]["entity"],
+                candidate_entity=raw["candidate"]["entity"],
+                raw=raw, source=source, impressions=impressions, rules=rules,
+                history=history)
 
 
-_COMMON_KEYS = {"name", "type", "column", "embedding_dim", "description"}
-_TYPE_KEYS = {
-    "id": {"num_oov_buckets", "min_count", "max_vocab_size"},
-    "categorical": {"num_oov_buckets", "min_count", "max_vocab_size"},
-    "multi_categorical": {"num_oov_buckets", "min_count", "max_vocab_size", "max_length",
-                          "pooling"},
-    "numeric": {"normalization", "fill", "bucket_boundaries", "valid_range"},
-    "geo": {"latitude_column", "longitude_column", "cell_degrees", "num_oov_buckets",
-            "min_count", "max_vocab_size"},
-}
+def _interactions(spec: Dict[str, Any]) -> Interactions:
+  actions = tuple(Action(name, int(a["label"]), float(a.get("weight", 1.0)))
+                  for name, a in spec["actions"].items())
+  thresholds = tuple(ActionThreshold(t["action"], t.get("min"), t.get("max"))
+                     for t in spec.get("action_thresholds") or ())
+  return Interactions(table=spec["table"], query_id_column=spec["query_id_column"],
+                      candidate_id_column=spec["candidate_id_column"],
+                      action_column=spec["action_column"],
+                      timestamp_column=spec["timestamp_column"],
+                      weight_column=spec.get("weight_column"), sql=spec.get("sql"),
+                      actions=actions, timestamp_unit=spec.get("timestamp_unit"),
+                      action_thresholds=thresholds)
 
 
-def _parse_feature(path: str, spec: Any, id_column: Optional[str],
-                   problems: List[str]) -> Optional[Feature]:
-  if not isinstance(spec, dict):
-    problems.append(f"{path}: must be an object with at least name and type")
-    return None
-  name, ftype = spec.get("name"), spec.get("type")
-  if not isinstance(name, str) or not _NAME_RE.match(name):
-    problems.append(f"{path}.name: must match {_NAME_RE.pattern}, got {name!r}")
-    return None
-  path = f"{path} ({name})"
-  if ftype not in FEATURE_TYPES:
-    problems.append(f"{path}.type: unknown type {ftype!r} (expected one of {', '.join(FEATURE_TYPES)})")
-    return None
-  _check_keys(spec, path, _COMMON_KEYS | _TYPE_KEYS[ftype], problems)
-  n_before = len(problems)
-  kwargs: Dict[str, Any] = {}
+def _entity(name: str, spec: Dict[str, Any], rules: rules_lib.Rules) -> Entity:
+  return Entity(name, spec["table"], spec["id_column"], spec.get("created_at_column"),
+                spec.get("sql"),
+                tuple(_feature(f, spec["id_column"]) for f in spec["features"]),
+                attributes=tuple(rules_lib.attribute_roles(rules, name).items()))
+
+
+def _feature(spec: Dict[str, Any], id_column: str) -> Feature:
+  """A feature spec that passed the schema -> Feature, defaults filled in."""
+  ftype, kwargs = spec["type"], {}
   if ftype == "geo":
-    lat = _require_str(spec, "latitude_column", path, problems)
-    lon = _require_str(spec, "longitude_column", path, problems)
-    columns = (lat, lon)
-    cell = spec.get("cell_degrees", 1.0)
-    if not isinstance(cell, (int, float)) or isinstance(cell, bool) or not 0 < cell <= 90:
-      problems.append(f"{path}.cell_degrees: must be a number in (0, 90], got {cell!r}")
-    else:
-      kwargs["cell_degrees"] = float(cell)
+    columns = (spec["latitude_column"], spec["longitude_column"])
+    kwargs["cell_degrees"] = float(spec.get("cell_degrees", 1.0))
   elif ftype == "id":
-    column = spec.get("column", id_column)
-    if column != id_column:
-      problems.append(f"{path}.column: an 'id' feature embeds the entity id column "
-                      f"{id_column!r}, got {column!r}")
     columns = (id_column,)
   else:
-    column = spec.get("column", name)
-    if not isinstance(column, str) or not column:
-      problems.append(f"{path}.column: must be a non-empty string")
-    columns = (column,)
-
+    columns = (spec.get("column", spec["name"]),)
   if ftype == "numeric":
-    norm = spec.get("normalization", "zscore")
-    if norm not in NUMERIC_NORMALIZATIONS:
-      problems.append(f"{path}.normalization: unknown {norm!r} (expected one of "
-                      f"{', '.join(NUMERIC_NORMALIZATIONS)})")
-    fill = spec.get("fill", "mean")
-    if fill != "mean" and (not isinstance(fill, (int, float)) or isinstance(fill, bool)):
-      problems.append(f"{path}.fill: must be \"mean\" or a number, got {fill!r}")
-    bounds = spec.get("bucket_boundaries", [])
-    if (not isinstance(bounds, list) or not all(isinstance(b, (int, float)) for b in bounds)
-        or sorted(bounds) != bounds or len(set(bounds)) != len(bounds)):
-      problems.append(f"{path}.bucket_boundaries: must be a strictly increasing list of numbers")
-      bounds = []
-    kwargs.update(normalization=norm, fill=fill, bucket_boundaries=tuple(float(b) for b in bounds))
     valid = spec.get("valid_range")
-    if valid is not None:
-      if (not isinstance(valid, list) or len(valid) != 2 or not all(
-          isinstance(v, (int, float)) and not isinstance(v, bool) for v in valid)
-          or not valid[0] < valid[1]):
-        problems.append(f"{path}.valid_range: must be [low, high] with low < high, got {valid!r}")
-      else:
-        kwargs["valid_range"] = (float(valid[0]), float(valid[1]))
-    embedding_default = 0
+    kwargs.update(normalization=spec.get("normalization", "zscore"),
+                  fill=spec.get("fill", "mean"),
+                  bucket_boundaries=tuple(float(b) for b in spec.get("bucket_boundaries", ())),
+                  valid_range=None if valid is None else (float(valid[0]), float(valid[1])))
   else:
-    kwargs["num_oov_buckets"] = _positive_int(spec, "num_oov_buckets", 1, path, problems)
-    kwargs["min_count"] = _positive_int(spec, "min_count", 1, path, problems)
-    kwargs["max_vocab_size"] = _positive_int(spec, "max_vocab_size", None, path, problems)
-    embedding_default = None
+    kwargs.update(num_oov_buckets=spec.get("num_oov_buckets", 1),
+                  min_count=spec.get("min_count", 1),
+                  max_vocab_size=spec.get("max_vocab_size"))
   if ftype == "multi_categorical":
-    kwargs["max_length"] = _positive_int(spec, "max_length", 8, path, problems)
-    pooling = spec.get("pooling", "mean")
-    if pooling not in POOLINGS:
-      problems.append(f"{path}.pooling: unknown {pooling!r} (expected one of {', '.join(POOLINGS)})")
-    kwargs["pooling"] = pooling
-
-  embedding_dim = spec.get("embedding_dim", embedding_default)
-  needs_embedding = ftype != "numeric" or kwargs.get("bucket_boundaries")
-  if needs_embedding and (not isinstance(embedding_dim, int) or isinstance(embedding_dim, bool)
-                          or embedding_dim < 1):
-    problems.append(f"{path}.embedding_dim: must be an integer >= 1, got {embedding_dim!r}")
-  if len(problems) > n_before:
-    return None
-  return Feature(name=name, type=ftype, columns=tuple(columns),
-                 embedding_dim=int(embedding_dim or 0), **kwargs)
+    kwargs.update(max_length=spec.get("max_length", 8), pooling=spec.get("pooling", "mean"))
+  return Feature(name=spec["name"], type=ftype, columns=columns,
+                 embedding_dim=int(spec.get("embedding_dim") or 0), **kwargs)
 
 
 def check_columns(config: Config, kind: str, available: Sequence[str],

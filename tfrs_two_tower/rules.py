@@ -29,16 +29,17 @@ missing for a pair contributes 0):
   distance_decay:  -weight * min(max(0, km - radius_km) / radius_km, cap)
   shared_values:   weight * |values_u ∩ values_v|               a multi_categorical feature
 
-Parsing appends one message per problem to a list (the config module raises
-them together); it never reads data: values are checked against the data at
+Their structure is part of the config's JSON Schema (`config.schema.json`);
+`rule_problems` adds what a schema cannot say (a rule's feature has the right
+type, seeking values name canonical genders) and `parse_rules` builds the rules
+from a valid config. Neither reads data: values are checked against the data at
 export (`data.eligibility_check`).
 """
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 ANYONE = "*"
-BASELINE_TERM_TYPES = ("eligible", "age_closeness", "distance_decay", "shared_values")
 DEFAULT_VERDICT = {"expected_lift_low": 0.20, "expected_lift_high": 0.40, "auc_gate": 0.7}
 
 
@@ -195,260 +196,121 @@ def attribute_roles(rules: Rules, entity: str) -> Dict[str, str]:
   return roles
 
 
-def parse_rules(raw: Dict[str, Any], entities: Mapping[str, Any], query_entity: Optional[str],
-                candidate_entity: Optional[str], problems: List[str]) -> Rules:
-  """Parses the four optional keys of a config dict; appends problems, never raises.
+def rule_problems(raw: Dict[str, Any], query_entity: Optional[str],
+                  candidate_entity: Optional[str], valid: Callable[..., bool]) -> List[str]:
+  """What the config schema cannot say about the four keys: the values they relate.
 
   Args:
-    entities: parsed entities by name (objects with `.features`, each `.name`/`.type`).
+    raw: the config dict; only parts that passed the schema are read.
+    query_entity, candidate_entity: the sides' entity names (None when unreadable).
+    valid: valid(*key_path) -> True when that part passed the schema whole.
+  Returns:
+    One message per problem, naming the config key at fault.
   """
+  problems: List[str] = []
+  section = raw.get("eligibility")
+  if section is not None and valid("eligibility", "entity"):
+    name = section.get("entity", candidate_entity)
+    if name not in (raw.get("entities") or {}):
+      problems.append(f"eligibility.entity: unknown entity {name!r}")
+    pairwise = [k for k in ("preference", "age", "distance") if section.get(k) is not None]
+    if pairwise and query_entity is not None and not (query_entity == candidate_entity == name):
+      problems.append(f"eligibility: rules {', '.join(pairwise)} compare two members of one "
+                      f"entity; the query and candidate sides must both be {name!r}")
+    pref = section.get("preference")
+    if pref is not None and valid("eligibility", "preference"):
+      path = "eligibility.preference"
+      for raw_value, accepted in pref["seeking"].items():
+        unknown = [g for g in accepted if g != ANYONE and g not in pref["genders"]]
+        if unknown:
+          problems.append(f"{path}.seeking.{raw_value}: {unknown} are not canonical genders "
+                          f"(keys of {path}.genders: {sorted(pref['genders'])}, or {ANYONE!r} "
+                          "for anyone)")
+    if section.get("distance") is not None and valid("eligibility", "distance"):
+      problems += _feature_type(raw, name, section["distance"]["feature"], "geo",
+                                "eligibility.distance.feature", valid)
+  baseline = raw.get("baseline")
+  if baseline is not None and valid("baseline"):
+    if baseline.get("terms") and section is None:
+      problems.append("baseline.terms: need an eligibility section (its entity holds the "
+                      "columns the terms read)")
+    for i, term in enumerate(baseline.get("terms") or ()):
+      where = f"baseline.terms[{i}] ({term['type']})"
+      if term["type"] in _TERM_FEATURE_TYPES:
+        problems += _feature_type(raw, candidate_entity, term["feature"],
+                                  _TERM_FEATURE_TYPES[term["type"]], f"{where}.feature", valid)
+  verdict = raw.get("verdict") or {}
+  low, high = (verdict.get(k) for k in ("expected_lift_low", "expected_lift_high"))
+  if valid("verdict") and None not in (low, high) and low > high:
+    problems.append(f"verdict: expected_lift_low {low} > expected_lift_high {high}")
+  return problems
+
+
+# Baseline terms that read a feature -> the feature type they need.
+_TERM_FEATURE_TYPES = {"distance_decay": "geo", "shared_values": "multi_categorical"}
+
+
+def _feature_type(raw, entity: Optional[str], feature: str, ftype: str, path: str,
+                  valid) -> List[str]:
+  """[] when `feature` is a `ftype` feature of `entity` (or the entity cannot be read)."""
+  if entity not in (raw.get("entities") or {}) or not valid("entities", entity, "features"):
+    return []
+  types = {f["name"]: f["type"] for f in raw["entities"][entity]["features"]}
+  if types.get(feature) != ftype:
+    return [f"{path}: {feature!r} is not a {ftype} feature of entity {entity!r}"]
+  return []
+
+
+def parse_rules(raw: Dict[str, Any]) -> Rules:
+  """The four optional keys of a config that passed the schema and `rule_problems`."""
   eligibility = None
   if raw.get("eligibility") is not None:
-    eligibility = _parse_eligibility(raw["eligibility"], entities, query_entity,
-                                     candidate_entity, problems)
+    eligibility = _eligibility(raw["eligibility"], raw["candidate"]["entity"])
   baseline = None
-  if raw.get("baseline") is not None and (raw["baseline"] or {}).get("terms") and \
-      eligibility is None:
-    problems.append("baseline.terms: need an eligibility section (its entity holds the "
-                    "columns the terms read)")
-  elif raw.get("baseline") is not None:
-    entity = entities.get(candidate_entity) if candidate_entity else None
-    baseline = _parse_baseline(raw["baseline"], entity, eligibility, problems)
-  verdict = _parse_verdict(raw.get("verdict") or {}, problems)
-  exposure = _parse_exposure(raw.get("exposure") or {}, problems)
-  return Rules(eligibility, baseline, verdict, exposure)
+  if raw.get("baseline") is not None:
+    spec = raw["baseline"]
+    baseline = Baseline(terms=tuple(_term(t) for t in spec.get("terms") or ()),
+                        sql=spec.get("sql"))
+  verdict = {k: v for k, v in (raw.get("verdict") or {}).items() if v is not None}
+  exposure = raw.get("exposure") or {}
+  return Rules(eligibility, baseline, Verdict(**{k: float(v) for k, v in verdict.items()}),
+               Exposure(float(exposure.get("hubness_beta") or 0.0),
+                        exposure.get("max_impressions_per_day")))
 
 
-def _check_keys(section, path, allowed, problems) -> bool:
-  if not isinstance(section, dict):
-    problems.append(f"{path}: must be an object")
-    return False
-  for key in section:
-    if key not in allowed:
-      problems.append(f"{path}.{key}: unknown key (allowed: {', '.join(sorted(allowed))})")
-  return True
-
-
-def _string(section, key, path, problems, optional=False) -> Optional[str]:
-  value = section.get(key)
-  if value is None and optional:
-    return None
-  if not isinstance(value, str) or not value:
-    problems.append(f"{path}.{key}: must be a non-empty string{' or null' if optional else ''} "
-                    f"(got {value!r})")
-    return None
-  return value
-
-
-def _number(section, key, path, problems, default=None, minimum=0.0, strict=True):
-  value = section.get(key, default)
-  if value is None:
-    if default is None:
-      problems.append(f"{path}.{key}: required")
-    return default
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-      value > minimum if strict else value >= minimum)
-  if not ok:
-    problems.append(f"{path}.{key}: must be a number {'>' if strict else '>='} {minimum:g}, "
-                    f"got {value!r}")
-    return default
-  return float(value)
-
-
-def _flag(section, key, path, problems, default) -> bool:
-  value = section.get(key, default)
-  if not isinstance(value, bool):
-    problems.append(f"{path}.{key}: must be true or false, got {value!r}")
-    return default
-  return value
-
-
-def _string_lists(section, path, problems) -> Dict[str, Tuple[str, ...]]:
-  """{key: [non-empty strings]} -> {key: tuple}; one problem per bad entry."""
-  if not isinstance(section, dict) or not section:
-    problems.append(f"{path}: must be a non-empty object of value -> list of values")
-    return {}
-  out = {}
-  for key, values in section.items():
-    if (not isinstance(values, list) or not values
-        or not all(isinstance(v, str) and v for v in values)):
-      problems.append(f"{path}.{key}: must be a non-empty list of non-empty strings, "
-                      f"got {values!r}")
-      continue
-    out[str(key)] = tuple(values)
-  return out
-
-
-def _feature(entity, name: str, ftype: str, path: str, problems) -> None:
-  if entity is None:
-    return
-  match = [f for f in entity.features if f.name == name]
-  if not match or match[0].type != ftype:
-    problems.append(f"{path}: {name!r} is not a {ftype} feature of entity {entity.name!r}")
-
-
-def _parse_eligibility(section, entities, query_entity, candidate_entity,
-                       problems) -> Optional[Eligibility]:
-  path = "eligibility"
-  if not _check_keys(section, path, {"entity", "preference", "age", "distance", "blocked",
-                                     "exclude_self", "exclude_swiped", "active"}, problems):
-    return None
-  name = section.get("entity", candidate_entity)
-  entity = entities.get(name)
-  if entity is None and name not in entities:
-    problems.append(f"{path}.entity: unknown entity {name!r}")
-  pairwise = [k for k in ("preference", "age", "distance") if section.get(k) is not None]
-  if pairwise and not (query_entity == candidate_entity == name):
-    problems.append(f"{path}: rules {', '.join(pairwise)} compare two members of one entity; "
-                    f"the query and candidate sides must both be {name!r}")
+def _eligibility(section: Dict[str, Any], candidate_entity: str) -> Eligibility:
   kwargs: Dict[str, Any] = {}
   pref = section.get("preference")
   if pref is not None:
-    p = f"{path}.preference"
-    if _check_keys(pref, p, {"gender_column", "seeking_column", "genders", "seeking",
-                             "case_sensitive"}, problems):
-      genders = _string_lists(pref.get("genders"), f"{p}.genders", problems)
-      seeking = _string_lists(pref.get("seeking"), f"{p}.seeking", problems)
-      for raw_value, accepted in seeking.items():
-        unknown = [g for g in accepted if g != ANYONE and g not in genders]
-        if unknown:
-          problems.append(f"{p}.seeking.{raw_value}: {unknown} are not canonical genders "
-                          f"(keys of {p}.genders: {sorted(genders)}, or {ANYONE!r} for anyone)")
-      cols = [_string(pref, k, p, problems) for k in ("gender_column", "seeking_column")]
-      case = _flag(pref, "case_sensitive", p, problems, False)
-      if None not in cols and genders and seeking:
-        kwargs["preference"] = Preference(cols[0], cols[1], genders, seeking, case)
+    kwargs["preference"] = Preference(
+        pref["gender_column"], pref["seeking_column"],
+        {k: tuple(v) for k, v in pref["genders"].items()},
+        {k: tuple(v) for k, v in pref["seeking"].items()},
+        pref.get("case_sensitive", False))
   age = section.get("age")
-  if age is not None:
-    p = f"{path}.age"
-    if _check_keys(age, p, {"column", "window_years", "min_column", "max_column"}, problems):
-      column = _string(age, "column", p, problems)
-      has_window = age.get("window_years") is not None
-      has_range = age.get("min_column") is not None or age.get("max_column") is not None
-      if has_window == has_range:
-        problems.append(f"{p}: give either window_years OR both min_column and max_column")
-      elif has_window:
-        window = _number(age, "window_years", p, problems, minimum=0.0, strict=False)
-        if column and window is not None:
-          kwargs["age"] = AgeRule(column, window_years=window)
-      else:
-        lo, hi = (_string(age, k, p, problems) for k in ("min_column", "max_column"))
-        if column and lo and hi:
-          kwargs["age"] = AgeRule(column, min_column=lo, max_column=hi)
-  dist = section.get("distance")
-  if dist is not None:
-    p = f"{path}.distance"
-    if _check_keys(dist, p, {"feature", "max_km"}, problems):
-      feature = _string(dist, "feature", p, problems)
-      max_km = _number(dist, "max_km", p, problems)
-      if feature:
-        _feature(entity, feature, "geo", f"{p}.feature", problems)
-      if feature and max_km:
-        kwargs["distance"] = DistanceRule(feature, max_km)
+  if age is not None and age.get("window_years") is not None:
+    kwargs["age"] = AgeRule(age["column"], window_years=float(age["window_years"]))
+  elif age is not None:
+    kwargs["age"] = AgeRule(age["column"], min_column=age["min_column"],
+                            max_column=age["max_column"])
+  if section.get("distance") is not None:
+    kwargs["distance"] = DistanceRule(section["distance"]["feature"],
+                                      float(section["distance"]["max_km"]))
   blocked = section.get("blocked")
   if blocked is not None:
-    p = f"{path}.blocked"
-    if _check_keys(blocked, p, {"table", "query_id_column", "candidate_id_column", "sql"},
-                   problems):
-      table = _string(blocked, "table", p, problems, optional=True)
-      sql = _string(blocked, "sql", p, problems, optional=True)
-      if (table is None) == (sql is None):
-        problems.append(f"{p}: give either table or sql (a query returning the two id columns)")
-      cols = [_string(blocked, k, p, problems) for k in ("query_id_column", "candidate_id_column")]
-      if None not in cols and (table is None) != (sql is None):
-        kwargs["blocked"] = BlockedRule(table, cols[0], cols[1], sql)
-  active = section.get("active")
-  if active is not None:
-    p = f"{path}.active"
-    if _check_keys(active, p, {"column", "within_days"}, problems):
-      column = _string(active, "column", p, problems)
-      days = _number(active, "within_days", p, problems)
-      if column and days:
-        kwargs["active"] = ActiveRule(column, days)
-  kwargs["exclude_self"] = _flag(section, "exclude_self", path, problems, True)
-  kwargs["exclude_swiped"] = _flag(section, "exclude_swiped", path, problems, True)
-  return Eligibility(entity=name, **kwargs)
+    kwargs["blocked"] = BlockedRule(blocked.get("table"), blocked["query_id_column"],
+                                    blocked["candidate_id_column"], blocked.get("sql"))
+  if section.get("active") is not None:
+    kwargs["active"] = ActiveRule(section["active"]["column"],
+                                  float(section["active"]["within_days"]))
+  return Eligibility(entity=section.get("entity", candidate_entity),
+                     exclude_self=section.get("exclude_self", True),
+                     exclude_swiped=section.get("exclude_swiped", True), **kwargs)
 
 
-_TERM_KEYS = {
-    "eligible": set(),
-    "age_closeness": {"column", "window_years"},
-    "distance_decay": {"feature", "radius_km", "cap"},
-    "shared_values": {"feature"},
-}
-
-
-def _parse_baseline(section, entity, eligibility, problems) -> Optional[Baseline]:
-  path = "baseline"
-  if not _check_keys(section, path, {"terms", "sql"}, problems):
-    return None
-  sql = _string(section, "sql", path, problems, optional=True)
-  raw_terms = section.get("terms")
-  if (sql is None) == (not raw_terms):
-    problems.append(f"{path}: give either a non-empty terms list OR sql (a query with "
-                    "%(user_id)s returning candidate_id, score)")
-    return None
-  if sql is not None:
-    if "%(user_id)s" not in sql:
-      problems.append(f"{path}.sql: must use the parameter %(user_id)s")
-      return None
-    return Baseline(sql=sql)
-  if not isinstance(raw_terms, list):
-    problems.append(f"{path}.terms: must be a list")
-    return None
-  terms = []
-  for i, spec in enumerate(raw_terms):
-    p = f"{path}.terms[{i}]"
-    if not isinstance(spec, dict) or spec.get("type") not in BASELINE_TERM_TYPES:
-      problems.append(f"{p}.type: must be one of {', '.join(BASELINE_TERM_TYPES)}")
-      continue
-    ttype = spec["type"]
-    p = f"{p} ({ttype})"
-    _check_keys(spec, p, {"type", "weight"} | _TERM_KEYS[ttype], problems)
-    n_before = len(problems)
-    kwargs: Dict[str, Any] = {"weight": _number(spec, "weight", p, problems, strict=False)}
-    if ttype == "eligible" and eligibility is None:
-      problems.append(f"{p}: needs an eligibility section")
-    if ttype == "age_closeness":
-      kwargs["column"] = _string(spec, "column", p, problems)
-      kwargs["window_years"] = _number(spec, "window_years", p, problems, default=0.0,
-                                       strict=False)
-    if ttype in ("distance_decay", "shared_values"):
-      kwargs["feature"] = _string(spec, "feature", p, problems)
-      if kwargs["feature"]:
-        _feature(entity, kwargs["feature"],
-                 "geo" if ttype == "distance_decay" else "multi_categorical",
-                 f"{p}.feature", problems)
-    if ttype == "distance_decay":
-      kwargs["radius_km"] = _number(spec, "radius_km", p, problems)
-      kwargs["cap"] = _number(spec, "cap", p, problems, default=float("inf"))
-    if len(problems) == n_before:
-      terms.append(BaselineTerm(type=ttype, **kwargs))
-  return Baseline(terms=tuple(terms))
-
-
-def _parse_verdict(section, problems) -> Verdict:
-  path = "verdict"
-  if not _check_keys(section, path, set(DEFAULT_VERDICT), problems):
-    return Verdict()
-  values = {k: _number(section, k, path, problems, default=v, minimum=-1.0)
-            for k, v in DEFAULT_VERDICT.items()}
-  if values["expected_lift_low"] > values["expected_lift_high"]:
-    problems.append(f"{path}: expected_lift_low {values['expected_lift_low']} > "
-                    f"expected_lift_high {values['expected_lift_high']}")
-  if not 0.5 <= values["auc_gate"] < 1:
-    problems.append(f"{path}.auc_gate: must be in [0.5, 1), got {values['auc_gate']}")
-  return Verdict(**values)
-
-
-def _parse_exposure(section, problems) -> Exposure:
-  path = "exposure"
-  if not _check_keys(section, path, {"hubness_beta", "max_impressions_per_day"}, problems):
-    return Exposure()
-  beta = _number(section, "hubness_beta", path, problems, default=0.0, strict=False)
-  cap = section.get("max_impressions_per_day")
-  if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
-    problems.append(f"{path}.max_impressions_per_day: must be an integer >= 1 or null, "
-                    f"got {cap!r}")
-    cap = None
-  return Exposure(beta, cap)
+def _term(spec: Dict[str, Any]) -> BaselineTerm:
+  return BaselineTerm(type=spec["type"], weight=float(spec["weight"]), column=spec.get("column"),
+                      feature=spec.get("feature"),
+                      window_years=float(spec.get("window_years", 0.0)),
+                      radius_km=float(spec.get("radius_km", 1.0)),
+                      cap=float(spec.get("cap", float("inf"))))
