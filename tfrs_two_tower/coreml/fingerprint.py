@@ -5,6 +5,11 @@ TensorFlow buckets an out-of-vocabulary token as `Fingerprint64(utf8 bytes) mod 
 prepares Core ML inputs (Swift on the phone, this package's tests) must reproduce
 it bit for bit when a feature has more than one OOV bucket. This is a direct port
 of farmhash.cc (all arithmetic modulo 2^64).
+
+Why a port and not a library: `pyfarmhash` binds FarmHash's C++ (a compiled wheel
+for ~100 lines of arithmetic), and calling TensorFlow's op would tie the client
+spec to TensorFlow. The port is also the readable reference the Swift client is
+written from, and `tests/test_coreml_units.py` checks it against TensorFlow's op.
 """
 
 import struct

@@ -13,6 +13,11 @@ This is an EMULATION OF THE MIL PROGRAM, NOT APPLE'S RUNTIME: Core ML may fuse
 ops, pick other kernels or accumulate fp16 matmuls differently on CPU, GPU or
 Neural Engine. It checks that the conversion and the compression preserved the
 model's math; on-device numbers can differ within fp16 rounding.
+
+Why it is hand-written: coremltools' `MLModel.predict` needs the Core ML
+framework (macOS only) and no other library runs an `.mlpackage`; this module
+only walks the program and calls coremltools' own per-op value inference, so the
+math stays coremltools'.
 """
 
 import os

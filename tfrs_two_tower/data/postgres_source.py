@@ -10,6 +10,12 @@ Identifiers from the config are quoted with `psycopg2.sql.Identifier` (a
 "table" called `swipes; DROP TABLE profiles` is just a table that does not
 exist); values are query parameters. A config `sql` (entity or interactions)
 replaces the table: it is the user's own SQL and runs as a subquery.
+
+The connection retry (`connect`) is a plain loop rather than `tenacity` or
+`backoff`: it must tell a refused login and a missing database (fail at once)
+from an unreachable server (retry), redact the password from every message and
+name the flags in the final error, which leaves a retry library only the
+doubling sleep of a ten-line loop.
 """
 
 import contextlib

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 import pandas as pd
+from absl import logging
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower import files
@@ -339,31 +340,8 @@ def split_index(num_rows: int, eval_fraction: float) -> int:
 # -- the export --------------------------------------------------------------------------------
 
 
-class Progress:
-  """Logs rows, percent and rows/s every `every_seconds` (and once at the end)."""
-
-  def __init__(self, total: int, log: Callable[[str], None], every_seconds: float = 5.0,
-               what: str = "interactions"):
-    self.total, self.log, self.every, self.what = total, log, every_seconds, what
-    self.started = self.last = time.time()
-    self.rows = self.logged = 0
-
-  def update(self, rows: int) -> None:
-    self.rows += rows
-    now = time.time()
-    if now - self.last >= self.every:
-      self.last, self.logged = now, self.rows
-      self.log(self.line(now))
-
-  def finish(self) -> None:
-    if self.logged != self.rows:
-      self.log(self.line())
-
-  def line(self, now: Optional[float] = None) -> str:
-    elapsed = max((now or time.time()) - self.started, 1e-9)
-    share = f" ({self.rows / self.total:.0%})" if self.total else ""
-    return (f"export: {self.rows:,}/{self.total:,} {self.what}{share}, "
-            f"{self.rows / elapsed:,.0f} rows/s, {elapsed:.1f}s")
+# Seconds between the export's progress lines (absl.logging.log_every_n_seconds).
+PROGRESS_EVERY_SECONDS = 5.0
 
 
 def export(source, config: config_lib.Config, output_dir: str, *,
@@ -422,17 +400,22 @@ def export(source, config: config_lib.Config, output_dir: str, *,
       min_interactions=min_interactions, source_description=description, overwrite=overwrite,
       log_every_seconds=math.inf, timestamp_unit=source.timestamp_unit,
       blocked_pairs=source.blocked_pairs()) as writer:
-    tracker = Progress(audit.rows, log)  # after the writer's TensorFlow import
-    streamed = 0
+    streaming, streamed = time.time(), 0  # after the writer's TensorFlow import
     for chunk in source.interaction_chunks(chunk_size, partition):
       writer.add_interactions(chunk, source=f"{label} {config.interactions.table}",
                               first_row=streamed)
       streamed += len(chunk)
-      tracker.update(len(chunk))
+      elapsed = max(time.time() - streaming, 1e-9)
+      logging.log_every_n_seconds(
+          logging.INFO, "export: %d/%d interactions (%.0f%%), %.0f rows/s, %.1fs",
+          PROGRESS_EVERY_SECONDS, streamed, audit.rows, 100 * streamed / max(audit.rows, 1),
+          streamed / elapsed, elapsed)
       if progress is not None:
         progress(streamed, audit.rows)
     writer.dropped["duplicates"] = audit.rows - streamed
-    tracker.finish()
+    elapsed = max(time.time() - streaming, 1e-9)
+    log(f"export: streamed {streamed:,}/{audit.rows:,} interactions, "
+        f"{streamed / elapsed:,.0f} rows/s, {elapsed:.1f}s")
     _add_impressions(source, config, writer, partition, label, log)
     if writer.dropped["duplicates"]:
       log(f"export: {writer.dropped['duplicates']:,} duplicate interactions (same query and "

@@ -8,6 +8,15 @@ Conventions:
   `num_relevant` [U], how many relevant candidates u has in total (some may lie
   beyond K). Per-user metrics return [U] float64 arrays; averaging them (and
   bootstrap intervals) happens in `bootstrap_*`.
+
+The bootstrap is written out rather than `scipy.stats.bootstrap`: every metric of
+every recommender is resampled with the SAME user multiplicities (one [B, U]
+`bootstrap_counts` matrix, drawn once), so differences and lifts are paired by
+user across calls, and each resampled mean is one product counts @ per_user
+(ratio metrics resample numerator and denominator together, `ratio_of_sums`).
+scipy's bootstrap pairs only the samples of one call, draws and materialises its
+resampled data again for every statistic, and adds nothing the percentile
+interval here needs.
 """
 
 from typing import Dict, Optional
