@@ -6,6 +6,8 @@ split, same vocabularies. Records are compared as parsed sets, not bytes.
 """
 import glob
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
@@ -367,9 +369,10 @@ def test_authentication_failure_exits_12_without_the_password(password_role, tmp
   assert "tfrs_password_probe@" in read(str(out), "manifest.json")["source"]["url"]
 
 
-def test_drop_policies_duplicates_and_csv_dump_agree(world_db, tmp_path):
+def test_drop_policies_duplicates_and_csv_dump_agree(world_db, tmp_path, monkeypatch, caplog):
   """Unknown actions and missing profiles dropped, duplicates keep the latest swipe;
-  the database and its CSV dump (as Supabase's dashboard writes it) give one dataset."""
+  the database and its CSV dump (as Supabase's dashboard writes it) give one dataset.
+  Streaming logs a progress line per chunk when the interval allows (here: always)."""
   table = swipes_table(
       world_db, "swipes_problems", 3000,
       "UPDATE {t} SET action = 'block' WHERE ctid IN (SELECT ctid FROM {t} LIMIT 3)",
@@ -384,13 +387,22 @@ def test_drop_policies_duplicates_and_csv_dump_agree(world_db, tmp_path):
   config = write_config(tmp_path, **{"interactions.table": table})
   policies = dict(unknown_actions="drop", missing_entities="drop", **SMALL_GATE)
   db_out = str(tmp_path / "db")
+  monkeypatch.setattr(sources, "PROGRESS_EVERY_SECONDS", 0.0)
+  caplog.set_level(logging.INFO, logger="absl")
   code, logs, errors = run_main(tmp_path, db_url=world_db, config_path=config,
-                                output_dir=db_out, **policies)
+                                output_dir=db_out, chunk_size=1000, **policies)
   assert code == 0, errors
   stats = read(db_out, "stats.json")
   assert stats["dropped"] == {"unknown_actions": {"block": 3}, "missing_entities": 2,
                               "duplicates": 10}
   assert "10 duplicate interactions" in logs
+  audited = 3000 + 2 + 5 + 5  # the table's rows, duplicates included
+  streamed = audited - 10
+  progress = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("export: ") and "rows/s" in r.getMessage()]
+  assert len(progress) == math.ceil(streamed / 1000), progress
+  assert progress[-1].startswith(f"export: {streamed}/{audited} interactions")
+  assert f"export: streamed {streamed:,}/{audited:,} interactions" in logs
   kept = reader.read_interactions(reader.open_dataset(db_out), "train")
   five = query(world_db, f"SELECT swiper_id::text, swipee_id::text, "
                          f"max(extract(epoch FROM created_at))::bigint FROM {table} GROUP BY 1, 2 "
