@@ -136,16 +136,24 @@ def fresh_database(postgres, make_database):
   _drop_database(postgres, name)
 
 
-# A few real training steps: enough for SavedModels, an index and embeddings that rank.
-TINY_TRAINING = dict(epochs=1, steps_per_epoch=12, batch_size=128, layer_sizes="32",
-                     embedding_dim=16, no_tune=True)
+# A few real training steps: enough for SavedModels, an index and embeddings that rank;
+# logs and checkpoints every few steps so that the run holds them too.
+TINY_TRAINING = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
+                     checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="session")
-def tiny_run_dir(tmp_path_factory, tiny_dataset_dir):
-  """A run directory trained briefly on the tiny dataset (read-only: copy before mutating)."""
+def tiny_training(tmp_path_factory, tiny_dataset_dir):
+  """(run directory, in-memory training result) of one brief training on the tiny dataset,
+  shared by every test that only reads a run (read-only: copy before mutating)."""
   from tfrs_two_tower.stages import train_stage
   path = str(tmp_path_factory.mktemp("run") / "run")
-  train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**TINY_TRAINING),
-                  log=lambda *a: None)
-  return path
+  result = train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**TINY_TRAINING),
+                           log=lambda *a: None)
+  return path, result
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_training):
+  """The shared brief training's run directory (read-only: copy before mutating)."""
+  return tiny_training[0]

@@ -257,6 +257,7 @@ def test_unknown_actions_are_refused_like_the_export(tmp_path):
   assert "verdict" not in proc.stderr
 
 
+@pytest.mark.slow  # script subprocesses
 def test_script_plan_and_csv_analysis(tmp_path):
   _write_csvs(tmp_path)
   env = {**os.environ, "PYTHONPATH": ROOT}

@@ -362,13 +362,14 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
   assert proc.returncode != 0 and "already exists" in proc.stderr
 
 
-def test_mismatched_run_and_dataset_are_refused(tiny_run, tiny_world, default_config, tmp_path):
+def test_mismatched_run_and_dataset_are_refused(tiny_run_dir, tiny_world, default_config,
+                                                tmp_path):
   raw = json.loads(default_config.to_json())
   raw["entities"]["user"]["features"][1]["embedding_dim"] = 6  # another config, same data
   other = str(tmp_path / "other_dataset")
   synthetic.write_world_dataset(tiny_world, config_lib.parse_config(raw), other)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="do not belong together"):
-    evaluate_stage.run(other, [tiny_run], str(tmp_path / "eval"), **QUIET)
+    evaluate_stage.run(other, [tiny_run_dir], str(tmp_path / "eval"), **QUIET)
   assert not os.path.exists(tmp_path / "eval")
 
 

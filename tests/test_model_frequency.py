@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tfrs_two_tower.model import frequency
@@ -115,6 +116,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow  # subprocess with two virtual CPU devices
 def test_mirrored_replicas_update_identically_to_one_global_batch():
   out = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True,
                        env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})

@@ -11,6 +11,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 README = os.path.join(ROOT, "README.md")
 
@@ -41,6 +43,7 @@ def test_readme_has_the_two_commands_and_ci_runs_the_test_command():
   assert "run_pipeline.py --output_dir=" in ci
 
 
+@pytest.mark.slow  # one --helpfull subprocess per script
 def test_every_script_and_flag_in_the_readme_exists():
   checked = 0
   for line in _bash_lines():
@@ -60,6 +63,7 @@ def test_every_script_and_flag_in_the_readme_exists():
   assert checked >= 15
 
 
+@pytest.mark.slow  # subprocess
 def test_plan_command_from_the_readme_runs():
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "analyze_experiment.py"),
                          "--plan", "--baseline_rate=0.12", "--mde=0.015"],

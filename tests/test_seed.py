@@ -4,9 +4,12 @@ import subprocess
 import sys
 
 import psycopg2
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "seed_database.py")
+
+pytestmark = pytest.mark.slow  # every test runs the script in subprocesses
 
 
 def _seed(*flags, env=None):

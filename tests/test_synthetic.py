@@ -87,6 +87,7 @@ def test_save_load_round_trip(tiny_world, tiny_world_dir):
     loaded.like_probability(["nobody"], ids[:1])
 
 
+@pytest.mark.slow  # three script subprocesses
 def test_generate_world_script(tmp_path):
   script = os.path.join(os.path.dirname(__file__), "..", "scripts", "generate_world.py")
   out = tmp_path / "out"

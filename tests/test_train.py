@@ -12,17 +12,13 @@ from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.stages import train_stage
-
-FAST = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
-            checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16, no_tune=True)
+from conftest import TINY_TRAINING as FAST
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_dataset_dir):
-  path = str(tmp_path_factory.mktemp("runs") / "run")
-  result = train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**FAST),
-                           log=lambda *a: None)
-  return path, result
+def trained(tiny_training):
+  """(path, result) of conftest's shared brief training (read-only)."""
+  return tiny_training
 
 
 _RELOAD = r"""
@@ -119,6 +115,7 @@ def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
                     train_stage.TrainOptions(id_dropout=1.0))
 
 
+@pytest.mark.slow  # XLA compilation of the train step
 def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
   import tensorflow as tf
   path = str(tmp_path / "run")
@@ -188,29 +185,25 @@ def _poison_eval_split(path):
   files.write_json(os.path.join(path, fmt.MANIFEST), manifest)
 
 
-def test_training_never_reads_the_eval_split(dataset_copy, tmp_path):
+def test_training_never_reads_eval_and_restores_the_best_validation_epoch(dataset_copy,
+                                                                          tmp_path):
+  """One 3-epoch training on a dataset whose eval split is poisoned: it never reads eval,
+  and the run keeps the epoch with the best validation recall."""
   _poison_eval_split(dataset_copy)
   ds = reader.open_dataset(dataset_copy)
   with pytest.raises(Exception):  # the poison is real: reading eval fails
     reader.read_interactions(ds, "eval")
-  result = train_stage.run(dataset_copy, str(tmp_path / "run"),
-                           train_stage.TrainOptions(**{**FAST, "epochs": 2}),
-                           log=lambda *a: None)
-  history = result.manifest["metrics"]["history"]
-  assert [h["epoch"] for h in history] == [1, 2]
-  assert all(k.startswith("validation_") for h in history for k in h if k != "epoch")
-
-
-def test_best_validation_epoch_is_restored(tiny_dataset_dir, tmp_path):
-  logs = []
-  result = train_stage.run(tiny_dataset_dir, str(tmp_path / "run"), train_stage.TrainOptions(
-      **{**FAST, "epochs": 3, "early_stopping_patience": 0}), log=logs.append)
+  result = train_stage.run(dataset_copy, str(tmp_path / "run"), train_stage.TrainOptions(
+      **{**FAST, "epochs": 3, "early_stopping_patience": 0}), log=lambda *a: None)
   metrics = result.manifest["metrics"]
+  history = metrics["history"]
+  assert [h["epoch"] for h in history] == [1, 2, 3]
+  assert all(k.startswith("validation_") for h in history for k in h if k != "epoch")
   key = "validation_recall@50"
-  best = max(metrics["history"], key=lambda h: h[key])
+  best = max(history, key=lambda h: h[key])
   assert metrics["selected_epoch"] == best["epoch"] and metrics["final"] == best
   # The written embeddings are the selected epoch's: re-evaluating them gives its metrics.
-  evaluator = epoch_eval.ValidationEvaluator(reader.open_dataset(tiny_dataset_dir))
+  evaluator = epoch_eval.ValidationEvaluator(ds)
   again = evaluator(result.query_tower, result.candidate_tower)
   assert again[key] == pytest.approx(best[key], abs=1e-6)
 
