@@ -76,7 +76,8 @@ def test_type_specific_checks():
   features[3]["bucket_boundaries"] = [30, 20]  # numeric
   features[2]["embedding_dim"] = 0
   problems = "\n".join(_problems(raw))
-  for expected in ("embeds the entity id column", "cell_degrees", "pooling: must be one of ['mean', 'sum'], got 'max'",
+  for expected in ("embeds the entity id column", "cell_degrees",
+                   "pooling: must be one of ['mean', 'sum'], got 'max'",
                    "bucket_boundaries: must be a strictly increasing", "embedding_dim: must be"):
     assert expected in problems, expected
 

@@ -15,7 +15,7 @@ rule in words ("Additional properties are not allowed ('x' was unexpected)");
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Iterable, Iterator, List, Tuple, Union
 
 import jsonschema
 
@@ -68,12 +68,13 @@ def check(raw: Any) -> SchemaCheck:
 
 
 def _explain(error: jsonschema.ValidationError, raw: Any) -> Iterator[Problem]:
-  path, kind, value, schema = tuple(error.absolute_path), error.validator, error.instance, error.schema
+  path, kind, value, schema = (tuple(error.absolute_path), error.validator, error.instance,
+                               error.schema)
   if kind == "required":
     for key in error.validator_value:
       if key not in value:
         yield _problem(raw, path + (key,), "missing (required)")
-  elif kind in ("additionalProperties", "unevaluatedProperties"):
+  elif kind == "additionalProperties":
     allowed = sorted(schema.get("properties", {}))
     for key in value:
       if key not in allowed:
@@ -155,14 +156,16 @@ def _problem(raw: Any, path: Path, message: str) -> Problem:
 
 def render_path(raw: Any, path: Path) -> str:
   """('entities', 'user', 'features', 3, 'fill') -> 'entities.user.features[3] (age).fill':
-  list items that have a name are named, the way a reader finds them in the file."""
+  list items are labelled with their name (features) or type (baseline terms), the way a
+  reader finds them in the file."""
   text, node = "", raw
   for step in path:
     if isinstance(step, int):
       text += f"[{step}]"
       node = node[step] if isinstance(node, list) and step < len(node) else None
-      if isinstance(node, dict) and isinstance(node.get("name"), str):
-        text += f" ({node['name']})"
+      label = node.get("name", node.get("type")) if isinstance(node, dict) else None
+      if isinstance(label, str):
+        text += f" ({label})"
     else:
       text += f".{step}" if text else str(step)
       node = node.get(step) if isinstance(node, dict) else None

@@ -235,7 +235,7 @@ def rule_problems(raw: Dict[str, Any], query_entity: Optional[str],
       problems.append("baseline.terms: need an eligibility section (its entity holds the "
                       "columns the terms read)")
     for i, term in enumerate(baseline.get("terms") or ()):
-      where = f"baseline.terms[{i}] ({term['type']})"
+      where = f"baseline.terms[{i}] ({term['type']})"  # as config_schema.render_path names it
       if term["type"] in _TERM_FEATURE_TYPES:
         problems += _feature_type(raw, candidate_entity, term["feature"],
                                   _TERM_FEATURE_TYPES[term["type"]], f"{where}.feature", valid)
