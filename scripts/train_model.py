@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import tuning
 from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.stages import cli
@@ -90,10 +91,14 @@ flags.DEFINE_integer("log_every_steps", D.log_every_steps, "TensorBoard/log inte
                      "training losses.")
 flags.DEFINE_string("eval_ks", D.eval_ks, "Comma-separated K of validation_recall@K computed "
                     "on the validation split (evaluate.py's definition) at each epoch end.")
+flags.DEFINE_enum("selection_metric", D.selection_metric, list(epoch_eval.SELECTION_METRICS),
+                  "Validation metric that picks the best epoch and the tuning winner: recall "
+                  "(validation_recall@--early_stopping_k), gauc (per-user like-vs-pass AUC among "
+                  "shown profiles) or auc. See docs/training.md for why the default.")
 flags.DEFINE_integer("early_stopping_k", D.early_stopping_k, "Model selection and early "
                      "stopping watch validation_recall@K for this K.")
 flags.DEFINE_integer("early_stopping_patience", D.early_stopping_patience, "Stop when "
-                     "validation_recall@K did not improve for this many epochs (the best epoch "
+                     "the selection metric did not improve for this many epochs (the best epoch "
                      "is restored either way); 0: never stop early.")
 flags.DEFINE_boolean("mixed_precision", D.mixed_precision, "mixed_float16 compute (GPU); the "
                      "embedding output stays float32.")

@@ -1,11 +1,14 @@
 """End-to-end training: a real run directory, reloaded in a fresh process."""
 
+import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
+from sklearn import metrics as sklearn_metrics
 
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import epoch_eval
@@ -188,18 +191,22 @@ def _poison_eval_split(path):
 def test_training_never_reads_eval_and_restores_the_best_validation_epoch(dataset_copy,
                                                                           tmp_path):
   """One 3-epoch training on a dataset whose eval split is poisoned: it never reads eval,
-  and the run keeps the epoch with the best validation recall."""
+  and the run keeps the epoch with the best validation GAUC (--selection_metric=gauc)."""
   _poison_eval_split(dataset_copy)
   ds = reader.open_dataset(dataset_copy)
   with pytest.raises(Exception):  # the poison is real: reading eval fails
     reader.read_interactions(ds, "eval")
+  # Selecting on the non-default metric also checks that the key follows --selection_metric.
   result = train_stage.run(dataset_copy, str(tmp_path / "run"), train_stage.TrainOptions(
-      **{**FAST, "epochs": 3, "early_stopping_patience": 0}), log=lambda *a: None)
+      **{**FAST, "epochs": 3, "early_stopping_patience": 0, "selection_metric": "gauc"}),
+      log=lambda *a: None)
   metrics = result.manifest["metrics"]
   history = metrics["history"]
   assert [h["epoch"] for h in history] == [1, 2, 3]
   assert all(k.startswith("validation_") for h in history for k in h if k != "epoch")
-  key = "validation_recall@50"
+  key = "validation_gauc"
+  with open(tmp_path / "run" / "flags.json") as f:
+    assert json.load(f)["selection_metric"] == "gauc"
   best = max(history, key=lambda h: h[key])
   assert metrics["selected_epoch"] == best["epoch"] and metrics["final"] == best
   # The written embeddings are the selected epoch's: re-evaluating them gives its metrics.
@@ -244,6 +251,40 @@ def test_table_memory_counts_weights_slots_and_dense_temporaries():
   assert table_memory.check_fits(tables, "adam", True, budget_bytes=10 ** 9) == 3 * weights
   with pytest.raises(table_memory.TablesTooLargeError, match=r"0\.77 GB.*query_id: 1,000,002"):
     table_memory.check_fits(tables, "adam", True, budget_bytes=5 * 10 ** 8)
+
+
+def test_validation_gauc_is_the_mean_of_each_users_own_auc(trained, tiny_dataset_dir):
+  # Recomputed independently: sklearn's AUC of each user's validation swipes, averaged
+  # over the users who have both a like and a pass.
+  _, result = trained
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  evaluator = epoch_eval.ValidationEvaluator(dataset, ks=(50,))
+  got = evaluator(result.query_tower, result.candidate_tower)
+  swipes = reader.read_interactions(dataset, "validation")
+  q = evaluator._embed(result.query_tower, swipes, "query")
+  c = evaluator._embed(result.candidate_tower, swipes, "candidate")
+  scores = (q * c).sum(axis=1)
+  per_user = []
+  for user in np.unique(swipes["query_id"]):
+    rows = swipes["query_id"] == user
+    labels = swipes["label"][rows]
+    if 0 < labels.sum() < labels.size:
+      per_user.append(sklearn_metrics.roc_auc_score(labels, scores[rows]))
+  assert len(per_user) > 10
+  assert got["validation_gauc"] == pytest.approx(np.mean(per_user), abs=1e-4)
+
+
+def test_selection_on_like_vs_pass_falls_back_to_recall_without_validation_passes(
+    tiny_dataset_dir):
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  stats = json.loads(json.dumps(dataset.stats))
+  stats["labels"]["validation"]["negative"] = 0
+  likes_only = types.SimpleNamespace(stats=stats)
+  logs = []
+  options = train_stage.implicit_feedback_options(
+      likes_only, train_stage.TrainOptions(selection_metric="gauc"), logs.append)
+  assert options.selection_metric == "recall"
+  assert any("--selection_metric=gauc" in m and "no passes" in m for m in logs)
 
 
 @pytest.mark.slow

@@ -9,6 +9,12 @@ the report measures:
     and u itself; macro-averaged over those users. A tied score ranks ahead of
     the liked candidate (`metrics.ranks_ties_against`): ties are never hits.
   validation_auc: like-vs-pass ROC AUC of q . c over every validation swipe.
+  validation_gauc: the same AUC within each user's own validation swipes (ties
+    half), averaged over users with both a like and a pass (`metrics.per_user_auc`,
+    evaluate.py's `gauc`). Impression-conditioned: it compares only profiles the
+    logging feed showed, so it does not reward resembling that feed.
+
+Which one selects the model is `TrainOptions.selection_metric` (`SELECTION_METRICS`).
 
 A collapsed model -- every evaluated user's scores equal over the corpus (e.g.
 all embeddings zero after a diverging learning rate) -- raises
@@ -34,6 +40,15 @@ PREFIX = "validation_"
 # Scores closer than this over a whole list are ties (float32 dot products of unit vectors).
 COLLAPSE_TOLERANCE = 1e-6
 SCORE_BLOCK_BYTES = 256 << 20
+# --selection_metric -> the key it watches (recall: at K = --early_stopping_k).
+SELECTION_METRICS = ("recall", "gauc", "auc")
+
+
+def selection_key(metric: str, k: int) -> str:
+  """The `validation_*` key `metric` selects on: recall -> validation_recall@k."""
+  if metric not in SELECTION_METRICS:
+    raise ValueError(f"selection metric must be one of {SELECTION_METRICS}, got {metric!r}")
+  return PREFIX + (f"recall@{k}" if metric == "recall" else metric)
 
 
 class ValidationDataError(ValueError):
@@ -85,6 +100,10 @@ class ValidationEvaluator:
     self.relevant_user, self.relevant_column = relevant // width, relevant % width
     self.excluded_user, self.excluded_column = excluded // width, excluded % width
     self.num_users = int(np.unique(self.relevant_user).size)
+    # GAUC needs a user with both a like and a pass (never on likes-only data).
+    both = np.bincount(user_of_swipe, weights=self.labels == 1, minlength=len(user_ids))
+    total = np.bincount(user_of_swipe, minlength=len(user_ids))
+    self.has_both_labels = bool(((both > 0) & (both < total)).any())
     if self.num_users == 0:
       raise ValidationDataError(
           f"{dataset.path}: the validation split has {len(user_ids)} users and "
@@ -113,7 +132,10 @@ class ValidationEvaluator:
       _, candidate_embeddings = self.candidate_embeddings(candidate_tower)
     q = self._embed(query_tower, self.queries, "query")
     pair = np.einsum("nd,nd->n", q[self.swipe_user], candidate_embeddings[self.swipe_column])
-    out = {PREFIX + "auc": metrics.roc_auc(self.labels, pair)}
+    out = {PREFIX + "auc": metrics.roc_auc(self.labels, pair),
+           PREFIX + "gauc": float(np.nanmean(metrics.per_user_auc(
+               self.swipe_user, self.labels, pair, len(q))))
+           if self.has_both_labels else float("nan")}
     corpus = tf.constant(candidate_embeddings)
     ranks = np.empty(self.relevant_user.size, np.int64)
     spread = 0.0

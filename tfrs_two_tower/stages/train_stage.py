@@ -86,6 +86,7 @@ class TrainOptions:
   checkpoint_every_steps: int = 500
   log_every_steps: int = 50
   eval_ks: str = "10,50,100"
+  selection_metric: str = "recall"
   early_stopping_k: int = 50
   early_stopping_patience: int = 2
   mixed_precision: bool = False
@@ -95,6 +96,10 @@ class TrainOptions:
   no_tune: bool = False
   tune_budget_minutes: float = 8.0
   tune_trials: int = tuning.DEFAULT_TRIALS
+
+  def selection_key(self) -> str:
+    """The validation metric that selects epochs and tuning trials."""
+    return epoch_eval.selection_key(self.selection_metric, self.early_stopping_k)
 
   def check(self) -> None:
     problems = []
@@ -119,6 +124,9 @@ class TrainOptions:
       problems.append(f"--index must be one of {export.INDEX_TYPES}, got {self.index!r}")
     elif self.index == "scann" and not export.scann_available():
       problems.append("--index=scann needs the scann package (pip install scann)")
+    if self.selection_metric not in epoch_eval.SELECTION_METRICS:
+      problems.append(f"--selection_metric must be one of {epoch_eval.SELECTION_METRICS}, "
+                      f"got {self.selection_metric!r}")
     if self.estimator_init not in ESTIMATOR_INITS:
       problems.append(f"--estimator_init must be one of {ESTIMATOR_INITS}, "
                       f"got {self.estimator_init!r}")
@@ -274,6 +282,12 @@ def implicit_feedback_options(dataset: reader.DatasetDir, options: TrainOptions,
   logistic loss would only learn to call every pair a like.
   """
   passes = int(dataset.stats["labels"]["train"]["negative"])
+  if options.selection_metric != "recall" and not int(
+      dataset.stats["labels"]["validation"]["negative"]):
+    log("train: the validation split has no passes, so --selection_metric=%s (like vs pass) "
+        "cannot rank epochs; selecting on validation_recall@%d instead"
+        % (options.selection_metric, options.early_stopping_k))
+    options = dataclasses.replace(options, selection_metric="recall")
   if passes or not options.pass_loss_weight:
     return options
   log("train: the train split has no passes (implicit feedback, likes only): the like-vs-pass "
@@ -409,8 +423,8 @@ class Training:
   """One model trained epoch by epoch, selected on the validation split.
 
   `run_epoch()` trains one epoch, checkpoints, and evaluates on validation
-  (`epoch_eval`); the weights of the best epoch by validation_recall@K
-  (K = --early_stopping_k) are kept in memory, and `restore_best()` puts them
+  (`epoch_eval`); the weights of the best epoch by the selection metric
+  (`TrainOptions.selection_key()`) are kept in memory, and `restore_best()` puts them
   back. `done` is set after --epochs, or when the metric has not improved for
   --early_stopping_patience epochs. Tuning trials and the final run both use it.
   """
@@ -441,9 +455,9 @@ class Training:
     self.candidate_tower = towers.Tower(preprocessing["candidate"], model.candidate_core,
                                         name="candidate_tower")
     self.writer = tf.summary.create_file_writer(os.path.join(work, run_lib.LOGS, "train"))
-    self.selection_key = f"{epoch_eval.PREFIX}recall@{options.early_stopping_k}"
+    self.selection_key = options.selection_key()
     tensorboard_logs.write_hparams(
-        self.writer, resolved, [_tag(epoch_eval.PREFIX + "auc")]
+        self.writer, resolved, [_tag(epoch_eval.PREFIX + "auc"), _tag(epoch_eval.PREFIX + "gauc")]
         + [_tag(f"{epoch_eval.PREFIX}recall@{k}") for k in options.ks()])
     self.history: List[Dict[str, float]] = []
     self.step = int(model.optimizer.iterations.numpy())
@@ -494,8 +508,9 @@ class Training:
       for k, v in result.items():
         if k.startswith(epoch_eval.PREFIX) and isinstance(v, float):
           tf.summary.scalar(_tag(k), v)
-    self.log("train: epoch %d/%d step %d: validation AUC %.4f, %s" % (
+    self.log("train: epoch %d/%d step %d: validation AUC %.4f, GAUC %.4f, %s" % (
         self.epoch, options.epochs, self.step, result[epoch_eval.PREFIX + "auc"],
+        result[epoch_eval.PREFIX + "gauc"],
         ", ".join("recall@%d %.4f" % (k, result[f"{epoch_eval.PREFIX}recall@{k}"])
                   for k in options.ks())))
     if self.best is None or result[self.selection_key] > self.best[self.selection_key]:
@@ -540,7 +555,7 @@ def _tune(dataset, options: TrainOptions, work: str, evaluator, strategy,
     return Training(dataset, dataclasses.replace(options, **config),
                     os.path.join(trials_dir, f"trial_{i:02d}"), evaluator, strategy,
                     {**resolved, **config}, quiet, inputs_cache=cache)
-  key = f"{epoch_eval.PREFIX}recall@{options.early_stopping_k}"
+  key = options.selection_key()
   try:
     result = tuning.successive_halving(configs, start, key, options.tune_budget_minutes * 60,
                                        log=log)
