@@ -311,7 +311,7 @@ class OracleScorer(retrieval.Scorer):
 # -- one data set ---------------------------------------------------------------------------------
 
 def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
-          factor_models: bool = True) -> dict:
+          factor_models: bool = True, reuse_run: bool = False) -> dict:
   paths = prepare_dataset(name, work, log)
   dataset = reader.open_dataset(paths["dataset"])
   stats = dataset.stats
@@ -319,7 +319,11 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
       f"{stats['entities']['query']:,} query / {stats['entities']['candidate']:,} candidate "
       "entities")
   run_dir = os.path.join(work, name, f"run_{tag}")
-  train_seconds = train_default(paths["dataset"], run_dir, extra_flags, log)
+  if reuse_run and os.path.exists(os.path.join(run_dir, "manifest.json")):
+    log(f"[{name}] reusing the trained {run_dir}")
+    train_seconds = float("nan")
+  else:
+    train_seconds = train_default(paths["dataset"], run_dir, extra_flags, log)
   data = evaluator.prepare(dataset)
   data.segments["warm"] = ~data.segments["new"]
   scorers = {"model": (model_scorer(run_dir, data), {}),
@@ -329,8 +333,8 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
   if paths["world"]:
     world = synthetic.World.load(paths["world"])
     oracle = evaluate_stage.realised_oracle(world.like_probability, data)
-    scorers["feature_matching"] = (baselines_lib.FeatureMatching.from_entities(
-        dataset.config, data.query_entities, data.candidate_entities), {})
+    scorers["feature_matching"] = (baselines_lib.FeatureMatching(
+        dataset.config, data.query_entities, data.candidate_entities, data.eligible), {})
     scorers["oracle"] = (OracleScorer(world, data.query_ids, data.candidate_ids), {})
   started = time.time()
   if factor_models:
@@ -406,13 +410,15 @@ def main():
   parser.add_argument("--bootstrap", type=int, default=100)
   parser.add_argument("--no_factor_models", action="store_true", help="skip ALS/BPR (faster "
                       "when only the model's flags change)")
+  parser.add_argument("--reuse_runs", action="store_true", help="evaluate an existing "
+                      "run_<tag> instead of training it again")
   parser.add_argument("--output", default=None, help="also write the figures as JSON here")
   args = parser.parse_args()
   log = lambda *a: print(*a, flush=True)  # noqa: E731
   results = {}
   for name in [n for n in args.datasets.split(",") if n]:
     results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
-                          log, args.tag, not args.no_factor_models)
+                          log, args.tag, not args.no_factor_models, args.reuse_runs)
     print_table(name, results[name])
   if args.output:
     with open(args.output, "w") as f:

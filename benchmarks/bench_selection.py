@@ -74,7 +74,7 @@ def _eval_targets(training, validation, data, oracle) -> dict:
   return out
 
 
-def trajectory(name: str, work: str, epochs: int, seed: int, log) -> list:
+def trajectory(name: str, work: str, epochs: int, seed: int, log, overrides=None) -> list:
   paths = bench_defaults.prepare_dataset(name, work, log)
   dataset = reader.open_dataset(paths["dataset"])
   data = evaluator.prepare(dataset)
@@ -84,9 +84,10 @@ def trajectory(name: str, work: str, epochs: int, seed: int, log) -> list:
     world = synthetic.World.load(paths["world"])
     oracle = evaluate_stage.realised_oracle(world.like_probability, data)
   options = dataclasses.replace(train_stage.TrainOptions(), no_tune=True, epochs=epochs,
-                                early_stopping_patience=0, seed=seed)
+                                early_stopping_patience=0, seed=seed, **(overrides or {}))
   options = train_stage.implicit_feedback_options(dataset, options, log)
-  work_dir = os.path.join(work, name, f"selection_seed{seed}")
+  tag = "".join(c if c.isalnum() else "_" for c in json.dumps(overrides or {}, sort_keys=True))
+  work_dir = os.path.join(work, name, f"selection_seed{seed}{tag}")
   shutil.rmtree(work_dir, ignore_errors=True)
   validation = epoch_eval.ValidationEvaluator(dataset, ks=options.ks())
   training = train_stage.Training(dataset, options, work_dir, validation,
@@ -140,23 +141,28 @@ def main():
   parser.add_argument("--datasets", default="movielens,popularity_world,default_world")
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--seeds", default="0")
+  parser.add_argument("--options", default="", help="TrainOptions overrides of a variant, "
+                      "e.g. pass_loss_weight=3,temperature=0.1 (values parsed as JSON)")
   parser.add_argument("--patience", type=int,
                       default=train_stage.TrainOptions().early_stopping_patience)
   args = parser.parse_args()
-  out = os.path.join(args.work_dir, "selection.json")
+  overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.options.split(",")
+                                              if o)}
+  variant = "/" + args.options if args.options else ""
+  out = os.path.join(args.work_dir, f"selection{variant.replace('/', '_')}.json")
   results = json.load(open(out)) if os.path.exists(out) else {}
   for name in args.datasets.split(","):
     for seed in (int(s) for s in args.seeds.split(",")):
-      key = f"{name}/{seed}/{args.epochs}"
+      key = f"{name}/{seed}/{args.epochs}{variant}"
       if key not in results:
         results[key] = trajectory(name, args.work_dir, args.epochs, seed,
-                                  lambda m: print(m, flush=True))
+                                  lambda m: print(m, flush=True), overrides)
         with open(out + ".tmp", "w") as f:
           json.dump(results, f, indent=1)
         os.replace(out + ".tmp", out)
   for name in args.datasets.split(","):
     runs = [v for k, v in results.items() if k.startswith(name + "/")
-            and k.endswith(f"/{args.epochs}")]
+            and k.endswith(f"/{args.epochs}{variant}")]
     print_table(name, runs, args.patience)
 
 
