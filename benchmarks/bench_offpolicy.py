@@ -150,6 +150,11 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
   parser.add_argument("--epsilons", default="0.05,0.1,0.2")
   parser.add_argument("--main_epsilon", type=float, default=0.1)
+  parser.add_argument("--exploration_local", type=float,
+                      default=synthetic.WorldParams.exploration_local)
+  parser.add_argument("--uniform_epsilons", default="0.1",
+                      help="also worlds whose exploring feed draws uniformly from the "
+                           "whole eligible catalogue (exploration_local 0), for comparison")
   parser.add_argument("--num_users", type=int, default=synthetic.WorldParams.num_users)
   parser.add_argument("--days", type=int, default=synthetic.WorldParams.days)
   parser.add_argument("--epochs", type=int, default=train_stage.TrainOptions.epochs)
@@ -157,34 +162,40 @@ def main():
   parser.add_argument("--ab_days", type=int, default=14)
   parser.add_argument("--workdir", default=None)
   args = parser.parse_args()
-  epsilons = sorted({float(e) for e in args.epsilons.split(",")} | {args.main_epsilon})
+  local = args.exploration_local
+  worlds_to_make = sorted({(float(e), local) for e in args.epsilons.split(",")}
+                          | {(args.main_epsilon, local)}
+                          | {(float(e), 0.0) for e in args.uniform_epsilons.split(",") if e})
   work = args.workdir or tempfile.mkdtemp(prefix="bench_offpolicy_")
   config = config_lib.load_config()
   worlds, started = {}, time.time()
-  for eps in epsilons:
-    path = os.path.join(work, f"dataset_eps{eps}")
-    worlds[eps] = synthetic.generate_world(synthetic.WorldParams(
-        num_users=args.num_users, days=args.days, exploration=eps), config=config)
+  for eps, share in worlds_to_make:
+    path = os.path.join(work, f"dataset_eps{eps}_local{share}")
+    worlds[eps, share] = synthetic.generate_world(synthetic.WorldParams(
+        num_users=args.num_users, days=args.days, exploration=eps, exploration_local=share),
+        config=config)
     if not os.path.exists(path):
-      synthetic.write_world_dataset(worlds[eps], config, path)
+      synthetic.write_world_dataset(worlds[eps, share], config, path)
   print(f"worlds and datasets: {time.time() - started:.0f}s ({args.num_users} users, "
-        f"{args.days} days, eps {epsilons})")
-  run_path = os.path.join(work, f"run_eps{args.main_epsilon}")
+        f"{args.days} days, (eps, local share) {worlds_to_make})")
+  main = (args.main_epsilon, local)
+  run_path = os.path.join(work, f"run_eps{args.main_epsilon}_local{local}")
   if not os.path.exists(run_path):
     started = time.time()
-    train_stage.run(os.path.join(work, f"dataset_eps{args.main_epsilon}"), run_path,
+    train_stage.run(os.path.join(work, f"dataset_eps{main[0]}_local{main[1]}"), run_path,
                     train_stage.TrainOptions(epochs=args.epochs), log=lambda *a: None)
     print(f"trained on eps {args.main_epsilon}: {time.time() - started:.0f}s")
   run = run_lib.open_run(run_path)
   figures = {}
-  for eps in epsilons:
+  for key in worlds_to_make:
     started = time.time()
-    figures[eps] = evaluate_world(worlds[eps], os.path.join(work, f"dataset_eps{eps}"), run,
-                                  args.bootstrap)
-    print(f"evaluated eps {eps}: {time.time() - started:.0f}s")
+    figures[key] = evaluate_world(worlds[key], os.path.join(
+        work, f"dataset_eps{key[0]}_local{key[1]}"), run, args.bootstrap)
+    print(f"evaluated eps {key[0]}, local share {key[1]}: {time.time() - started:.0f}s")
 
-  main_fig = figures[args.main_epsilon]
-  print(f"\n== 1. Estimates vs the truth of the same lists (eps {args.main_epsilon}, "
+  main_fig = figures[main]
+  print(f"\n== 1. Estimates vs the truth of the same lists (eps {args.main_epsilon}, local "
+        f"share {local}, "
         f"whole-catalogue top {K}, {args.bootstrap} bootstrap resamples over users) ==")
   print(f"log: {main_fig['feeds'].notes}")
   print("| ranker | target | IPS | SNIPS | DR | oracle (same lists) | oracle in CI "
@@ -202,7 +213,7 @@ def main():
           f"{sup['max_weight']:.0f} | {sup['not_yet_created']} |")
 
   print(f"\n== 2. Lift of the model over feature matching (eps {args.main_epsilon}) ==")
-  ab, ab_swipes = ab_lift(worlds[args.main_epsilon], run_path, args.ab_days, args.bootstrap)
+  ab, ab_swipes = ab_lift(worlds[main], run_path, args.ab_days, args.bootstrap)
   off, lift = main_fig["off_lift"], main_fig["lift"]
   same = {t: off[f"oracle_{t}"] for t in ("like", "match")}
   per_user = {t: lift[f"oracle_{t}@{K}"] for t in ("like", "match")}
@@ -243,16 +254,17 @@ def main():
 
   print(f"\n== 3. Support, interval width and agreement vs eps (like rate@{K}; A/B = the "
         f"first-feed lift above, {report.format_lift(ab['like, first feed'])}) ==")
-  print("| eps | feeds | matched model / FM | ESS model / FM | CI width IPS / SNIPS / DR "
-        "(model) | DR lift | its CI width | oracle lift (same lists) | truth in CI | "
-        "A/B in CI |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for eps, fig in figures.items():
+  print("| eps | local share | feeds | matched model / FM | ESS model / FM | CI width IPS / "
+        "SNIPS / DR (model) | DR lift | its CI width | oracle lift (same lists) | truth in CI "
+        "| A/B in CI |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for (eps, share), fig in figures.items():
     seg = fig["sections"]["model"]["segments"]["all"]
     sup = {n: fig["sections"][n]["support"] for n in ("model", "feature_matching")}
     widths = [seg[f"{e}_like"]["ci"][1] - seg[f"{e}_like"]["ci"][0] for e in ESTIMATORS]
     dr, truth = fig["off_lift"]["dr_like"], fig["off_lift"]["oracle_like"]
-    print(f"| {eps} | {sup['model']['feeds']} | {sup['model']['matched_impressions']} / "
+    print(f"| {eps} | {share} | {sup['model']['feeds']} | "
+          f"{sup['model']['matched_impressions']} / "
           f"{sup['feature_matching']['matched_impressions']} | "
           f"{sup['model']['effective_sample_size']:.0f} / "
           f"{sup['feature_matching']['effective_sample_size']:.0f} | "

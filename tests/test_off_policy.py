@@ -91,34 +91,37 @@ def test_weak_support_and_no_exploration_are_warned():
 # -- the exploring feed: its propensities are the true inclusion probabilities ----------
 
 def small_catalogue(rng, feeds=4, n=12, f=4):
-  """Exploit lists with a repeat and the viewer in them; eligible catalogues of 2..11."""
+  """Exploit lists with a repeat and the viewer in them; eligible catalogues of 2..11,
+  drawn as 3 from a local half (a stratum smaller than its draws in row 0) + 1 from all."""
   viewers = np.arange(feeds)
   eligible = rng.random((feeds, n)) < np.linspace(0.15, 0.95, feeds)[:, None]
   eligible[viewers, viewers] = False
   exploit = rng.integers(0, n, (feeds, f))
   exploit[0, :2] = [7, 7]
   exploit[1, 0] = viewers[1]
-  return viewers, eligible, exploit
+  local = eligible & (np.arange(n) < n // 2)[None, :]
+  return viewers, [(local, 3), (eligible, f - 3)], exploit
 
 
 def test_exploring_feed_shows_each_profile_with_its_logged_propensity():
   """Monte Carlo: over 20,000 draws the share of feeds showing each profile equals
   `inclusion_probability` (mixture of the uniform eligible draw and the exploit list)."""
   rng = np.random.default_rng(0)
-  viewers, eligible, exploit = small_catalogue(rng)
+  viewers, strata, exploit = small_catalogue(rng)
+  eligible = strata[1][0]
   eps, draws, n = 0.3, 20_000, eligible.shape[1]
   a = len(viewers)
   shown, explored = synthetic.exploring_feed(  # every draw at once: the feeds tiled
-      np.tile(exploit, (draws, 1)), np.tile(viewers, draws), np.tile(eligible, (draws, 1)),
-      eps, rng)
+      np.tile(exploit, (draws, 1)), np.tile(viewers, draws),
+      [(np.tile(mask, (draws, 1)), k) for mask, k in strata], eps, rng)
   hit = np.zeros((draws * a, n + 1), bool)
   hit[np.arange(draws * a)[:, None], shown] = True  # repeats count once
   hit[np.arange(draws * a), np.tile(viewers, draws)] = False  # the viewer is never shown
   frequency = hit[:, :n].reshape(draws, a, n).mean(axis=0)
-  expected = synthetic.inclusion_probability(exploit, viewers, eligible, eps,
+  expected = synthetic.inclusion_probability(exploit, viewers, strata, eps,
                                              np.tile(np.arange(n), (a, 1)))
   assert abs(explored.mean() - eps) < 0.01
-  assert (expected[eligible] >= eps * exploit.shape[1] / n).all()
+  assert (expected[eligible] >= eps / n).all()
   never = ~eligible & ~(np.arange(n)[None, :, None] == exploit[:, None, :]).any(axis=2)
   assert (expected[never] == 0).all() and (frequency[never] == 0).all()
   se = np.sqrt(expected * (1 - expected) / draws)
@@ -130,7 +133,7 @@ def test_exploring_world_logs_shown_profiles_with_propensities(exploring_world, 
   log = exploring_world.impressions
   eps = exploring_world.params.exploration
   assert log["shown"].all() and ((log["propensity"] > 0) & (log["propensity"] <= 1)).all()
-  # Below 1 - eps only the uniform draw can show a profile: those pairs obey the config's
+  # Below 1 - eps only the exploring draw can show a profile: those pairs obey the config's
   # eligibility rules, and about eps of the feeds are such draws.
   rules = synthetic.eligibility_rules(exploring_world.profiles, default_config)
   explored = log[log["propensity"] < 1 - eps]
@@ -188,8 +191,9 @@ def test_estimates_cover_the_truth_of_the_same_lists(exploring_eval, exploring_w
 
 
 def test_estimators_are_unbiased_over_replications_of_the_exploring_feed():
-  """150 feeds over a 40-profile catalogue, F = 4: exploring (eps = 0.3) over each
-  viewer's eligible catalogue, else a fixed exploit list. Over 300 replications the mean
+  """150 feeds over a 40-profile catalogue, F = 4: exploring (eps = 0.3: 3 draws from a
+  local part of each viewer's eligible catalogue, 1 from all of it), else a fixed exploit
+  list. Over 300 replications the mean
   IPS and DR (with a wrong reward model) equal the true like rate of a new ranking's
   top-5 lists drawn from the whole eligible catalogue; SNIPS within its small bias."""
   rng = np.random.default_rng(0)
@@ -199,14 +203,15 @@ def test_estimators_are_unbiased_over_replications_of_the_exploring_feed():
   p_like = rng.beta(2, 5, (feeds_n, n))
   exploit = np.argsort(-(p_like + rng.normal(0, 0.3, p_like.shape)), axis=1)[:, :f]
   new_top = np.argsort(np.where(eligible, rng.random((feeds_n, n)), -1.0), axis=1)[:, ::-1][:, :k]
+  strata = [(eligible & (np.arange(n) < 10)[None, :], 3), (eligible, f - 3)]
   feed, candidates = np.repeat(np.arange(feeds_n), k), new_top.ravel()
   lists = off_policy.Lists(feed, feed % 50, candidates, np.full(feed.size, 0.5),
                            np.full(feed.size, 0.5), p_like[feed, candidates],
                            p_like[feed, candidates], 0)
   estimates = {"ips_like": [], "snips_like": [], "dr_like": []}
   for _ in range(300):
-    shown, _ = synthetic.exploring_feed(exploit, viewers, eligible, eps, rng)
-    propensity = synthetic.inclusion_probability(exploit, viewers, eligible, eps, shown)
+    shown, _ = synthetic.exploring_feed(exploit, viewers, strata, eps, rng)
+    propensity = synthetic.inclusion_probability(exploit, viewers, strata, eps, shown)
     row, col = np.nonzero(shown < n)
     v = shown[row, col]
     logged = off_policy.LoggedFeeds(

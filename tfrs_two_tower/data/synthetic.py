@@ -29,14 +29,17 @@ Generative story (all vectorised; one numpy Generator seeded from `seed`):
    gender/seeking, age gap, shared interests) plus exploration noise, the top
    F are shown (the *exploit* feed S_f; repeats and the viewer are dropped).
    Repeated pairs are dropped (keep the first).
-   With `exploration` = eps > 0 a feed is, with probability eps, instead F
-   profiles drawn uniformly without replacement from the viewer's **eligible
-   catalogue** E_f: everyone joined so far, not the viewer, whom the config's
-   eligibility rules allow (`eligibility.PairRules`; the packaged config's
-   unless `generate_world` gets another) -- the same rules every ranked list of
-   the evaluation and the A/B simulator obeys, so any ranker's list lies in it.
-   An epsilon-exploring feed, opt-in: eps = 0 draws nothing extra and leaves
-   the world byte-identical.
+   With `exploration` = eps > 0 a feed is, with probability eps, instead drawn
+   from the viewer's **eligible catalogue** E_f: everyone joined so far, not the
+   viewer, whom the config's eligibility rules allow (`eligibility.PairRules`;
+   the packaged config's unless `generate_world` gets another) -- the same rules
+   every ranked list of the evaluation and the A/B simulator obeys, so any
+   ranker's list lies in it. Two independent uniform draws without replacement:
+   n_l = round(`exploration_local` * F) profiles from E_f within the viewer's city
+   (E_f,local; where the lists are: ~94 % of a ranker's top 10 on the default
+   world) and F - n_l from all of E_f; a profile drawn twice is shown once.
+   `exploration_local` = 0 is a plain uniform draw from E_f. Opt-in: eps = 0
+   draws nothing extra and leaves the world byte-identical.
 6. Matches are mutual likes.
 7. Every feed is logged (`World.impressions`, the impressions log of
    docs/data.md): one row per distinct profile shown, with the viewer, time,
@@ -44,10 +47,11 @@ Generative story (all vectorised; one numpy Generator seeded from `seed`):
    score for an exploring feed) and the propensity, the probability that the
    feed shows v given its pool and score noise (both drawn independently of
    any response, so conditioning on them keeps IPS unbiased):
-      propensity(v) = eps * min(F, |E_f|) / |E_f| * 1[v in E_f]
+      propensity(v) = eps * (1 - (1 - a_l 1[v in E_f,local]) (1 - a 1[v in E_f]))
                       + (1 - eps) * 1[v in S_f]
-   (`inclusion_probability`). Every eligible profile has propensity >= eps F / |E_f|
-   > 0, so off-policy estimates can evaluate any ranker's whole-catalogue lists.
+   with a_l = min(n_l, |E_f,local|) / |E_f,local| and a = min(F - n_l, |E_f|) / |E_f|
+   (`inclusion_probability`). Every eligible profile has propensity >= eps a > 0,
+   so off-policy estimates can evaluate any ranker's whole-catalogue lists.
    With eps = 0 every propensity is 1.
 
 What it does not model: messaging, unmatching, profile edits, churn, time of
@@ -57,7 +61,7 @@ day, the feed reacting to who liked whom, photos themselves, fake accounts.
 import dataclasses
 import os
 import uuid
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -112,7 +116,8 @@ class WorldParams:
   attractiveness_scale: float = 1.0
   base_utility: float = -0.6
   superlike_utility: float = 3.0
-  exploration: float = 0.0  # share of feeds drawn uniformly from the eligible catalogue (step 5)
+  exploration: float = 0.0  # share of feeds drawn from the eligible catalogue (step 5)
+  exploration_local: float = 0.75  # share of an exploring feed drawn from the viewer's city
   # Who the feed shows (FEEDS): "feature_matching" ranks the pool by the
   # hand-written score (the users' Phase 1&2), "popularity" by the likes each
   # profile received so far (a feed with no eligibility rule at all).
@@ -120,8 +125,9 @@ class WorldParams:
   seed: int = 0
 
   def __post_init__(self):
-    if not 0.0 <= self.exploration <= 1.0:
-      raise ValueError(f"exploration must be in [0, 1], got {self.exploration}")
+    for name in ("exploration", "exploration_local"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class World:
@@ -414,14 +420,14 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     shown = np.take_along_axis(cand, top, axis=1)
     ranked_by = np.take_along_axis(score, top, axis=1)
     if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
-      eligible = _eligible_catalogue(rules, active, joined)
+      strata = _exploration_strata(p, h, rules, active, joined)
       exploit = shown
-      shown, explored = exploring_feed(exploit, active, eligible, p.exploration, rng)
+      shown, explored = exploring_feed(exploit, active, strata, p.exploration, rng)
       viewers = users[:, :p.feed_size]
       ranked_by = np.where(explored[:, None],
                            _feed_score(p, h, likes_received, viewers, shown), ranked_by)
       feed_log = _shown_log(shown, active, ranked_by, inclusion_probability(
-          exploit, active, eligible, p.exploration, shown))
+          exploit, active, strata, p.exploration, shown))
     else:
       feed_log = _shown_log(shown, active, ranked_by)
     shown = shown.ravel()
@@ -483,16 +489,25 @@ def eligibility_rules(profiles: pd.DataFrame, config: config_lib.Config
   return eligibility_lib.PairRules(config.eligibility, attributes, attributes)
 
 
-def _eligible_catalogue(rules: Optional[eligibility_lib.PairRules], viewers: np.ndarray,
-                        joined: int) -> np.ndarray:
-  """[A, joined] bool: whom each viewer may be shown among the joined (ids are join-ordered)."""
+def _exploration_strata(p: WorldParams, h: Dict[str, np.ndarray],
+                        rules: Optional[eligibility_lib.PairRules], viewers: np.ndarray,
+                        joined: int) -> List[Tuple[np.ndarray, int]]:
+  """The exploring feed's draws: [(eligible [A, joined] bool, draws)], ids join-ordered.
+
+  The eligible catalogue E: the joined whom the rules allow, the viewer excluded;
+  `exploration_local` of the F slots come from E within the viewer's city, the rest
+  from all of E."""
   eligible = (np.ones((viewers.size, joined), bool) if rules is None
               else rules.mask(viewers, np.arange(joined)))
   eligible[np.arange(viewers.size), viewers] = False  # never oneself
-  return eligible
+  local = int(round(p.exploration_local * p.feed_size))
+  same_city = h["city"][viewers][:, None] == h["city"][None, :joined]
+  strata = [(eligible & same_city, local), (eligible, p.feed_size - local)]
+  return [(mask, draws) for mask, draws in strata if draws > 0]
 
 
-def exploring_feed(exploit: np.ndarray, viewers: np.ndarray, eligible: np.ndarray, eps: float,
+def exploring_feed(exploit: np.ndarray, viewers: np.ndarray,
+                   strata: Sequence[Tuple[np.ndarray, int]], eps: float,
                    rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
   """The epsilon-exploring feed: with probability eps a feed's exploit list is replaced.
 
@@ -500,38 +515,46 @@ def exploring_feed(exploit: np.ndarray, viewers: np.ndarray, eligible: np.ndarra
     exploit: [A, F] profile indices the exploit feed shows (repeats and the viewer
       allowed: they are not shown).
     viewers: [A] each feed's viewer.
-    eligible: [A, N] bool, the eligible catalogue E_f of each feed (viewer excluded).
+    strata: [(mask [A, N] bool, n)] with sum n = F: an exploring feed shows, from each
+      stratum independently, min(n, |mask|) distinct profiles drawn uniformly without
+      replacement from its mask (a profile drawn by two strata is shown once).
   Returns:
-    ([A, F] shown profiles: an exploring feed holds min(F, |E_f|) distinct profiles
-    drawn uniformly without replacement from E_f, padded with the viewer (never
-    shown); [A] bool whether the feed explored).
+    ([A, F] shown profiles, padded with the viewer (never shown); [A] bool whether
+    the feed explored).
   """
   explored = rng.random(len(exploit)) < eps
   rows = np.flatnonzero(explored)
   shown = exploit.copy()
   if rows.size:
-    f = exploit.shape[1]
-    keys = np.where(eligible[rows], rng.random((rows.size, eligible.shape[1])), 2.0)
-    drawn = np.argsort(keys, axis=1, kind="stable")[:, :f]  # uniform F-subset of E_f
-    real = np.take_along_axis(keys, drawn, axis=1) < 2.0
-    shown[rows] = np.where(real, drawn, viewers[rows, None])
+    draws = []
+    for mask, n in strata:
+      keys = np.where(mask[rows], rng.random((rows.size, mask.shape[1])), 2.0)
+      drawn = np.argsort(keys, axis=1, kind="stable")[:, :n]  # uniform n-subset of the mask
+      real = np.take_along_axis(keys, drawn, axis=1) < 2.0
+      draws.append(np.where(real, drawn, viewers[rows, None]))
+    shown[rows] = np.concatenate(draws, axis=1)
   return shown, explored
 
 
-def inclusion_probability(exploit: np.ndarray, viewers: np.ndarray, eligible: np.ndarray,
-                          eps: float, profiles: np.ndarray) -> np.ndarray:
+def inclusion_probability(exploit: np.ndarray, viewers: np.ndarray,
+                          strata: Sequence[Tuple[np.ndarray, int]], eps: float,
+                          profiles: np.ndarray) -> np.ndarray:
   """[A, C] P(profile is shown in the feed | its exploit list) for `profiles` [A, C]:
 
-      eps * min(F, |E_f|) / |E_f| * 1[v in E_f] + (1 - eps) * 1[v in S_f]
+      eps * (1 - prod_s (1 - min(n_s, |E_s|) / |E_s| * 1[v in E_s])) + (1 - eps) * 1[v in S]
 
-  with S_f the distinct profiles of the exploit list other than the viewer."""
-  size = eligible.sum(axis=1)
-  uniform = eps * np.minimum(exploit.shape[1], size) / np.maximum(size, 1)
-  in_catalogue = np.take_along_axis(eligible, np.clip(profiles, 0, eligible.shape[1] - 1),
-                                    axis=1) & (profiles < eligible.shape[1])
+  with E_s, n_s the strata (independent draws) and S the distinct profiles of the
+  exploit list other than the viewer."""
+  missed = np.ones(profiles.shape)
+  for mask, n in strata:
+    size = mask.sum(axis=1)
+    share = np.minimum(n, size) / np.maximum(size, 1)
+    inside = np.take_along_axis(mask, np.clip(profiles, 0, mask.shape[1] - 1), axis=1) & (
+        profiles < mask.shape[1])
+    missed *= 1 - share[:, None] * inside
   in_exploit = ((profiles[:, :, None] == exploit[:, None, :]).any(axis=2)
                 & (profiles != viewers[:, None]))
-  return uniform[:, None] * in_catalogue + (1 - eps) * in_exploit
+  return eps * (1 - missed) + (1 - eps) * in_exploit
 
 
 def _shown_log(shown: np.ndarray, viewers: np.ndarray, scores: np.ndarray,
