@@ -2,21 +2,28 @@
 """Off-policy estimates against the truth: the default world with an exploring feed.
 
 For each exploration rate eps the default world (5000 users, 120 days) is generated
-with `WorldParams(exploration=eps)`: a feed is, with probability eps, a uniformly
-random `feed_size` of its candidate pool (step 5 of `data/synthetic.py`), and the
-feed writes the impressions log with propensities. A model is trained once, on the
-world of `--main_epsilon`, and applied to every world (same users; the eps worlds
-differ in their swipes). Printed side by side, for the trained model and feature
-matching (the logging feed's own ranker):
+with `WorldParams(exploration=eps)`: a feed is, with probability eps, F profiles
+drawn uniformly from the viewer's eligible catalogue (the config's eligibility
+rules; step 5 of `data/synthetic.py`), and the feed logs what it showed with the
+exact propensity. A model is trained once, on the world of `--main_epsilon`, and
+applied to every world (same users; the eps worlds differ in their swipes).
+Every ranking is evaluated on ONE kind of list: its whole-catalogue top 10 per
+user (eligibility rules applied, swipes before the split excluded) -- the
+evaluation's lists, which the off-policy estimators score at every logged feed,
+and the lists the A/B simulator's arms show (same rules, k = 10 per app open,
+already-swiped excluded). Printed side by side, for the trained model and feature
+matching:
 
-  1. off-policy IPS / SNIPS / DR estimates of like rate@10 and match rate@10 of the
-     feed's pools re-ranked by each, vs the oracle truth of the same lists (is it
-     inside the 95 % CI?), and their support (matched impressions, ESS);
+  1. off-policy IPS / SNIPS / DR estimates of like rate@10 and match rate@10 of
+     those lists vs the oracle truth of the same lists (is it inside the 95 % CI?),
+     and their support (matched impressions, ESS, largest weight);
   2. the model's lift over feature matching: off-policy, oracle (same lists),
-     oracle of the whole-catalogue lists, the A/B simulator (14 days, 50/50, the
-     arms' true like probability and observed like share), impression-conditioned
-     (GAUC, precision/NDCG/match precision among shown) and the naive logged
-     recall@10 -- and which of them point the wrong way;
+     oracle (the evaluation's per-user lists), the A/B simulator (14 days, 50/50:
+     true like probability of each user's first feed -- the same top 10 -- and of
+     every feed, and the observed like share), impression-conditioned (GAUC,
+     precision/NDCG/match precision among shown) and the naive logged recall@10,
+     each with whether it agrees in sign and within its CI with the truth and with
+     the A/B simulator;
   3. ESS and CI width vs eps.
 
   python benchmarks/bench_offpolicy.py [--epsilons=0.05,0.1,0.2 --main_epsilon=0.1]
@@ -48,6 +55,7 @@ from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
 from tfrs_two_tower.stages import train_stage  # noqa: E402
 
 K = 10
+DEPTH = 3 * K  # list entries created after a feed was opened are skipped; deeper ones fill in
 ESTIMATORS = ("ips", "snips", "dr")
 
 
@@ -73,7 +81,7 @@ def evaluate_world(world, dataset_dir, run, bootstrap):
   oracle = world.like_probability
   out = {"feeds": feeds, "sums": {}, "sections": {}, "results": {}}
   for scorer, cal in ((model, calibration), (fm, evaluator.fit_calibration(fm, data))):
-    result = evaluator.evaluate(scorer, data, [K], cal, oracle)
+    result = evaluator.evaluate(scorer, data, [K, DEPTH], cal, oracle)
     out["results"][scorer.name] = result
     out["sums"][scorer.name], out["sections"][scorer.name] = off_policy.evaluate_ranking(
         scorer, feeds, data, reward, K, counts, oracle, result.top.candidates)
@@ -85,38 +93,68 @@ def evaluate_world(world, dataset_dir, run, bootstrap):
 
 
 def ab_lift(world, run_path, days, bootstrap):
-  """The A/B simulator: true like probability of each arm's shown pairs, observed like share."""
+  """The A/B simulator with the evaluation's rules (eligibility, k = K per app open,
+  already-swiped excluded): lifts of the true like / match probability of the pairs each
+  arm showed (every feed, and each user's first feed = the arm's top K), and of the
+  observed like share, each with a bootstrap CI over users."""
   config = config_lib.load_config()
   experiment = assignment.Experiment.from_weights(
       "offpolicy_bench", [("control", 0.5), ("treatment", 0.5)])
-  sim = simulator.simulate(world, {"control": simulator.feature_matching(world, config),
-                                   "treatment": simulator.two_tower(world, run_path)},
-                           experiment, simulator.SimulationParams(days=days), log=lambda *a: None)
+  sim = simulator.simulate(
+      world, {"control": simulator.feature_matching(world, config),
+              "treatment": simulator.two_tower(world, run_path)},
+      experiment, simulator.SimulationParams(days=days, feed_size=K,
+                                             rules=simulator.world_rules(world, config)),
+      log=lambda *a: None)
   ids = world.profiles["id"].astype(str).to_numpy()
-  user = retrieval.id_index(ids).get_indexer(sim.swipes["swiper_id"].to_numpy())
-  liked = (sim.swipes["action"] != "pass").to_numpy(np.float64)
-  arm = sim.arms[user]
+  index = retrieval.id_index(ids)
   counts = metrics.bootstrap_counts(ids.size, bootstrap, seed=1)
-  n = {a: np.bincount(user[arm == a], weights=liked[arm == a], minlength=ids.size)
-       for a in ("control", "treatment")}
-  d = {a: np.bincount(user[arm == a], minlength=ids.size).astype(np.float64)
-       for a in ("control", "treatment")}
-  observed = metrics.bootstrap_ratio_lift(n["treatment"], d["treatment"], n["control"],
-                                          d["control"], counts)
-  true = {m: getattr(sim, f"true_{m}_probability")["treatment"]
-          / getattr(sim, f"true_{m}_probability")["control"] - 1 for m in ("like", "match")}
-  return observed, true, int(d["control"].sum() + d["treatment"].sum())
+  shown = sim.impressions
+  viewer = index.get_indexer(shown["viewer_id"].to_numpy())
+  day = shown["feed_id"].str.split(":").str[1].astype(int).to_numpy()
+  first_day = np.full(ids.size, np.iinfo(np.int64).max)
+  np.minimum.at(first_day, viewer, day)
+  p_like = world.like_probability(shown["viewer_id"].to_numpy(), shown["profile_id"].to_numpy())
+  p_match = p_like * world.like_probability(shown["profile_id"].to_numpy(),
+                                            shown["viewer_id"].to_numpy())
+  swiper = index.get_indexer(sim.swipes["swiper_id"].to_numpy())
+  liked = (sim.swipes["action"] != "pass").to_numpy(np.float64)
+  rows = {"first feed": (viewer, day == first_day[viewer]),
+          "every feed": (viewer, np.ones(viewer.size, bool))}
+  out = {}
+  for name, (users, keep) in rows.items():
+    for target, values in (("like", p_like), ("match", p_match)):
+      out[f"{target}, {name}"] = _arm_lift(sim.arms, users[keep], values[keep], ids.size,
+                                           counts)
+  out["observed like share"] = _arm_lift(sim.arms, swiper, liked, ids.size, counts)
+  return out, int(len(sim.swipes))
+
+
+def _arm_lift(arms, users, values, n, counts):
+  """Treatment over control of the pooled mean of `values` [P] by user, bootstrap CI."""
+  sums = {a: (np.bincount(users[arms[users] == a], weights=values[arms[users] == a],
+                          minlength=n),
+              np.bincount(users[arms[users] == a], minlength=n).astype(np.float64))
+          for a in ("control", "treatment")}
+  return metrics.bootstrap_ratio_lift(*sums["treatment"], *sums["control"], counts)
 
 
 def inside(est, truth):
   low, high = est["ci"]
-  return "yes" if low is not None and low <= truth <= high else "NO"
+  if low is None:
+    return "n/a"
+  return "yes" if low <= truth <= high else "**NO**"
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
   parser.add_argument("--epsilons", default="0.05,0.1,0.2")
   parser.add_argument("--main_epsilon", type=float, default=0.1)
+  parser.add_argument("--exploration_local", type=float,
+                      default=synthetic.WorldParams.exploration_local)
+  parser.add_argument("--uniform_epsilons", default="0.1",
+                      help="also worlds whose exploring feed draws uniformly from the "
+                           "whole eligible catalogue (exploration_local 0), for comparison")
   parser.add_argument("--num_users", type=int, default=synthetic.WorldParams.num_users)
   parser.add_argument("--days", type=int, default=synthetic.WorldParams.days)
   parser.add_argument("--epochs", type=int, default=train_stage.TrainOptions.epochs)
@@ -124,39 +162,45 @@ def main():
   parser.add_argument("--ab_days", type=int, default=14)
   parser.add_argument("--workdir", default=None)
   args = parser.parse_args()
-  epsilons = sorted({float(e) for e in args.epsilons.split(",")} | {args.main_epsilon})
+  local = args.exploration_local
+  worlds_to_make = sorted({(float(e), local) for e in args.epsilons.split(",")}
+                          | {(args.main_epsilon, local)}
+                          | {(float(e), 0.0) for e in args.uniform_epsilons.split(",") if e})
   work = args.workdir or tempfile.mkdtemp(prefix="bench_offpolicy_")
   config = config_lib.load_config()
   worlds, started = {}, time.time()
-  for eps in epsilons:
-    path = os.path.join(work, f"dataset_eps{eps}")
-    worlds[eps] = synthetic.generate_world(synthetic.WorldParams(
-        num_users=args.num_users, days=args.days, exploration=eps))
+  for eps, share in worlds_to_make:
+    path = os.path.join(work, f"dataset_eps{eps}_local{share}")
+    worlds[eps, share] = synthetic.generate_world(synthetic.WorldParams(
+        num_users=args.num_users, days=args.days, exploration=eps, exploration_local=share),
+        config=config)
     if not os.path.exists(path):
-      synthetic.write_world_dataset(worlds[eps], config, path)
+      synthetic.write_world_dataset(worlds[eps, share], config, path)
   print(f"worlds and datasets: {time.time() - started:.0f}s ({args.num_users} users, "
-        f"{args.days} days, eps {epsilons})")
-  run_path = os.path.join(work, f"run_eps{args.main_epsilon}")
+        f"{args.days} days, (eps, local share) {worlds_to_make})")
+  main = (args.main_epsilon, local)
+  run_path = os.path.join(work, f"run_eps{args.main_epsilon}_local{local}")
   if not os.path.exists(run_path):
     started = time.time()
-    train_stage.run(os.path.join(work, f"dataset_eps{args.main_epsilon}"), run_path,
+    train_stage.run(os.path.join(work, f"dataset_eps{main[0]}_local{main[1]}"), run_path,
                     train_stage.TrainOptions(epochs=args.epochs), log=lambda *a: None)
     print(f"trained on eps {args.main_epsilon}: {time.time() - started:.0f}s")
   run = run_lib.open_run(run_path)
   figures = {}
-  for eps in epsilons:
+  for key in worlds_to_make:
     started = time.time()
-    figures[eps] = evaluate_world(worlds[eps], os.path.join(work, f"dataset_eps{eps}"), run,
-                                  args.bootstrap)
-    print(f"evaluated eps {eps}: {time.time() - started:.0f}s")
+    figures[key] = evaluate_world(worlds[key], os.path.join(
+        work, f"dataset_eps{key[0]}_local{key[1]}"), run, args.bootstrap)
+    print(f"evaluated eps {key[0]}, local share {key[1]}: {time.time() - started:.0f}s")
 
-  main_fig = figures[args.main_epsilon]
-  print(f"\n== 1. Estimates vs the truth of the same lists (eps {args.main_epsilon}, k {K}, "
-        f"{args.bootstrap} bootstrap resamples over users) ==")
+  main_fig = figures[main]
+  print(f"\n== 1. Estimates vs the truth of the same lists (eps {args.main_epsilon}, local "
+        f"share {local}, "
+        f"whole-catalogue top {K}, {args.bootstrap} bootstrap resamples over users) ==")
   print(f"log: {main_fig['feeds'].notes}")
   print("| ranker | target | IPS | SNIPS | DR | oracle (same lists) | oracle in CI "
-        "(IPS/SNIPS/DR) | matched | ESS | catalogue overlap |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "(IPS/SNIPS/DR) | matched | ESS | max weight | skipped (not yet created) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for name, section in main_fig["sections"].items():
     seg, sup = section["segments"]["all"], section["support"]
     for target in ("like", "match"):
@@ -166,59 +210,68 @@ def main():
           + f" | {truth:.3f} | " + "/".join(inside(seg[f"{e}_{target}"], truth)
                                           for e in ESTIMATORS)
           + f" | {sup['matched_impressions']} | {sup['effective_sample_size']:.0f} | "
-          f"{section['catalogue_overlap']} |")
+          f"{sup['max_weight']:.0f} | {sup['not_yet_created']} |")
 
   print(f"\n== 2. Lift of the model over feature matching (eps {args.main_epsilon}) ==")
-  observed, true, ab_swipes = ab_lift(worlds[args.main_epsilon], run_path, args.ab_days,
-                                      args.bootstrap)
+  ab, ab_swipes = ab_lift(worlds[main], run_path, args.ab_days, args.bootstrap)
   off, lift = main_fig["off_lift"], main_fig["lift"]
-  # Each row's truth: the oracle lift of the same lists and target (pools re-ranked for the
-  # off-policy rows; whole-catalogue lists for the rest).
   same = {t: off[f"oracle_{t}"] for t in ("like", "match")}
-  whole = {"like": lift[f"oracle_like@{K}"], "match": lift[f"oracle_match@{K}"]}
+  per_user = {t: lift[f"oracle_{t}@{K}"] for t in ("like", "match")}
   rows = []
   for target in ("like", "match"):
     for e in ESTIMATORS:
-      rows.append((f"off-policy {e.upper()} {target} rate@{K}", off[f"{e}_{target}"],
-                   same[target]))
-    rows.append((f"oracle {target} rate@{K}, same lists (truth)", same[target], same[target]))
-  rows += [(f"oracle like@{K}, whole-catalogue lists (truth)", whole["like"], whole["like"]),
-           (f"oracle match@{K}, whole-catalogue lists (truth)", whole["match"], whole["match"]),
-           (f"A/B simulator ({args.ab_days} days, {ab_swipes} swipes): observed like share",
-            observed, whole["like"]),
-           ("A/B simulator: true like probability of shown pairs",
-            {"value": true["like"], "ci": [None, None]}, whole["like"]),
-           ("A/B simulator: true match probability of shown pairs",
-            {"value": true["match"], "ci": [None, None]}, whole["match"]),
-           ("impression-conditioned GAUC", lift["gauc"], whole["like"]),
+      rows.append((f"off-policy {e.upper()} {target} rate@{K}", off[f"{e}_{target}"], target))
+  rows += [(f"oracle {t} rate@{K}, same lists, feed-weighted (truth)", same[t], t)
+           for t in ("like", "match")]
+  rows += [(f"oracle {t}@{K}, the evaluation's lists, user-weighted (truth)", per_user[t], t)
+           for t in ("like", "match")]
+  rows += [(f"A/B simulator ({args.ab_days} days, {ab_swipes} swipes): true {name}", est,
+            name.split(",")[0]) for name, est in ab.items() if name != "observed like share"]
+  rows += [("A/B simulator: observed like share", ab["observed like share"], "like"),
+           ("impression-conditioned GAUC", lift["gauc"], "like"),
            ("impression-conditioned like precision among shown", lift["shown_precision"],
-            whole["like"]),
-           ("impression-conditioned NDCG among shown", lift["shown_ndcg"], whole["like"]),
+            "like"),
+           ("impression-conditioned NDCG among shown", lift["shown_ndcg"], "like"),
            ("impression-conditioned match precision among shown",
-            lift["shown_match_precision"], whole["match"]),
+            lift["shown_match_precision"], "match"),
            (f"naive logged recall@{K} (biased toward the logging feed)", lift[f"recall@{K}"],
-            whole["like"])]
-  print("| estimate | lift | truth it estimates | same sign | truth inside the CI |")
-  print("|---|---|---|---|---|")
-  for label, est, truth in rows:
-    agrees = "yes" if np.sign(est["value"]) == np.sign(truth["value"]) else "**NO**"
-    covered = inside(est, truth["value"]) if est["ci"][0] is not None else "n/a"
-    print(f"| {label} | {report.format_lift(est)} | {report.format_lift(truth)} | {agrees} | "
-          f"{covered} |")
+            "like")]
+  print(f"truth = the oracle lift of the same lists ({report.format_lift(same['like'])} like, "
+        f"{report.format_lift(same['match'])} match); A/B = the simulator's true lift of each "
+        "user's first feed (the same top 10): "
+        f"{report.format_lift(ab['like, first feed'])} like, "
+        f"{report.format_lift(ab['match, first feed'])} match")
+  print("| estimate | lift | same sign as truth | truth in CI | A/B in CI | CIs overlap A/B |")
+  print("|---|---|---|---|---|---|")
+  for label, est, target in rows:
+    truth, reference = same[target]["value"], ab[f"{target}, first feed"]
+    agrees = "yes" if np.sign(est["value"]) == np.sign(truth) else "**NO**"
+    low, high = est["ci"]
+    overlap = ("n/a" if low is None else "yes" if low <= reference["ci"][1]
+               and reference["ci"][0] <= high else "**NO**")
+    print(f"| {label} | {report.format_lift(est)} | {agrees} | {inside(est, truth)} | "
+          f"{inside(est, reference['value'])} | {overlap} |")
 
-  print(f"\n== 3. Support and interval width vs eps (model, like rate@{K}) ==")
-  print("| eps | feeds | matched | ESS | IPS CI width | SNIPS CI width | DR CI width | "
-        "DR lift CI width | DR lift | oracle lift (same lists) |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  for eps, fig in figures.items():
+  print(f"\n== 3. Support, interval width and agreement vs eps (like rate@{K}; A/B = the "
+        f"first-feed lift above, {report.format_lift(ab['like, first feed'])}) ==")
+  print("| eps | local share | feeds | matched model / FM | ESS model / FM | CI width IPS / "
+        "SNIPS / DR (model) | DR lift | its CI width | oracle lift (same lists) | truth in CI "
+        "| A/B in CI |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  for (eps, share), fig in figures.items():
     seg = fig["sections"]["model"]["segments"]["all"]
-    sup = fig["sections"]["model"]["support"]
+    sup = {n: fig["sections"][n]["support"] for n in ("model", "feature_matching")}
     widths = [seg[f"{e}_like"]["ci"][1] - seg[f"{e}_like"]["ci"][0] for e in ESTIMATORS]
-    dr = fig["off_lift"]["dr_like"]
-    print(f"| {eps} | {sup['feeds']} | {sup['matched_impressions']} | "
-          f"{sup['effective_sample_size']:.0f} | " + " | ".join(f"{w:.3f}" for w in widths)
-          + f" | {dr['ci'][1] - dr['ci'][0]:.0%} | {report.format_lift(dr)} | "
-          f"{report.format_lift(fig['off_lift']['oracle_like'])} |")
+    dr, truth = fig["off_lift"]["dr_like"], fig["off_lift"]["oracle_like"]
+    print(f"| {eps} | {share} | {sup['model']['feeds']} | "
+          f"{sup['model']['matched_impressions']} / "
+          f"{sup['feature_matching']['matched_impressions']} | "
+          f"{sup['model']['effective_sample_size']:.0f} / "
+          f"{sup['feature_matching']['effective_sample_size']:.0f} | "
+          + " / ".join(f"{w:.3f}" for w in widths)
+          + f" | {report.format_lift(dr)} | {dr['ci'][1] - dr['ci'][0]:.0%} | "
+          f"{report.format_lift(truth)} | {inside(dr, truth['value'])} | "
+          f"{inside(dr, ab['like, first feed']['value'])} |")
   print(f"\nworkdir: {work}")
 
 

@@ -50,9 +50,13 @@ def tiny_dataset_dir(tmp_path_factory, tiny_world, default_config):
 
 @pytest.fixture(scope="session")
 def exploring_world():
-  """The tiny world with an epsilon-exploring feed (eps = 0.2): propensities < 1 logged."""
+  """The tiny world with an epsilon-exploring feed (eps = 0.2): propensities < 1 logged.
+
+  Its draws are uniform over the eligible catalogue (exploration_local 0): the tiny
+  world's cities hold a few dozen users, so most listed profiles live elsewhere."""
   import dataclasses
-  return synthetic.generate_world(dataclasses.replace(TINY_WORLD, exploration=0.2))
+  return synthetic.generate_world(dataclasses.replace(TINY_WORLD, exploration=0.2,
+                                                      exploration_local=0.0))
 
 
 @pytest.fixture(scope="session")

@@ -21,70 +21,129 @@ from tfrs_two_tower.evaluation import off_policy
 # -- the formulas, by hand ------------------------------------------------------------
 
 def hand_feeds():
-  """Two feeds. Feed 0 (user 0): a shown p=.5 liked (b liked it back), b unshown p=.25,
-  c shown p=1 passed. Feed 1 (user 1): d shown p=.8 passed, e shown p=.4 liked, f unshown p=.2."""
+  """Two feeds. Feed 0 (user 0): a (row 0) shown p=.5 liked (a liked back), c (row 2)
+  shown p=1 passed. Feed 1 (user 1): d (3) shown p=.8 passed, e (4) shown p=.4 liked."""
   return off_policy.LoggedFeeds(
-      feed=np.array([0, 0, 0, 1, 1, 1]), users=np.array([0, 0, 0, 1, 1, 1]),
-      candidates=np.arange(6), position=np.array([0, 1, 2, 0, 1, 2]),
-      score=np.zeros(6), propensity=np.array([.5, .25, 1., .8, .4, .2]),
-      shown=np.array([1, 0, 1, 1, 1, 0], bool), like=np.array([1., 0, 0, 0, 1, 0]),
-      back=np.array([1., np.nan, np.nan, np.nan, np.nan, np.nan]), source="hand.parquet",
-      notes={})
+      feed=np.array([0, 0, 1, 1]), users=np.array([0, 0, 1, 1]),
+      candidates=np.array([0, 2, 3, 4]), position=np.array([0, 1, 0, 1]),
+      score=np.zeros(4), propensity=np.array([.5, 1., .8, .4]),
+      shown=np.ones(4, bool), like=np.array([1., 0, 0, 1]),
+      back=np.array([1., np.nan, np.nan, np.nan]), feed_users=np.array([0, 1]),
+      feed_times=np.array([100, 200]), source="hand.parquet", notes={})
+
+
+def hand_lists(feed, candidates, q=0.3):
+  feed, candidates = np.asarray(feed), np.asarray(candidates)
+  users = np.array([0, 1])[feed]
+  return off_policy.Lists(feed, users, candidates, np.full(feed.size, q),
+                          np.full(feed.size, q * 0.5), None, None, 0)
 
 
 def test_estimators_match_a_hand_computed_example():
   feeds = hand_feeds()
-  # New ranking: b > a > c in feed 0, e > f > d in feed 1; top 2 = {b, a}, {e, f}.
-  in_list = off_policy.ranked_lists(feeds, np.array([2., 3, 1, 1, 3, 2]), k=2)
-  assert in_list.tolist() == [True, True, False, False, True, True]
-  q = np.full(6, 0.3)
-  sums = off_policy.per_user_sums(feeds, in_list, q, np.full(6, 0.5), num_users=2)
+  # The ranking lists {b, a} for user 0 and {e, f} for user 1: b and f were never shown.
+  lists = hand_lists([0, 0, 1, 1], [1, 0, 4, 5])
+  np.testing.assert_array_equal(off_policy.matched_rows(feeds, lists), [1, -1, -1, 2])
+  sums = off_policy.per_user_sums(feeds, lists, np.full(4, 0.3), np.full(4, 0.5), num_users=2)
 
   def pooled(name):
     return sums.numerators[name].sum() / sums.denominators[name].sum()
-  # weights: a 1/.5 = 2, e 1/.4 = 2.5; b and f unshown: 0. Four list slots.
+  # weights: a 1/.5 = 2, e 1/.4 = 2.5. Four list slots.
   assert pooled("ips_like") == pytest.approx((2 * 1 + 2.5 * 1) / 4)            # 1.125
   assert pooled("snips_like") == pytest.approx((2 + 2.5) / (2 + 2.5))          # 1.0
   assert pooled("dr_like") == pytest.approx((4 * 0.3 + 2 * 0.7 + 2.5 * 0.7) / 4)  # 1.0875
   # match: a liked back (observed 1); e's back-swipe unobserved -> reward model 0.5.
   assert pooled("ips_match") == pytest.approx((2 * 1 + 2.5 * 0.5) / 4)         # 0.8125
+  assert pooled("dr_match") == pytest.approx(
+      (4 * 0.15 + 2 * (1 - 0.3) + 2.5 * (0.5 - 0.15)) / 4)
   assert sums.support["matched_impressions"] == 2
   assert sums.support["effective_sample_size"] == pytest.approx(4.5 ** 2 / (4 + 6.25), abs=0.1)
-  assert sums.support["list_slots"] == 4
+  assert sums.support["list_slots"] == 4 and sums.support["max_weight"] == 2.5
+
+
+def test_list_slots_skip_profiles_not_yet_created():
+  feeds = hand_feeds()
+  top = np.array([[5, 4, 3, -1], [4, 5, 3, 0]])  # [U, K] whole-catalogue lists
+  created = np.array([-1, 0, 0, 0, 0, 150])  # profile 5 joined at t=150; -1 = unknown
+  feed, candidates, skipped = off_policy.list_slots(feeds, top, 2, created)
+  # feed 0 (t=100): 5 not there yet -> 4, 3; feed 1 (t=200): 4, 5.
+  assert feed.tolist() == [0, 0, 1, 1] and candidates.tolist() == [4, 3, 4, 5]
+  assert skipped == 1
 
 
 def test_a_ranking_without_logged_support_is_refused_by_name():
   feeds = hand_feeds()
-  # Top 1 = the unshown b and f: no shown impression in any list.
-  in_list = off_policy.ranked_lists(feeds, np.array([1., 3, 0, 0, 1, 3]), k=1)
-  sums = off_policy.per_user_sums(feeds, in_list, np.zeros(6), np.zeros(6), num_users=2)
+  lists = hand_lists([0, 1], [1, 5])  # never shown
+  sums = off_policy.per_user_sums(feeds, lists, np.zeros(4), np.zeros(4), num_users=2)
   with pytest.raises(off_policy.NoSupportError, match="hand.parquet.*newrank.*no logged support"):
     off_policy.check_support(sums.support, feeds.source, "newrank")
 
 
 def test_weak_support_and_no_exploration_are_warned():
   feeds = hand_feeds()
-  feeds.propensity = np.ones(6)
-  in_list = off_policy.ranked_lists(feeds, np.zeros(6), k=3)
-  sums = off_policy.per_user_sums(feeds, in_list, np.zeros(6), np.zeros(6), num_users=2)
+  feeds.propensity = np.ones(4)
+  lists = hand_lists([0, 0, 1, 1], [0, 2, 3, 4])
+  sums = off_policy.per_user_sums(feeds, lists, np.zeros(4), np.zeros(4), num_users=2)
   warnings = " ".join(off_policy.check_support(sums.support, feeds.source, "x"))
   assert "no exploration" in warnings and "effective sample size" in warnings
 
 
-# -- the synthetic world: the log, and estimates against the truth ----------------------
+# -- the exploring feed: its propensities are the true inclusion probabilities ----------
 
-def test_exploring_feed_logs_pools_with_propensities(exploring_world, tiny_world):
+def small_catalogue(rng, feeds=4, n=12, f=4):
+  """Exploit lists with a repeat and the viewer in them; eligible catalogues of 2..11,
+  drawn as 3 from a local half (a stratum smaller than its draws in row 0) + 1 from all."""
+  viewers = np.arange(feeds)
+  eligible = rng.random((feeds, n)) < np.linspace(0.15, 0.95, feeds)[:, None]
+  eligible[viewers, viewers] = False
+  exploit = rng.integers(0, n, (feeds, f))
+  exploit[0, :2] = [7, 7]
+  exploit[1, 0] = viewers[1]
+  local = eligible & (np.arange(n) < n // 2)[None, :]
+  return viewers, [(local, 3), (eligible, f - 3)], exploit
+
+
+def test_exploring_feed_shows_each_profile_with_its_logged_propensity():
+  """Monte Carlo: over 20,000 draws the share of feeds showing each profile equals
+  `inclusion_probability` (mixture of the uniform eligible draw and the exploit list)."""
+  rng = np.random.default_rng(0)
+  viewers, strata, exploit = small_catalogue(rng)
+  eligible = strata[1][0]
+  eps, draws, n = 0.3, 20_000, eligible.shape[1]
+  a = len(viewers)
+  shown, explored = synthetic.exploring_feed(  # every draw at once: the feeds tiled
+      np.tile(exploit, (draws, 1)), np.tile(viewers, draws),
+      [(np.tile(mask, (draws, 1)), k) for mask, k in strata], eps, rng)
+  hit = np.zeros((draws * a, n + 1), bool)
+  hit[np.arange(draws * a)[:, None], shown] = True  # repeats count once
+  hit[np.arange(draws * a), np.tile(viewers, draws)] = False  # the viewer is never shown
+  frequency = hit[:, :n].reshape(draws, a, n).mean(axis=0)
+  expected = synthetic.inclusion_probability(exploit, viewers, strata, eps,
+                                             np.tile(np.arange(n), (a, 1)))
+  assert abs(explored.mean() - eps) < 0.01
+  assert (expected[eligible] >= eps / n).all()
+  never = ~eligible & ~(np.arange(n)[None, :, None] == exploit[:, None, :]).any(axis=2)
+  assert (expected[never] == 0).all() and (frequency[never] == 0).all()
+  se = np.sqrt(expected * (1 - expected) / draws)
+  assert (np.abs(frequency - expected) <= 4.5 * se + 1e-12).all(), (frequency, expected)
+
+
+def test_exploring_world_logs_shown_profiles_with_propensities(exploring_world, tiny_world,
+                                                               default_config):
   log = exploring_world.impressions
-  assert ((log["propensity"] > 0) & (log["propensity"] <= 1)).all()
-  assert (log["propensity"] < 1).mean() > 0.9 and not log["shown"].all()
-  # Each feed shows F = min(feed_size, M) profiles: the propensities sum to F.
-  per_feed = log.groupby("feed_id").agg(p=("propensity", "sum"), m=("propensity", "size"))
-  expected = np.minimum(exploring_world.params.feed_size, per_feed["m"])
-  np.testing.assert_allclose(per_feed["p"], expected, rtol=1e-9)
+  eps = exploring_world.params.exploration
+  assert log["shown"].all() and ((log["propensity"] > 0) & (log["propensity"] <= 1)).all()
+  # Below 1 - eps only the exploring draw can show a profile: those pairs obey the config's
+  # eligibility rules, and about eps of the feeds are such draws.
+  rules = synthetic.eligibility_rules(exploring_world.profiles, default_config)
+  explored = log[log["propensity"] < 1 - eps]
+  assert rules.pairs(exploring_world.user_index(explored["viewer_id"]),
+                     exploring_world.user_index(explored["profile_id"])).all()
+  share = explored["feed_id"].nunique() / log["feed_id"].nunique()
+  assert 0.5 * eps < share < 1.5 * eps, share
   # Every shown pair was swiped (the first time it was shown).
-  shown = log[log["shown"]]
   swiped = set(zip(exploring_world.swipes["swiper_id"], exploring_world.swipes["swipee_id"]))
-  assert all(pair in swiped for pair in zip(shown["viewer_id"], shown["profile_id"]))
+  assert all(pair in swiped for pair in zip(log["viewer_id"], log["profile_id"]))
   # Without exploration only the shown profiles are logged, with propensity 1.
   assert tiny_world.params.exploration == 0
   assert tiny_world.impressions["shown"].all()
@@ -97,6 +156,7 @@ def test_exploration_zero_keeps_the_world_identical():
   explored = synthetic.generate_world(synthetic.WorldParams(num_users=300, days=20, seed=3,
                                                             exploration=0.0))
   pd.testing.assert_frame_equal(same.swipes, explored.swipes)
+  pd.testing.assert_frame_equal(same.impressions, explored.impressions)
   with pytest.raises(ValueError, match="exploration"):
     synthetic.WorldParams(exploration=1.5)
 
@@ -113,68 +173,61 @@ def exploring_eval(exploring_dataset_dir, exploring_world):
 
 
 def test_estimates_cover_the_truth_of_the_same_lists(exploring_eval, exploring_world):
+  """Feature matching's and a random ranking's whole-catalogue lists: the truth of the
+  lists lies in every estimator's interval."""
   dataset, data, feeds, fm, reward = exploring_eval
   assert dataset.stats["impressions"]["explored_rows"] > 0
   counts = metrics.bootstrap_counts(data.num_users, 300, seed=0)
-  _, section = off_policy.evaluate_ranking(fm, feeds, data, reward, 10, counts,
-                                           exploring_world.like_probability)
-  estimates = section["segments"]["all"]
-  truth = estimates["oracle_like"]["value"]
-  for name in ("ips_like", "snips_like", "dr_like"):
-    low, high = estimates[name]["ci"]
-    assert low <= truth <= high, (name, estimates[name], truth)
-  assert section["support"]["effective_sample_size"] > 50
+  for scorer in (fm, baselines.RandomScorer(data.query_ids, data.candidate_ids)):
+    top = evaluator.evaluate(scorer, data, [10, 30]).top.candidates
+    _, section = off_policy.evaluate_ranking(scorer, feeds, data, reward, 10, counts,
+                                             exploring_world.like_probability, top)
+    estimates = section["segments"]["all"]
+    truth = estimates["oracle_like"]["value"]
+    for name in ("ips_like", "snips_like", "dr_like"):
+      low, high = estimates[name]["ci"]
+      assert low <= truth <= high, (scorer.name, name, estimates[name], truth)
+    assert section["support"]["matched_impressions"] > 20, section["support"]
 
 
-def test_ips_of_the_feeds_own_ranking_covers_its_truth(exploring_eval, exploring_world):
-  """The logging feed's own ranker (its logged score), and a random one: the truth of
-  their lists lies in the IPS and SNIPS intervals."""
-  _, data, feeds, _, _ = exploring_eval
-  counts = metrics.bootstrap_counts(data.num_users, 300, seed=0)
-  viewers, profiles = data.query_ids[data.users[feeds.users]], data.candidate_ids[
-      feeds.candidates]
-  truth = exploring_world.like_probability(viewers, profiles)
-  zeros = np.zeros(feeds.feed.size)
-  for scores in (feeds.score, np.random.default_rng(0).random(feeds.feed.size)):
-    in_list = off_policy.ranked_lists(feeds, scores, exploring_world.params.feed_size)
-    sums = off_policy.per_user_sums(feeds, in_list, zeros, zeros, data.num_users, truth, truth)
-    oracle = sums.numerators["oracle_like"].sum() / sums.denominators["oracle_like"].sum()
-    for name in ("ips_like", "snips_like"):
-      est = metrics.bootstrap_ratio(sums.numerators[name], sums.denominators[name], counts)
-      assert est["ci"][0] <= oracle <= est["ci"][1], (name, est, oracle)
-
-
-def test_estimators_are_unbiased_over_replications_of_a_known_logging_policy():
-  """200 feeds of 6 candidates, 2 shown: eps = 0.3 uniform, else the top 2 of a fixed
-  logging score. Over 400 replications the mean IPS and DR (with a wrong reward model)
-  equal the true like rate of the new top-3 lists; SNIPS within its small bias."""
+def test_estimators_are_unbiased_over_replications_of_the_exploring_feed():
+  """150 feeds over a 40-profile catalogue, F = 4: exploring (eps = 0.3: 3 draws from a
+  local part of each viewer's eligible catalogue, 1 from all of it), else a fixed exploit
+  list. Over 300 replications the mean
+  IPS and DR (with a wrong reward model) equal the true like rate of a new ranking's
+  top-5 lists drawn from the whole eligible catalogue; SNIPS within its small bias."""
   rng = np.random.default_rng(0)
-  feeds_n, pool, shown_n, eps, k = 200, 6, 2, 0.3, 3
-  feed = np.repeat(np.arange(feeds_n), pool)
-  p_like = rng.beta(2, 5, feed.size)
-  logging_rank = np.argsort(np.argsort(-rng.random((feeds_n, pool)), axis=1), axis=1).ravel()
-  propensity = eps * shown_n / pool + (1 - eps) * (logging_rank < shown_n)
-  new_scores = rng.random(feed.size)
+  feeds_n, n, f, eps, k = 150, 40, 4, 0.3, 5
+  viewers = np.full(feeds_n, n)  # outside the catalogue: every catalogue profile may be shown
+  eligible = rng.random((feeds_n, n)) < 0.5
+  p_like = rng.beta(2, 5, (feeds_n, n))
+  exploit = np.argsort(-(p_like + rng.normal(0, 0.3, p_like.shape)), axis=1)[:, :f]
+  new_top = np.argsort(np.where(eligible, rng.random((feeds_n, n)), -1.0), axis=1)[:, ::-1][:, :k]
+  strata = [(eligible & (np.arange(n) < 10)[None, :], 3), (eligible, f - 3)]
+  feed, candidates = np.repeat(np.arange(feeds_n), k), new_top.ravel()
+  lists = off_policy.Lists(feed, feed % 50, candidates, np.full(feed.size, 0.5),
+                           np.full(feed.size, 0.5), p_like[feed, candidates],
+                           p_like[feed, candidates], 0)
   estimates = {"ips_like": [], "snips_like": [], "dr_like": []}
-  truth = None
-  for _ in range(400):
-    explore = np.repeat(rng.random(feeds_n) < eps, pool)
-    shuffled = np.argsort(np.argsort(rng.random((feeds_n, pool)), axis=1), axis=1).ravel()
-    shown = np.where(explore, shuffled, logging_rank) < shown_n
-    feeds = off_policy.LoggedFeeds(
-        feed=feed, users=feed % 50, candidates=np.arange(feed.size),
-        position=logging_rank, score=-logging_rank.astype(float), propensity=propensity,
-        shown=shown, like=(rng.random(feed.size) < p_like).astype(float),
-        back=np.ones(feed.size), source="replication", notes={})
-    in_list = off_policy.ranked_lists(feeds, new_scores, k)
-    sums = off_policy.per_user_sums(feeds, in_list, np.full(feed.size, 0.5),
-                                    np.ones(feed.size), 50, p_like, np.ones(feed.size))
+  for _ in range(300):
+    shown, _ = synthetic.exploring_feed(exploit, viewers, strata, eps, rng)
+    propensity = synthetic.inclusion_probability(exploit, viewers, strata, eps, shown)
+    row, col = np.nonzero(shown < n)
+    v = shown[row, col]
+    logged = off_policy.LoggedFeeds(
+        feed=row, users=row % 50, candidates=v, position=col, score=np.zeros(row.size),
+        propensity=propensity[row, col], shown=np.ones(row.size, bool),
+        like=(rng.random(row.size) < p_like[row, v]).astype(float), back=np.ones(row.size),
+        feed_users=np.arange(feeds_n) % 50, feed_times=np.zeros(feeds_n, np.int64),
+        source="replication", notes={})
+    sums = off_policy.per_user_sums(logged, lists, np.full(row.size, 0.5), np.ones(row.size),
+                                    50)
     for name in estimates:
       estimates[name].append(sums.numerators[name].sum() / sums.denominators[name].sum())
-    truth = sums.numerators["oracle_like"].sum() / sums.denominators["oracle_like"].sum()
+  truth = sums.numerators["oracle_like"].sum() / sums.denominators["oracle_like"].sum()
   for name, values in estimates.items():
     se = np.std(values) / np.sqrt(len(values))
-    tolerance = 4 * se + (0.01 if name == "snips_like" else 0.0)
+    tolerance = 4 * se + (0.02 if name == "snips_like" else 0.0)
     assert abs(np.mean(values) - truth) < tolerance, (name, np.mean(values), truth, se)
 
 
@@ -259,12 +312,19 @@ def test_evaluate_answers_with_off_policy_on_an_exploring_log(exploring_dataset_
   assert off["explored"] and off["reward_model"] == "run"
   for name, section in off["recommenders"].items():
     assert section["support"]["matched_impressions"] > 0, name
-    assert 0 < section["catalogue_overlap"] <= 1
+    assert section["support"]["list_slots"] >= section["support"]["feeds"]
     assert {"ips_like", "snips_like", "dr_like", "dr_match", "oracle_like"} <= set(
         section["segments"]["all"])
+  # Off-policy answers when both rankings' ESS reach the minimum; this tiny log is thin
+  # (uniform draws over ~200 eligible profiles), so the answer says why it fell back.
   answer = report["answer"]["run"]
-  assert answer["estimator"].startswith("off_policy_"), answer["why"]
-  assert answer["lift"] is off["lifts"]["run"]["all"][answer["estimator"][11:] + "_like"]
+  ess = min(off["recommenders"][n]["support"]["effective_sample_size"]
+            for n in ("run", "feature_matching"))
+  if ess >= off["min_effective_sample_size"]:
+    assert answer["lift"] is off["lifts"]["run"]["all"][answer["estimator"][11:] + "_like"]
+  else:
+    assert answer["estimator"] == "impression_conditioned"
+    assert "effective sample size is below" in answer["why"]
   assert "biased toward the logging feed, not used" in report["verdict"]["run"]["line"]
   md = open(str(tmp_path / "eval" / "report.md")).read()
   assert "## Does it beat feature matching?" in md and "why this estimator" in md

@@ -60,11 +60,10 @@ def world_entities(world: synthetic.World, config, side: str) -> Dict[str, Any]:
 def world_rules(world: synthetic.World, config,
                 now: Optional[float] = None) -> Optional[eligibility_lib.PairRules]:
   """The config's eligibility rules over the world's profiles (rows = world index);
-  None when the config has no eligibility section."""
-  if config.eligibility is None:
-    return None
-  attributes = eligibility_lib.encode(config, world.profiles, "world profiles")
-  return eligibility_lib.PairRules(config.eligibility, attributes, attributes, now)
+  None when the config has no eligibility section. The same rules the world's
+  exploring feed draws from (`synthetic.eligibility_rules`)."""
+  rules = synthetic.eligibility_rules(world.profiles, config)
+  return rules if rules is None or now is None else rules.at(now)
 
 
 def with_exposure_control(recommender, exposure) -> Recommender:

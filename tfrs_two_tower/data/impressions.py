@@ -1,6 +1,6 @@
 """The feed's impressions log in the dataset directory (`impressions.parquet`).
 
-One row per profile a feed considered when a user opened the app (docs/data.md):
+One row per profile a feed showed (or considered) when a user opened the app (docs/data.md):
 
   feed_id       str    one app open (a feed); rows of a feed share viewer and time
   query_id      str    the viewer
@@ -8,13 +8,13 @@ One row per profile a feed considered when a user opened the app (docs/data.md):
   timestamp     int64  unix seconds (UTC) the feed was opened
   position      int64  0-based rank in the feed's final order
   score         float  the feed's own ranking score
-  propensity    float  P(the feed shows this profile | its candidate pool), in (0, 1]
-  shown         bool   whether it was shown
+  propensity    float  P(the feed shows this profile | what it drew independently of
+                       the viewer's response), in (0, 1]
+  shown         bool   whether it was shown (unshown rows carry no weight)
 
-A feed that only logs what it showed writes propensity 1 for every row; an
-exploring feed (docs/evaluation.md) also logs the pool members it did not show,
-each with the probability it would have shown them. Off-policy estimators
-(`evaluation.off_policy`) need exactly that probability.
+A feed that does not explore writes propensity 1 for every row; an exploring
+feed (docs/evaluation.md) writes each shown profile's exact probability, which
+off-policy estimators (`evaluation.off_policy`) need.
 """
 
 import os

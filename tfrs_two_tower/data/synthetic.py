@@ -24,21 +24,35 @@ Generative story (all vectorised; one numpy Generator seeded from `seed`):
    and u likes v with P = sigmoid(s) (logistic noise). That P is the **oracle**.
    A superlike is a like with s above `superlike_utility`.
 5. Each day every user who has joined is active with P = activity. Active users
-   get a feed of `feed_size` profiles: `feed_size * 4` candidates are sampled
+   get a feed of F = `feed_size` profiles: `feed_size * 4` candidates are sampled
    (80 % from their own city), ranked by a feature-matching score (mutual
    gender/seeking, age gap, shared interests) plus exploration noise, the top
-   `feed_size` are shown. Repeated pairs are dropped (keep the first).
-   With `exploration` = eps > 0 a feed is, with probability eps, a uniformly
-   random `feed_size` of its (de-duplicated) candidate pool instead (an
-   epsilon-exploring feed, opt-in: eps = 0 leaves the swipes byte-identical).
+   F are shown (the *exploit* feed S_f; repeats and the viewer are dropped).
+   Repeated pairs are dropped (keep the first).
+   With `exploration` = eps > 0 a feed is, with probability eps, instead drawn
+   from the viewer's **eligible catalogue** E_f: everyone joined so far, not the
+   viewer, whom the config's eligibility rules allow (`eligibility.PairRules`;
+   the packaged config's unless `generate_world` gets another) -- the same rules
+   every ranked list of the evaluation and the A/B simulator obeys, so any
+   ranker's list lies in it. Two independent uniform draws without replacement:
+   n_l = round(`exploration_local` * F) profiles from E_f within the viewer's city
+   (E_f,local; where the lists are: ~94 % of a ranker's top 10 on the default
+   world) and F - n_l from all of E_f; a profile drawn twice is shown once.
+   `exploration_local` = 0 is a plain uniform draw from E_f. Opt-in: eps = 0
+   draws nothing extra and leaves the world byte-identical.
 6. Matches are mutual likes.
 7. Every feed is logged (`World.impressions`, the impressions log of
-   docs/data.md): viewer, profile, time, position, the feed's score and the
-   probability that the feed showed the profile given its pool and its score
-   noise (the propensity). With eps = 0 only the shown profiles are logged
-   (propensity 1); with eps > 0 every pool member is, shown or not:
-      propensity(v) = eps * F / M + (1 - eps) * 1[v is in the scored top F]
-   for a pool of M distinct candidates and F = min(feed_size, M) slots.
+   docs/data.md): one row per distinct profile shown, with the viewer, time,
+   position, the feed's score (the noisy ranking score; the noise-free feed
+   score for an exploring feed) and the propensity, the probability that the
+   feed shows v given its pool and score noise (both drawn independently of
+   any response, so conditioning on them keeps IPS unbiased):
+      propensity(v) = eps * (1 - (1 - a_l 1[v in E_f,local]) (1 - a 1[v in E_f]))
+                      + (1 - eps) * 1[v in S_f]
+   with a_l = min(n_l, |E_f,local|) / |E_f,local| and a = min(F - n_l, |E_f|) / |E_f|
+   (`inclusion_probability`). Every eligible profile has propensity >= eps a > 0,
+   so off-policy estimates can evaluate any ranker's whole-catalogue lists.
+   With eps = 0 every propensity is 1.
 
 What it does not model: messaging, unmatching, profile edits, churn, time of
 day, the feed reacting to who liked whom, photos themselves, fake accounts.
@@ -47,12 +61,14 @@ day, the feed reacting to who liked whom, photos themselves, fake accounts.
 import dataclasses
 import os
 import uuid
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as sk_metrics
 
+from tfrs_two_tower import config as config_lib
+from tfrs_two_tower import eligibility as eligibility_lib
 from tfrs_two_tower import files
 from tfrs_two_tower.data import impressions as impressions_lib
 from tfrs_two_tower.data import writer as writer_lib
@@ -100,7 +116,8 @@ class WorldParams:
   attractiveness_scale: float = 1.0
   base_utility: float = -0.6
   superlike_utility: float = 3.0
-  exploration: float = 0.0  # share of feeds drawn uniformly from their pool (see step 5)
+  exploration: float = 0.0  # share of feeds drawn from the eligible catalogue (step 5)
+  exploration_local: float = 0.75  # share of an exploring feed drawn from the viewer's city
   # Who the feed shows (FEEDS): "feature_matching" ranks the pool by the
   # hand-written score (the users' Phase 1&2), "popularity" by the likes each
   # profile received so far (a feed with no eligibility rule at all).
@@ -108,8 +125,9 @@ class WorldParams:
   seed: int = 0
 
   def __post_init__(self):
-    if not 0.0 <= self.exploration <= 1.0:
-      raise ValueError(f"exploration must be in [0, 1], got {self.exploration}")
+    for name in ("exploration", "exploration_local"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class World:
@@ -228,17 +246,23 @@ def _shared_interests(bits_u: np.ndarray, bits_v: np.ndarray) -> np.ndarray:
   return np.unpackbits(both.view(np.uint8), axis=-1).sum(axis=-1).astype(np.float64)
 
 
-def generate_world(params: WorldParams = WorldParams(), progress=None) -> World:
-  """Generates profiles and swipes; deterministic in `params` (seed included).
+def generate_world(params: WorldParams = WorldParams(), progress=None,
+                   config: Optional[config_lib.Config] = None) -> World:
+  """Generates profiles and swipes; deterministic in `params` (seed included) and `config`.
 
   Args:
     params: the world's knobs.
     progress: optional callable(day, swipes_so_far) for long runs.
+    config: whose eligibility rules the exploring feed draws from (step 5); default
+      the packaged config. Unused when `params.exploration` is 0.
   """
   rng = np.random.default_rng(params.seed)
   n = params.num_users
   profiles, hidden = _make_users(params, rng)
-  swipes, log = _simulate_feed(params, hidden, rng, progress)
+  rules = None
+  if params.exploration > 0:
+    rules = eligibility_rules(profiles, config or config_lib.load_config())
+  swipes, log = _simulate_feed(params, hidden, rng, progress, rules)
   ids = profiles["id"].to_numpy()
   # 0 pass, 1 like, 2 superlike: index a 3-element object array (8 bytes a swipe).
   action = np.array(["pass", "like", "superlike"], dtype=object)[
@@ -347,9 +371,20 @@ def feature_matching_score(h: Dict[str, np.ndarray], u: np.ndarray, v: np.ndarra
 FEEDS = ("feature_matching", "popularity")
 
 
+def _feed_score(p: WorldParams, h: Dict[str, np.ndarray], likes_received: np.ndarray,
+                u: np.ndarray, v: np.ndarray) -> np.ndarray:
+  """The feed's noise-free score of v for u (index arrays of equal shape)."""
+  if p.feed == "feature_matching":
+    return feature_matching_score(h, u, v)
+  return np.log1p(likes_received[v])
+
+
 def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Generator,
-                   progress=None) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-  """Returns (swipes: u, v, t, like, superlike arrays; impressions log arrays)."""
+                   progress=None, rules: Optional[eligibility_lib.PairRules] = None
+                   ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+  """Returns (swipes: u, v, t, like, superlike arrays; impressions log arrays).
+
+  `rules`: the eligibility the exploring feed draws from (None: everyone)."""
   if p.feed not in FEEDS:
     raise ValueError(f"WorldParams.feed must be one of {FEEDS}, got {p.feed!r}")
   n = p.num_users
@@ -378,15 +413,24 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
       picks = members[rng.integers(0, members.size, (rows.size, pool))]
       cand[rows] = np.where(local[rows], picks, cand[rows])
     users = np.repeat(active[:, None], pool, axis=1)
-    feed_score = (feature_matching_score(h, users, cand) if p.feed == "feature_matching"
-                  else np.log1p(likes_received[cand]))
-    score = feed_score + rng.gumbel(0, 1.0, cand.shape)
+    score = _feed_score(p, h, likes_received, users, cand) + rng.gumbel(0, 1.0, cand.shape)
     score[cand == users] = -np.inf
     order = np.argsort(-score, axis=1, kind="stable")
-    if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
-      order, pool_log = _explore(p, cand, users, score, order, rng)
     top = order[:, :p.feed_size]
-    shown = np.take_along_axis(cand, top, axis=1).ravel()
+    shown = np.take_along_axis(cand, top, axis=1)
+    ranked_by = np.take_along_axis(score, top, axis=1)
+    if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
+      strata = _exploration_strata(p, h, rules, active, joined)
+      exploit = shown
+      shown, explored = exploring_feed(exploit, active, strata, p.exploration, rng)
+      viewers = users[:, :p.feed_size]
+      ranked_by = np.where(explored[:, None],
+                           _feed_score(p, h, likes_received, viewers, shown), ranked_by)
+      feed_log = _shown_log(shown, active, ranked_by, inclusion_probability(
+          exploit, active, strata, p.exploration, shown))
+    else:
+      feed_log = _shown_log(shown, active, ranked_by)
+    shown = shown.ravel()
     swipers = np.repeat(active, p.feed_size)
     ok = shown != swipers
     session = np.repeat(np.arange(active.size), p.feed_size)[ok]
@@ -404,13 +448,11 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     # The feed is logged when it is opened: at its first swipe.
     opened = np.full(active.size, np.iinfo(np.int64).max)
     np.minimum.at(opened, session, t.astype(np.int64))
-    if p.exploration == 0:
-      pool_log = _shown_only_log(cand, users, score, top)
-    keep = np.isin(pool_log["row"], np.unique(session))  # feeds that showed someone
+    keep = np.isin(feed_log["row"], np.unique(session))  # feeds that showed someone
     for key in ("u", "v", "position", "score", "propensity", "shown"):
-      logs[key].append(pool_log[key][keep])
-    logs["feed"].append(feeds + pool_log["row"][keep])
-    logs["t"].append(opened[pool_log["row"][keep]])
+      logs[key].append(feed_log[key][keep])
+    logs["feed"].append(feeds + feed_log["row"][keep])
+    logs["t"].append(opened[feed_log["row"][keep]])
     feeds += active.size
     total += swipers.size
     if progress is not None:
@@ -429,7 +471,7 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
 
 
 def _distinct_pool(cand: np.ndarray, users: np.ndarray) -> np.ndarray:
-  """[A, M] bool: the first occurrence of each candidate in its pool, self excluded."""
+  """[A, M] bool: the first occurrence of each candidate in its row, self excluded."""
   ordered = np.sort(cand, axis=1)
   rank = np.argsort(np.argsort(cand, axis=1, kind="stable"), axis=1, kind="stable")
   first = np.take_along_axis(np.c_[np.ones(len(cand), bool),
@@ -437,41 +479,94 @@ def _distinct_pool(cand: np.ndarray, users: np.ndarray) -> np.ndarray:
   return first & (cand != users)
 
 
-def _explore(p: WorldParams, cand, users, score, order, rng):
-  """The epsilon-exploring feed: its pool order and the log of every distinct pool member.
+def eligibility_rules(profiles: pd.DataFrame, config: config_lib.Config
+                      ) -> Optional[eligibility_lib.PairRules]:
+  """The config's eligibility rules over the world's profiles (rows = world index);
+  None when the config has none (everyone is eligible)."""
+  if config.eligibility is None:
+    return None
+  attributes = eligibility_lib.encode(config, profiles, "world profiles")
+  return eligibility_lib.PairRules(config.eligibility, attributes, attributes)
 
-  A feed explores with probability eps: its order is then a uniform shuffle of
-  the M distinct candidates of its pool (duplicates and the viewer last);
-  otherwise the scored order with duplicates moved last. Returns ([A, pool]
-  order, log arrays with one row per distinct pool member).
+
+def _exploration_strata(p: WorldParams, h: Dict[str, np.ndarray],
+                        rules: Optional[eligibility_lib.PairRules], viewers: np.ndarray,
+                        joined: int) -> List[Tuple[np.ndarray, int]]:
+  """The exploring feed's draws: [(eligible [A, joined] bool, draws)], ids join-ordered.
+
+  The eligible catalogue E: the joined whom the rules allow, the viewer excluded;
+  `exploration_local` of the F slots come from E within the viewer's city, the rest
+  from all of E."""
+  eligible = (np.ones((viewers.size, joined), bool) if rules is None
+              else rules.mask(viewers, np.arange(joined)))
+  eligible[np.arange(viewers.size), viewers] = False  # never oneself
+  local = int(round(p.exploration_local * p.feed_size))
+  same_city = h["city"][viewers][:, None] == h["city"][None, :joined]
+  strata = [(eligible & same_city, local), (eligible, p.feed_size - local)]
+  return [(mask, draws) for mask, draws in strata if draws > 0]
+
+
+def exploring_feed(exploit: np.ndarray, viewers: np.ndarray,
+                   strata: Sequence[Tuple[np.ndarray, int]], eps: float,
+                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """The epsilon-exploring feed: with probability eps a feed's exploit list is replaced.
+
+  Args:
+    exploit: [A, F] profile indices the exploit feed shows (repeats and the viewer
+      allowed: they are not shown).
+    viewers: [A] each feed's viewer.
+    strata: [(mask [A, N] bool, n)] with sum n = F: an exploring feed shows, from each
+      stratum independently, min(n, |mask|) distinct profiles drawn uniformly without
+      replacement from its mask (a profile drawn by two strata is shown once).
+  Returns:
+    ([A, F] shown profiles, padded with the viewer (never shown); [A] bool whether
+    the feed explored).
   """
-  valid = _distinct_pool(cand, users)
-  explore = rng.random(len(cand)) < p.exploration
-  keys = np.where(valid, rng.random(cand.shape), 2.0)
-  scored = np.where(valid, score, -np.inf)
-  exploit = np.argsort(-scored, axis=1, kind="stable")
-  shuffled = np.argsort(keys, axis=1, kind="stable")
-  order = np.where(explore[:, None], shuffled, exploit)
-  m = valid.sum(axis=1)
-  f = np.minimum(p.feed_size, m)
-  exploit_rank = np.argsort(exploit, axis=1, kind="stable")
-  position = np.argsort(order, axis=1, kind="stable")
-  propensity = (p.exploration * f / np.maximum(m, 1))[:, None] + (1 - p.exploration) * (
-      exploit_rank < f[:, None])
-  row, col = np.nonzero(valid)
-  return order, {"row": row, "u": users[row, col], "v": cand[row, col],
-                 "position": position[row, col], "score": score[row, col],
-                 "propensity": propensity[row, col], "shown": position[row, col] < f[row]}
+  explored = rng.random(len(exploit)) < eps
+  rows = np.flatnonzero(explored)
+  shown = exploit.copy()
+  if rows.size:
+    draws = []
+    for mask, n in strata:
+      keys = np.where(mask[rows], rng.random((rows.size, mask.shape[1])), 2.0)
+      drawn = np.argsort(keys, axis=1, kind="stable")[:, :n]  # uniform n-subset of the mask
+      real = np.take_along_axis(keys, drawn, axis=1) < 2.0
+      draws.append(np.where(real, drawn, viewers[rows, None]))
+    shown[rows] = np.concatenate(draws, axis=1)
+  return shown, explored
 
 
-def _shown_only_log(cand, users, score, top):
-  """The non-exploring feed's log: its shown, distinct, non-self profiles (propensity 1)."""
-  shown = np.take_along_axis(cand, top, axis=1)
-  valid = _distinct_pool(shown, np.take_along_axis(users, top, axis=1))
+def inclusion_probability(exploit: np.ndarray, viewers: np.ndarray,
+                          strata: Sequence[Tuple[np.ndarray, int]], eps: float,
+                          profiles: np.ndarray) -> np.ndarray:
+  """[A, C] P(profile is shown in the feed | its exploit list) for `profiles` [A, C]:
+
+      eps * (1 - prod_s (1 - min(n_s, |E_s|) / |E_s| * 1[v in E_s])) + (1 - eps) * 1[v in S]
+
+  with E_s, n_s the strata (independent draws) and S the distinct profiles of the
+  exploit list other than the viewer."""
+  missed = np.ones(profiles.shape)
+  for mask, n in strata:
+    size = mask.sum(axis=1)
+    share = np.minimum(n, size) / np.maximum(size, 1)
+    inside = np.take_along_axis(mask, np.clip(profiles, 0, mask.shape[1] - 1), axis=1) & (
+        profiles < mask.shape[1])
+    missed *= 1 - share[:, None] * inside
+  in_exploit = ((profiles[:, :, None] == exploit[:, None, :]).any(axis=2)
+                & (profiles != viewers[:, None]))
+  return eps * (1 - missed) + (1 - eps) * in_exploit
+
+
+def _shown_log(shown: np.ndarray, viewers: np.ndarray, scores: np.ndarray,
+               propensity: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+  """The feed log: one row per distinct, non-self profile shown ([A, F] inputs); without
+  `propensity` (a feed that does not explore) every propensity is 1."""
+  valid = _distinct_pool(shown, viewers[:, None])
   row, col = np.nonzero(valid)
-  return {"row": row, "u": users[row, 0], "v": shown[row, col], "position": col,
-          "score": np.take_along_axis(score, top, axis=1)[row, col],
-          "propensity": np.ones(row.size), "shown": np.ones(row.size, bool)}
+  return {"row": row, "u": viewers[row], "v": shown[row, col], "position": col,
+          "score": scores[row, col],
+          "propensity": np.ones(row.size) if propensity is None else propensity[row, col],
+          "shown": np.ones(row.size, bool)}
 
 
 def answered_share(likes_received: np.ndarray, attention: float) -> np.ndarray:

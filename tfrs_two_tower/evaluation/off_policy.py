@@ -1,12 +1,13 @@
-"""Off-policy estimates of a new ranking's like rate@k and match rate@k from the feed's log.
+"""Off-policy estimates of a ranking's like rate@k and match rate@k from the feed's log.
 
 The log (`data.impressions`, docs/data.md) holds, for every app open in the
-eval window (a *feed* f of viewer u), the profiles the feed considered (its
-pool P_f), which of them it showed, and each one's propensity
-p_f(v) = P(the feed shows v | P_f). The new ranking pi is evaluated as the feed's
-ranker: it orders the same pool by its own score and would show its top k,
-L_f = top_k(pi, P_f) (the already-swiped profiles are left out, as everywhere in
-the evaluation). Target, per slot of those lists:
+eval window (a *feed* f of viewer u, opened at t_f), the profiles the feed
+showed and each one's propensity p_f(v) = P(the feed shows v | what it drew
+independently of any response). The ranking pi is evaluated on the lists it
+would show: its whole-catalogue top k for u, L_f = the evaluation's list
+(eligibility rules applied, u's swipes before the split left out; the lists the
+A/B simulator's arms show), skipping profiles created after t_f (they could not
+be shown; deeper entries fill in). Target, per slot of those lists:
 
     V(pi) = sum_f sum_{v in L_f} E[r(u_f, v)]  /  sum_f |L_f|
 
@@ -28,17 +29,22 @@ reward model as a control variate: unbiased when the propensities are right,
 whatever q is, and lower variance the better q predicts r. The reward model is
 the run's Platt-calibrated P(like) (`retrieval.PlattCalibration`).
 
+Only shown profiles inside the lists carry weight, so the log needs only its
+shown rows; an exploring feed (docs/evaluation.md) that draws uniformly from the
+viewer's eligible catalogue E_f with probability eps gives every listed profile
+p >= eps F / |E_f| > 0, but weights up to |E_f| / (eps F): the effective sample
+size (Kish, (sum w)^2 / sum w^2) is printed with every estimate.
+
 Assumptions (the estimates are unbiased only under them):
   1. Logged propensities are the true probabilities that the feed showed the
-     profile given its pool and any randomness that is independent of the
-     viewer's response (positivity: p > 0 for every pool member pi can list).
+     profile given any randomness that is independent of the viewer's response
+     (positivity: p > 0 for every profile pi lists: an exploring feed over the
+     same eligible catalogue the lists come from).
   2. A shown profile's reward depends on the pair only, not on its position or
      on the other profiles in the feed (no position bias, no slate effects).
-     Real feeds have position bias: log positions, and treat estimates for
-     lists that reorder the top of the feed as optimistic/pessimistic by it.
-  3. The estimand is re-ranking the feed's pool, not ranking the whole catalogue:
-     `catalogue_overlap` says how much of pi's whole-catalogue top-k the pools
-     contain.
+     Real feeds have position bias: log positions.
+  3. The list is fixed at the split time (the evaluation's lists); profiles the
+     viewer swipes during the eval window stay in it, their reward is that swipe.
   4. Match rate: whether v likes u back is not randomised by u's feed. It is v's
      observed swipe on u where there is one (eval window, else train), else the
      reward model's P(v likes u) -- the match estimates lean on that model's
@@ -50,11 +56,12 @@ are paired by user.
 """
 
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
 
+from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.evaluation import metrics
 from tfrs_two_tower.evaluation import retrieval
 
@@ -67,19 +74,23 @@ class ImpressionLogError(ValueError):
 
 
 class NoSupportError(ImpressionLogError):
-  """The new ranking's lists contain no shown impression: there is nothing to estimate from."""
+  """The ranking's lists contain no shown impression: there is nothing to estimate from."""
 
 
 @dataclasses.dataclass
 class LoggedFeeds:
-  """The eval window's logged feeds, one row per (feed, pool member).  Arrays [R].
+  """The eval window's logged feeds, one row per (feed, profile shown).  Arrays [R].
 
   Attributes:
     feed: [R] int feed index 0..S-1, rows grouped by feed.
     users: [R] evaluated-user index of the viewer; candidates: [R] candidate row.
-    position, score, propensity, shown: the log's columns.
+    position, score, propensity, shown: the log's columns (shown is all True: rows
+      of profiles a feed considered but did not show carry no weight and are dropped).
     like: [R] 1 when the viewer liked the profile (in either split), else 0.
     back: [R] the profile's own swipe on the viewer (eval, else train): 1, 0, NaN if none.
+    feed_users: [S] evaluated-user index of each feed's viewer; feed_times: [S] unix
+      seconds it was opened. Every eval-window feed of an evaluated viewer counts, also
+      one whose shown profiles were all swiped before the split.
     source: the log's file, for messages.  notes: counts of what was left out.
   """
   feed: np.ndarray
@@ -91,6 +102,8 @@ class LoggedFeeds:
   shown: np.ndarray
   like: np.ndarray
   back: np.ndarray
+  feed_users: np.ndarray
+  feed_times: np.ndarray
   source: str
   notes: Dict[str, int]
 
@@ -98,6 +111,10 @@ class LoggedFeeds:
   def explored(self) -> bool:
     """Whether any logged profile had propensity < 1 (the feed explored)."""
     return bool((self.propensity < 1).any())
+
+  @property
+  def num_feeds(self) -> int:
+    return int(self.feed_users.size)
 
 
 def logged_feeds(log: pd.DataFrame, data, source: str) -> LoggedFeeds:
@@ -128,26 +145,29 @@ def logged_feeds(log: pd.DataFrame, data, source: str) -> LoggedFeeds:
   keep &= evaluated
   width = np.int64(data.candidate_ids.size)
   excluded = np.isin(pos * width + c_rows,
-                     data.exclusions.rows * width + data.exclusions.candidates)
+                     data.exclusions.rows * width + data.exclusions.candidates) & keep
   notes["rows_already_swiped_in_train"] = int((keep & excluded).sum())
-  keep &= ~excluded
-  feed_codes = pd.factorize(log["feed_id"].to_numpy())[0]
-  has_shown = np.bincount(feed_codes, weights=keep & log["shown"].to_numpy(bool),
-                          minlength=feed_codes.max(initial=-1) + 1) > 0
-  keep &= has_shown[feed_codes]
-  order = np.flatnonzero(keep)[np.argsort(feed_codes[keep], kind="stable")]
-  feed = np.unique(feed_codes[order], return_inverse=True)[1]
+  # A feed counts (its list slots are estimated) even when every row it showed is left out.
+  codes = pd.factorize(log["feed_id"].to_numpy())[0]
+  kept_codes, first = np.unique(codes[keep], return_index=True)
+  first_row = np.flatnonzero(keep)[first]  # [S] a row of each feed: its viewer and time
+  feed_of_code = np.full(codes.max(initial=-1) + 1, -1)
+  feed_of_code[kept_codes] = np.arange(kept_codes.size)
+  shown = log["shown"].to_numpy(bool)
+  notes["unshown_rows"] = int((keep & ~excluded & ~shown).sum())
+  keep &= ~excluded & shown
+  order = np.flatnonzero(keep)[np.argsort(codes[keep], kind="stable")]
   users, candidates = pos[order], c_rows[order]
   liked = _liked_keys(data, width)
   like = np.isin(data.users[users] * width + candidates, liked).astype(np.float64)
   back = _back_labels(data, users, candidates)
-  notes.update(rows=int(order.size), feeds=int(feed.max(initial=-1) + 1),
-               shown=int(log["shown"].to_numpy(bool)[order].sum()))
-  return LoggedFeeds(feed=feed, users=users, candidates=candidates,
+  notes.update(rows=int(order.size), feeds=int(kept_codes.size), shown=int(order.size))
+  return LoggedFeeds(feed=feed_of_code[codes[order]], users=users, candidates=candidates,
                      position=log["position"].to_numpy(np.int64)[order],
                      score=log["score"].to_numpy(np.float64)[order],
-                     propensity=propensity[order], shown=log["shown"].to_numpy(bool)[order],
-                     like=like, back=back, source=source,
+                     propensity=propensity[order], shown=shown[order],
+                     like=like, back=back, feed_users=pos[first_row],
+                     feed_times=log["timestamp"].to_numpy(np.int64)[first_row], source=source,
                      notes=notes)
 
 
@@ -178,13 +198,56 @@ def _liked_keys(data, width: np.int64) -> np.ndarray:
                          + held.candidates[held.labels == 1]])
 
 
-def ranked_lists(feeds: LoggedFeeds, scores: np.ndarray, k: int) -> np.ndarray:
-  """[R] bool: is the row in its feed's top k by `scores` (ties: the logged position)?"""
-  order = np.lexsort((feeds.position, -np.asarray(scores, np.float64), feeds.feed))
-  starts = np.searchsorted(feeds.feed[order], feeds.feed[order], side="left")
-  in_list = np.zeros(feeds.feed.size, bool)
-  in_list[order] = (np.arange(order.size) - starts) < k
-  return in_list
+@dataclasses.dataclass
+class Lists:
+  """A ranking's list at every logged feed, one row per slot.  Arrays [L].
+
+  Attributes:
+    feed: [L] feed index; users: [L] evaluated-user index; candidates: [L] candidate row.
+    q_like, q_match: [L] the reward model's P(like) and P(like) * back, back = the
+      observed back-swipe where there is one, else the reward model's P(v likes u).
+    oracle_like, oracle_match: [L] the true probabilities (a synthetic world), or None.
+    not_yet_created: top-k entries skipped because the profile was created after the
+      feed was opened (they could not have been shown then).
+  """
+  feed: np.ndarray
+  users: np.ndarray
+  candidates: np.ndarray
+  q_like: np.ndarray
+  q_match: np.ndarray
+  oracle_like: Optional[np.ndarray]
+  oracle_match: Optional[np.ndarray]
+  not_yet_created: int
+
+
+def list_slots(feeds: LoggedFeeds, top_candidates: np.ndarray, k: int,
+               created_at: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, int]:
+  """(feed [L], candidate [L], skipped): each feed's list = its viewer's first k entries
+  of `top_candidates` [U, K] (-1 = none) that existed when the feed was opened
+  (`created_at` [N] unix seconds, -1 unknown = existed)."""
+  viewers, times = feeds.feed_users, feeds.feed_times
+  top = np.asarray(top_candidates)[viewers]  # [S, K]
+  valid = top >= 0
+  existed = valid.copy()
+  if created_at is not None:
+    born = np.asarray(created_at)[np.maximum(top, 0)]
+    existed &= (born < 0) | (born <= times[:, None])
+  in_list = existed & (np.cumsum(existed, axis=1) <= k)
+  skipped = int((valid & ~existed & (np.cumsum(valid, axis=1) <= k)).sum())
+  feed, slot = np.nonzero(in_list)
+  return feed, top[feed, slot], skipped
+
+
+def matched_rows(feeds: LoggedFeeds, lists: Lists) -> np.ndarray:
+  """[R] index of the list slot each logged row fills (same feed and profile), -1 if none."""
+  width = np.int64(max(int(lists.candidates.max(initial=0)),
+                       int(feeds.candidates.max(initial=0))) + 1)
+  keys = lists.feed.astype(np.int64) * width + lists.candidates
+  order = np.argsort(keys, kind="stable")
+  wanted = feeds.feed.astype(np.int64) * width + feeds.candidates
+  pos = np.minimum(np.searchsorted(keys[order], wanted), max(keys.size - 1, 0))
+  found = (keys.size > 0) & (keys[order][pos] == wanted)
+  return np.where(found, order[pos], -1)
 
 
 @dataclasses.dataclass
@@ -195,50 +258,47 @@ class PerUser:
   support: Dict[str, object]
 
 
-def per_user_sums(feeds: LoggedFeeds, in_list: np.ndarray, reward_like: np.ndarray,
-                  reward_back: np.ndarray, num_users: int,
-                  oracle_like: Optional[np.ndarray] = None,
-                  oracle_back: Optional[np.ndarray] = None) -> PerUser:
+def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
+                  reward_back: np.ndarray, num_users: int) -> PerUser:
   """IPS / SNIPS / DR numerators and denominators per user, for like and match rates.
 
   Args:
-    in_list: [R] from `ranked_lists`.
-    reward_like: [R] the reward model's P(viewer likes profile).
-    reward_back: [R] its P(profile likes viewer), used where `feeds.back` is NaN.
-    oracle_like, oracle_back: optional [R] true probabilities (a synthetic world):
-      adds "oracle_like" / "oracle_match", the truth of the same lists.
+    lists: the ranking's slots (`ranking_lists`), q and truth on them.
+    reward_like, reward_back: [R] the reward model on the logged rows (`RewardModel`):
+      q of the correction term, and P(v likes u) where the back-swipe is unobserved.
   Returns:
-    PerUser with keys "<estimator>_like", "<estimator>_match" (and the oracle's).
+    PerUser with keys "<estimator>_like", "<estimator>_match" (and "oracle_like" /
+    "oracle_match" when `lists` carries the truth).
   """
-  w = np.where(in_list & feeds.shown, 1.0 / feeds.propensity, 0.0)
+  matched = (matched_rows(feeds, lists) >= 0) & feeds.shown
+  w = np.where(matched, 1.0 / feeds.propensity, 0.0)
   back = np.where(np.isnan(feeds.back), reward_back, feeds.back)
-  rewards = {"like": (feeds.like, reward_like),
-             "match": (feeds.like * back, reward_like * back)}
-  slots = in_list.astype(np.float64)
+  rewards = {"like": (feeds.like, reward_like, lists.q_like),
+             "match": (feeds.like * back, reward_like * back, lists.q_match)}
 
-  def by_user(values):
-    return np.bincount(feeds.users, weights=values, minlength=num_users)
+  def by_user(users, values):
+    return np.bincount(users, weights=values, minlength=num_users)
 
+  slots = by_user(lists.users, np.ones(lists.users.size))
   num, den = {}, {}
-  for target, (r, q) in rewards.items():
-    num[f"ips_{target}"], den[f"ips_{target}"] = by_user(w * r), by_user(slots)
-    num[f"snips_{target}"], den[f"snips_{target}"] = by_user(w * r), by_user(w)
-    num[f"dr_{target}"] = by_user(slots * q + w * (r - q))
-    den[f"dr_{target}"] = by_user(slots)
-  if oracle_like is not None:
-    truth = {"like": oracle_like, "match": oracle_like * oracle_back}
-    for target, o in truth.items():
-      num[f"oracle_{target}"], den[f"oracle_{target}"] = by_user(slots * o), by_user(slots)
-  matched = in_list & feeds.shown
+  for target, (r, q, q_slots) in rewards.items():
+    num[f"ips_{target}"], den[f"ips_{target}"] = by_user(feeds.users, w * r), slots
+    num[f"snips_{target}"], den[f"snips_{target}"] = by_user(feeds.users, w * r), by_user(
+        feeds.users, w)
+    num[f"dr_{target}"] = by_user(lists.users, q_slots) + by_user(feeds.users, w * (r - q))
+    den[f"dr_{target}"] = slots
+  if lists.oracle_like is not None:
+    for target, truth in (("like", lists.oracle_like), ("match", lists.oracle_match)):
+      num[f"oracle_{target}"], den[f"oracle_{target}"] = by_user(lists.users, truth), slots
   ess = float(w.sum() ** 2 / np.sum(w ** 2)) if matched.any() else 0.0
   support = {
-      "feeds": int(feeds.feed.max(initial=-1) + 1), "list_slots": int(in_list.sum()),
+      "feeds": feeds.num_feeds, "list_slots": int(lists.users.size),
       "matched_impressions": int(matched.sum()),
-      "expected_matched": round(float(feeds.propensity[in_list].sum()), 1),
       "effective_sample_size": round(ess, 1),
-      "min_propensity_in_lists": (float(feeds.propensity[in_list].min())
-                                  if in_list.any() else None),
-      "max_weight": float(w.max(initial=0.0)),
+      "min_propensity_in_lists": (float(feeds.propensity[matched].min())
+                                  if matched.any() else None),
+      "max_weight": round(float(w.max(initial=0.0)), 1),
+      "not_yet_created": lists.not_yet_created,
       "explored_log": feeds.explored}
   return PerUser(num, den, support)
 
@@ -252,27 +312,14 @@ def check_support(support: Dict[str, object], source: str, name: str) -> List[st
         "exploring feed (docs/evaluation.md, 'Propensity logging').")
   warnings = []
   if not support["explored_log"]:
-    warnings.append("the log has no exploration (every logged profile was shown, propensity "
-                    "1): the estimates only re-rank what the feed chose to show and inherit "
-                    "its selection")
+    warnings.append("the log has no exploration (every logged profile was shown with "
+                    "propensity 1): profiles the feed never shows get no weight, so the "
+                    "estimates inherit its selection")
   if support["effective_sample_size"] < MIN_EFFECTIVE_SAMPLE:
     warnings.append(f"effective sample size {support['effective_sample_size']:.0f} < "
                     f"{MIN_EFFECTIVE_SAMPLE}: too little logged support for a trustworthy "
                     "interval")
   return warnings
-
-
-def catalogue_overlap(feeds: LoggedFeeds, top_candidates: np.ndarray, k: int) -> float:
-  """Share of the ranking's whole-catalogue top-k (evaluated users with a logged feed)
-  that lies in those users' logged pools: how much of its real lists the estimand covers."""
-  width = np.int64(max(int(top_candidates.max(initial=0)), int(feeds.candidates.max(initial=0)))
-                   + 1)
-  users = np.unique(feeds.users)
-  top = np.asarray(top_candidates)[users, :k]
-  keys = users[:, None].astype(np.int64) * width + top
-  hit = np.isin(keys, feeds.users.astype(np.int64) * width + feeds.candidates) & (top >= 0)
-  slots = int((top >= 0).sum())
-  return float(hit.sum() / slots) if slots else float("nan")
 
 
 def summarize(sums: PerUser, counts: np.ndarray, segments: Dict[str, np.ndarray],
@@ -296,55 +343,78 @@ def lift(model: PerUser, baseline: PerUser, counts: np.ndarray,
 
 @dataclasses.dataclass
 class RewardModel:
-  """The DR reward model on the logged rows: calibrated P(like) both ways.  Arrays [R]."""
+  """The DR reward model: a run's calibrated P(like) both ways.
+
+  `like` / `back` [R] hold it on the logged rows (the DR correction terms); `predict`
+  scores any (evaluated user [P], candidate row [P]) pairs -> (like, back) [P], e.g. a
+  ranking's list slots (the DR sum of q).
+  """
   name: str
   like: np.ndarray  # P(viewer likes profile)
   back: np.ndarray  # P(profile likes viewer)
+  predict: Callable[[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]
 
 
 def reward_model(scorer: retrieval.Scorer, calibration: retrieval.PlattCalibration,
                  feeds: LoggedFeeds, data, two_sided: bool) -> RewardModel:
-  """A run's Platt-calibrated P(like) on the logged rows.
+  """A run's Platt-calibrated P(like), on the logged rows and for any pairs.
 
   With `two_sided` (one profile table on both sides) P(profile likes viewer) is the
   same model with the roles swapped; otherwise matches do not exist and back = 1.
   """
-  viewers = data.users[feeds.users]
-  like = calibration.probability(scorer.pair_scores(viewers, feeds.candidates))
-  if not two_sided:
-    return RewardModel(scorer.name, like, np.ones_like(like))
-  back = calibration.probability(scorer.pair_scores(
-      scorer.query_rows(data.candidate_ids[feeds.candidates]),
-      scorer.candidate_rows(data.query_ids[viewers])))
-  return RewardModel(scorer.name, like, back)
+  def predict(users: np.ndarray, candidates: np.ndarray):
+    viewers = data.users[users]
+    like = calibration.probability(scorer.pair_scores(viewers, candidates))
+    if not two_sided:
+      return like, np.ones_like(like)
+    return like, calibration.probability(scorer.pair_scores(
+        scorer.query_rows(data.candidate_ids[candidates]),
+        scorer.candidate_rows(data.query_ids[viewers])))
+
+  like, back = predict(feeds.users, feeds.candidates)
+  return RewardModel(scorer.name, like, back, predict)
+
+
+def ranking_lists(feeds: LoggedFeeds, data, reward: RewardModel, top_candidates: np.ndarray,
+                  k: int, oracle=None) -> Lists:
+  """The ranking's list slots at every feed, with the reward model and the truth on them."""
+  created = data.candidate_entities.get(features_lib.CREATED_AT)
+  feed, candidates, skipped = list_slots(feeds, top_candidates, k, created)
+  users = feeds.feed_users[feed]
+  q_like, q_back = reward.predict(users, candidates)
+  observed = _back_labels(data, users, candidates)
+  q_match = q_like * np.where(np.isnan(observed), q_back, observed)
+  truth_like = truth_match = None
+  if oracle is not None:
+    ids_u, ids_v = data.query_ids[data.users[users]], data.candidate_ids[candidates]
+    truth_like = oracle(ids_u, ids_v)
+    truth_match = truth_like * oracle(ids_v, ids_u)
+  return Lists(feed, users, candidates, q_like, q_match, truth_like, truth_match, skipped)
 
 
 def evaluate_ranking(scorer: retrieval.Scorer, feeds: LoggedFeeds, data, reward: RewardModel,
                      k: int, counts: np.ndarray, oracle=None,
                      top_candidates: Optional[np.ndarray] = None,
                      level: float = 0.95):
-  """Every estimate for one ranking, with its support figures (or its refusal).
+  """Every estimate for one ranking's whole-catalogue lists, with its support (or refusal).
 
   Args:
+    top_candidates: [U, K >= k] the ranking's lists as the evaluation made them
+      (`evaluator.Result.top.candidates`: eligibility applied, swipes before the
+      split excluded); required.
     oracle: optional callable(swiper ids, swipee ids) -> true P(like) (a world's).
-    top_candidates: optional [U, K] whole-catalogue lists, for `catalogue_overlap`.
   Returns:
     (PerUser or None when refused, report section: {"support", "warnings",
-    "catalogue_overlap", "segments"} or {"refused": message, "support"}).
+    "reward_model", "segments"} or {"refused": message, "support"}).
   """
-  viewers = data.users[feeds.users]
-  in_list = ranked_lists(feeds, scorer.pair_scores(viewers, feeds.candidates), k)
-  truth = {}
-  if oracle is not None:
-    ids_u, ids_v = data.query_ids[viewers], data.candidate_ids[feeds.candidates]
-    truth = {"oracle_like": oracle(ids_u, ids_v), "oracle_back": oracle(ids_v, ids_u)}
-  sums = per_user_sums(feeds, in_list, reward.like, reward.back, data.num_users, **truth)
+  if top_candidates is None:
+    raise ValueError(f"evaluate_ranking({scorer.name}): top_candidates (the evaluation's "
+                     "lists) are required")
+  lists = ranking_lists(feeds, data, reward, top_candidates, k, oracle)
+  sums = per_user_sums(feeds, lists, reward.like, reward.back, data.num_users)
   try:
     warnings = check_support(sums.support, feeds.source, scorer.name)
   except NoSupportError as e:
     return None, {"refused": str(e), "support": sums.support}
-  section = {"support": sums.support, "warnings": warnings, "reward_model": reward.name,
-             "segments": summarize(sums, counts, data.segments, level)}
-  if top_candidates is not None:
-    section["catalogue_overlap"] = round(catalogue_overlap(feeds, top_candidates, k), 4)
-  return sums, section
+  return sums, {"support": sums.support, "warnings": warnings, "reward_model": reward.name,
+                "segments": summarize(sums, counts, data.segments, level)}

@@ -117,7 +117,8 @@ def _lift_alarm(lifts: Dict) -> Optional[str]:
 _OFF_POLICY_ASSUMPTIONS = [
     "logged propensities are the true probabilities that the feed showed each profile",
     "a profile's like does not depend on its position or on the rest of the feed",
-    "the new ranking re-ranks the feed's candidate pools (see catalogue overlap)",
+    "every profile a ranking lists could be shown (the feed explores the whole eligible "
+    "catalogue; lists fixed at the split time)",
     "match rate: back-swipes never observed come from the run's calibrated P(like)"]
 ASSUMPTIONS = {
     **{f"off_policy_{e}": _OFF_POLICY_ASSUMPTIONS for e in ("ips", "snips", "dr")},
@@ -371,7 +372,8 @@ def render_off_policy(report: Dict) -> List[str]:
   if not off:
     return []
   k = off["k"]
-  lines = ["", f"## Off-policy estimates from `{off['file']}` (the feed re-ranked, top {k})", ""]
+  lines = ["", f"## Off-policy estimates from `{off['file']}` (each ranking's top {k} at "
+           "every logged feed)", ""]
   if off.get("refused"):
     return lines + [f"Refused: {off['refused']}"]
   names = ["ips_like", "snips_like", "dr_like", "ips_match", "snips_match", "dr_match"]
@@ -381,7 +383,7 @@ def render_off_policy(report: Dict) -> List[str]:
             f"{off['log']['shown']} shown; exploring: {'yes' if off['explored'] else 'NO'}; "
             f"reward model for DR: {off['reward_model']}.", "",
             "| recommender | " + " | ".join(names) + " | matched | ESS | min propensity | "
-            "catalogue overlap | warnings |", "|---|" + "---|" * (len(names) + 5)]
+            "max weight | warnings |", "|---|" + "---|" * (len(names) + 5)]
   for name, r in off["recommenders"].items():
     s = r["support"]
     if r.get("refused"):
@@ -390,7 +392,7 @@ def render_off_policy(report: Dict) -> List[str]:
       cells = [format_estimate(r["segments"]["all"].get(n)) for n in names]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['matched_impressions']} | "
                  f"{s['effective_sample_size']:.0f} | {s['min_propensity_in_lists']} | "
-                 f"{r.get('catalogue_overlap', 'n/a')} | "
+                 f"{s.get('max_weight', 'n/a')} | "
                  f"{'; '.join(r.get('warnings', [])) or r.get('refused', '')} |")
   for name, by_segment in off.get("lifts", {}).items():
     lines += ["", f"Lift of {name} over {report['lift_baseline']}: " + ", ".join(
