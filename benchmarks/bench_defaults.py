@@ -58,15 +58,15 @@ from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower import features as features_lib  # noqa: E402
 from tfrs_two_tower.data import dataset_format as fmt  # noqa: E402
 from tfrs_two_tower.data import reader  # noqa: E402
+from tfrs_two_tower.data import seeding  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.evaluation import baselines as baselines_lib  # noqa: E402
 from tfrs_two_tower.evaluation import evaluator  # noqa: E402
 from tfrs_two_tower.evaluation import metrics  # noqa: E402
+from tfrs_two_tower.evaluation import recommenders  # noqa: E402
 from tfrs_two_tower.evaluation import retrieval  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
-from tfrs_two_tower.stages import evaluate_stage  # noqa: E402
 from tfrs_two_tower.stages import export_stage  # noqa: E402
-from tfrs_two_tower.stages import seed_stage  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KS = (10, 50)
@@ -137,7 +137,7 @@ def movielens_dump(directory: str) -> str:
   items = _atomic(src, "item")
   movies = pd.DataFrame({
       "item_id": items["item_id"],
-      "genres": items["class"].fillna("").str.split().map(seed_stage.array_literal),
+      "genres": items["class"].fillna("").str.split().map(seeding.array_literal),
       "release_year": pd.to_numeric(items["release_year"], errors="coerce")})
   inter = _atomic(src, "inter")
   # ISO times: the CSV path reads them without a unit in the config.
@@ -160,8 +160,8 @@ def prepare_dataset(name: str, work: str, log) -> dict:
   if name == "movielens":
     dump = movielens_dump(os.path.join(work, name, "csv"))
     if not os.path.exists(out["dataset"]):
-      export_stage.run(out["dataset"], config_path=os.path.join(dump, "config.json"),
-                       input_dir=dump, log=log)
+      export_stage.run(out["dataset"], export_stage.ExportOptions(
+          config_path=os.path.join(dump, "config.json"), input_dir=dump), log=log)
     return out
   out["world"] = os.path.join(work, name, "world")
   if not os.path.exists(out["dataset"]):
@@ -332,7 +332,7 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
   world, oracle = None, None
   if paths["world"]:
     world = synthetic.World.load(paths["world"])
-    oracle = evaluate_stage.realised_oracle(world.like_probability, data)
+    oracle = recommenders.realised_oracle(world.like_probability, data)
     scorers["feature_matching"] = (baselines_lib.FeatureMatching(
         dataset.config, data.query_entities, data.candidate_entities, data.eligible), {})
     scorers["oracle"] = (OracleScorer(world, data.query_ids, data.candidate_ids), {})

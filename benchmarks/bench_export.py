@@ -55,7 +55,8 @@ def child_ours(db_url: str, out: str) -> dict:
   from tfrs_two_tower.stages import export_stage
   base = _rss_mb()
   started = time.time()
-  stats = export_stage.run(out, db_url=db_url, env_file=None, log=lambda m: None)
+  stats = export_stage.run(out, export_stage.ExportOptions(db_url=db_url, env_file=None),
+      log=lambda m: None)
   rows = stats["rows"]["train"] + stats["rows"]["eval"]
   return {"rows": rows, "seconds": time.time() - started, "rss_after_imports_mb": base,
           "peak_rss_mb": _rss_mb()}
@@ -127,7 +128,7 @@ def main() -> None:
 
   import psycopg2
   from tfrs_two_tower.data import synthetic
-  from tfrs_two_tower.stages import seed_stage
+  from tfrs_two_tower.data import seeding
   work = tempfile.mkdtemp(prefix="bench-export-")
   server = None
   try:
@@ -156,7 +157,7 @@ def main() -> None:
       urls[name] = f"{base.rsplit('/', 1)[0]}/bench_{name}" + (f"?{query}" if query else "")
       conn = psycopg2.connect(urls[name])
       started = time.time()
-      seed_stage.seed(conn, w, log=lambda m: None)
+      seeding.seed(conn, w, log=lambda m: None)
       conn.close()
       elapsed = time.time() - started
       print(f"seed {name}: {len(w.swipes):,} swipes in {elapsed:.1f}s "

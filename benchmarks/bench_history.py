@@ -34,10 +34,11 @@ from absl import flags  # noqa: E402
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
-from tfrs_two_tower.evaluation import segments as segments_lib  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
 from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
+from tfrs_two_tower.model import training  # noqa: E402
 from tfrs_two_tower.stages import evaluate_stage  # noqa: E402
 from tfrs_two_tower.stages import train_stage  # noqa: E402
 
@@ -76,10 +77,9 @@ def variant_config(variant: str) -> config_lib.Config:
 
 def at_split(dataset_dir, run_dir, world_dir, out):
   # Long-time = joined in the first half of the world (short worlds have no 90-day users).
-  rules = segments_lib.SegmentRules(long_time_days=FLAGS.days / 2)
-  report = evaluate_stage.run(dataset_dir, [run_dir], out, ks=(K_LIKE, K_RECALL),
-                              rules=rules, world_dir=world_dir, bootstrap=20, baselines=(),
-                              reciprocal=False, tensorboard=False, log=lambda *a: None)
+  report = evaluate_stage.run(dataset_dir, [run_dir], out, evaluate_stage.EvaluateOptions(
+      ks=[K_LIKE, K_RECALL], long_time_days=FLAGS.days / 2, world_dir=world_dir, bootstrap=20,
+      baselines=[], reciprocal=False, tensorboard=False), log=lambda *a: None)
   model = next(iter(report["recommenders"].values()))["segments"]
   return {f"split {metric} {segment}": _point(model[segment].get(metric))
           for segment in ("new", "active", "long_time", "all")
@@ -138,9 +138,9 @@ def throughput(dataset_dir, options):
   index = inputs.InteractionIndex(
       dataset, "train", inputs.EntityFeatures(dataset, "query", preprocessing["query"]),
       inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"]))
-  model = train_stage.build_model(options, specs)
-  model.compile(optimizer=train_stage.make_optimizer(options))
-  step = train_stage._distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
+  model = training.build_model(options, specs)
+  model.compile(optimizer=training.make_optimizer(options))
+  step = training.distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
   batches = list(inputs.training_dataset(index, options.batch_size, 0, 0,
                                          num_batches=FLAGS.throughput_steps + 5))
   best = 0.0
@@ -158,7 +158,7 @@ def throughput(dataset_dir, options):
 def main(argv):
   del argv
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
-  options = train_stage.TrainOptions(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+  options = train_options.TrainOptions(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                                      log_every_steps=10**6)
   for world_name in FLAGS.worlds:
     overrides = WORLDS[world_name]

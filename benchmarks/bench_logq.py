@@ -21,6 +21,7 @@ from absl import flags  # noqa: E402
 
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.stages import train_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -51,7 +52,7 @@ def main(argv):
       synthetic.write_world_dataset(synthetic.generate_world(params), config, dataset)
     curves = {}
     for mode, overrides in MODES.items():
-      options = train_stage.TrainOptions(
+      options = train_options.TrainOptions(
           epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch, no_tune=True,
           early_stopping_patience=0, log_every_steps=10_000, **overrides)
       result = train_stage.run(dataset, os.path.join(work, world_name, mode), options,

@@ -52,6 +52,7 @@ from tfrs_two_tower.evaluation import off_policy  # noqa: E402
 from tfrs_two_tower.evaluation import report  # noqa: E402
 from tfrs_two_tower.evaluation import retrieval  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.stages import train_stage  # noqa: E402
 
 K = 10
@@ -157,7 +158,7 @@ def main():
                            "whole eligible catalogue (exploration_local 0), for comparison")
   parser.add_argument("--num_users", type=int, default=synthetic.WorldParams.num_users)
   parser.add_argument("--days", type=int, default=synthetic.WorldParams.days)
-  parser.add_argument("--epochs", type=int, default=train_stage.TrainOptions.epochs)
+  parser.add_argument("--epochs", type=int, default=train_options.TrainOptions.epochs)
   parser.add_argument("--bootstrap", type=int, default=500)
   parser.add_argument("--ab_days", type=int, default=14)
   parser.add_argument("--workdir", default=None)
@@ -183,7 +184,7 @@ def main():
   if not os.path.exists(run_path):
     started = time.time()
     train_stage.run(os.path.join(work, f"dataset_eps{main[0]}_local{main[1]}"), run_path,
-                    train_stage.TrainOptions(epochs=args.epochs), log=lambda *a: None)
+                    train_options.TrainOptions(epochs=args.epochs), log=lambda *a: None)
     print(f"trained on eps {args.main_epsilon}: {time.time() - started:.0f}s")
   run = run_lib.open_run(run_path)
   figures = {}

@@ -24,10 +24,10 @@ import psycopg2  # noqa: E402
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower import features as features_lib  # noqa: E402
 from tfrs_two_tower.data import postgres_source  # noqa: E402
+from tfrs_two_tower.data import seeding  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
 from tfrs_two_tower.serving import pgvector  # noqa: E402
-from tfrs_two_tower.stages import seed_stage  # noqa: E402
 
 
 def embed_profiles(run, world, side):
@@ -44,7 +44,7 @@ def measure(run, world, queries, k, seed):
   with contextlib.ExitStack() as stack:
     url = stack.enter_context(postgres_source.embedded_postgres(log=lambda m: None))
     conn = stack.enter_context(contextlib.closing(psycopg2.connect(url)))
-    seed_stage.seed(conn, world, log=lambda m: None)
+    seeding.seed(conn, world, log=lambda m: None)
     ids = world.profiles["id"].tolist()
     started = time.time()
     # The seeded tables are the default schema: its config's rules are what recommend() applies.

@@ -26,13 +26,14 @@ from absl import flags  # noqa: E402
 
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.stages import evaluate_stage  # noqa: E402
 from tfrs_two_tower.stages import train_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/sparse_quality", "Worlds, runs and reports go here.")
 flags.DEFINE_list("seeds", ["0", "1"], "Training seeds.")
-flags.DEFINE_integer("epochs", train_stage.TrainOptions.epochs, "Training epochs.")
+flags.DEFINE_integer("epochs", train_options.TrainOptions.epochs, "Training epochs.")
 flags.DEFINE_integer("bootstrap", 200, "Bootstrap resamples of the evaluation.")
 
 WORLDS = {
@@ -59,17 +60,19 @@ def main(argv):
     for seed in FLAGS.seeds:
       for variant, lazy in VARIANTS.items():
         run_dir = os.path.join(FLAGS.work_dir, name, f"{variant}_seed{seed}")
-        options = train_stage.TrainOptions(epochs=FLAGS.epochs, seed=int(seed),
+        options = train_options.TrainOptions(epochs=FLAGS.epochs, seed=int(seed),
                                            sparse_embedding_updates=lazy)
         started = time.time()
         if not os.path.exists(run_dir):
           train_stage.run(dataset, run_dir, options, log=lambda *a: None)
           seconds[run_dir] = time.time() - started
         runs[run_dir] = (variant, seed)
-    report = evaluate_stage.run(
-        dataset, list(runs), os.path.join(FLAGS.work_dir, name, "report"), ks=(10, 50, 100),
-        bootstrap=FLAGS.bootstrap, baselines=(), reciprocal=False, tensorboard=False,
-        overwrite=True, log=lambda *a: None)
+    report = evaluate_stage.run(dataset, list(runs), os.path.join(FLAGS.work_dir, name, "report"),
+                                evaluate_stage.EvaluateOptions(ks=(10, 50, 100),
+                                                               bootstrap=FLAGS.bootstrap,
+                                                               baselines=(), reciprocal=False,
+                                                               tensorboard=False, overwrite=True),
+                                log=lambda *a: None)
     print(f"\n== {name}: {dataclasses.asdict(params)}")
     print(f"{'run':22s} {'recall@50':>22s} {'AUC':>22s} {'train s':>8s}")
     values = {v: {"recall@50": [], "auc": []} for v in VARIANTS}

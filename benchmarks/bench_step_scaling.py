@@ -3,9 +3,9 @@
 
 What a step costs depends on the rows of the id embedding tables (one per user
 and tower), not on the number of swipes. This builds the real model
-(`train_stage.build_model`, default flags) on a dataset's specs with the id
+(`training.build_model`, default flags) on a dataset's specs with the id
 tables of both towers sized to N rows for each N of `--users`, compiles it with
-`train_stage.make_optimizer` (lazy: `--sparse_embedding_updates`, dense: the
+`training.make_optimizer` (lazy: `--sparse_embedding_updates`, dense: the
 stock tf-keras Adam), and times `train_stage`'s step function on the same
 batches of the dataset (batch `--batch_size`). The variants are timed in
 alternating rounds, so load from other jobs on the box hits them alike; the
@@ -29,7 +29,8 @@ from absl import flags  # noqa: E402
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
 from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
-from tfrs_two_tower.stages import train_stage  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
+from tfrs_two_tower.model import training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", "/tmp/ds", "Dataset directory (its specs and batches).")
@@ -64,14 +65,14 @@ def main(argv):
   steps = {}
   for users in (int(u) for u in FLAGS.users):
     for variant in FLAGS.variants:
-      options = train_stage.TrainOptions(batch_size=FLAGS.batch_size,
+      options = train_options.TrainOptions(batch_size=FLAGS.batch_size,
                                          sparse_embedding_updates=variant == "lazy")
-      model = train_stage.build_model(options, _specs_with_users(specs, users))
+      model = training.build_model(options, _specs_with_users(specs, users))
       if model.frequency_estimator is not None:
         model.frequency_estimator.build(None)
-      model.compile(optimizer=train_stage.make_optimizer(options))
+      model.compile(optimizer=training.make_optimizer(options))
       model.optimizer.build(model.trainable_variables)
-      step = train_stage._distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
+      step = training.distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
       for batch in batches[:2]:  # tracing
         float(step(batch)["loss"])
       steps[(users, variant)] = step

@@ -32,7 +32,8 @@ from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
 from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
 from tfrs_two_tower.model import towers  # noqa: E402
-from tfrs_two_tower.stages import train_stage  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
+from tfrs_two_tower.model import training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset_dir", "/tmp/ds", "Dataset directory.")
@@ -61,9 +62,9 @@ def _ours(dataset, options, specs):
   index = inputs.InteractionIndex(
       dataset, "train", inputs.EntityFeatures(dataset, "query", preprocessing["query"]),
       inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"]))
-  model = train_stage.build_model(options, specs)
-  model.compile(optimizer=train_stage.make_optimizer(options))
-  step = train_stage._distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
+  model = training.build_model(options, specs)
+  model.compile(optimizer=training.make_optimizer(options))
+  step = training.distributed_step(tf.distribute.get_strategy(), model, False)  # noqa
   return index, step, time.perf_counter() - started
 
 
@@ -85,7 +86,7 @@ class TutorialModel(tfrs.Model):
 def main(argv):
   del argv
   dataset = reader.open_dataset(FLAGS.dataset_dir)
-  options = train_stage.TrainOptions(batch_size=FLAGS.batch_size, sampling_probability="none")
+  options = train_options.TrainOptions(batch_size=FLAGS.batch_size, sampling_probability="none")
   specs = {s: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path, s)
            for s in ("query", "candidate")}
   total = FLAGS.steps + 5

@@ -30,10 +30,7 @@ from tfrs_two_tower.stages import cli
 FLAGS = flags.FLAGS
 flags.DEFINE_string("experiment", "", "Experiment name (ab_experiments.name; in CSV mode the "
                     "`experiment` column filter and the report title).")
-flags.DEFINE_string("db_url", None, "PostgreSQL URL (libpq). Default (when no CSV is given): "
-                    "$SUPABASE_DB_URL / $DATABASE_URL, else --env_file. The password is never "
-                    "logged.")
-flags.DEFINE_string("env_file", ".env", "A .env file with SUPABASE_DB_URL=... (see .env.example).")
+cli.define_database_flags()
 flags.DEFINE_string("config", None, "Config JSON of the app's data: the interactions' table "
                     "and column names (the swipes CSV uses them) and each action's label; an "
                     "action value it does not map stops the analysis (exit 16). Default: the "
@@ -82,7 +79,7 @@ flags.DEFINE_float("treatment_fraction", 0.5, "--plan: traffic share of the trea
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
   with cli.user_errors():
     abtest_stage.run(
         experiment=FLAGS.experiment, db_url=FLAGS.db_url, env_file=FLAGS.env_file,

@@ -61,7 +61,7 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing --output_dir (atom
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
   with cli.user_errors():
     convert_stage.run(
         FLAGS.run_dir, FLAGS.dataset_dir, FLAGS.output_dir,

@@ -24,10 +24,6 @@ flags.DEFINE_string("world_dir", None, "Where the world goes (profiles.parquet, 
 flags.DEFINE_string("dataset_dir", None, "Where its dataset directory goes; empty: world only.")
 flags.DEFINE_string("config", None, "Feature/data config JSON; default: the packaged dating config.")
 cli.define_world_flags()
-flags.DEFINE_float("exploration", 0.0, "Share of feeds drawn uniformly from their candidate pool "
-                   "(an epsilon-exploring feed whose impressions log supports off-policy "
-                   "estimates; 0 keeps the default world unchanged).", lower_bound=0.0,
-                   upper_bound=1.0)
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) kept for eval, "
                    "unless --split_time is given.")
 cli.define_validation_flags()
@@ -39,7 +35,7 @@ flags.DEFINE_boolean("overwrite", False, "Replace existing outputs (atomically).
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
   with cli.user_errors():
     world_stage.run(world_dir=FLAGS.world_dir, dataset_dir=FLAGS.dataset_dir,
                     config_path=FLAGS.config, num_users=FLAGS.num_users, days=FLAGS.days,

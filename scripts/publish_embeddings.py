@@ -23,9 +23,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None, "Run directory written by train_model.py.", required=True)
 flags.DEFINE_string("dataset_dir", None, "The dataset the run was trained on (query entities, "
                     "train swipes for calibration).", required=True)
-flags.DEFINE_string("db_url", None, "PostgreSQL URL; default: $SUPABASE_DB_URL, $DATABASE_URL "
-                    "or the .env file. The password is never logged.")
-flags.DEFINE_string("env_file", ".env", "File with SUPABASE_DB_URL=... when --db_url is not given.")
+cli.define_database_flags()
 flags.DEFINE_integer("keep_versions", 3, "Model versions kept in the database (active included).",
                      lower_bound=1)
 flags.DEFINE_boolean("republish", False, "Rewrite this run's tables even if already published "
@@ -36,7 +34,7 @@ flags.DEFINE_integer("hnsw_ef_construction", 64, "HNSW build beam (pgvector `ef_
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
   with cli.user_errors():
     publish_stage.run(FLAGS.run_dir, FLAGS.dataset_dir, db_url=FLAGS.db_url,
                       env_file=FLAGS.env_file, keep_versions=FLAGS.keep_versions,

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """Swipes to phone in one command: world/database -> export -> train -> evaluate -> Core ML -> pgvector.
 
-Without --db_url it runs on the embedded default: a synthetic dating world written into an
-embedded PostgreSQL (pgserver, started and stopped by this command). With --db_url (or
-SUPABASE_DB_URL in .env) it exports from your database and publishes embeddings back to it.
-Finished stages are skipped on a re-run; --rerun=train (for example) redoes a stage and the
-ones after it. Example:
+With --embedded_db it runs on the demo: a synthetic dating world written into an embedded
+PostgreSQL (pgserver, started and stopped by this command). Otherwise it exports from your
+database (--db_url, else $SUPABASE_DB_URL / $DATABASE_URL / --env_file, as every script) and
+publishes embeddings back to it. Finished stages are skipped on a re-run; --rerun=train (for
+example) redoes a stage and the ones after it. Example:
 
-  run_pipeline.py --output_dir=out
-  run_pipeline.py --output_dir=out --rerun=train --epochs=10
-  run_pipeline.py --output_dir=prod --db_url="$SUPABASE_DB_URL" --stages=export,train,evaluate
+  run_pipeline.py --output_dir=out --embedded_db
+  run_pipeline.py --output_dir=out --embedded_db --rerun=train --epochs=10
+  run_pipeline.py --output_dir=prod --stages=export,train,evaluate   # the URL from .env
 """
 import os
 
@@ -25,15 +25,11 @@ from tfrs_two_tower.stages import pipeline_stage
 FLAGS = flags.FLAGS
 flags.DEFINE_string("output_dir", "out", "Where every stage writes (world/, dataset/, run/, "
                     "report/, coreml/, pgdata/, summary.md).")
-flags.DEFINE_string("db_url", None, "Your PostgreSQL/Supabase URL; default: the embedded demo "
-                    "database with the synthetic world. The password is never logged.")
-flags.DEFINE_string("env_file", ".env", "File with SUPABASE_DB_URL=... (used with real databases).")
+cli.define_database_flags(embedded=True)
 flags.DEFINE_string("config", None, "Feature/data config JSON; default: the packaged dating config.")
 flags.DEFINE_list("stages", list(pipeline_stage.STAGES), "Stages to run, in pipeline order.")
 flags.DEFINE_list("rerun", [], "Stages to redo even if complete (later stages are redone too).")
-flags.DEFINE_integer("num_users", 5000, "Synthetic world: users.", lower_bound=2)
-flags.DEFINE_integer("days", 120, "Synthetic world: simulated days.", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seed for the world, training and the bootstrap.")
+cli.define_world_flags()  # --embedded_db only; --seed also seeds training and the bootstrap
 flags.DEFINE_float("eval_fraction", 0.15, "Last fraction of swipes (by time) held out for eval.")
 flags.DEFINE_boolean("force", False, "Export even when the readiness gate is not met.")
 flags.DEFINE_integer("epochs", None, "Training epochs at most (early stopping on the "
@@ -54,11 +50,14 @@ flags.DEFINE_enum("coreml_compress", "none",
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
+  with cli.user_errors():
+    db_url = cli.database_url()  # None: --embedded_db
   options = pipeline_stage.PipelineOptions(
-      output_dir=FLAGS.output_dir, db_url=FLAGS.db_url, env_file=FLAGS.env_file,
+      output_dir=FLAGS.output_dir, db_url=db_url, env_file=FLAGS.env_file,
       config_path=FLAGS.config, stages=FLAGS.stages, rerun=FLAGS.rerun,
-      num_users=FLAGS.num_users, days=FLAGS.days, seed=FLAGS.seed,
+      num_users=FLAGS.num_users, days=FLAGS.days, feed_size=FLAGS.feed_size,
+      mean_activity=FLAGS.mean_activity, exploration=FLAGS.exploration, seed=FLAGS.seed,
       eval_fraction=FLAGS.eval_fraction, force=FLAGS.force, epochs=FLAGS.epochs,
       batch_size=FLAGS.batch_size, sampling_probability=FLAGS.sampling_probability,
       no_tune=FLAGS.no_tune, tune_budget_minutes=FLAGS.tune_budget_minutes,

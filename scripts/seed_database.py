@@ -18,27 +18,27 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.stages import cli  # noqa: E402
 from tfrs_two_tower.stages import seed_stage  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("db_url", None, "PostgreSQL URL. Default: $SUPABASE_DB_URL, else "
-                    "$DATABASE_URL, else the same keys in --env_file. Never logged.")
-flags.DEFINE_string("env_file", ".env", "Dotenv file read when no URL is given otherwise.")
+cli.define_database_flags()
 flags.DEFINE_string("world_dir", None, "A world written by generate_world.py; empty: generate "
                     "one from the flags below.")
 cli.define_world_flags()  # used when --world_dir is empty
-flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreachable.",
-                     lower_bound=0)
+cli.define_retry_flags()
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
+  world = synthetic.WorldParams(num_users=FLAGS.num_users, days=FLAGS.days,
+                                feed_size=FLAGS.feed_size, mean_activity=FLAGS.mean_activity,
+                                exploration=FLAGS.exploration, seed=FLAGS.seed)
   sys.exit(seed_stage.main(
-      db_url=FLAGS.db_url, env_file=FLAGS.env_file, world_dir=FLAGS.world_dir,
-      num_users=FLAGS.num_users, days=FLAGS.days, feed_size=FLAGS.feed_size,
-      mean_activity=FLAGS.mean_activity, seed_value=FLAGS.seed,
-      connect_retries=FLAGS.connect_retries, log=logging.info, error=logging.error))
+      db_url=FLAGS.db_url, env_file=FLAGS.env_file, world_dir=FLAGS.world_dir, world=world,
+      connect_retries=FLAGS.connect_retries, retry_backoff_seconds=FLAGS.retry_backoff_seconds,
+      log=logging.info, error=logging.error))
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ flags.DEFINE_enum("treatment", None, list(abtest_simulation_stage.TREATMENTS), "
                   "--run_dir, else feature_matching.")
 flags.DEFINE_string("config", None, "Feature config for feature matching; default: the packaged "
                     "dating config.")
-flags.DEFINE_string("db_url", None, "An EMPTY PostgreSQL database to write into. Empty: a "
-                    "throwaway pgserver PostgreSQL (deleted at the end).")
+cli.define_database_flags(embedded=True)  # the database must be EMPTY (checked)
 flags.DEFINE_string("experiment", "two_tower_v1", "Experiment name (also the salt unless --salt).")
 flags.DEFINE_string("salt", "", "Assignment salt; default: the experiment name.")
 flags.DEFINE_string("arms", "control=1,treatment=1", "Ordered arm=weight list, control first.")
-flags.DEFINE_integer("days", 14, "Experiment length in simulated days.", lower_bound=1)
+flags.DEFINE_integer("experiment_days", 14, "Experiment length in simulated days.",
+                     lower_bound=1)
 flags.DEFINE_integer("feed_size", None, "Profiles per app open; default: the world's.",
                      lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seed of activity, timing and responses.")
@@ -67,14 +67,14 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing --output_dir.")
 
 
 def main(argv):
-  del argv
+  cli.refuse_positional_arguments(argv)
   with cli.user_errors():
     abtest_simulation_stage.run(
         FLAGS.output_dir, world_dir=FLAGS.world_dir, num_users=FLAGS.num_users,
         world_days=FLAGS.world_days, world_seed=FLAGS.world_seed, run_dir=FLAGS.run_dir,
         treatment_kind=FLAGS.treatment or "",
-        config_path=FLAGS.config, db_url=FLAGS.db_url, experiment=FLAGS.experiment,
-        salt=FLAGS.salt, arms=FLAGS.arms, days=FLAGS.days, feed_size=FLAGS.feed_size,
+        config_path=FLAGS.config, db_url=cli.database_url(), experiment=FLAGS.experiment,
+        salt=FLAGS.salt, arms=FLAGS.arms, days=FLAGS.experiment_days, feed_size=FLAGS.feed_size,
         seed=FLAGS.seed, exposure_log_loss=FLAGS.exposure_log_loss, cuped=FLAGS.cuped,
         aa_splits=FLAGS.aa_splits, aa_db_runs=FLAGS.aa_db_runs, overwrite=FLAGS.overwrite,
         log=logging.info, oracle=FLAGS.oracle)

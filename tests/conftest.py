@@ -143,16 +143,17 @@ def fresh_database(postgres, make_database):
 # A few real training steps: enough for SavedModels, an index and embeddings that rank;
 # logs and checkpoints every few steps so that the run holds them too.
 TINY_TRAINING = dict(epochs=1, steps_per_epoch=12, batch_size=128, log_every_steps=4,
-                     checkpoint_every_steps=5, layer_sizes="32", embedding_dim=16, no_tune=True)
+                     checkpoint_every_steps=5, layer_sizes=[32], embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_training(tmp_path_factory, tiny_dataset_dir):
   """(run directory, in-memory training result) of one brief training on the tiny dataset,
   shared by every test that only reads a run (read-only: copy before mutating)."""
+  from tfrs_two_tower.model import train_options
   from tfrs_two_tower.stages import train_stage
   path = str(tmp_path_factory.mktemp("run") / "run")
-  result = train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**TINY_TRAINING),
+  result = train_stage.run(tiny_dataset_dir, path, train_options.TrainOptions(**TINY_TRAINING),
                            log=lambda *a: None)
   return path, result
 

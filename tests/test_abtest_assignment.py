@@ -85,10 +85,10 @@ def test_experiments_with_different_salts_are_independent():
 @pytest.fixture
 def ab_database(fresh_database):
   import psycopg2
-  from tfrs_two_tower.stages import seed_stage
+  from tfrs_two_tower.data import seeding
   conn = psycopg2.connect(fresh_database)
   with conn.cursor() as cur:
-    cur.execute(seed_stage.schema_sql())
+    cur.execute(seeding.schema_sql())
   conn.commit()
   config = config_lib.load_config()
   database.install_schema(conn, config)

@@ -13,8 +13,8 @@ from tfrs_two_tower.abtest import calibration
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import outcomes as outcomes_lib
 from tfrs_two_tower.abtest import simulator
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.stages import abtest_stage
-from tfrs_two_tower.stages import seed_stage
 
 # Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def recommenders(tiny_world):
 def world_database(fresh_database, tiny_world):
   conn = psycopg2.connect(fresh_database)
   simulator.check_empty(conn)
-  seed_stage.seed(conn, tiny_world, log=lambda *a: None)
+  seeding.seed(conn, tiny_world, log=lambda *a: None)
   database.install_schema(conn, config_lib.load_config())
   yield conn
   conn.close()

@@ -130,7 +130,7 @@ def test_negative_control_perturbed_weight_fails(float32_pair, tiny_run, tiny_da
   run = run_lib.open_run(tiny_run)
   dataset = reader.open_dataset(tiny_dataset_dir)
   payload = files.read_json(os.path.join(copy, "features.json"))
-  report = convert_stage.verify(run, dataset, copy, payload, "float32", "none",
+  report = parity.verify(run, dataset, copy, payload, "float32", "none",
                                 parity.Thresholds(), **FAST_PARITY, batch_size=4096)
   assert not report["gate"]["passed"]
   assert report["towers"]["query"]["max_abs_error"] > 1e-3

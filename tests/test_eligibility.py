@@ -397,14 +397,16 @@ def sql_baseline_dataset(tmp_path, tiny_world, default_config, fresh_database):
 def test_sql_baseline_lists_are_judged_as_served(sql_baseline_dataset, tmp_path):
   from tfrs_two_tower.stages import evaluate_stage
   path, db_url, raw = sql_baseline_dataset
-  report = evaluate_stage.run(path, [], str(tmp_path / "eval"), ks=[10], bootstrap=20,
-                              baselines=["feature_matching"], db_url=db_url,
-                              log=lambda *a: None)
+  report = evaluate_stage.run(path, [], str(tmp_path / "eval"),
+                              evaluate_stage.EvaluateOptions(ks=[10], bootstrap=20,
+                                                             baselines=["feature_matching"],
+                                                             db_url=db_url), log=lambda *a: None)
   fm = report["recommenders"]["feature_matching"]
   assert fm["eligibility_violations"] > 100  # same-sex pairs: the app's SQL forgot the filter
   assert "break the eligibility rules" in report_lib._baseline_error(report)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="give the app's database"):
-    evaluate_stage.run(path, [], str(tmp_path / "e2"), baselines=["feature_matching"])
+    evaluate_stage.run(path, [], str(tmp_path / "e2"),
+                       evaluate_stage.EvaluateOptions(baselines=["feature_matching"]))
 
 
 @pytest.mark.slow

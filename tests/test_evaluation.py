@@ -14,6 +14,7 @@ from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
+from tfrs_two_tower.evaluation import recommenders
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments
 from tfrs_two_tower.stages import evaluate_stage
@@ -295,14 +296,15 @@ def test_baselines_on_the_tiny_world(tiny_data, tiny_dataset, tiny_world):
 # -- the stage, end to end ----------------------------------------------------------
 
 FAST_TRAIN = dict(epochs=1, steps_per_epoch=25, batch_size=128, log_every_steps=25,
-                  checkpoint_every_steps=25, layer_sizes="32", embedding_dim=16, no_tune=True)
+                  checkpoint_every_steps=25, layer_sizes=[32], embedding_dim=16, no_tune=True)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_dataset_dir):
+  from tfrs_two_tower.model import train_options
   from tfrs_two_tower.stages import train_stage
   path = str(tmp_path_factory.mktemp("eval_runs") / "run")
-  train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**FAST_TRAIN), **QUIET)
+  train_stage.run(tiny_dataset_dir, path, train_options.TrainOptions(**FAST_TRAIN), **QUIET)
   return path
 
 
@@ -377,7 +379,7 @@ def test_reciprocal_entries_see_train_back_swipes_and_the_oracle_their_outcome(
     tiny_data, tiny_world):
   data = tiny_data
   scorer = retrieval.Scorer(data.query_ids, data.candidate_ids)
-  back = evaluate_stage._train_back_swipes(scorer, data)
+  back = recommenders.train_back_swipes(scorer, data)
   train = data.train_swipes
   swipers, swipees = data.query_ids[train.users], data.candidate_ids[train.candidates]
   # Every train swipe of v on u is P(v likes u) in u's query row, v's candidate column.
@@ -385,7 +387,7 @@ def test_reciprocal_entries_see_train_back_swipes_and_the_oracle_their_outcome(
   np.testing.assert_array_equal(back.lookup(u, v), train.labels)
   assert back.candidates.size == len(set(zip(u, v))) > 1000
   # The oracle: observed outcomes for swiped pairs, the hidden probability otherwise.
-  oracle = evaluate_stage.realised_oracle(tiny_world.like_probability, data)
+  oracle = recommenders.realised_oracle(tiny_world.like_probability, data)
   np.testing.assert_array_equal(oracle(swipers[:500], swipees[:500]), train.labels[:500])
   unswiped = np.setdiff1d(data.candidate_ids[:50], swipees[swipers == swipers[0]])
   first = np.full(unswiped.size, swipers[0], dtype=object)
@@ -395,16 +397,16 @@ def test_reciprocal_entries_see_train_back_swipes_and_the_oracle_their_outcome(
 
 def test_bad_inputs_are_named(tiny_dataset_dir, tmp_path):
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--run_dir"):
-    evaluate_stage.run(tiny_dataset_dir, [str(tmp_path / "missing")], str(tmp_path / "e"),
-                       **QUIET)
+    evaluate_stage.run(tiny_dataset_dir, [str(tmp_path / "missing")], str(tmp_path / "e"), **QUIET)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--baselines"):
-    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), baselines=["oracle"], **QUIET)
+    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"),
+                       evaluate_stage.EvaluateOptions(baselines=["oracle"]), **QUIET)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--reciprocal_combination"):
     evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"),
-                       reciprocal_combinations=["max"], **QUIET)
+                       evaluate_stage.EvaluateOptions(reciprocal_combinations=["max"]), **QUIET)
   with pytest.raises(evaluate_stage.EvaluationInputError, match="--world_dir"):
-    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"), world_dir=str(tmp_path),
-                       **QUIET)
+    evaluate_stage.run(tiny_dataset_dir, [], str(tmp_path / "e"),
+                       evaluate_stage.EvaluateOptions(world_dir=str(tmp_path)), **QUIET)
 
 
 def test_verdict_applies_the_users_gates():

@@ -21,9 +21,9 @@ from psycopg2 import sql
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.data import sources
 from tfrs_two_tower.stages import export_stage
-from tfrs_two_tower.stages import seed_stage
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_GATE = dict(min_users=0, min_interactions=0)
@@ -120,16 +120,18 @@ def world_db(make_database, tiny_world):
   """A database with the default schema and the tiny world (tests add tables, never edit)."""
   url = make_database(f"export_world_{os.getpid()}")
   conn = psycopg2.connect(url)
-  inserted = seed_stage.seed(conn, tiny_world, log=lambda m: None)
+  inserted = seeding.seed(conn, tiny_world, log=lambda m: None)
   conn.close()
-  assert inserted == {"profiles": len(tiny_world.profiles), "swipes": len(tiny_world.swipes)}
+  assert inserted == {"profiles": len(tiny_world.profiles), "swipes": len(tiny_world.swipes),
+                      "feed_impressions": len(tiny_world.impressions)}
   return url
 
 
 @pytest.fixture(scope="module")
 def db_export(tmp_path_factory, world_db):
   out = str(tmp_path_factory.mktemp("export") / "db")
-  export_stage.run(out, db_url=world_db, train_shards=3, eval_shards=2, log=lambda m: None)
+  export_stage.run(out, export_stage.ExportOptions(db_url=world_db, train_shards=3, eval_shards=2),
+      log=lambda m: None)
   return out
 
 
@@ -151,9 +153,10 @@ def write_config(tmp_path, name="config.json", **changes):
 def run_main(tmp_path, **kwargs):
   """export_stage.main with captured log and error lines; returns (code, logs, errors)."""
   logs, errors = [], []
-  kwargs.setdefault("output_dir", str(tmp_path / "out"))
+  output_dir = kwargs.pop("output_dir", str(tmp_path / "out"))
   kwargs.setdefault("env_file", None)
-  code = export_stage.main(log=logs.append, error=errors.append, **kwargs)
+  code = export_stage.main(output_dir, export_stage.ExportOptions(**kwargs), log=logs.append,
+                           error=errors.append)
   return code, "\n".join(logs), "\n".join(errors)
 
 
@@ -182,14 +185,16 @@ def test_round_trip_equals_world_dataset(db_export, tiny_dataset_dir):
 
 def test_export_is_deterministic(db_export, world_db, tmp_path):
   again = str(tmp_path / "again")
-  export_stage.run(again, db_url=world_db, train_shards=3, eval_shards=2, log=lambda m: None)
+  export_stage.run(again, export_stage.ExportOptions(db_url=world_db, train_shards=3,
+      eval_shards=2), log=lambda m: None)
   a, b = read(db_export, "manifest.json")["files"], read(again, "manifest.json")["files"]
   assert a == b  # byte-identical files: entity order and record order are fixed
 
 
 def test_seed_is_idempotent_and_matches_view(world_db, tiny_world):
   conn = psycopg2.connect(world_db)
-  assert seed_stage.seed(conn, tiny_world, log=lambda m: None) == {"profiles": 0, "swipes": 0}
+  assert seeding.seed(conn, tiny_world, log=lambda m: None) == {
+      "profiles": 0, "swipes": 0, "feed_impressions": 0}
   conn.close()
   assert query(world_db, "SELECT count(*) FROM swipes")[0][0] == len(tiny_world.swipes)
   assert query(world_db, "SELECT count(*) FROM matches")[0][0] == tiny_world.summary()["matches"]
@@ -199,7 +204,7 @@ def test_seed_is_idempotent_and_matches_view(world_db, tiny_world):
 def test_snapshot_is_consistent_under_concurrent_inserts(fresh_database, tiny_world,
                                                          tiny_dataset_dir, tmp_path):
   conn = psycopg2.connect(fresh_database)
-  seed_stage.seed(conn, tiny_world, log=lambda m: None)
+  seeding.seed(conn, tiny_world, log=lambda m: None)
   conn.close()
   writer = psycopg2.connect(fresh_database)  # a second session, committing while we stream
   calls = []
@@ -217,8 +222,8 @@ def test_snapshot_is_consistent_under_concurrent_inserts(fresh_database, tiny_wo
                     "SELECT '00000000-0000-4000-8000-000000000001', swipee_id, 'like', "
                     "created_at FROM swipes LIMIT 50")
   out = str(tmp_path / "snapshot")
-  export_stage.run(out, db_url=fresh_database, train_shards=3, eval_shards=2, chunk_size=1000,
-                   log=lambda m: None, progress=progress)
+  export_stage.run(out, export_stage.ExportOptions(db_url=fresh_database, train_shards=3,
+      eval_shards=2, chunk_size=1000), log=lambda m: None, progress=progress)
   writer.close()
   assert len(calls) > 5 and calls[-1] == len(tiny_world.swipes)  # inserted mid-stream
   assert query(fresh_database, "SELECT count(*) FROM swipes")[0][0] == len(tiny_world.swipes) + 100
@@ -245,8 +250,8 @@ def test_partition_hash_is_the_same_in_sql_and_python(world_db):
 @pytest.mark.slow
 def test_partitions_combine_to_the_whole_export(world_db, db_export, tmp_path):
   for p in range(3):
-    export_stage.run(str(tmp_path / f"part-{p}"), db_url=world_db, num_partitions=3,
-                     partition=p, train_shards=1, eval_shards=1, log=lambda m: None)
+    export_stage.run(str(tmp_path / f"part-{p}"), export_stage.ExportOptions(db_url=world_db,
+        num_partitions=3, partition=p, train_shards=1, eval_shards=1), log=lambda m: None)
     queries = reader.read_interactions(reader.open_dataset(str(tmp_path / f"part-{p}")),
                                        "train", keys=["query_id"])["query_id"]
     assert (sources.partition_of(np.unique(queries), 3) == p).all()
@@ -446,7 +451,8 @@ def test_sql_overrides_and_candidates_from_another_table(world_db, tmp_path):
                    {"name": "age", "type": "numeric"},
                    {"name": "city", "type": "categorical", "embedding_dim": 4}]}
   raw["candidate"] = {"entity": "card"}
-  del raw["eligibility"], raw["baseline"]  # people rules: a user-to-item config has none
+  # People rules and the people feed's impressions log: a user-to-item config has none.
+  del raw["eligibility"], raw["baseline"], raw["impressions"]
   config = tmp_path / "items.json"
   config.write_text(json.dumps(raw))
   out = str(tmp_path / "items")

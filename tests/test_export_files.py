@@ -7,15 +7,15 @@ import pytest
 
 from test_export import SMALL_GATE, assert_same_dataset, read, run_main
 from tfrs_two_tower import config as config_lib
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.stages import export_stage
-from tfrs_two_tower.stages import seed_stage
 
 
 def supabase_csv(world, directory, swipes=None, profiles=None):
   """The world's tables as Supabase's dashboard exports them: arrays {a,b}, times +00, t/f."""
   os.makedirs(directory, exist_ok=True)
   profiles = (world.profiles if profiles is None else profiles).copy()
-  profiles["interests"] = profiles["interests"].map(seed_stage.array_literal)
+  profiles["interests"] = profiles["interests"].map(seeding.array_literal)
   profiles["verified"] = profiles["verified"].map({True: "true", False: "false"})
   swipes = (world.swipes if swipes is None else swipes).copy()
   for frame in (profiles, swipes):
@@ -28,8 +28,8 @@ def supabase_csv(world, directory, swipes=None, profiles=None):
 @pytest.mark.slow
 def test_parquet_dump_equals_world_dataset(tiny_world_dir, tiny_dataset_dir, tmp_path):
   out = str(tmp_path / "parquet")
-  export_stage.run(out, input_dir=tiny_world_dir, train_shards=3, eval_shards=2,
-                   log=lambda m: None)
+  export_stage.run(out, export_stage.ExportOptions(input_dir=tiny_world_dir, train_shards=3,
+      eval_shards=2), log=lambda m: None)
   assert_same_dataset(out, tiny_dataset_dir)
   assert read(out, "manifest.json")["source"]["kind"] == "files"
 
@@ -48,11 +48,11 @@ def test_supabase_csv_dump_equals_world_dataset(tiny_world, tiny_dataset_dir, tm
 @pytest.mark.slow
 def test_file_partitions_combine_to_the_whole(tiny_world_dir, tiny_dataset_dir, tmp_path):
   for p in range(2):
-    export_stage.run(str(tmp_path / f"part-{p}"), input_dir=tiny_world_dir, num_partitions=2,
-                     partition=p, log=lambda m: None)
+    export_stage.run(str(tmp_path / f"part-{p}"), export_stage.ExportOptions(
+        input_dir=tiny_world_dir, num_partitions=2, partition=p), log=lambda m: None)
   out = str(tmp_path / "combined")
-  export_stage.run(out, combine=[str(tmp_path / "part-0"), str(tmp_path / "part-1")],
-                   log=lambda m: None)
+  export_stage.run(out, export_stage.ExportOptions(
+      combine=[str(tmp_path / "part-0"), str(tmp_path / "part-1")]), log=lambda m: None)
   assert_same_dataset(out, tiny_dataset_dir)
 
 
@@ -228,6 +228,7 @@ def test_unmapped_rating_is_refused_naming_the_config_key(tiny_world, tmp_path):
 def test_likes_only_data_is_implicit_feedback_end_to_end(tiny_world, tmp_path):
   """Likes-only data exports with a warning, trains without the pass loss, AUC is n/a."""
   from tfrs_two_tower.stages import evaluate_stage
+  from tfrs_two_tower.model import train_options
   from tfrs_two_tower.stages import train_stage
   likes = tiny_world.swipes[tiny_world.swipes["action"] != "pass"]
   dump = supabase_csv(tiny_world, tmp_path / "dump", likes)
@@ -238,13 +239,15 @@ def test_likes_only_data_is_implicit_feedback_end_to_end(tiny_world, tmp_path):
   assert read(out, "stats.json")["readiness"]["feedback"] == "implicit"
   lines = []
   run_dir = str(tmp_path / "run")
-  train_stage.run(out, run_dir, train_stage.TrainOptions(
-      epochs=1, steps_per_epoch=5, batch_size=128, layer_sizes="16", embedding_dim=8),
+  train_stage.run(out, run_dir, train_options.TrainOptions(
+      epochs=1, steps_per_epoch=5, batch_size=128, layer_sizes=[16], embedding_dim=8),
       log=lambda *a: lines.append(" ".join(map(str, a))))
   assert any("no passes (implicit feedback" in line for line in lines), lines
   assert read(run_dir, "flags.json")["pass_loss_weight"] == 0.0
-  report = evaluate_stage.run(out, [run_dir], str(tmp_path / "eval"), ks=(10,), bootstrap=20,
-                              reciprocal=False, tensorboard=False, log=lambda *a: None)
+  report = evaluate_stage.run(out, [run_dir], str(tmp_path / "eval"),
+                              evaluate_stage.EvaluateOptions(ks=(10,), bootstrap=20,
+                                                             reciprocal=False, tensorboard=False),
+                              log=lambda *a: None)
   auc = report["recommenders"]["run"]["segments"]["all"]["auc"]
   assert auc["value"] is None and "no passes" in auc["reason"]
   assert "gate not applicable" in report["verdict"]["run"]["line"]

@@ -141,12 +141,13 @@ def test_history_trains_and_serves_through_the_savedmodels(tmp_path, tiny_world)
   import tensorflow as tf
   from tfrs_two_tower.data import synthetic
   from tfrs_two_tower.model import run_dir as run_lib
+  from tfrs_two_tower.model import train_options
   from tfrs_two_tower.stages import train_stage
   config = history_config(max_length=5)
   ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
   synthetic.write_world_dataset(tiny_world, config, ds, num_train_shards=2, num_eval_shards=1)
-  train_stage.run(ds, run_path, train_stage.TrainOptions(
-      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes="16", embedding_dim=8),
+  train_stage.run(ds, run_path, train_options.TrainOptions(
+      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes=[16], embedding_dim=8),
       log=lambda *a: None)
   run = run_lib.open_run(run_path)
   raw_specs = run.model("query").signatures["serving_default"].structured_input_signature[1]

@@ -300,14 +300,16 @@ def test_evaluate_answers_with_off_policy_on_an_exploring_log(exploring_dataset_
                                                                exploring_world, tmp_path):
   from conftest import TINY_TRAINING
   from tfrs_two_tower.stages import evaluate_stage
+  from tfrs_two_tower.model import train_options
   from tfrs_two_tower.stages import train_stage
   world_dir, run_dir = str(tmp_path / "world"), str(tmp_path / "run")
   exploring_world.save(world_dir)
-  train_stage.run(exploring_dataset_dir, run_dir, train_stage.TrainOptions(**TINY_TRAINING),
+  train_stage.run(exploring_dataset_dir, run_dir, train_options.TrainOptions(**TINY_TRAINING),
                   log=lambda *a: None)
   report = evaluate_stage.run(exploring_dataset_dir, [run_dir], str(tmp_path / "eval"),
-                              world_dir=world_dir, bootstrap=100, reciprocal=False,
-                              tensorboard=False, log=lambda *a: None)
+                              evaluate_stage.EvaluateOptions(world_dir=world_dir, bootstrap=100,
+                                                             reciprocal=False, tensorboard=False),
+                              log=lambda *a: None)
   off = report["off_policy"]
   assert off["explored"] and off["reward_model"] == "run"
   for name, section in off["recommenders"].items():
@@ -340,26 +342,20 @@ def _dataset_log(path):
 
 def test_postgres_export_carries_the_impressions_log(make_database, exploring_world,
                                                      exploring_dataset_dir, tmp_path):
-  import io
   import os
   import psycopg2
   from tfrs_two_tower.stages import export_stage
-  from tfrs_two_tower.stages import seed_stage
+  from tfrs_two_tower.data import seeding
   url = make_database(f"offpolicy_{os.getpid()}")
   conn = psycopg2.connect(url)
-  seed_stage.seed(conn, exploring_world, log=lambda m: None)
-  buffer = io.StringIO()
-  exploring_world.impressions.to_csv(buffer, index=False, header=False)
-  buffer.seek(0)
-  with conn, conn.cursor() as cur:
-    cur.execute("CREATE TABLE feed_impressions (feed_id bigint, viewer_id uuid, profile_id uuid,"
-                " shown_at timestamptz, position int, score float8, propensity float8,"
-                " shown boolean)")
-    cur.copy_expert("COPY feed_impressions FROM STDIN WITH (FORMAT csv)", buffer)
+  inserted = seeding.seed(conn, exploring_world, log=lambda m: None)  # the log goes in too
+  assert inserted["feed_impressions"] == len(exploring_world.impressions)
+  assert seeding.seed(conn, exploring_world, log=lambda m: None)["feed_impressions"] == 0
   conn.close()
   out = str(tmp_path / "db")
   logs = []
-  export_stage.run(out, db_url=url, train_shards=2, eval_shards=1, log=logs.append)
+  export_stage.run(out, export_stage.ExportOptions(db_url=url, train_shards=2, eval_shards=1),
+      log=logs.append)
   assert any("impressions from" in line and "'feed_impressions'" in line for line in logs)
   pd.testing.assert_frame_equal(_dataset_log(out), _dataset_log(exploring_dataset_dir))
 
@@ -370,14 +366,16 @@ def test_file_export_carries_the_log_and_refuses_a_bad_row(exploring_world,
   world_dir = str(tmp_path / "world")
   exploring_world.save(world_dir)  # profiles, swipes and feed_impressions .parquet
   out = str(tmp_path / "files")
-  export_stage.run(out, input_dir=world_dir, train_shards=2, eval_shards=1, log=lambda m: None)
+  export_stage.run(out, export_stage.ExportOptions(input_dir=world_dir, train_shards=2,
+      eval_shards=1), log=lambda m: None)
   pd.testing.assert_frame_equal(_dataset_log(out), _dataset_log(exploring_dataset_dir))
   bad = exploring_world.impressions.copy()
   bad.loc[7, "propensity"] = 0.0
   bad.to_csv(str(tmp_path / "world" / "feed_impressions.csv"), index=False)
   (tmp_path / "world" / "feed_impressions.parquet").unlink()
   errors = []
-  code = export_stage.main(output_dir=str(tmp_path / "bad"), input_dir=world_dir, env_file=None,
+  code = export_stage.main(str(tmp_path / "bad"),
+                           export_stage.ExportOptions(input_dir=world_dir, env_file=None),
                            log=lambda m: None, error=errors.append)
   assert code != 0 and not (tmp_path / "bad").exists()
   assert "feed_impressions.csv" in errors[0] and "'propensity' row 7" in errors[0], errors

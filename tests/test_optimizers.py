@@ -8,7 +8,8 @@ from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import inputs
 from tfrs_two_tower.model import optimizers
 from tfrs_two_tower.model import preprocessing as prep
-from tfrs_two_tower.stages import train_stage
+from tfrs_two_tower.model import train_options
+from tfrs_two_tower.model import training
 
 ROWS, DIM = 6, 3
 
@@ -108,7 +109,7 @@ def test_tower_embedding_tables_get_row_gradients(tiny_dataset_dir, policy):
   # receives an IndexedSlices gradient (also under mixed precision), the dense
   # layers a dense one.
   dataset = reader.open_dataset(tiny_dataset_dir)
-  options = train_stage.TrainOptions(layer_sizes="16", embedding_dim=8)
+  options = train_options.TrainOptions(layer_sizes=[16], embedding_dim=8)
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
                                          side) for side in ("query", "candidate")}
   features = {side: inputs.EntityFeatures(dataset, side, prep.FeaturePreprocessing(specs[side]))
@@ -118,7 +119,7 @@ def test_tower_embedding_tables_get_row_gradients(tiny_dataset_dir, policy):
   previous = tf.keras.mixed_precision.global_policy()
   tf.keras.mixed_precision.set_global_policy(policy)
   try:
-    model = train_stage.build_model(options, specs)
+    model = training.build_model(options, specs)
     with tf.GradientTape() as tape:
       loss = model.loss_parts(batch, training=True)["loss"]
     gradients = tape.gradient(loss, model.trainable_variables)

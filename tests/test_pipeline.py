@@ -17,7 +17,9 @@ SMALL = ["--num_users=700", "--days=50", "--epochs=1", "--batch_size=512", "--bo
 
 
 def _run(out, *flags):
-  proc = subprocess.run([sys.executable, SCRIPT, f"--output_dir={out}", *SMALL, *flags],
+  """run_pipeline.py on the embedded demo database unless a --db_url is given."""
+  where = [] if any(f.startswith("--db_url=") for f in flags) else ["--embedded_db"]
+  proc = subprocess.run([sys.executable, SCRIPT, f"--output_dir={out}", *SMALL, *where, *flags],
                         capture_output=True, text=True, timeout=900)
   return proc
 
@@ -75,9 +77,9 @@ def test_unknown_stage_is_a_clear_error(tmp_path):
 def test_db_url_runs_on_that_database_only(fresh_database, tiny_world, tmp_path):
   import contextlib
   import psycopg2
-  from tfrs_two_tower.stages import seed_stage
+  from tfrs_two_tower.data import seeding
   with contextlib.closing(psycopg2.connect(fresh_database)) as conn:
-    seed_stage.seed(conn, tiny_world, log=lambda *a: None)
+    seeding.seed(conn, tiny_world, log=lambda *a: None)
   out = tmp_path / "real"
   proc = _run(out, f"--db_url={fresh_database}", "--stages=world,database,export,train,publish")
   assert proc.returncode == 0, proc.stderr[-5000:]

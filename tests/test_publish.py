@@ -8,11 +8,11 @@ import tensorflow as tf
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import reader
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.serving import pgvector
 from tfrs_two_tower.stages import publish_stage
-from tfrs_two_tower.stages import seed_stage
 
 K = 10
 _SEEKS = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
@@ -23,7 +23,7 @@ def published(make_database, tiny_world, tiny_run_dir, tiny_dataset_dir):
   """The tiny world seeded into a real database with the tiny run published."""
   url = make_database("publish")
   conn = psycopg2.connect(url)
-  seed_stage.seed(conn, tiny_world, log=lambda *a: None)
+  seeding.seed(conn, tiny_world, log=lambda *a: None)
   result = publish_stage.run(tiny_run_dir, tiny_dataset_dir, db_url=url, env_file=None,
                              log=lambda *a: None)
   yield url, conn, result

@@ -34,13 +34,13 @@ def _helpfull(script):
 
 def test_readme_has_the_two_commands_and_ci_runs_the_test_command():
   lines = _bash_lines()
-  assert "python3 -m pip install -r requirements.txt -e . && run_pipeline.py --output_dir=out" \
-      in lines
+  assert ("python3 -m pip install -r requirements.txt -e . && run_pipeline.py --output_dir=out "
+          "--embedded_db") in lines
   test_command = "python3 -m pip install -r requirements-dev.txt -e . && python3 -m pytest"
   assert test_command in lines
   ci = open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8").read()
   assert "pip install" in ci and "requirements-dev.txt" in ci and "python3 -m pytest" in ci
-  assert "run_pipeline.py --output_dir=" in ci
+  assert "run_pipeline.py --output_dir=" in ci and "--embedded_db" in ci
 
 
 @pytest.mark.slow  # one --helpfull subprocess per script

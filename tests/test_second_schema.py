@@ -25,6 +25,8 @@ from tfrs_two_tower.abtest import database as ab_database
 from tfrs_two_tower.abtest import definition as definition_lib
 from tfrs_two_tower.abtest import outcomes as outcomes_lib
 from tfrs_two_tower.coreml import features_json
+from tfrs_two_tower.data import seeding
+from tfrs_two_tower.model import train_options
 from tfrs_two_tower.serving import pgvector
 from tfrs_two_tower.serving import schema_sql
 from tfrs_two_tower.stages import abtest_stage
@@ -32,15 +34,14 @@ from tfrs_two_tower.stages import convert_stage
 from tfrs_two_tower.stages import evaluate_stage
 from tfrs_two_tower.stages import export_stage
 from tfrs_two_tower.stages import publish_stage
-from tfrs_two_tower.stages import seed_stage
 from tfrs_two_tower.stages import train_stage
 
 HERE = os.path.join(os.path.dirname(__file__), "second_schema")
 CONFIG = os.path.join(HERE, "config.json")
 QUIET = dict(log=lambda *a: None)
 GATE = dict(min_users=10, min_interactions=100)
-TRAINING = train_stage.TrainOptions(epochs=1, steps_per_epoch=8, batch_size=128,
-                                    layer_sizes="16", embedding_dim=8)
+TRAINING = train_options.TrainOptions(epochs=1, steps_per_epoch=8, batch_size=128,
+                                    layer_sizes=[16], embedding_dim=8)
 # The world's values in the other schema's spelling.
 SEX = {"man": "Male", "woman": "Female", "nonbinary": "NonBinary"}
 LOOKING_FOR = {"men": ["Male"], "women": ["Female"], "everyone": ["Male", "Female", "NonBinary"]}
@@ -83,7 +84,7 @@ def second_schema_tables(world, seed=0):
 def seed_second_schema(conn, world):
   """Creates tests/second_schema/schema.sql and COPYs the mapped world into it."""
   members, votes, blocks = second_schema_tables(world)
-  members = members.assign(**{c: members[c].map(seed_stage.array_literal)
+  members = members.assign(**{c: members[c].map(seeding.array_literal)
                               for c in ("looking_for", "hobbies")},
                            min_age=members["min_age"].astype("Int64"),
                            max_age=members["max_age"].astype("Int64"))
@@ -148,8 +149,8 @@ def second(tmp_path_factory, make_database, tiny_world):
   seed_second_schema(conn, tiny_world)
   root = tmp_path_factory.mktemp("second")
   dirs = {k: str(root / k) for k in ("dataset", "run", "eval", "coreml")}
-  export_stage.run(dirs["dataset"], config_path=CONFIG, db_url=url, env_file=None, **GATE,
-                   **QUIET)
+  export_stage.run(dirs["dataset"], export_stage.ExportOptions(
+      config_path=CONFIG, db_url=url, env_file=None, **GATE), **QUIET)
   train_stage.run(dirs["dataset"], dirs["run"], TRAINING, **QUIET)
   published = publish_stage.run(dirs["run"], dirs["dataset"], db_url=url, env_file=None, **QUIET)
   yield url, conn, config_lib.load_config(CONFIG), dirs, published
@@ -193,8 +194,9 @@ def test_sql_lists_follow_the_rules_and_sql_eligibility_equals_python(second):
 @pytest.mark.slow
 def test_evaluate_convert_and_ab_analysis_on_the_second_schema(second, tmp_path):
   url, conn, config, dirs, _ = second
-  report = evaluate_stage.run(dirs["dataset"], [dirs["run"]], dirs["eval"], bootstrap=20,
-                              tensorboard=False, **QUIET)
+  report = evaluate_stage.run(dirs["dataset"], [dirs["run"]], dirs["eval"],
+                              evaluate_stage.EvaluateOptions(bootstrap=20, tensorboard=False),
+                              **QUIET)
   assert report is not None and os.path.exists(os.path.join(dirs["eval"], "report.json"))
   converted = convert_stage.run(dirs["run"], dirs["dataset"], dirs["coreml"], num_examples=300,
                                 num_queries=50, **QUIET)
@@ -376,11 +378,12 @@ def test_user_to_item_config_through_the_same_stages(second, tmp_path):
   config_path = tmp_path / "items.json"
   config_path.write_text(json.dumps(raw))
   d = {k: str(tmp_path / k) for k in ("dataset", "run", "eval", "coreml")}
-  export_stage.run(d["dataset"], config_path=str(config_path), db_url=url, env_file=None,
-                   **GATE, **QUIET)
+  export_stage.run(d["dataset"], export_stage.ExportOptions(
+      config_path=str(config_path), db_url=url, env_file=None, **GATE), **QUIET)
   train_stage.run(d["dataset"], d["run"], TRAINING, **QUIET)
-  evaluate_stage.run(d["dataset"], [d["run"]], d["eval"], bootstrap=20, tensorboard=False,
-                     baselines=("random", "popularity"), **QUIET)
+  evaluate_stage.run(d["dataset"], [d["run"]], d["eval"],
+                     evaluate_stage.EvaluateOptions(bootstrap=20, tensorboard=False,
+                                                    baselines=("random", "popularity")), **QUIET)
   assert convert_stage.run(d["run"], d["dataset"], d["coreml"], num_examples=300,
                            num_queries=50, **QUIET)["gate"]["passed"]
   publish_stage.run(d["run"], d["dataset"], db_url=url, env_file=None, **QUIET)

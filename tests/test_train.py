@@ -14,6 +14,8 @@ from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import table_memory
+from tfrs_two_tower.model import train_options
+from tfrs_two_tower.model import training_run
 from tfrs_two_tower.stages import train_stage
 from conftest import TINY_TRAINING as FAST
 
@@ -29,10 +31,10 @@ import json, sys
 import numpy as np
 import tfrs_two_tower
 import tensorflow as tf
+from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import table_memory
-from tfrs_two_tower.data import reader
 path, dataset_dir, out = sys.argv[1:4]
 run = run_lib.open_run(path)
 ds = reader.open_dataset(dataset_dir)
@@ -56,7 +58,7 @@ def test_run_dir_contract_and_fresh_process_reload(trained, tiny_dataset_dir, tm
                "query_model", "candidate_model", "query_core", "candidate_core", "index",
                "candidate_embeddings.npz", "checkpoints", "logs"):
     assert os.path.exists(os.path.join(path, name)), name
-  assert not os.path.exists(path + train_stage.INCOMPLETE_SUFFIX)
+  assert not os.path.exists(path + training_run.INCOMPLETE_SUFFIX)
   run = run_lib.open_run(path)
   assert run.manifest["global_step"] == FAST["steps_per_epoch"]
   assert run.flags["batch_size"] == FAST["batch_size"]
@@ -108,22 +110,22 @@ def test_open_run_refuses_tampered_or_incomplete(trained, tmp_path):
 
 
 def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
-  with pytest.raises(train_stage.TrainError, match="--layer_sizes"):
+  with pytest.raises(train_options.TrainError, match="--layer_sizes"):
     train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
-                    train_stage.TrainOptions(layer_sizes="64,x"))
-  with pytest.raises(train_stage.TrainError, match="--dataset_dir"):
+                    train_options.TrainOptions(layer_sizes="64,x"))
+  with pytest.raises(train_options.TrainError, match="--dataset_dir"):
     train_stage.run(str(tmp_path / "nope"), str(tmp_path / "r"))
-  with pytest.raises(train_stage.TrainError, match=r"--id_dropout must be in \[0, 1\)"):
+  with pytest.raises(train_options.TrainError, match=r"--id_dropout must be in \[0, 1\)"):
     train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
-                    train_stage.TrainOptions(id_dropout=1.0))
+                    train_options.TrainOptions(id_dropout=1.0))
 
 
 @pytest.mark.slow  # XLA compilation of the train step
 def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
   import tensorflow as tf
   path = str(tmp_path / "run")
-  options = train_stage.TrainOptions(**{**FAST, "steps_per_epoch": 6, "mixed_precision": True,
-                                        "jit_compile": True, "eval_ks": "10"})
+  options = train_options.TrainOptions(**{**FAST, "steps_per_epoch": 6, "mixed_precision": True,
+                                        "jit_compile": True, "eval_ks": [10]})
   result = train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
   assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
   run = run_lib.open_run(path)
@@ -197,7 +199,7 @@ def test_training_never_reads_eval_and_restores_the_best_validation_epoch(datase
   with pytest.raises(Exception):  # the poison is real: reading eval fails
     reader.read_interactions(ds, "eval")
   # Selecting on the non-default metric also checks that the key follows --selection_metric.
-  result = train_stage.run(dataset_copy, str(tmp_path / "run"), train_stage.TrainOptions(
+  result = train_stage.run(dataset_copy, str(tmp_path / "run"), train_options.TrainOptions(
       **{**FAST, "epochs": 3, "early_stopping_patience": 0, "selection_metric": "gauc"}),
       log=lambda *a: None)
   metrics = result.manifest["metrics"]
@@ -232,14 +234,14 @@ def test_tables_too_large_for_memory_are_refused_before_training(tiny_dataset_di
   # The tiny world's tables need ~0.5 MB; a 100 kB budget refuses the run before
   # anything is written.
   path = str(tmp_path / "run")
-  options = train_stage.TrainOptions(**{**FAST, "table_memory_budget": 100_000})
-  with pytest.raises(train_stage.TrainError) as error:
+  options = train_options.TrainOptions(**{**FAST, "table_memory_budget": 100_000})
+  with pytest.raises(train_options.TrainError) as error:
     train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
   message = str(error.value)
   for needed in ("GB in training", "query_id", "min_count", "num_oov_buckets", "embedding_dim",
                  "--table_memory_budget", tiny_dataset_dir):
     assert needed in message, message
-  assert not os.path.exists(path) and not os.path.exists(path + train_stage.INCOMPLETE_SUFFIX)
+  assert not os.path.exists(path) and not os.path.exists(path + training_run.INCOMPLETE_SUFFIX)
 
 
 def test_table_memory_counts_weights_slots_and_dense_temporaries():
@@ -282,7 +284,7 @@ def test_selection_on_like_vs_pass_falls_back_to_recall_without_validation_passe
   likes_only = types.SimpleNamespace(stats=stats)
   logs = []
   options = train_stage.implicit_feedback_options(
-      likes_only, train_stage.TrainOptions(selection_metric="gauc"), logs.append)
+      likes_only, train_options.TrainOptions(selection_metric="gauc"), logs.append)
   assert options.selection_metric == "recall"
   assert any("--selection_metric=gauc" in m and "no passes" in m for m in logs)
 

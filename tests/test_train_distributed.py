@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from tfrs_two_tower.model import run_dir as run_lib
-from tfrs_two_tower.stages import train_stage
+from tfrs_two_tower.model import training_run
 import pytest
 
 # Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
@@ -59,8 +59,8 @@ def test_two_workers_on_localhost(tiny_dataset_dir, tmp_path):
   run = run_lib.open_run(run_dir)
   assert run.manifest["global_step"] == 8
   assert run.flags["strategy"] == "multi_worker"
-  assert not os.path.exists(f"{run_dir}.worker-1{train_stage.INCOMPLETE_SUFFIX}")
-  assert not os.path.exists(run_dir + train_stage.INCOMPLETE_SUFFIX)
+  assert not os.path.exists(f"{run_dir}.worker-1{training_run.INCOMPLETE_SUFFIX}")
+  assert not os.path.exists(run_dir + training_run.INCOMPLETE_SUFFIX)
   ids, embeddings = run.candidate_embeddings()
   assert np.isfinite(embeddings).all() and len(ids) == embeddings.shape[0]
   # Both workers logged the same global losses (one synchronous model).

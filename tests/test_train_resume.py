@@ -12,6 +12,8 @@ import pytest
 import tensorflow as tf
 
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.model import train_options
+from tfrs_two_tower.model import training_run
 from tfrs_two_tower.stages import train_stage
 
 # Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
@@ -22,7 +24,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "train_mo
 
 def _command(dataset_dir, run_dir, **overrides):
   flags = dict(epochs=2, steps_per_epoch=30, batch_size=64, checkpoint_every_steps=5,
-               log_every_steps=5, layer_sizes="16", embedding_dim=8, eval_ks="10", no_tune=True)
+               log_every_steps=5, layer_sizes=[16], embedding_dim=8, eval_ks=[10], no_tune=True)
   flags.update(overrides)
   return [sys.executable, SCRIPT, f"--dataset_dir={dataset_dir}", f"--run_dir={run_dir}"] + [
       f"--{k}={v}" for k, v in flags.items()]
@@ -35,7 +37,7 @@ def _latest_step(checkpoint_dir):
 
 def test_sigkill_then_same_command_resumes_to_the_same_step(tiny_dataset_dir, tmp_path):
   run_dir = str(tmp_path / "run")
-  checkpoints = os.path.join(run_dir + train_stage.INCOMPLETE_SUFFIX, run_lib.CHECKPOINTS)
+  checkpoints = os.path.join(run_dir + training_run.INCOMPLETE_SUFFIX, run_lib.CHECKPOINTS)
   env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
   first = subprocess.Popen(_command(tiny_dataset_dir, run_dir), env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -65,19 +67,19 @@ def test_sigkill_then_same_command_resumes_to_the_same_step(tiny_dataset_dir, tm
   assert os.path.basename(resumed.group(1)) == f"ckpt-{killed_at}"
   run = run_lib.open_run(run_dir)
   assert run.manifest["global_step"] == 60
-  assert not os.path.exists(run_dir + train_stage.INCOMPLETE_SUFFIX)
+  assert not os.path.exists(run_dir + training_run.INCOMPLETE_SUFFIX)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_dataset_dir, tmp_path):
   run_dir = str(tmp_path / "run")
-  options = train_stage.TrainOptions(no_tune=True, epochs=1, steps_per_epoch=10, batch_size=64,
+  options = train_options.TrainOptions(no_tune=True, epochs=1, steps_per_epoch=10, batch_size=64,
                                      optimizer="sgd", learning_rate=1e30,
-                                     checkpoint_every_steps=1, layer_sizes="16",
-                                     embedding_dim=8, eval_ks="10")
-  with pytest.raises(train_stage.NonFiniteLossError, match="last good checkpoint"):
+                                     checkpoint_every_steps=1, layer_sizes=[16],
+                                     embedding_dim=8, eval_ks=[10])
+  with pytest.raises(train_options.NonFiniteLossError, match="last good checkpoint"):
     train_stage.run(tiny_dataset_dir, run_dir, options, log=lambda *a: None)
   assert not os.path.exists(run_dir)
-  checkpoint_dir = os.path.join(run_dir + train_stage.INCOMPLETE_SUFFIX, run_lib.CHECKPOINTS)
+  checkpoint_dir = os.path.join(run_dir + training_run.INCOMPLETE_SUFFIX, run_lib.CHECKPOINTS)
   latest = tf.train.latest_checkpoint(checkpoint_dir)
   assert latest is not None
   reader = tf.train.load_checkpoint(latest)

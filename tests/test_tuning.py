@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 
 from tfrs_two_tower.data import writer as writer_lib
+from tfrs_two_tower.model import train_options
 from tfrs_two_tower.model import tuning
 from tfrs_two_tower.stages import train_stage
 
 BASE = dict(sampling_probability="streaming", estimator_init="static", temperature=0.05,
             learning_rate=0.003, embedding_dim=32)
-TINY = dict(epochs=3, steps_per_epoch=3, batch_size=128, layer_sizes="16", log_every_steps=100,
+TINY = dict(epochs=3, steps_per_epoch=3, batch_size=128, layer_sizes=[16], log_every_steps=100,
             checkpoint_every_steps=100, tune_trials=3, tune_budget_minutes=30)
 
 
@@ -78,7 +79,7 @@ def test_tuning_is_reproducible_and_recorded(tiny_dataset_dir, tmp_path):
   runs = []
   for name in ("a", "b"):
     path = str(tmp_path / name)
-    train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(**TINY),
+    train_stage.run(tiny_dataset_dir, path, train_options.TrainOptions(**TINY),
                     log=lambda *a: None, fixed=["embedding_dim"])
     runs.append(path)
   tables = [pd.read_csv(os.path.join(p, "trials.csv")).drop(columns="seconds") for p in runs]
@@ -95,8 +96,8 @@ def test_tuning_is_reproducible_and_recorded(tiny_dataset_dir, tmp_path):
 
 def test_budget_too_small_for_one_trial_is_refused(tiny_dataset_dir, tmp_path):
   path = str(tmp_path / "run")
-  with pytest.raises(train_stage.TrainError, match="--tune_budget_minutes=0.001 is too small"):
-    train_stage.run(tiny_dataset_dir, path, train_stage.TrainOptions(
+  with pytest.raises(train_options.TrainError, match="--tune_budget_minutes=0.001 is too small"):
+    train_stage.run(tiny_dataset_dir, path, train_options.TrainOptions(
         **{**TINY, "tune_budget_minutes": 0.001}), log=lambda *a: None)
   assert not os.path.exists(path)
 
@@ -113,6 +114,6 @@ def test_validation_split_without_likes_is_refused(tmp_path, default_config, tin
   with writer_lib.DatasetWriter(default_config, path, t0 + 1000, profiles, profiles,
                                 validation_time=t0 + 400) as w:
     w.add_interactions(swipes, source="swipes.csv")
-  with pytest.raises(train_stage.TrainError, match="validation split has 1 users and 0 likes"):
-    train_stage.run(path, str(tmp_path / "run"), train_stage.TrainOptions(no_tune=True),
+  with pytest.raises(train_options.TrainError, match="validation split has 1 users and 0 likes"):
+    train_stage.run(path, str(tmp_path / "run"), train_options.TrainOptions(no_tune=True),
                     log=lambda *a: None)

@@ -32,6 +32,9 @@ import tensorflow as tf
 from tfrs_two_tower.config import load_config
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import inputs
+from tfrs_two_tower.model import training
+from tfrs_two_tower.model import training_run
+from tfrs_two_tower.model.train_options import TrainOptions
 from tfrs_two_tower.stages import convert_stage
 from tfrs_two_tower.stages import evaluate_stage
 from tfrs_two_tower.stages import export_stage
@@ -46,11 +49,12 @@ def export(output_dir: str, **options) -> Dict[str, Any]:
   """Exports PostgreSQL/Supabase (`db_url=`) or CSV/Parquet dumps (`input_dir=`) into a
   dataset directory; returns its stats (counts, splits, readiness). Options: the flags of
   `export_data.py`."""
-  return export_stage.run(output_dir, **options)
+  log = options.pop("log", print)
+  return export_stage.run(output_dir, export_stage.ExportOptions(**options), log=log)
 
 
 def train(dataset_dir: str, run_dir: Optional[str] = None, *,
-          log: Callable[..., None] = print, **options) -> train_stage.TrainResult:
+          log: Callable[..., None] = print, **options) -> training_run.TrainResult:
   """Trains on a dataset directory; returns the manifest and the in-memory towers.
 
   Options are `TrainOptions` fields (the flags of `train_model.py`); the ones given
@@ -58,7 +62,7 @@ def train(dataset_dir: str, run_dir: Optional[str] = None, *,
   `no_tune=True`. Without `run_dir` nothing is kept on disk.
   """
   fixed = tuple(options)
-  train_options = train_stage.TrainOptions(**options)
+  train_options = TrainOptions(**options)
   if run_dir is not None:
     return train_stage.run(dataset_dir, run_dir, train_options, log=log, fixed=fixed)
   with tempfile.TemporaryDirectory(prefix="tfrs-two-tower-run-") as scratch:
@@ -66,17 +70,18 @@ def train(dataset_dir: str, run_dir: Optional[str] = None, *,
                            fixed=fixed)
 
 
-def evaluate(dataset_dir: str, run_dirs: Sequence[str], output_dir: Optional[str] = None,
-             **options) -> Dict[str, Any]:
+def evaluate(dataset_dir: str, run_dirs: Sequence[str], output_dir: Optional[str] = None, *,
+             log: Callable[..., None] = print, **options) -> Dict[str, Any]:
   """Evaluates run directories (and the baselines) on the eval split; returns the report
-  dict (`report.json`). Options: the flags of `evaluate.py` (e.g. `world_dir=`, `ks=`).
-  Without `output_dir` the report files are not kept."""
+  dict (`report.json`). Options are `EvaluateOptions` fields (the flags of `evaluate.py`,
+  e.g. `world_dir=`, `ks=`). Without `output_dir` the report files are not kept."""
   if output_dir is not None:
-    return evaluate_stage.run(dataset_dir, list(run_dirs), output_dir, **options)
+    return evaluate_stage.run(dataset_dir, list(run_dirs), output_dir,
+                              evaluate_stage.EvaluateOptions(**options), log=log)
   options.setdefault("tensorboard", False)  # nothing is written into the run directories
   with tempfile.TemporaryDirectory(prefix="tfrs-two-tower-report-") as scratch:
     return evaluate_stage.run(dataset_dir, list(run_dirs), os.path.join(scratch, "report"),
-                              **options)
+                              evaluate_stage.EvaluateOptions(**options), log=log)
 
 
 def convert(run_dir: str, dataset_dir: str, output_dir: str, **options) -> Dict[str, Any]:
@@ -98,9 +103,8 @@ def training_data(dataset_dir: str, batch_size: int = 1024, seed: int = 0, epoch
   `fit` (shuffled by seed and epoch; full batches only). Options: `TrainOptions`
   fields that change the inputs (e.g. `sampling_probability="static"`)."""
   dataset = reader.open_dataset(dataset_dir)
-  train_options = train_stage.TrainOptions(batch_size=batch_size, seed=seed, **options)
-  _, index = train_stage.training_inputs(dataset, train_stage.feature_specs(dataset),
-                                         train_options)
+  train_options = TrainOptions(batch_size=batch_size, seed=seed, **options)
+  _, index = training.training_inputs(dataset, training.feature_specs(dataset), train_options)
   return inputs.training_dataset(index, batch_size, seed, epoch,
                                  num_batches or max(len(index) // batch_size, 1))
 
@@ -110,6 +114,6 @@ def build_model(dataset_dir: str, **options) -> tf.keras.Model:
   fields as keyword arguments; no tuning): `model.fit(training_data(...))` trains it,
   `model.query_core` / `model.candidate_core` are the towers' numeric cores."""
   dataset = reader.open_dataset(dataset_dir)
-  train_options = train_stage.TrainOptions(**{"no_tune": True, **options})
+  train_options = TrainOptions(**{"no_tune": True, **options})
   train_options.check()
-  return train_stage.compiled_model(dataset, train_options, train_stage.feature_specs(dataset))
+  return training.compiled_model(dataset, train_options, training.feature_specs(dataset))

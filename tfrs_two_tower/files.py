@@ -147,7 +147,7 @@ def atomic_directory(final_path: str, overwrite: bool = False) -> Iterator[str]:
   `final_path` is replaced by rename-aside-then-rename (the old version is
   deleted only after the new one is in place). A kill -9 cannot run the clean-up:
   the next call removes such leftovers (`remove_stale_temporaries`), so callers
-  that keep state in one must recover it first (see train_stage).
+  that keep state in one must recover it first (see model/training_run.py).
   """
   final_path = os.path.abspath(final_path)
   parent = os.path.dirname(final_path)

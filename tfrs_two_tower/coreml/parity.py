@@ -16,11 +16,20 @@ uncompressed: min_cosine >= 0.999; compressed: top10_overlap >= 0.9.
 """
 
 import dataclasses
+import os
 from typing import Any, Dict, Mapping
 
 import numpy as np
 
+from tfrs_two_tower.coreml import features_json
 from tfrs_two_tower.coreml import mil_emulator
+from tfrs_two_tower.data import reader
+from tfrs_two_tower.model import run_dir as run_lib
+
+
+class ParityError(ValueError):
+  """The converted pair is below the parity bar (or cannot be checked); nothing was written."""
+  exit_code = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +115,60 @@ def coreml_embed(emulator: mil_emulator.MilProgramEmulator, inputs: Mapping[str,
     feeds = {name: inputs[name][start:start + batch_size] for name in emulator.input_names}
     parts.append(emulator.predict(feeds)["embedding"])
   return np.concatenate(parts).astype(np.float32)
+
+
+def _parity_examples(dataset: reader.DatasetDir, num_examples: int) -> Dict[str, np.ndarray]:
+  """The first `num_examples` rows of the eval split, in file order."""
+  ds = reader.interactions_dataset(dataset, "eval", batch_size=num_examples, shuffle=False,
+                                   deterministic=True)
+  batch = next(iter(ds.as_numpy_iterator()), None)
+  if batch is None:
+    raise ParityError(f"--dataset_dir: {dataset.path}: the eval split is empty: no rows "
+                      "to check the conversion on")
+  return batch
+
+
+def verify(run: run_lib.Run, dataset: reader.DatasetDir, out: str, payload: Dict[str, Any],
+           precision: str, compress: str, thresholds: Thresholds, *,
+           num_examples: int, num_queries: int, batch_size: int) -> Dict[str, Any]:
+  """Parity of the SAVED packages in `out` with the run's TF towers: the figures above on
+  the first `num_examples` eval rows and the candidate corpus, and the bar's `gate`."""
+  rows = _parity_examples(dataset, num_examples)
+  corpus = reader.read_entities(dataset, "candidate")
+  tf_emb, coreml_emb, core_figures, op_types = {}, {}, {}, {}
+  for side in run_lib.SIDES:
+    tower = payload["towers"][side]
+    emulator = mil_emulator.MilProgramEmulator(os.path.join(out, tower["model"]))
+    op_types[side] = emulator.op_types
+    core = run.core(side).signatures["serving_default"]
+    vocabularies = {}
+    tf_emb[side], coreml_emb[side], core_out = [], [], []
+    for raw in ([rows] if side == "query" else [rows, corpus]):
+      inputs = features_json.preprocess_with_features_json(tower, raw, vocabularies)
+      tf_emb[side].append(run.embed(side, raw))
+      coreml_emb[side].append(coreml_embed(emulator, inputs, batch_size))
+      # Conversion alone: the TF core on the very inputs the Core ML program got.
+      core_out.append(core(**inputs)[run_lib.EMBEDDING].numpy())
+    core_figures[side] = compare(np.concatenate(core_out), np.concatenate(coreml_emb[side]))
+  towers = {side: compare(np.concatenate(tf_emb[side]), np.concatenate(coreml_emb[side]))
+            for side in run_lib.SIDES}
+  query_ids = np.asarray(rows["query_id"])
+  _, first = np.unique(query_ids, return_index=True)
+  chosen = np.sort(first)[:num_queries]
+  top_k = top_k_overlap(tf_emb["query"][0][chosen], tf_emb["candidate"][1],
+                        coreml_emb["query"][0][chosen], coreml_emb["candidate"][1],
+                        k=thresholds.top_k)
+  figures = {"query": towers["query"], "candidate": towers["candidate"], "top_k": top_k}
+  return {"statement": "Core ML figures are an " + mil_emulator.STATEMENT + ".",
+          "reference": "TF SavedModels <run>/query_model, <run>/candidate_model on raw "
+                       "features; Core ML side: features.json preprocessing + the saved "
+                       ".mlpackage",
+          "precision": precision, "compression": compress,
+          "examples": {"eval_rows": int(len(query_ids)), "candidate_corpus":
+                       int(len(corpus["candidate_id"])), "queries_ranked": int(len(chosen))},
+          "towers": towers, "top_k": top_k, "conversion_only": core_figures,
+          "gate": gate(precision, compress, figures, thresholds),
+          "thresholds": {"float32_max_abs_error": thresholds.float32_max_abs_error,
+                         "float16_min_cosine": thresholds.float16_min_cosine,
+                         "compressed_min_top10_overlap": thresholds.compressed_min_top10_overlap},
+          "op_types": op_types}

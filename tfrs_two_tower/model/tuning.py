@@ -17,7 +17,7 @@ trial so far wins; the winner trains on while its next epoch fits the budget. Wi
 budget that is not reached, the trials and their results are identical.
 
 A trial is any object with `run_epoch() -> metrics dict`, `epoch` (epochs
-done), `done` and `best` (metrics of its best epoch): `train_stage.Training`.
+done), `done` and `best` (metrics of its best epoch): `training.Training`.
 """
 
 import dataclasses

@@ -32,10 +32,10 @@ from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import report
 from tfrs_two_tower.abtest import simulator
 from tfrs_two_tower.data import postgres_source
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import oracle as oracle_lib
 from tfrs_two_tower.stages import abtest_stage
-from tfrs_two_tower.stages import seed_stage
 
 
 @contextlib.contextmanager
@@ -122,7 +122,7 @@ def run(output_dir: str, *, world_dir: Optional[str] = None, num_users: int = 50
   with files.atomic_directory(output_dir, overwrite=overwrite) as tmp, \
       _database(db_url, log) as conn:
     simulator.check_empty(conn)
-    seed_stage.seed(conn, world, log=log)  # the app schema (schema.sql) + the world's history
+    seeding.seed(conn, world, log=log)  # the app schema (schema.sql) + the world's history
     database.install_schema(conn, config)
     simulation = simulator.simulate(world, recommenders, exp, params, log=log)
     simulator.write_experiment(conn, simulation, config)

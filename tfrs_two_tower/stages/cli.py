@@ -1,21 +1,37 @@
-"""What scripts share: turning the library's input errors into a clean exit.
+"""What scripts share: one flag grammar, and the library's input errors as a clean exit.
 
 Library code raises ValueError subclasses (ConfigError, DataError,
 DatasetFormatError, ...) and FileExistsError with messages that name the file,
 flag, column or row. A user should see that message, not a traceback; a bug
 (anything else) still shows its traceback.
+
+The grammar every script follows: lists are comma-separated (`DEFINE_list`, or
+an integer list parsed once here); a flag name means one thing in every script;
+the database flags (`--db_url`, `--env_file`, `--embedded_db`) and the retry
+flags are defined here only, and an unset `--db_url` always means the URL from
+$SUPABASE_DB_URL / $DATABASE_URL / `--env_file` (a throwaway embedded database
+only with an explicit `--embedded_db`); stray positional arguments are refused
+(exit 2). An options dataclass (`TrainOptions`, `EvaluateOptions`, ...) defines
+its script's flags: `define_option_flags` reads the type, default and help of
+each field (`options.option(...)`), `options_from_flags` builds the dataclass back.
 """
 
 import contextlib
+import dataclasses
 import errno
 import logging as std_logging
 import sys
-from typing import Optional
+import typing
+from typing import Any, Dict, List, Optional, Sequence
 
 import pandas as pd
+from absl import app
 from absl import flags
 
+from tfrs_two_tower import options as options_lib
+from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.data import writer
 
 # Exit codes scripts share (documented in the README's exit-code table). Library
 # errors that need another code carry it as `exit_code` (e.g. the export's 10-20).
@@ -38,7 +54,6 @@ def parse_flags(argv):
   Pass as `app.run(main, flags_parser=cli.parse_flags)`, so a bound or enum
   that absl checks exits like a value the library refuses: 2, one message.
   """
-  from absl import flags
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -107,16 +122,145 @@ def define_world_flags() -> None:
   flags.DEFINE_float("mean_activity", defaults.mean_activity,
                      "Mean daily probability that a user opens the app.", lower_bound=0.0,
                      upper_bound=1.0)
+  flags.DEFINE_float("exploration", defaults.exploration, "Share of feeds drawn uniformly from "
+                     "their candidate pool (an epsilon-exploring feed whose impressions log "
+                     "supports off-policy estimates; 0 keeps the default world unchanged).",
+                     lower_bound=0.0, upper_bound=1.0)
   flags.DEFINE_integer("seed", defaults.seed, "Random seed: same seed and flags give "
                        "byte-identical outputs.")
 
 
 def define_validation_flags() -> None:
   """The validation window's flags, shared by every script that writes a dataset."""
-  from absl import flags
-  from tfrs_two_tower.data import writer
   flags.DEFINE_float("validation_fraction", writer.DEFAULT_VALIDATION_FRACTION,
                      "Last fraction of the pre-eval interactions (by time) written as the "
                      "validation split that training selects its model on.")
   flags.DEFINE_float("validation_days", 0.0, "Instead of --validation_fraction: the last this "
                      "many days before the split time are validation (0: use the fraction).")
+
+
+def refuse_positional_arguments(argv: Sequence[str]) -> None:
+  """Every script takes flags only: a stray word (a typo'd `-flag`, a path) is an error.
+
+  Call first in `main(argv)`; absl's `app.run` prints the message and exits 2.
+  """
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected argument(s) {list(argv[1:])}: every input is a --flag "
+                         "(see --helpfull)", exitcode=EXIT_INPUT_ERROR)
+
+
+def define_database_flags(embedded: bool = False,
+                          flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--db_url and --env_file (and --embedded_db where a throwaway database can serve)."""
+  flags.DEFINE_string("db_url", None, "PostgreSQL URL. Default: $SUPABASE_DB_URL, else "
+                      f"$DATABASE_URL, else the same keys in --env_file"
+                      f"{'; --embedded_db for a throwaway database' if embedded else ''}. "
+                      "sslmode=require is added for non-local hosts; the password is never "
+                      "logged.", flag_values=flag_values)
+  flags.DEFINE_string("env_file", ".env", "Dotenv file read when neither --db_url nor the "
+                      "environment gives a URL.", flag_values=flag_values)
+  if embedded:
+    flags.DEFINE_boolean("embedded_db", False, "Instead of a database URL: a throwaway "
+                         "embedded PostgreSQL (pgserver) holding the synthetic world, "
+                         "started and stopped by this command (the demo).",
+                         flag_values=flag_values)
+
+
+def define_retry_flags() -> None:
+  """How a script retries an unreachable database."""
+  flags.DEFINE_integer("connect_retries", 3, "Retries when the database is unreachable.",
+                       lower_bound=0)
+  flags.DEFINE_float("retry_backoff_seconds", 1.0, "First retry delay; doubles each retry.",
+                     lower_bound=0.0)
+
+
+def database_url(required: bool = True,
+                 flag_values: flags.FlagValues = flags.FLAGS) -> Optional[str]:
+  """The URL the database flags mean; None for --embedded_db (or nothing found, if optional).
+
+  Raises:
+    ValueError naming the flags: --db_url together with --embedded_db, or (when
+    `required`) no URL given anywhere.
+  """
+  embedded = "embedded_db" in flag_values and flag_values.embedded_db
+  if embedded:
+    if flag_values.db_url:
+      raise ValueError("--db_url and --embedded_db both name the database: give one")
+    return None
+  try:
+    return postgres_source.resolve_url(flag_values.db_url, flag_values.env_file)[0]
+  except postgres_source.MissingUrlError as e:
+    if not required:
+      return None
+    hint = (" (or pass --embedded_db for a throwaway demo database)"
+            if "embedded_db" in flag_values else "")
+    raise postgres_source.MissingUrlError(f"{e}{hint}") from None
+
+
+class NumberListParser(flags.ListParser):
+  """Comma-separated numbers of one kind: "10,50,100" -> [10, 50, 100] (int) or
+  "0.25,0.5" -> [0.25, 0.5] (float); an item that is not one is refused (absl names
+  the flag, the script exits 2)."""
+
+  def __init__(self, kind: type):
+    super().__init__()
+    self.kind = kind
+
+  def parse(self, argument):
+    items = super().parse(argument)
+    try:
+      return [self.kind(item) for item in items]
+    except ValueError:
+      raise ValueError(f"expected comma-separated {self.kind.__name__}s, got "
+                       f"{argument!r}") from None
+
+
+def define_option_flags(options_cls, defaults: Optional[Dict[str, Any]] = None,
+                        flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One absl flag per `options.option(...)` field of `options_cls`: the field's type picks the
+  flag kind (int, float, bool, str, enum with `choices`, list of str, int or float),
+  `defaults` overrides a script's defaults by field name."""
+  instance = options_cls()
+  hints = typing.get_type_hints(options_cls)
+  for field in options_lib.flag_fields(options_cls):
+    name, meta = options_lib.flag_name(field), field.metadata
+    default = (defaults or {}).get(field.name, getattr(instance, field.name))
+    kind = hints[field.name]
+    if typing.get_origin(kind) is typing.Union:  # Optional[X]: an unset flag means None
+      kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    bounds = {k: meta[k] for k in ("lower_bound", "upper_bound") if meta[k] is not None}
+    if meta["choices"]:
+      flags.DEFINE_enum(name, default, list(meta["choices"]), meta["help"],
+                        flag_values=flag_values)
+    elif kind is bool:
+      flags.DEFINE_boolean(name, default, meta["help"], flag_values=flag_values)
+    elif kind is int:
+      flags.DEFINE_integer(name, default, meta["help"], flag_values=flag_values, **bounds)
+    elif kind is float:
+      flags.DEFINE_float(name, default, meta["help"], flag_values=flag_values, **bounds)
+    elif kind is str:
+      flags.DEFINE_string(name, default, meta["help"], flag_values=flag_values)
+    elif typing.get_args(kind) in ((int,), (float,)):
+      flags.DEFINE(NumberListParser(typing.get_args(kind)[0]), name, list(default),
+                   meta["help"], flag_values=flag_values,
+                   serializer=flags.CsvListSerializer(","))
+    elif typing.get_args(kind) == (str,):
+      flags.DEFINE_list(name, list(default), meta["help"], flag_values=flag_values)
+    else:
+      raise TypeError(f"{options_cls.__name__}.{field.name}: no flag kind for {kind}")
+
+
+def options_from_flags(options_cls, flag_values: flags.FlagValues = flags.FLAGS,
+                       **values: Any):
+  """`options_cls` filled from the parsed flags: every field whose flag the script defined
+  (its `option(...)` fields, and plain fields named like a shared flag, e.g. `db_url`),
+  then `values`."""
+  parsed = {f.name: flag_values[options_lib.flag_name(f)].value
+            for f in dataclasses.fields(options_cls) if options_lib.flag_name(f) in flag_values}
+  return options_cls(**{**parsed, **values})
+
+
+def given_flags(options_cls, names: Sequence[str]) -> List[str]:
+  """The field names among `names` whose flags the user gave explicitly."""
+  by_name = {f.name: options_lib.flag_name(f) for f in options_lib.flag_fields(options_cls)}
+  return [n for n in names if n in by_name and flags.FLAGS[by_name[n]].present]

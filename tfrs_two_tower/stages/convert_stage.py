@@ -16,14 +16,13 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
 
 import tfrs_two_tower
 from tfrs_two_tower import files
 from tfrs_two_tower.coreml import convert
 from tfrs_two_tower.coreml import features_json
-from tfrs_two_tower.coreml import mil_emulator
 from tfrs_two_tower.coreml import parity
+from tfrs_two_tower.coreml.parity import ParityError
 from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import reader
@@ -51,11 +50,6 @@ TOWER_DESCRIPTIONS = {
 
 class ConvertError(ValueError):
   """Bad input for conversion (run dir, dataset, flags); the message names it."""
-
-
-class ParityError(ValueError):
-  """The converted pair is below the parity bar; nothing was written."""
-  exit_code = 3
 
 
 def check_run_dir(run_dir: str) -> None:
@@ -90,16 +84,6 @@ def _input_description(entry: Dict[str, Any]) -> str:
           "unit_sphere_xyz": "location on the unit sphere (cos la cos lo, cos la sin lo, sin la)"}
   return (f"{entry['feature']}: {role[entry['role']]}; {entry['dtype']} "
           f"{['batch' if d < 0 else d for d in entry['shape']]}")
-
-
-def _parity_examples(dataset: reader.DatasetDir, num_examples: int) -> Dict[str, np.ndarray]:
-  """The first `num_examples` rows of the eval split, in file order."""
-  ds = reader.interactions_dataset(dataset, "eval", batch_size=num_examples, shuffle=False,
-                                   deterministic=True)
-  batch = next(iter(ds.as_numpy_iterator()), None)
-  if batch is None:
-    raise ConvertError(f"--dataset_dir: {dataset.path}: the eval split is empty")
-  return batch
 
 
 def _sizes(path: str) -> Dict[str, int]:
@@ -187,8 +171,9 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
       log("convert: %s tower -> %s (%s, %s)" % (side, tower["model"], precision, compress))
     files.write_json(os.path.join(out, FEATURES_JSON), payload)
 
-    report = verify(run, dataset, out, payload, precision, compress, thresholds,
-                    num_examples=num_examples, num_queries=num_queries, batch_size=max_batch)
+    report = parity.verify(run, dataset, out, payload, precision, compress, thresholds,
+                           num_examples=num_examples, num_queries=num_queries,
+                           batch_size=max_batch)
     report["sizes_bytes"] = _sizes(out)
     report["seconds"] = round(time.time() - started, 1)
     log("convert: %s" % report["statement"])
@@ -219,52 +204,6 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
         "created_by": _versions(), "files": files.file_checksums(out)})
   log("convert: Core ML pair written to %s" % output_dir)
   return report
-
-
-def verify(run: run_lib.Run, dataset: reader.DatasetDir, out: str, payload: Dict[str, Any],
-           precision: str, compress: str, thresholds: parity.Thresholds, *,
-           num_examples: int, num_queries: int, batch_size: int) -> Dict[str, Any]:
-  """Parity of the SAVED packages in `out` with the run's TF towers (see `coreml.parity`)."""
-  rows = _parity_examples(dataset, num_examples)
-  corpus = reader.read_entities(dataset, "candidate")
-  tf_emb, coreml_emb, core_figures, op_types = {}, {}, {}, {}
-  for side in SIDES:
-    tower = payload["towers"][side]
-    emulator = mil_emulator.MilProgramEmulator(os.path.join(out, tower["model"]))
-    op_types[side] = emulator.op_types
-    core = run.core(side).signatures["serving_default"]
-    vocabularies = {}
-    tf_emb[side], coreml_emb[side], core_out = [], [], []
-    for raw in ([rows] if side == "query" else [rows, corpus]):
-      inputs = features_json.preprocess_with_features_json(tower, raw, vocabularies)
-      tf_emb[side].append(run.embed(side, raw))
-      coreml_emb[side].append(parity.coreml_embed(emulator, inputs, batch_size))
-      # Conversion alone: the TF core on the very inputs the Core ML program got.
-      core_out.append(core(**inputs)[run_lib.EMBEDDING].numpy())
-    core_figures[side] = parity.compare(np.concatenate(core_out),
-                                        np.concatenate(coreml_emb[side]))
-  towers = {side: parity.compare(np.concatenate(tf_emb[side]), np.concatenate(coreml_emb[side]))
-            for side in SIDES}
-  query_ids = np.asarray(rows["query_id"])
-  _, first = np.unique(query_ids, return_index=True)
-  chosen = np.sort(first)[:num_queries]
-  top_k = parity.top_k_overlap(tf_emb["query"][0][chosen], tf_emb["candidate"][1],
-                               coreml_emb["query"][0][chosen], coreml_emb["candidate"][1],
-                               k=thresholds.top_k)
-  figures = {"query": towers["query"], "candidate": towers["candidate"], "top_k": top_k}
-  return {"statement": "Core ML figures are an " + mil_emulator.STATEMENT + ".",
-          "reference": "TF SavedModels <run>/query_model, <run>/candidate_model on raw "
-                       "features; Core ML side: features.json preprocessing + the saved "
-                       ".mlpackage",
-          "precision": precision, "compression": compress,
-          "examples": {"eval_rows": int(len(query_ids)), "candidate_corpus":
-                       int(len(corpus["candidate_id"])), "queries_ranked": int(len(chosen))},
-          "towers": towers, "top_k": top_k, "conversion_only": core_figures,
-          "gate": parity.gate(precision, compress, figures, thresholds),
-          "thresholds": {"float32_max_abs_error": thresholds.float32_max_abs_error,
-                         "float16_min_cosine": thresholds.float16_min_cosine,
-                         "compressed_min_top10_overlap": thresholds.compressed_min_top10_overlap},
-          "op_types": op_types}
 
 
 def _versions() -> Dict[str, str]:

@@ -15,53 +15,104 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import psycopg2
 
 import tfrs_two_tower
 from tfrs_two_tower import files
-from tfrs_two_tower.data import impressions as impressions_lib
 from tfrs_two_tower.data import reader
-from tfrs_two_tower.data import sources
 from tfrs_two_tower.data import synthetic
-from tfrs_two_tower.evaluation import baselines as baselines_lib
 from tfrs_two_tower.evaluation import evaluator
 from tfrs_two_tower.evaluation import metrics
-from tfrs_two_tower.evaluation import off_policy
+from tfrs_two_tower.evaluation import off_policy_section as off_policy_lib
 from tfrs_two_tower.evaluation import oracle as oracle_lib
+from tfrs_two_tower.evaluation import recommenders as recommenders_lib
 from tfrs_two_tower.evaluation import report as report_lib
 from tfrs_two_tower.evaluation import retrieval
 from tfrs_two_tower.evaluation import segments as segments_lib
+from tfrs_two_tower.evaluation.recommenders import BASELINES
+from tfrs_two_tower.evaluation.recommenders import EvaluationInputError
+from tfrs_two_tower.evaluation.recommenders import LIFT_BASELINE
 from tfrs_two_tower.model import run_dir as run_lib
+from tfrs_two_tower.options import option
 
-BASELINES = ("random", "popularity", "feature_matching")
-LIFT_BASELINE = "feature_matching"
 KIND = "tfrs_two_tower.evaluation"
 
 
-class EvaluationInputError(ValueError):
-  """Inputs that do not belong together or cannot be evaluated; the message says which."""
+_RULES = segments_lib.SegmentRules()
 
 
 @dataclasses.dataclass
-class _Entry:
-  scorer: retrieval.Scorer
-  kind: str  # "baseline" | "model"
-  calibration: Optional[retrieval.PlattCalibration]
-  info: Dict[str, object]
-  run: object = None
+class EvaluateOptions:
+  """Every evaluation knob (the flags of `evaluate.py`, generated from these fields)."""
+  ks: List[int] = option(
+      flag="k", factory=lambda: [10, 50, 100], help="List lengths K of recall@K, NDCG@K, ...; "
+      "the smallest is the headline K of the verdict.")
+  world_dir: Optional[str] = option(
+      None, "Optional synthetic world the dataset was generated from (generate_world.py): adds "
+      "oracle like / like-back / match rates of the lists.")
+  oracle: Optional[str] = option(
+      None, "Optional ground truth instead of --world_dir: package.module:function returning "
+      "P(u likes v) as a [P] float array for [P] arrays of swiper and swipee ids (your own "
+      "simulator, a labelled panel); adds the oracle like / like-back / match rates of the "
+      "lists.")
+  bootstrap: int = option(1000, "Bootstrap resamples of users for the 95 % intervals.",
+                          lower_bound=10)
+  seed: int = option(0, "Seed of the bootstrap, the random baseline and the calibration "
+                     "subsample.")
+  baselines: List[str] = option(
+      factory=lambda: list(BASELINES), help="Baselines to evaluate (random, popularity, "
+      "feature_matching); lifts are over feature_matching.")
+  reciprocal: bool = option(True, "Also rank by a reciprocal score combining P(u likes v) and "
+                            "P(v likes u) when both towers see the same entity.")
+  reciprocal_combinations: List[str] = option(
+      flag="reciprocal_combination", factory=lambda: ["product"], help="How the reciprocal "
+      "mode combines the two probabilities: product (= P(match)) and/or harmonic (RECON); the "
+      "first is <run>:reciprocal, others <run>:reciprocal_<combination>.")
+  back_swipes: bool = option(
+      True, "Reciprocal mode: when v swiped on u in train, use the observed outcome (like 1, "
+      "pass 0) as P(v likes u).", flag="reciprocal_back_swipes")
+  popularity_penalties: List[float] = option(
+      flag="popularity_penalty", factory=list, help="Betas of a serving-time popularity "
+      "penalty: each non-zero beta adds <run>:pop<beta>, the model ranked by s(u, v) - beta * "
+      "log(1 + train likes of v), to measure accuracy vs spread of exposure (e.g. "
+      "0.002,0.01). Empty (default): no extra entries. It lowers the top 1 %'s share but "
+      "RAISES Gini (docs/evaluation.md).")
+  hubness_penalties: List[float] = option(
+      flag="hubness_penalty", factory=list, help="Betas of a serving-time hubness penalty: "
+      "each non-zero beta adds <run>:hub<beta>, the model ranked by s(u, v) - beta * qbar . c_v "
+      "(qbar = mean query embedding; = centred queries), which spreads exposure (e.g. "
+      "0.25,0.5). Empty (default): no extra entries.")
+  exposure_caps: List[int] = option(
+      flag="exposure_cap", factory=list, help="Per-candidate caps of a serving-time exposure "
+      "control: each cap c adds <entry>:cap<c> for the one-way model, its hubness entries and "
+      "the reciprocal mode, every candidate listed at most c times in the eval lists (one "
+      "day's requests, in a seeded order). The dataset config's `exposure` section adds its "
+      "own beta and cap.")
+  active_window_days: float = option(
+      _RULES.active_window_days, "Segment 'active': window before the split in which train "
+      "swipes are counted.", lower_bound=0)
+  active_min_swipes: int = option(_RULES.active_min_swipes, "Segment 'active': minimum train "
+                                  "swipes in that window.", lower_bound=1)
+  long_time_days: float = option(_RULES.long_time_days, "Segment 'long_time': minimum account "
+                                 "age at the split, in days.", lower_bound=0)
+  batch_size: int = option(1024, "Query users scored per block ([B, N] scores in memory).",
+                           lower_bound=1)
+  tensorboard: bool = option(True, "Write scalars and a PR curve to <run>/logs/eval.")
+  verify_checksums: bool = option(True, "Hash dataset and run files against their manifests "
+                                  "before evaluating.")
+  overwrite: bool = option(False, "Replace an existing --output_dir (atomically).")
+  # The app's database, when the config's baseline is its own SQL (baseline.sql): the
+  # query runs there for every evaluated user. Its flags are the shared database flags.
+  db_url: Optional[str] = None
+
+  def rules(self) -> segments_lib.SegmentRules:
+    return segments_lib.SegmentRules(active_window_days=self.active_window_days,
+                                     active_min_swipes=self.active_min_swipes,
+                                     long_time_days=self.long_time_days)
 
 
 def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
-        ks: Sequence[int] = (10, 50, 100),
-        rules: segments_lib.SegmentRules = segments_lib.SegmentRules(),
-        world_dir: Optional[str] = None, bootstrap: int = 1000, seed: int = 0,
-        baselines: Sequence[str] = BASELINES, reciprocal: bool = True,
-        reciprocal_combinations: Sequence[str] = ("product",), back_swipes: bool = True,
-        popularity_penalties: Sequence[float] = (), hubness_penalties: Sequence[float] = (),
-        batch_size: int = 1024, tensorboard: bool = True, overwrite: bool = False,
-        verify_checksums: bool = True, log: Callable[..., None] = print,
-        oracle: Optional[str] = None,
-        exposure_caps: Sequence[int] = (), db_url: Optional[str] = None) -> Dict[str, object]:
+        options: Optional[EvaluateOptions] = None,
+        log: Callable[..., None] = print) -> Dict[str, object]:
   """Evaluates and writes the report; returns the report dict.
 
   With `reciprocal` (and one profile table on both sides) each run is also
@@ -92,6 +143,14 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     any heavy work and before anything is written; oracle_lib.OracleError for an
     oracle that cannot be imported or answers with the wrong shape.
   """
+  options = options or EvaluateOptions()
+  ks, rules, world_dir, oracle = options.ks, options.rules(), options.world_dir, options.oracle
+  bootstrap, seed, baselines = options.bootstrap, options.seed, options.baselines
+  reciprocal, reciprocal_combinations = options.reciprocal, options.reciprocal_combinations
+  back_swipes, exposure_caps, db_url = options.back_swipes, options.exposure_caps, options.db_url
+  batch_size, overwrite = options.batch_size, options.overwrite
+  popularity_penalties, hubness_penalties = (options.popularity_penalties,
+                                             options.hubness_penalties)
   ks = sorted(set(int(k) for k in ks))
   if not ks or ks[0] < 1:
     raise EvaluationInputError(f"--k: need positive list lengths, got {ks}")
@@ -118,8 +177,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   like_probability = oracle_lib.load(oracle) if oracle else None
   if os.path.exists(output_dir) and not overwrite:
     raise EvaluationInputError(f"--output_dir {output_dir} already exists (pass --overwrite)")
-  dataset = reader.open_dataset(dataset_dir, verify_checksums=verify_checksums)
-  runs = [_open_run(run_lib, path, dataset, verify_checksums) for path in run_dirs]
+  dataset = reader.open_dataset(dataset_dir, verify_checksums=options.verify_checksums)
+  runs = [_open_run(run_lib, path, dataset, options.verify_checksums) for path in run_dirs]
   exposure = dataset.config.rules.exposure  # the serving rule: measured beside the flags'
   if exposure.hubness_beta > 0:
     penalties["hubness"] = sorted(set(penalties["hubness"]) | {exposure.hubness_beta})
@@ -144,14 +203,14 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
   truth = None
   if like_probability is not None:
     like_probability(data.query_ids[:2], data.candidate_ids[:2])  # fails fast, before the work
-    truth = realised_oracle(like_probability, data)
+    truth = recommenders_lib.realised_oracle(like_probability, data)
 
-  entries = _baselines(baselines, data, dataset, seed, db_url)
+  entries = recommenders_lib.baseline_entries(baselines, data, dataset, seed, db_url)
   names = _run_names(run_dirs)
   for name, run_dir in zip(names, runs):
-    entries += _models(name, run_dir, data, dataset,
-                       reciprocal_combinations if reciprocal else (), back_swipes, penalties,
-                       caps, shown_slots=ks[0], log=log)
+    entries += recommenders_lib.model_entries(
+        name, run_dir, data, dataset, reciprocal_combinations if reciprocal else (),
+        back_swipes, penalties, caps, shown_slots=ks[0], log=log)
 
   counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
   popular = metrics.top_popular_mask(data.likes_received, 0.01)
@@ -180,7 +239,8 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     comparisons[f"{name} vs {model_names[0]}"] = evaluator.lift(
         results[name], results[model_names[0]], data, counts)
 
-  off_policy_section = _off_policy(dataset, data, entries, results, counts, ks[0], truth, log)
+  off_policy_section = off_policy_lib.section(dataset, data, entries, results, counts, ks[0],
+                                              truth, log)
 
   split_time = int(dataset.manifest["split_time"])
   report = {
@@ -203,7 +263,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
       "lift_baseline": LIFT_BASELINE,
       "lifts": lifts,
       "run_comparisons": comparisons,
-      "feature_matching": _feature_matching_info(entries),
+      "feature_matching": recommenders_lib.feature_matching_info(entries),
       "eligibility": dataset.config.eligibility.names if dataset.config.eligibility else None,
       "verdict_thresholds": dataclasses.asdict(dataset.config.rules.verdict),
       "notes": _notes(data, truth is not None),
@@ -237,7 +297,7 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
         "files": files.file_checksums(out)})
   log("evaluate: report written to %s (%.1fs)" % (output_dir, time.time() - started))
 
-  if tensorboard:
+  if options.tensorboard:
     for entry in entries:
       if entry.run is None or "exposure_cap" in entry.info:  # a cap leaves pair scores as is
         continue
@@ -288,190 +348,6 @@ def _run_names(paths: Sequence[str]) -> List[str]:
       name, i = f"{base}_{i}", i + 1
     names.append(name)
   return names
-
-
-def _baselines(names: Sequence[str], data: evaluator.EvalData, dataset, seed: int,
-               db_url: Optional[str] = None) -> List[_Entry]:
-  entries = []
-  for name in names:
-    if name == "random":
-      scorer = baselines_lib.RandomScorer(data.query_ids, data.candidate_ids, seed)
-    elif name == "popularity":
-      scorer = baselines_lib.PopularityScorer(data.query_ids, data.candidate_ids,
-                                              data.likes_received)
-    elif dataset.config.baseline is not None and dataset.config.baseline.sql:
-      scorer = _sql_baseline(dataset.config.baseline.sql, data, db_url)
-    else:
-      if dataset.config.baseline is None or data.eligible is None:
-        raise EvaluationInputError(
-            "--baselines=feature_matching: the dataset's config declares no baseline terms "
-            "and eligibility rules (config keys `baseline`, `eligibility`); leave it out")
-      scorer = baselines_lib.FeatureMatching(dataset.config, data.query_entities,
-                                             data.candidate_entities, data.eligible)
-    entries.append(_Entry(scorer, "baseline", evaluator.fit_calibration(scorer, data, seed), {}))
-  return entries
-
-
-def _sql_baseline(sql: str, data: evaluator.EvalData, db_url: Optional[str]):
-  """The config's baseline.sql run against the app's database for every evaluated user."""
-  if not db_url:
-    raise EvaluationInputError("the config's baseline is SQL (baseline.sql): give the app's "
-                               "database with --db_url")
-  try:
-    conn = psycopg2.connect(db_url)
-  except psycopg2.Error as e:
-    raise EvaluationInputError(f"--db_url: cannot connect: {sources.redact(str(e).strip())}") from None
-  try:
-    return baselines_lib.SqlBaseline(data.query_ids, data.candidate_ids, conn, sql, data.users)
-  except baselines_lib.SqlBaselineError as e:
-    raise EvaluationInputError(str(e)) from None
-  finally:
-    conn.close()
-
-
-def _models(name: str, run, data: evaluator.EvalData, dataset, combinations: Sequence[str],
-            back_swipes: bool, penalties: Dict[str, Sequence[float]],
-            caps: Sequence[int] = (), shown_slots: int = 10,
-            log: Callable[..., None] = print) -> List[_Entry]:
-  started = time.time()
-  query_embeddings = run.embed("query", data.query_entities)
-  ids, embeddings = run.candidate_embeddings()
-  rows = retrieval.id_index(np.asarray(ids, dtype=object)).get_indexer(data.candidate_ids)
-  if (rows < 0).any():
-    raise EvaluationInputError(f"--run_dir {run.path}: candidate_embeddings.npz lacks "
-                               f"{int((rows < 0).sum())} of the dataset's candidates "
-                               f"(e.g. {data.candidate_ids[rows < 0][0]!r})")
-  forward = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids, query_embeddings,
-                                      embeddings[rows], name=name)
-  calibration = evaluator.fit_calibration(forward, data)
-  flags = run.flags
-  info = {"run_dir": os.path.abspath(run.path), "run_id": run.manifest.get("run_id"),
-          "global_step": run.manifest.get("global_step"),
-          "sampling_probability": run.manifest.get("sampling_probability"),
-          "pass_loss_weight": flags.get("pass_loss_weight"),
-          "num_hard_negatives": flags.get("num_hard_negatives"),
-          "calibration": dataclasses.asdict(calibration) if calibration else None,
-          "embedding_seconds": round(time.time() - started, 2)}
-  entries = [_Entry(forward, "model", calibration, {**info, "mode": "one_way"}, run)]
-  for kind, betas in penalties.items():
-    for beta in betas:
-      penalised = (retrieval.CandidatePenalty.popularity(forward, data.likes_received, beta)
-                   if kind == "popularity" else retrieval.CandidatePenalty.hubness(forward, beta))
-      entries.append(_Entry(penalised, "model", evaluator.fit_calibration(penalised, data),
-                            {**info, "mode": f"{kind}_penalty", "beta": beta}, run))
-  if combinations and dataset.config.same_entity_both_sides and calibration is None:
-    log("evaluate: no reciprocal ranking: it multiplies calibrated P(like) of both "
-        "directions, and the train swipes have no passes to calibrate on")
-  elif combinations and dataset.config.same_entity_both_sides:
-    # Both towers see the same profile table: embed every user in the other role too.
-    candidate_side_of_queries = run.embed(
-        "candidate", retrieval.as_other_side(data.query_entities, "query", "candidate"))
-    query_side_of_candidates = run.embed(
-        "query", retrieval.as_other_side(data.candidate_entities, "candidate", "query"))
-    backward = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
-                                         candidate_side_of_queries, query_side_of_candidates,
-                                         name=f"{name}:backward")
-    observed = _train_back_swipes(forward, data) if back_swipes else None
-    for i, combination in enumerate(combinations):
-      scorer = retrieval.ReciprocalScorer(
-          forward, backward, calibration, combination=combination, back_swipes=observed,
-          name=f"{name}:reciprocal" + (f"_{combination}" if i else ""))
-      entries.append(_Entry(scorer, "model", None,
-                            {**info, "mode": "reciprocal", "combination": combination,
-                             "back_swipes": back_swipes}, run))
-  return entries + _capped(entries, caps, shown_slots)
-
-
-def _capped(entries: List[_Entry], caps: Sequence[int], shown_slots: int) -> List[_Entry]:
-  """`<entry>:cap<c>` for the one-way, hubness and first reciprocal entries of one run; the
-  cap counts the first `shown_slots` places of each list (the smallest K: one feed)."""
-  bases = [e for e in entries if e.info["mode"] in ("one_way", "hubness_penalty")]
-  bases += [e for e in entries if e.info["mode"] == "reciprocal"][:1]
-  return [_Entry(retrieval.ExposureControl(e.scorer, cap, shown_slots=shown_slots), "model",
-                 e.calibration,
-                 {**e.info, "exposure_cap": cap}, e.run)
-          for cap in caps for e in bases]
-
-
-def _train_back_swipes(scorer: retrieval.Scorer,
-                       data: evaluator.EvalData) -> retrieval.BackSwipes:
-  """Train swipes of candidates on query users: known when the eval-time lists are made."""
-  train = data.train_swipes
-  return retrieval.BackSwipes.of_swipes(scorer, data.query_ids[train.users],
-                                        data.candidate_ids[train.candidates], train.labels)
-
-
-def realised_oracle(like_probability: oracle_lib.OracleFn, data: evaluator.EvalData):
-  """The oracle's P(swiper likes swipee), except for pairs swiped in train: their outcome.
-
-  A candidate who already liked (passed on) the user matches with certainty
-  (never) if the user likes them; the hidden probability would hide what the
-  app already knows when it ranks.
-  """
-  train = data.train_swipes
-  ids = retrieval.id_index(np.unique(np.concatenate([data.query_ids, data.candidate_ids])
-                                     .astype(str)).astype(object))
-  observed = retrieval.BackSwipes.from_swipes(
-      ids.get_indexer(data.query_ids[train.users].astype(str)),
-      ids.get_indexer(data.candidate_ids[train.candidates].astype(str)), train.labels, ids.size)
-
-  def realised(swiper_ids, swipee_ids):
-    outcome = observed.lookup(ids.get_indexer(np.asarray(swiper_ids).astype(str)),
-                              ids.get_indexer(np.asarray(swipee_ids).astype(str)))
-    return np.where(np.isnan(outcome), like_probability(swiper_ids, swipee_ids), outcome)
-  return realised
-
-
-def _off_policy(dataset, data: evaluator.EvalData, entries: List[_Entry],
-                results: Dict[str, evaluator.Result], counts: np.ndarray, k: int, oracle,
-                log: Callable[..., None]) -> Optional[Dict[str, object]]:
-  """Off-policy estimates of like/match rate@k for every recommender from the dataset's
-  impressions log (None without one). Reward model: the first one-way run's calibrated
-  P(like), else the lift baseline's; the same for every recommender so DR compares alike."""
-  log_frame = impressions_lib.read(dataset)
-  if log_frame is None:
-    return None
-  source = dataset.file(impressions_lib.FILE)
-  try:
-    feeds = off_policy.logged_feeds(log_frame, data, source)
-  except off_policy.ImpressionLogError as e:
-    raise EvaluationInputError(str(e)) from None
-  if feeds.feed.size == 0:
-    return {"refused": f"{source}: no logged feed of an evaluated user in the eval window",
-            "log": feeds.notes}
-  ranked = [e for e in entries if e.calibration is not None]
-  reference = next((e for e in ranked if e.kind == "model"),
-                   next((e for e in ranked if e.scorer.name == LIFT_BASELINE), ranked[0]))
-  reward = off_policy.reward_model(reference.scorer, reference.calibration, feeds, data,
-                                   dataset.config.same_entity_both_sides)
-  sections, sums = {}, {}
-  for entry in entries:
-    name = entry.scorer.name
-    sums[name], sections[name] = off_policy.evaluate_ranking(
-        entry.scorer, feeds, data, reward, k, counts, oracle, results[name].top.candidates)
-    support = sections[name]["support"]
-    log("evaluate: off-policy %-24s %s (matched %d, ESS %.0f)" % (
-        name, "refused" if sums[name] is None else "DR like@%d %s" % (
-            k, report_lib.format_estimate(sections[name]["segments"]["all"]["dr_like"])),
-        support["matched_impressions"], support["effective_sample_size"]))
-  lifts = {}
-  if sums.get(LIFT_BASELINE) is not None:
-    lifts = {name: off_policy.lift(s, sums[LIFT_BASELINE], counts, data.segments)
-             for name, s in sums.items()
-             if s is not None and results[name].info["kind"] == "model"}
-  return {"file": impressions_lib.FILE, "k": k, "log": feeds.notes,
-          "explored": feeds.explored, "reward_model": reward.name,
-          "min_effective_sample_size": off_policy.MIN_EFFECTIVE_SAMPLE,
-          "recommenders": sections, "lifts": lifts}
-
-
-def _feature_matching_info(entries: List[_Entry]) -> Optional[Dict[str, object]]:
-  for entry in entries:
-    if isinstance(entry.scorer, baselines_lib.FeatureMatching):
-      return {"terms": [{k: v for k, v in dataclasses.asdict(t).items()
-                         if v is not None and v != float("inf")} for t in entry.scorer.terms],
-              "active_terms": list(entry.scorer.active_terms)}
-  return None
 
 
 def _notes(data: evaluator.EvalData, with_world: bool) -> List[str]:

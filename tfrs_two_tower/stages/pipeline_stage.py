@@ -34,12 +34,13 @@ from tfrs_two_tower import files
 from tfrs_two_tower.data import postgres_source
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import readiness
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.model.train_options import TrainOptions
 from tfrs_two_tower.stages import convert_stage
 from tfrs_two_tower.stages import evaluate_stage
 from tfrs_two_tower.stages import export_stage
 from tfrs_two_tower.stages import publish_stage
-from tfrs_two_tower.stages import seed_stage
 from tfrs_two_tower.stages import train_stage
 
 STAGES = ("world", "database", "export", "train", "evaluate", "convert", "publish")
@@ -58,12 +59,15 @@ class PipelineOptions:
   config_path: Optional[str] = None
   stages: Sequence[str] = STAGES
   rerun: Sequence[str] = ()
-  num_users: int = 5000
-  days: int = 120
+  num_users: int = synthetic.WorldParams.num_users
+  days: int = synthetic.WorldParams.days  # of the synthetic world
+  feed_size: int = synthetic.WorldParams.feed_size
+  mean_activity: float = synthetic.WorldParams.mean_activity
+  exploration: float = synthetic.WorldParams.exploration  # > 0: the database gets its log too
   seed: int = 0
   eval_fraction: float = 0.15
   force: bool = False
-  # None: train_stage.TrainOptions' default (epochs is a maximum: early stopping on validation)
+  # None: TrainOptions' default (epochs is a maximum: early stopping on validation)
   epochs: Optional[int] = None
   batch_size: int = 1024
   sampling_probability: Optional[str] = None
@@ -161,7 +165,8 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
     return _Timer(stage, timings, log)
 
   world_params = dataclasses.asdict(synthetic.WorldParams(
-      num_users=options.num_users, days=options.days, seed=options.seed))
+      num_users=options.num_users, days=options.days, feed_size=options.feed_size,
+      mean_activity=options.mean_activity, exploration=options.exploration, seed=options.seed))
   world_meta = os.path.join(world_dir, "world.json")
   same_world = (os.path.exists(world_meta)
                 and files.read_json(world_meta)["params"] == world_params)
@@ -186,7 +191,7 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
         import psycopg2
         world = synthetic.World.load(world_dir)
         with contextlib.closing(psycopg2.connect(db_url)) as conn:
-          seed_stage.seed(conn, world, log=log)
+          seeding.seed(conn, world, log=log)
         files.write_json(seeded_marker, {"world": files.read_json(
             os.path.join(world_dir, "world.json"))["params"]})
     elif "database" in wanted:
@@ -200,14 +205,14 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
                                           "eval_fraction": options.eval_fraction,
                                           "force": options.force}):
       with timed("export"):
-        export_stage.run(dataset_dir, config_path=options.config_path, db_url=db_url,
-                         env_file=options.env_file, eval_fraction=options.eval_fraction,
-                         force=options.force, overwrite=True, log=log)
+        export_stage.run(dataset_dir, export_stage.ExportOptions(config_path=options.config_path,
+            db_url=db_url, env_file=options.env_file, eval_fraction=options.eval_fraction,
+            force=options.force, overwrite=True), log=log)
     record("export")
 
     given = {k: getattr(options, k) for k in ("epochs", "sampling_probability",
                                               "tune_budget_minutes")}
-    train_options = train_stage.TrainOptions(
+    train_options = TrainOptions(
         batch_size=options.batch_size, seed=options.seed, no_tune=options.no_tune,
         **{k: v for k, v in given.items() if v is not None})
     if should_run("train", run_dir, {**dataclasses.asdict(train_options),
@@ -221,10 +226,9 @@ def run(options: PipelineOptions, log: Callable[[str], None] = print) -> Dict[st
                                            "world": synthetic_world},
                   [dataset_dir, run_dir] + ([world_dir] if synthetic_world else [])):
       with timed("evaluate"):
-        evaluate_stage.run(dataset_dir, [run_dir], report_dir,
-                           world_dir=world_dir if synthetic_world else None,
-                           bootstrap=options.bootstrap, seed=options.seed, overwrite=True,
-                           log=log)
+        evaluate_stage.run(dataset_dir, [run_dir], report_dir, evaluate_stage.EvaluateOptions(
+            world_dir=world_dir if synthetic_world else None, bootstrap=options.bootstrap,
+            seed=options.seed, overwrite=True), log=log)
     record("evaluate")
 
     if should_run("convert", coreml_dir, {"precision": options.coreml_precision,
