@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.stages import pipeline_stage
 
 # Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
@@ -114,3 +115,15 @@ def test_changed_options_rerun_the_stage_not_up_to_date(tiny_dataset_dir, tmp_pa
   recorded = json.load(open(out / "fingerprints.json"))["train"]
   assert recorded["options"]["epochs"] == 2 and recorded["inputs"]["dataset"]
   assert "[train] up to date" in run(epochs=2)
+
+
+def test_world_flags_reach_the_world_stage(tmp_path):
+  """--exploration (a world flag of run_pipeline.py) is the world's: its feeds explore and log
+  propensities below 1, which the database stage then seeds with the world."""
+  out = tmp_path / "out"
+  options = pipeline_stage.PipelineOptions(output_dir=str(out), stages=["world"], num_users=60,
+                                           days=5, feed_size=4, exploration=0.3)
+  pipeline_stage.run(options, log=lambda *a: None)
+  world = synthetic.World.load(str(out / "world"))
+  assert (world.params.exploration, world.params.feed_size) == (0.3, 4)
+  assert (world.impressions["propensity"] < 1).any()
