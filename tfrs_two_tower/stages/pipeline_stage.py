@@ -3,7 +3,7 @@
 Stages, each a directory under `output_dir` (or the database), each written
 atomically by its own stage function:
 
-  world     synthetic world (world/)                      skipped with --db_url
+  world     synthetic world (world/)                      only with --embedded_db
   database  an embedded PostgreSQL (pgdata/, pgserver) seeded with the world
   export    export_data.py from the database -> dataset/
   train     train_model.py -> run/
@@ -16,9 +16,10 @@ skipped, so an interrupted run resumes where it stopped and a second run does
 nothing. A stage's fingerprint is its resolved options plus the sha256 of its
 inputs' manifests (`fingerprints.json` in `output_dir`): changing `epochs`
 reruns train and, through the new run's manifest, everything after it. `rerun`
-names stages to redo regardless (their successors are redone too). With
-`db_url` the world and database stages are skipped: the real database is only
-read (export) and written by publish.
+names stages to redo regardless (their successors are redone too). With a
+`db_url` (the script's database flags; None: --embedded_db) the world and
+database stages are skipped: the real database is only read (export) and
+written by publish.
 """
 
 import contextlib
