@@ -69,9 +69,9 @@ def train(dataset: reader.DatasetDir, run_dir: str, options: TrainOptions,
           fixed: Sequence[str] = ()) -> TrainResult:
   """Trains the two-tower model and writes `run_dir` (only the chief writes it).
 
-  `options` are checked (`TrainOptions.check`). Unless `options.no_tune`, the
-  tuned options (`tuning.TUNED`) not named in `fixed` (the flags the user gave)
-  are chosen on the validation split first.
+  `options` must have passed `TrainOptions.check()`; `run_dir` is absolute. Unless
+  `options.no_tune`, the tuned options (`tuning.TUNED`) not named in `fixed` (the
+  flags the user gave) are chosen on the validation split first.
   """
   options = implicit_feedback_options(dataset, options, log)
   resolved = {"dataset_dir": os.path.abspath(dataset.path), "run_dir": run_dir,
