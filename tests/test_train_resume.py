@@ -24,7 +24,7 @@ SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "scripts", "train_mo
 
 def _command(dataset_dir, run_dir, **overrides):
   flags = dict(epochs=2, steps_per_epoch=30, batch_size=64, checkpoint_every_steps=5,
-               log_every_steps=5, layer_sizes=[16], embedding_dim=8, eval_ks=[10], no_tune=True)
+               log_every_steps=5, layer_sizes="16", embedding_dim=8, eval_ks="10", no_tune=True)
   flags.update(overrides)
   return [sys.executable, SCRIPT, f"--dataset_dir={dataset_dir}", f"--run_dir={run_dir}"] + [
       f"--{k}={v}" for k, v in flags.items()]
