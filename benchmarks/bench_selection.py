@@ -46,10 +46,12 @@ from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.evaluation import evaluator  # noqa: E402
 from tfrs_two_tower.evaluation import metrics  # noqa: E402
+from tfrs_two_tower.evaluation import recommenders  # noqa: E402
 from tfrs_two_tower.evaluation import retrieval  # noqa: E402
 from tfrs_two_tower.model import epoch_eval  # noqa: E402
-from tfrs_two_tower.stages import evaluate_stage  # noqa: E402
-from tfrs_two_tower.stages import train_stage  # noqa: E402
+from tfrs_two_tower.model import train_options  # noqa: E402
+from tfrs_two_tower.model import training as training_lib  # noqa: E402
+from tfrs_two_tower.model import training_run  # noqa: E402
 
 SELECTION = {"recall": "validation_recall@50", "gauc": "validation_gauc",
              "auc": "validation_auc"}
@@ -82,17 +84,17 @@ def trajectory(name: str, work: str, epochs: int, seed: int, log, overrides=None
   oracle = None
   if paths["world"]:
     world = synthetic.World.load(paths["world"])
-    oracle = evaluate_stage.realised_oracle(world.like_probability, data)
-  options = dataclasses.replace(train_stage.TrainOptions(), no_tune=True, epochs=epochs,
+    oracle = recommenders.realised_oracle(world.like_probability, data)
+  options = dataclasses.replace(train_options.TrainOptions(), no_tune=True, epochs=epochs,
                                 early_stopping_patience=0, seed=seed, **(overrides or {}))
-  options = train_stage.implicit_feedback_options(dataset, options, log)
+  options = training_run.implicit_feedback_options(dataset, options, log)
   tag = "".join(c if c.isalnum() else "_" for c in json.dumps(overrides or {}, sort_keys=True))
   work_dir = os.path.join(work, name, f"selection_seed{seed}{tag}")
   shutil.rmtree(work_dir, ignore_errors=True)
   validation = epoch_eval.ValidationEvaluator(dataset, ks=options.ks())
-  training = train_stage.Training(dataset, options, work_dir, validation,
-                                  train_stage.make_strategy("default"),
-                                  dataclasses.asdict(options), lambda *a: None)
+  training = training_lib.Training(dataset, training_lib.feature_specs(dataset), options,
+                                   work_dir, validation, training_lib.make_strategy("default"),
+                                   dataclasses.asdict(options), lambda *a: None)
   rows = []
   while not training.done:
     started = time.time()
@@ -144,7 +146,7 @@ def main():
   parser.add_argument("--options", default="", help="TrainOptions overrides of a variant, "
                       "e.g. pass_loss_weight=3,temperature=0.1 (values parsed as JSON)")
   parser.add_argument("--patience", type=int,
-                      default=train_stage.TrainOptions().early_stopping_patience)
+                      default=train_options.TrainOptions().early_stopping_patience)
   args = parser.parse_args()
   overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.options.split(",")
                                               if o)}
