@@ -283,7 +283,7 @@ def test_selection_on_like_vs_pass_falls_back_to_recall_without_validation_passe
   stats["labels"]["validation"]["negative"] = 0
   likes_only = types.SimpleNamespace(stats=stats)
   logs = []
-  options = train_stage.implicit_feedback_options(
+  options = training_run.implicit_feedback_options(
       likes_only, train_options.TrainOptions(selection_metric="gauc"), logs.append)
   assert options.selection_metric == "recall"
   assert any("--selection_metric=gauc" in m and "no passes" in m for m in logs)
