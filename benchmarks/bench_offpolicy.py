@@ -90,6 +90,15 @@ def evaluate_world(world, dataset_dir, run, bootstrap):
                                     counts, {"all": np.ones(data.num_users, bool)})["all"]
   out["lift"] = evaluator.lift(out["results"]["model"], out["results"]["feature_matching"],
                                data, counts)["all"]
+  # The match estimates as computed before the support rule, to show what it refuses.
+  sums = out["sums"]
+  out["raw_match"] = {name: {e: metrics.bootstrap_ratio(s.numerators[f"{e}_match"],
+                                                        s.denominators[f"{e}_match"], counts)
+                             for e in ESTIMATORS} for name, s in sums.items()}
+  out["raw_match_lift"] = {e: metrics.bootstrap_ratio_lift(
+      sums["model"].numerators[f"{e}_match"], sums["model"].denominators[f"{e}_match"],
+      sums["feature_matching"].numerators[f"{e}_match"],
+      sums["feature_matching"].denominators[f"{e}_match"], counts) for e in ESTIMATORS}
   return out
 
 
@@ -141,6 +150,8 @@ def _arm_lift(arms, users, values, n, counts):
 
 
 def inside(est, truth):
+  if est.get("ci") is None:  # refused: no estimate
+    return "n/a"
   low, high = est["ci"]
   if low is None:
     return "n/a"
@@ -212,6 +223,20 @@ def main():
                                           for e in ESTIMATORS)
           + f" | {sup['matched_impressions']} | {sup['effective_sample_size']:.0f} | "
           f"{sup['max_weight']:.0f} | {sup['not_yet_created']} |")
+  print("\nMatch support: share of the back-like observed (not modelled), and the match "
+        "estimates without the support rule (what it refuses):")
+  print("| ranker | back observed: list slots / weighted matched rows | match supported | "
+        "IPS | SNIPS | DR (no rule) | oracle | oracle in CI |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name, section in main_fig["sections"].items():
+    sup, raw = section["support"], main_fig["raw_match"][name]
+    truth = section["segments"]["all"]["oracle_match"]["value"]
+    shares = sup["back_observed_share"]
+    print(f"| {name} | {shares.get('list_slots', float('nan')):.1%} / "
+          f"{shares['weighted_matched_rows']:.1%} | "
+          f"{'yes' if sup['match_supported'] else '**no: refused**'} | "
+          + " | ".join(report.format_estimate(raw[e]) for e in ESTIMATORS)
+          + f" | {truth:.3f} | " + "/".join(inside(raw[e], truth) for e in ESTIMATORS) + " |")
 
   print(f"\n== 2. Lift of the model over feature matching (eps {args.main_epsilon}) ==")
   ab, ab_swipes = ab_lift(worlds[main], run_path, args.ab_days, args.bootstrap)
@@ -221,7 +246,12 @@ def main():
   rows = []
   for target in ("like", "match"):
     for e in ESTIMATORS:
-      rows.append((f"off-policy {e.upper()} {target} rate@{K}", off[f"{e}_{target}"], target))
+      est = off[f"{e}_{target}"]
+      if est.get("value") is None:  # refused: show the number it would have given
+        rows.append((f"off-policy {e.upper()} {target} rate@{K}: REFUSED, not supported "
+                     "(the figure without the rule)", main_fig["raw_match_lift"][e], target))
+      else:
+        rows.append((f"off-policy {e.upper()} {target} rate@{K}", est, target))
   rows += [(f"oracle {t} rate@{K}, same lists, feed-weighted (truth)", same[t], t)
            for t in ("like", "match")]
   rows += [(f"oracle {t}@{K}, the evaluation's lists, user-weighted (truth)", per_user[t], t)

@@ -61,6 +61,36 @@ def test_estimators_match_a_hand_computed_example():
   assert sums.support["list_slots"] == 4 and sums.support["max_weight"] == 2.5
 
 
+def test_match_estimates_are_refused_when_the_back_like_is_mostly_modelled():
+  """a's back-swipe is observed, e's is not: weight 2 of 4.5 (44 %) observed < 50 %, so
+  the match estimates and lifts are refused with the support figures; likes stay."""
+  feeds = hand_feeds()
+  lists = hand_lists([0, 0, 1, 1], [1, 0, 4, 5])
+  counts = metrics.bootstrap_counts(2, 20, seed=0)
+  everyone = {"all": np.ones(2, bool)}
+  sums = off_policy.per_user_sums(feeds, lists, np.full(4, 0.3), np.full(4, 0.5), num_users=2)
+  assert sums.support["back_observed_share"] == {"weighted_matched_rows": pytest.approx(0.444)}
+  assert not sums.support["match_supported"]
+  estimates = off_policy.summarize(sums, counts, everyone)["all"]
+  for name in off_policy.MATCH_TARGETS:
+    assert estimates[name]["value"] is None
+    assert "not supported by this log" in estimates[name]["reason"]
+    assert "weighted matched rows 44%" in estimates[name]["reason"]
+  assert estimates["dr_like"]["value"] == pytest.approx(1.0875)
+  lifts = off_policy.lift(sums, sums, counts, everyone)["all"]
+  assert lifts["dr_match"]["value"] is None and lifts["dr_like"]["value"] is not None
+  # e's back-swipe observed too (and every listed pair's): the match estimates are given.
+  feeds.back = np.array([1., np.nan, np.nan, 0.])
+  lists.back_observed = np.array([True, True, True, False])
+  sums = off_policy.per_user_sums(feeds, lists, np.full(4, 0.3), np.full(4, 0.5), num_users=2)
+  assert sums.support["back_observed_share"] == {"weighted_matched_rows": 1.0,
+                                                 "list_slots": 0.75}
+  assert sums.support["match_supported"]
+  assert off_policy.summarize(sums, counts, everyone)["all"]["ips_match"]["value"] == (
+      pytest.approx(2 * 1 / 4))
+  assert off_policy.match_refusal(sums.support, "x") is None
+
+
 def test_list_slots_skip_profiles_not_yet_created():
   feeds = hand_feeds()
   top = np.array([[5, 4, 3, -1], [4, 5, 3, 0]])  # [U, K] whole-catalogue lists

@@ -48,7 +48,14 @@ Assumptions (the estimates are unbiased only under them):
   4. Match rate: whether v likes u back is not randomised by u's feed. It is v's
      observed swipe on u where there is one (eval window, else train), else the
      reward model's P(v likes u) -- the match estimates lean on that model's
-     calibration where v never swiped u.
+     calibration where v never swiped u. No importance weight corrects that part,
+     so the match estimates are given only when the back-swipe is observed for at
+     least MIN_BACK_OBSERVED of the list slots and of the weighted matched rows
+     (`back_observed_share`); otherwise they are refused as "not supported by
+     this log" (`match_supported` False in the support, value None with the reason)
+     and the answer's match lift falls back to impression-conditioned match
+     precision. Why: on the default world the modelled back-likes biased the match
+     estimates (docs/evaluation.md, "Off-policy estimates").
 
 Bootstrap: per-user sums of numerators and denominators, resampled over users
 with the evaluation's shared [B, U] matrix (`metrics.bootstrap_counts`), so lifts
@@ -67,6 +74,12 @@ from tfrs_two_tower.evaluation import retrieval
 
 ESTIMATORS = ("ips", "snips", "dr")
 MIN_EFFECTIVE_SAMPLE = 100  # below this the weights are too few/too uneven for a trustworthy CI
+# Match estimates need the back-like observed, not modelled, for at least this share of the
+# list slots and of the weighted matched rows: below it the reward model's P(v likes u)
+# carries most of the estimate and no weight corrects its bias. One half = "observed
+# for the majority", a stated rule, not a fitted value.
+MIN_BACK_OBSERVED = 0.5
+MATCH_TARGETS = tuple(f"{e}_match" for e in ESTIMATORS)
 
 
 class ImpressionLogError(ValueError):
@@ -209,6 +222,8 @@ class Lists:
     oracle_like, oracle_match: [L] the true probabilities (a synthetic world), or None.
     not_yet_created: top-k entries skipped because the profile was created after the
       feed was opened (they could not have been shown then).
+    back_observed: [L] bool, the listed profile's own swipe on the viewer is in the
+      data (eval window or train); None when unknown.
   """
   feed: np.ndarray
   users: np.ndarray
@@ -218,6 +233,7 @@ class Lists:
   oracle_like: Optional[np.ndarray]
   oracle_match: Optional[np.ndarray]
   not_yet_created: int
+  back_observed: Optional[np.ndarray] = None
 
 
 def list_slots(feeds: LoggedFeeds, top_candidates: np.ndarray, k: int,
@@ -291,6 +307,11 @@ def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
     for target, truth in (("like", lists.oracle_like), ("match", lists.oracle_match)):
       num[f"oracle_{target}"], den[f"oracle_{target}"] = by_user(lists.users, truth), slots
   ess = float(w.sum() ** 2 / np.sum(w ** 2)) if matched.any() else 0.0
+  observed_rows = ~np.isnan(feeds.back)
+  back_share = {"weighted_matched_rows": (float(np.sum(w * observed_rows) / w.sum())
+                                          if matched.any() else 0.0)}
+  if lists.back_observed is not None and lists.back_observed.size:
+    back_share["list_slots"] = float(lists.back_observed.mean())
   support = {
       "feeds": feeds.num_feeds, "list_slots": int(lists.users.size),
       "matched_impressions": int(matched.sum()),
@@ -299,8 +320,26 @@ def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
                                   if matched.any() else None),
       "max_weight": round(float(w.max(initial=0.0)), 1),
       "not_yet_created": lists.not_yet_created,
-      "explored_log": feeds.explored}
+      "explored_log": feeds.explored,
+      "back_observed_share": {key: round(v, 3) for key, v in back_share.items()},
+      "match_supported": min(back_share.values()) >= MIN_BACK_OBSERVED}
   return PerUser(num, den, support)
+
+
+def match_refusal(support: Dict[str, object], name: str) -> Optional[str]:
+  """Why the log cannot support `name`'s match estimates (None when it can)."""
+  if support.get("match_supported", True):
+    return None
+  shares = ", ".join(f"{key.replace('_', ' ')} {v:.0%}"
+                     for key, v in support["back_observed_share"].items())
+  return (f"match rate not supported by this log for {name}: the back-like (does the listed "
+          f"profile like the viewer?) is observed for only {shares} (< "
+          f"{MIN_BACK_OBSERVED:.0%}); the rest would come from the reward model, which no "
+          "importance weight corrects")
+
+
+def _refused_estimate(reason: str) -> Dict[str, object]:
+  return {"value": None, "ci": None, "reason": reason}
 
 
 def check_support(support: Dict[str, object], source: str, name: str) -> List[str]:
@@ -324,21 +363,35 @@ def check_support(support: Dict[str, object], source: str, name: str) -> List[st
 
 def summarize(sums: PerUser, counts: np.ndarray, segments: Dict[str, np.ndarray],
               level: float = 0.95) -> Dict[str, Dict[str, object]]:
-  """segment -> estimate name -> {"value", "ci", "users", "trials"} (bootstrap over users)."""
-  return {segment: {name: metrics.bootstrap_ratio(sums.numerators[name],
-                                                  sums.denominators[name], counts, mask, level)
+  """segment -> estimate name -> {"value", "ci", "users", "trials"} (bootstrap over users).
+
+  Match estimates the log cannot support (`match_refusal`) are {"value": None, "reason"}.
+  """
+  refusal = match_refusal(sums.support, "this ranking")
+  return {segment: {name: (_refused_estimate(refusal) if refusal and name in MATCH_TARGETS
+                           else metrics.bootstrap_ratio(sums.numerators[name],
+                                                        sums.denominators[name], counts, mask,
+                                                        level))
                     for name in sums.numerators}
           for segment, mask in segments.items()}
 
 
 def lift(model: PerUser, baseline: PerUser, counts: np.ndarray,
          segments: Dict[str, np.ndarray], level: float = 0.95) -> Dict[str, Dict[str, object]]:
-  """Relative lift of every estimate, model over baseline, paired by user, per segment."""
-  return {segment: {name: metrics.bootstrap_ratio_lift(
-      model.numerators[name], model.denominators[name], baseline.numerators[name],
-      baseline.denominators[name], counts, mask, level) for name in model.numerators
-      if name in baseline.numerators}
-      for segment, mask in segments.items()}
+  """Relative lift of every estimate, model over baseline, paired by user, per segment.
+
+  Match lifts are refused ({"value": None, "reason"}) when either side's match
+  estimates are not supported by the log.
+  """
+  refusal = (match_refusal(model.support, "the model")
+             or match_refusal(baseline.support, "the baseline"))
+  return {segment: {name: (_refused_estimate(refusal) if refusal and name in MATCH_TARGETS
+                           else metrics.bootstrap_ratio_lift(
+                               model.numerators[name], model.denominators[name],
+                               baseline.numerators[name], baseline.denominators[name], counts,
+                               mask, level))
+                    for name in model.numerators if name in baseline.numerators}
+          for segment, mask in segments.items()}
 
 
 @dataclasses.dataclass
@@ -389,7 +442,8 @@ def ranking_lists(feeds: LoggedFeeds, data, reward: RewardModel, top_candidates:
     ids_u, ids_v = data.query_ids[data.users[users]], data.candidate_ids[candidates]
     truth_like = oracle(ids_u, ids_v)
     truth_match = truth_like * oracle(ids_v, ids_u)
-  return Lists(feed, users, candidates, q_like, q_match, truth_like, truth_match, skipped)
+  return Lists(feed, users, candidates, q_like, q_match, truth_like, truth_match, skipped,
+               back_observed=~np.isnan(observed))
 
 
 def evaluate_ranking(scorer: retrieval.Scorer, feeds: LoggedFeeds, data, reward: RewardModel,
@@ -416,5 +470,8 @@ def evaluate_ranking(scorer: retrieval.Scorer, feeds: LoggedFeeds, data, reward:
     warnings = check_support(sums.support, feeds.source, scorer.name)
   except NoSupportError as e:
     return None, {"refused": str(e), "support": sums.support}
+  refusal = match_refusal(sums.support, scorer.name)
+  if refusal:
+    warnings.append(refusal)
   return sums, {"support": sums.support, "warnings": warnings, "reward_model": reward.name,
                 "segments": summarize(sums, counts, data.segments, level)}

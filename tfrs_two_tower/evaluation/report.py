@@ -12,6 +12,7 @@ import numpy as np
 
 from tfrs_two_tower import files
 from tfrs_two_tower import rules as rules_lib
+from tfrs_two_tower.evaluation import off_policy
 
 # Defaults of the config's `verdict` (rules.DEFAULT_VERDICT): the users' AUC gate and their
 # expected "+20-40 % accuracy" over feature matching.
@@ -119,7 +120,9 @@ _OFF_POLICY_ASSUMPTIONS = [
     "a profile's like does not depend on its position or on the rest of the feed",
     "every profile a ranking lists could be shown (the feed explores the whole eligible "
     "catalogue; lists fixed at the split time)",
-    "match rate: back-swipes never observed come from the run's calibrated P(like)"]
+    "match rate: back-swipes never observed come from the run's calibrated P(like); the "
+    "match estimates are given only when the back-swipe is observed for most listed pairs "
+    "(else refused, and the match lift is impression-conditioned match precision)"]
 ASSUMPTIONS = {
     **{f"off_policy_{e}": _OFF_POLICY_ASSUMPTIONS for e in ("ips", "snips", "dr")},
     "impression_conditioned": [
@@ -185,8 +188,14 @@ def _off_policy_choice(report: Dict, name: str) -> Optional[Dict[str, object]]:
   k = off["k"]
   widths = {e: _width(lifts["all"][f"{e}_like"]) for e in ("dr", "snips", "ips")}
   best = min(widths, key=widths.get)  # ties keep the order: DR, SNIPS, IPS
+  match_lift, match_estimator = lifts["all"][f"{best}_match"], f"off_policy_{best}"
+  if match_lift.get("value") is None:  # the log does not support a match estimate
+    match_lift = report["lifts"][name]["all"].get("shown_match_precision")
+    match_estimator = ("impression_conditioned match precision among shown; off-policy "
+                       f"match refused: {lifts['all'][f'{best}_match'].get('reason')}")
   return {"estimator": f"off_policy_{best}", "metric": f"off-policy {best.upper()} like rate@{k}",
-          "lift": lifts["all"][f"{best}_like"], "match_lift": lifts["all"][f"{best}_match"],
+          "lift": lifts["all"][f"{best}_like"], "match_lift": match_lift,
+          "match_estimator": match_estimator,
           "why": f"the impressions log explores (propensities < 1) and both rankings have an "
                  f"effective sample size >= {ess:.0f}, so off-policy estimates are possible; "
                  f"of IPS, SNIPS and DR (all unbiased or consistent given the logged "
@@ -237,7 +246,8 @@ def _lift_gate(report: Dict, name: str, target: str):
   if not lift or lift.get("value") is None:
     return None, aside.strip(" []")
   beats = lift["ci"][0] is not None and lift["ci"][0] > 0
-  return beats, (f"match lift over feature matching ({chosen['estimator']}) {format_lift(lift)}: "
+  estimator = chosen.get("match_estimator", chosen["estimator"])
+  return beats, (f"match lift over feature matching ({estimator}) {format_lift(lift)}: "
                  f"{'PASS' if beats else 'FAIL'} ({_expected(report)})" + aside)
 
 
@@ -389,14 +399,20 @@ def render_off_policy(report: Dict) -> List[str]:
     if r.get("refused"):
       cells = ["refused"] * len(names)
     else:
-      cells = [format_estimate(r["segments"]["all"].get(n)) for n in names]
+      cells = [("not supported (warnings)" if n in off_policy.MATCH_TARGETS
+                and r["segments"]["all"][n].get("value") is None
+                else format_estimate(r["segments"]["all"].get(n))) for n in names]
     lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['matched_impressions']} | "
                  f"{s['effective_sample_size']:.0f} | {s['min_propensity_in_lists']} | "
                  f"{s.get('max_weight', 'n/a')} | "
                  f"{'; '.join(r.get('warnings', [])) or r.get('refused', '')} |")
   for name, by_segment in off.get("lifts", {}).items():
     lines += ["", f"Lift of {name} over {report['lift_baseline']}: " + ", ".join(
-        f"{n} {format_lift(by_segment['all'].get(n))}" for n in names)]
+        f"{n} {format_lift(by_segment['all'].get(n))}" for n in names
+        if by_segment["all"].get(n, {}).get("reason") is None)]
+    refused = by_segment["all"].get("dr_match", {}).get("reason")
+    if refused:
+      lines.append(f"Match lifts refused: {refused}.")
   return lines
 
 
