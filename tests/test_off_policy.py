@@ -91,6 +91,26 @@ def test_match_estimates_are_refused_when_the_back_like_is_mostly_modelled():
   assert off_policy.match_refusal(sums.support, "x") is None
 
 
+def test_the_answer_falls_back_to_match_precision_when_match_is_refused():
+  from tfrs_two_tower.evaluation import report as report_lib
+  refused = {"value": None, "ci": None, "reason": "match rate not supported by this log"}
+  lifts = {f"{e}_like": {"value": 0.1, "ci": (0.0, w)} for e, w in
+           (("dr", 0.2), ("snips", 0.3), ("ips", 0.4))}
+  lifts.update({f"{e}_match": refused for e in ("dr", "snips", "ips")})
+  precision = {"value": -0.05, "ci": (-0.1, 0.01)}
+  report = {"off_policy": {"explored": True, "k": 10, "reward_model": "run",
+                           "min_effective_sample_size": 100, "lifts": {"run": {"all": lifts}},
+                           "recommenders": {n: {"support": {"effective_sample_size": 250}}
+                                            for n in ("run", "feature_matching")}},
+            "lift_baseline": "feature_matching",
+            "lifts": {"run": {"all": {"shown_match_precision": precision}}}}
+  chosen = report_lib._off_policy_choice(report, "run")
+  assert chosen["estimator"] == "off_policy_dr" and chosen["lift"] is lifts["dr_like"]
+  assert chosen["match_lift"] is precision
+  assert chosen["match_estimator"].startswith("impression_conditioned match precision")
+  assert "not supported by this log" in chosen["match_estimator"]
+
+
 def test_list_slots_skip_profiles_not_yet_created():
   feeds = hand_feeds()
   top = np.array([[5, 4, 3, -1], [4, 5, 3, 0]])  # [U, K] whole-catalogue lists
@@ -347,6 +367,12 @@ def test_evaluate_answers_with_off_policy_on_an_exploring_log(exploring_dataset_
     assert section["support"]["list_slots"] >= section["support"]["feeds"]
     assert {"ips_like", "snips_like", "dr_like", "dr_match", "oracle_like"} <= set(
         section["segments"]["all"])
+    support = section["support"]
+    assert support["match_supported"] == (
+        min(support["back_observed_share"].values()) >= off_policy.MIN_BACK_OBSERVED)
+    if not support["match_supported"]:
+      assert section["segments"]["all"]["dr_match"]["value"] is None
+      assert any("not supported by this log" in w for w in section["warnings"])
   # Off-policy answers when both rankings' ESS reach the minimum; this tiny log is thin
   # (uniform draws over ~200 eligible profiles), so the answer says why it fell back.
   answer = report["answer"]["run"]
