@@ -16,7 +16,9 @@ matching:
 
   1. off-policy IPS / SNIPS / DR estimates of like rate@10 and match rate@10 of
      those lists vs the oracle truth of the same lists (is it inside the 95 % CI?),
-     and their support (matched impressions, ESS, largest weight);
+     and their support (matched impressions, ESS, largest weight); match estimates
+     the log cannot support (back-like observed for < half the listed pairs) are
+     refused, and printed beside the refusal as they would have been, against the truth;
   2. the model's lift over feature matching: off-policy, oracle (same lists),
      oracle (the evaluation's per-user lists), the A/B simulator (14 days, 50/50:
      true like probability of each user's first feed -- the same top 10 -- and of
@@ -218,7 +220,8 @@ def main():
     for target in ("like", "match"):
       truth = seg[f"oracle_{target}"]["value"]
       print(f"| {name} | {target} rate@{K} | " + " | ".join(
-          report.format_estimate(seg[f"{e}_{target}"]) for e in ESTIMATORS)
+          ("not supported (below)" if seg[f"{e}_{target}"].get("reason")
+           else report.format_estimate(seg[f"{e}_{target}"])) for e in ESTIMATORS)
           + f" | {truth:.3f} | " + "/".join(inside(seg[f"{e}_{target}"], truth)
                                           for e in ESTIMATORS)
           + f" | {sup['matched_impressions']} | {sup['effective_sample_size']:.0f} | "
