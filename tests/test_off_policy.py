@@ -107,8 +107,14 @@ def test_the_answer_falls_back_to_match_precision_when_match_is_refused():
   chosen = report_lib._off_policy_choice(report, "run")
   assert chosen["estimator"] == "off_policy_dr" and chosen["lift"] is lifts["dr_like"]
   assert chosen["match_lift"] is precision
-  assert chosen["match_estimator"].startswith("impression_conditioned match precision")
-  assert "not supported by this log" in chosen["match_estimator"]
+  assert chosen["match_estimator"] == "impression_conditioned"
+  assert "not supported by this log" in chosen["match_why"]
+  report.update(k=[10], data={"shown_k": 5}, recommenders={"run": {"kind": "model"}})
+  report["lifts"]["run"]["all"]["shown_precision"] = precision
+  report["answer"] = report_lib.answer(report)
+  assert "; match (impression_conditioned): -5%" in report["answer"]["run"]["line"]
+  assert "match lift from match precision among shown: off-policy match refused" in "\n".join(
+      report_lib.render_answer(report))
 
 
 def test_list_slots_skip_profiles_not_yet_created():

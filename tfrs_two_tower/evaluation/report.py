@@ -169,7 +169,8 @@ def answer(report: Dict) -> Dict[str, Dict[str, object]]:
             f"{'PASS' if beats else 'FAIL'} ({_expected(report)}; estimator: "
             f"{chosen['estimator']})")
     if chosen.get("match_lift"):
-      text += f"; match: {format_lift(chosen['match_lift'])}"
+      text += (f"; match ({chosen.get('match_estimator', chosen['estimator'])}): "
+               f"{format_lift(chosen['match_lift'])}")
     chosen["line"] = text
     out[name] = chosen
   return out
@@ -189,13 +190,14 @@ def _off_policy_choice(report: Dict, name: str) -> Optional[Dict[str, object]]:
   widths = {e: _width(lifts["all"][f"{e}_like"]) for e in ("dr", "snips", "ips")}
   best = min(widths, key=widths.get)  # ties keep the order: DR, SNIPS, IPS
   match_lift, match_estimator = lifts["all"][f"{best}_match"], f"off_policy_{best}"
+  match_why = None
   if match_lift.get("value") is None:  # the log does not support a match estimate
+    match_why = f"off-policy match refused: {match_lift.get('reason')}"
     match_lift = report["lifts"][name]["all"].get("shown_match_precision")
-    match_estimator = ("impression_conditioned match precision among shown; off-policy "
-                       f"match refused: {lifts['all'][f'{best}_match'].get('reason')}")
+    match_estimator = "impression_conditioned"
   return {"estimator": f"off_policy_{best}", "metric": f"off-policy {best.upper()} like rate@{k}",
           "lift": lifts["all"][f"{best}_like"], "match_lift": match_lift,
-          "match_estimator": match_estimator,
+          "match_estimator": match_estimator, "match_why": match_why,
           "why": f"the impressions log explores (propensities < 1) and both rankings have an "
                  f"effective sample size >= {ess:.0f}, so off-policy estimates are possible; "
                  f"of IPS, SNIPS and DR (all unbiased or consistent given the logged "
@@ -370,6 +372,8 @@ def render_answer(report: Dict) -> List[str]:
   for name, a in report["answer"].items():
     lines += [f"- **{name}**: {a['line']}.", f"  - why this estimator: {a['why']}.",
               "  - assumptions: " + "; ".join(a["assumptions"]) + "."]
+    if a.get("match_why"):
+      lines.append(f"  - match lift from match precision among shown: {a['match_why']}.")
     if a.get("oracle_lift"):
       lines.append(f"  - check against the synthetic world's truth: oracle like rate lift "
                    f"{format_lift(a['oracle_lift'])}.")
