@@ -20,9 +20,8 @@ import tfrs_two_tower
 from tfrs_two_tower import files
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.data import synthetic
+from tfrs_two_tower.evaluation import assessment
 from tfrs_two_tower.evaluation import evaluator
-from tfrs_two_tower.evaluation import metrics
-from tfrs_two_tower.evaluation import off_policy_section as off_policy_lib
 from tfrs_two_tower.evaluation import oracle as oracle_lib
 from tfrs_two_tower.evaluation import recommenders as recommenders_lib
 from tfrs_two_tower.evaluation import report as report_lib
@@ -205,42 +204,13 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
     like_probability(data.query_ids[:2], data.candidate_ids[:2])  # fails fast, before the work
     truth = recommenders_lib.realised_oracle(like_probability, data)
 
-  entries = recommenders_lib.baseline_entries(baselines, data, dataset, seed, db_url)
-  names = _run_names(run_dirs)
-  for name, run_dir in zip(names, runs):
-    entries += recommenders_lib.model_entries(
-        name, run_dir, data, dataset, reciprocal_combinations if reciprocal else (),
-        back_swipes, penalties, caps, shown_slots=ks[0], log=log)
-
-  counts = metrics.bootstrap_counts(data.num_users, bootstrap, seed)
-  popular = metrics.top_popular_mask(data.likes_received, 0.01)
-  results, recommenders = {}, {}
-  for entry in entries:
-    result = evaluator.evaluate(entry.scorer, data, ks, entry.calibration, truth, batch_size)
-    result.info = {"kind": entry.kind, **entry.info}
-    results[entry.scorer.name] = result
-    recommenders[entry.scorer.name] = evaluator.summarize(result, data, counts, ks, popular)
-    recommenders[entry.scorer.name]["eligibility_violations"] = evaluator.eligibility_violations(
-        result, data)
-    all_users = recommenders[entry.scorer.name]["segments"]["all"]
-    log("evaluate: %-28s AUC %s  recall@%d %s  (%.1fs)" % (
-        entry.scorer.name, report_lib.format_estimate(all_users["auc"]), ks[0],
-        report_lib.format_estimate(all_users[f"recall@{ks[0]}"]), result.seconds))
-
-  lifts = {}
-  if LIFT_BASELINE in results:
-    for name, result in results.items():
-      if result.info["kind"] == "model":
-        lifts[name] = evaluator.lift(result, results[LIFT_BASELINE], data, counts)
-  comparisons = {}
-  model_names = [n for n, r in results.items() if r.info["kind"] == "model"
-                 and r.info["mode"] == "one_way"]
-  for name in model_names[1:]:
-    comparisons[f"{name} vs {model_names[0]}"] = evaluator.lift(
-        results[name], results[model_names[0]], data, counts)
-
-  off_policy_section = off_policy_lib.section(dataset, data, entries, results, counts, ks[0],
-                                              truth, log)
+  assessed = assessment.assess(
+      dataset, data, runs, _run_names(run_dirs), ks, truth=truth, baselines=baselines,
+      seed=seed, db_url=db_url,
+      reciprocal_combinations=reciprocal_combinations if reciprocal else (),
+      back_swipes=back_swipes, penalties=penalties, caps=caps, bootstrap=bootstrap,
+      batch_size=batch_size, log=log)
+  entries, results, recommenders = assessed.entries, assessed.results, assessed.recommenders
 
   split_time = int(dataset.manifest["split_time"])
   report = {
@@ -261,13 +231,13 @@ def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
                    "sizes": {s: int(m.sum()) for s, m in data.segments.items()}},
       "recommenders": recommenders,
       "lift_baseline": LIFT_BASELINE,
-      "lifts": lifts,
-      "run_comparisons": comparisons,
+      "lifts": assessed.lifts,
+      "run_comparisons": assessed.comparisons,
       "feature_matching": recommenders_lib.feature_matching_info(entries),
       "eligibility": dataset.config.eligibility.names if dataset.config.eligibility else None,
       "verdict_thresholds": dataclasses.asdict(dataset.config.rules.verdict),
-      "notes": _notes(data, truth is not None),
-      "off_policy": off_policy_section,
+      "notes": assessment.notes(data, truth is not None),
+      "off_policy": assessed.off_policy,
   }
   report["answer"] = report_lib.answer(report)
   report["verdict"] = report_lib.verdict(report)
@@ -348,27 +318,3 @@ def _run_names(paths: Sequence[str]) -> List[str]:
       name, i = f"{base}_{i}", i + 1
     names.append(name)
   return names
-
-
-def _notes(data: evaluator.EvalData, with_world: bool) -> List[str]:
-  notes = [
-      "Eval likes of pairs already swiped in train are not counted as relevant (they are "
-      f"excluded from every list): {data.notes['eval_likes_already_swiped_in_train']} of "
-      f"{data.notes['eval_likes']}.",
-      "Offline recall only credits candidates the live feed happened to show: if that feed "
-      "was feature matching, the logged likes favour feature matching (exposure bias).",
-      "success@K = share of recommended users who liked the user back, among recommended "
-      "users whose swipe on the user is observed in the eval window (`trials` = observed).",
-      "factorized_topK_accuracy: TFRS FactorizedTopK definition (share of eval likes ranked "
-      "in the top K of ALL candidates, nothing excluded), for comparison with TFRS tutorials.",
-      "Log loss uses a Platt calibration fitted on train swipes; reciprocal scores combine "
-      "two probabilities (product or harmonic mean), not P(like), so they have no log loss.",
-      "Reciprocal modes (back_swipes on) take P(v likes u) = 1 / 0 when v liked / passed on u "
-      "in train; such v rarely swipe u again in the eval window, so success@K judges them "
-      "less often (fewer trials).",
-  ]
-  if with_world:
-    notes.append("oracle_*@K: mean hidden probability from the synthetic world over the top-K "
-                 "pairs (like: u likes v, like_back: v likes u, match: both); a pair already "
-                 "swiped in train counts with its observed outcome (1 like, 0 pass).")
-  return notes
