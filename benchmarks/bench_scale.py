@@ -116,7 +116,7 @@ def _train(size, p, run: str, lazy: bool, steps: int):
   """One training run of `steps` steps (0: one full epoch); its speed and the times of its parts."""
   from tfrs_two_tower.stages import train_stage
   with open(os.path.join(p["dataset"], "manifest.json")) as f:
-    epoch_steps = -(-int(json.load(f)["rows"]["train"]) // FLAGS.batch_size)
+    epoch_steps = max(int(json.load(f)["rows"]["train"]) // FLAGS.batch_size, 1)  # as trained
   marks = []
 
   def log(message, *args):
@@ -144,7 +144,7 @@ def _train(size, p, run: str, lazy: bool, steps: int):
   setup = next(t for s, t, _ in marks if s == "setup")
   eval_done = next(t for s, t, _ in marks if s == "eval_done")
   # On a shared box wall-clock rates follow the load; CPU seconds per step do much less.
-  out = {"steps": last_step, "steps_per_s": steps_per_s,
+  out = {"steps": steps or epoch_steps, "steps_per_s": steps_per_s,
          "examples_per_s": steps_per_s * FLAGS.batch_size,
          "cpu_s_per_step": (last_cpu - first_cpu) / (last_step - first_step),
          "load_and_setup_s": setup - started, "setup_and_first_steps_s": first_t - setup,
