@@ -177,14 +177,18 @@ def stage_evaluate(size, p):
   from tfrs_two_tower.model import run_dir as run_lib
   run = run_lib.open_run(_model_run(p))
   dataset = reader.open_dataset(p["dataset"])
-  swipes = reader.read_interactions(dataset, "eval")
+  # Ids and labels only: every feature of a 1M-user eval split as strings is ~8 GB. The
+  # sampled users' features come from the query entity table (what the records repeat).
+  swipes = reader.read_interactions(dataset, "eval", keys=[
+      features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LABEL])
   users = np.unique(swipes[features_lib.QUERY_ID])
   sample = np.random.default_rng(0).choice(users, min(FLAGS.eval_users, len(users)),
                                            replace=False)
-  first_row = {u: i for i, u in reversed(list(enumerate(swipes[features_lib.QUERY_ID])))}
-  rows = np.array([first_row[u] for u in sample])
+  entities = reader.read_entities(dataset, "query")
+  rows = {u: i for i, u in enumerate(entities[features_lib.QUERY_ID])}
+  rows = np.array([rows[u] for u in sample])
   started = time.perf_counter()
-  queries = run.embed("query", {k: v[rows] for k, v in swipes.items()})
+  queries = run.embed("query", {k: v[rows] for k, v in entities.items()})
   ids, corpus = run.candidate_embeddings()
   column = {c: i for i, c in enumerate(ids)}
   likes = swipes[features_lib.LABEL] == 1
