@@ -286,11 +286,13 @@ def _run_stage(size: int, stage: str) -> dict:
   with open(out_path + ".log", "w") as log:
     child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = started + FLAGS.timeout
+    timed_out = False
     while True:
       pid, status, usage = os.wait4(child.pid, os.WNOHANG)
       if pid:
         break
       if time.perf_counter() > deadline:
+        timed_out = True
         child.kill()
         pid, status, usage = os.wait4(child.pid, 0)
         break
@@ -304,9 +306,10 @@ def _run_stage(size: int, stage: str) -> dict:
   else:
     with open(out_path + ".log") as f:
       tail = f.read()[-1500:]
-    record["error"] = ("timed out after %ds" % FLAGS.timeout if record["exit"] == -9 else
-                       "exit %d" % record["exit"]) + ": " + tail.strip().splitlines()[-1:][0] \
-        if tail.strip() else "no output"
+    why = ("timed out after %ds" % FLAGS.timeout if timed_out else
+           "killed by SIGKILL (out of memory: see the kernel log)" if record["exit"] == -9 else
+           "exit %d" % record["exit"])
+    record["error"] = why + (": " + tail.strip().splitlines()[-1] if tail.strip() else "")
   with open(result_path, "w") as f:
     json.dump(record, f, indent=1)
   return record
