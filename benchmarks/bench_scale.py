@@ -316,24 +316,24 @@ def _run_stage(size: int, stage: str) -> dict:
 
 
 def _cell(value, fmt="%.2f") -> str:
-  return "%16s" % (fmt % value if value is not None else "-")
+  return "%22s" % (fmt % value if value is not None else "-")
 
 
 def _report(records) -> None:
   sizes = sorted({r["size"] for r in records})
   by = {(r["size"], r["stage"]): r for r in records}
   world = {s: by.get((s, "world"), {}).get("result", {}) for s in sizes}
-  print("\n%-14s" % "users" + "".join("%16s" % f"{s:,}" for s in sizes))
-  print("%-14s" % "swipes" + "".join("%16s" % f"{world[s].get('swipes', 0):,}" for s in sizes))
+  print("\n%-14s" % "users" + "".join("%22s" % f"{s:,}" for s in sizes))
+  print("%-14s" % "swipes" + "".join("%22s" % f"{world[s].get('swipes', 0):,}" for s in sizes))
   print("\nstage: wall s / peak RSS GB / RSS bytes per swipe / RSS kB per user")
   for stage in FLAGS.stages:
     cells = []
     for s in sizes:
       r = by.get((s, stage))
       if not r:
-        cells.append("%16s" % "-")
+        cells.append("%22s" % "-")
       elif "error" in r:
-        cells.append("%16s" % "FAILED")
+        cells.append("%22s" % "FAILED")
       else:
         swipes = max(world[s].get("swipes", 0), 1)
         cells.append("%22s" % ("%.0f/%.2f/%.0f/%.1f" % (
