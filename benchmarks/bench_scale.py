@@ -100,8 +100,8 @@ def stage_world(size, p):
 
 def stage_export(size, p):
   from tfrs_two_tower.stages import export_stage
-  stats = export_stage.run(p["dataset"], input_dir=p["world"], overwrite=True,
-                           log=lambda m: None)
+  stats = export_stage.run(p["dataset"], export_stage.ExportOptions(input_dir=p["world"],
+      overwrite=True), log=lambda m: None)
   return {"disk_bytes": _du(p["dataset"]),
           "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}}
 
@@ -114,6 +114,8 @@ def _model_run(p) -> str:
 
 def _train(size, p, run: str, lazy: bool, steps: int):
   """One training run of `steps` steps (0: one full epoch); its speed and the times of its parts."""
+  from tfrs_two_tower.model import train_options
+  from tfrs_two_tower.model import training_run
   from tfrs_two_tower.stages import train_stage
   with open(os.path.join(p["dataset"], "manifest.json")) as f:
     epoch_steps = max(int(json.load(f)["rows"]["train"]) // FLAGS.batch_size, 1)  # as trained
@@ -129,8 +131,8 @@ def _train(size, p, run: str, lazy: bool, steps: int):
     elif "embedding tables need" in text:
       marks.append(("setup", time.perf_counter(), time.process_time()))
   run_dir = p[run]
-  shutil.rmtree(run_dir + train_stage.INCOMPLETE_SUFFIX, ignore_errors=True)
-  options = train_stage.TrainOptions(
+  shutil.rmtree(run_dir + training_run.INCOMPLETE_SUFFIX, ignore_errors=True)
+  options = train_options.TrainOptions(
       epochs=1, steps_per_epoch=steps, batch_size=FLAGS.batch_size,
       log_every_steps=max((steps or epoch_steps) // (5 if steps else 20), 1),
       checkpoint_every_steps=10 * (steps or epoch_steps), sparse_embedding_updates=lazy,
@@ -224,7 +226,7 @@ def stage_publish(size, p):
   from tfrs_two_tower.data import synthetic
   from tfrs_two_tower.serving import pgvector
   from tfrs_two_tower.stages import publish_stage
-  from tfrs_two_tower.stages import seed_stage
+  from tfrs_two_tower.data import seeding
   world = synthetic.World.load(p["world"])
   # Only the profiles go into the database: recommend() needs them (eligibility);
   # the swipes only exclude already-seen profiles, the same for HNSW and exact.
@@ -236,7 +238,7 @@ def stage_publish(size, p):
     url = stack.enter_context(postgres_source.embedded_postgres(log=lambda m: None))
     conn = stack.enter_context(contextlib.closing(psycopg2.connect(url)))
     started = time.perf_counter()
-    seed_stage.seed(conn, profiles_only, log=lambda m: None)
+    seeding.seed(conn, profiles_only, log=lambda m: None)
     out["seed_profiles_s"] = time.perf_counter() - started
     marks = {}
     started = time.perf_counter()
