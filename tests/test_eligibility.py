@@ -192,6 +192,13 @@ def test_second_schema_exports_rule_attributes_and_counts_users_without_candidat
   assert abs(share - expected / len(range(0, len(members), 35))) < 0.1
   attributes = eligibility.Attributes.load(dataset.file("entities/eligibility_query.npz"))
   assert set(attributes.numeric) == {"years", "age_min", "age_max"}
+  # The count does not depend on how many pairs are masked at once (a 1M-user
+  # corpus gets blocks of 16 rows): one row per block gives the same count.
+  rules = eligibility.for_tables(dataset.config, attributes, eligibility.Attributes.load(
+      dataset.file("entities/eligibility_candidate.npz")), now=2e9)
+  rows = np.arange(len(members))
+  whole = rules.users_without_candidates(rows)
+  assert whole > 0 and rules.users_without_candidates(rows, block_pairs=1) == whole
 
 
 # -- every ranked list respects the rules, pair by pair -----------------------------------------

@@ -299,3 +299,32 @@ def test_epoch_eval_score_blocks_give_the_same_metrics(trained, tiny_dataset_dir
   full = epoch_eval.ValidationEvaluator(dataset, ks=(50,))(*towers_)
   one_row = epoch_eval.ValidationEvaluator(dataset, ks=(50,), score_block_bytes=1)(*towers_)
   assert one_row == full
+
+
+def _pairs(evaluator, users, columns):
+  """(user id, candidate id) pairs of an evaluator's index arrays."""
+  return set(zip(evaluator.queries["query_id"][users], evaluator.candidate_ids[columns]))
+
+
+def test_epoch_eval_samples_validation_users_beyond_the_cap(tiny_dataset_dir):
+  # Capped, the evaluator keeps a seeded sample of users with exactly the full
+  # evaluator's relevant likes and train exclusions for those users.
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  full = epoch_eval.ValidationEvaluator(dataset)
+  users = len(full.queries["query_id"])
+  assert users > 40, users
+  capped = epoch_eval.ValidationEvaluator(dataset, max_users=40, seed=3)
+  sampled = set(capped.queries["query_id"])
+  assert len(sampled) <= 40 and sampled < set(full.queries["query_id"])
+  for index in (("relevant_user", "relevant_column"), ("excluded_user", "excluded_column")):
+    want = {p for p in _pairs(full, *(getattr(full, i) for i in index)) if p[0] in sampled}
+    assert _pairs(capped, *(getattr(capped, i) for i in index)) == want
+  assert any(c >= 0 for c in capped.excluded_column)
+  again = epoch_eval.ValidationEvaluator(dataset, max_users=40, seed=3)
+  assert list(again.queries["query_id"]) == list(capped.queries["query_id"])
+  other = epoch_eval.ValidationEvaluator(dataset, max_users=40, seed=4)
+  assert set(other.queries["query_id"]) != sampled
+  # At or above the number of users nothing is sampled: the same arrays as uncapped.
+  whole = epoch_eval.ValidationEvaluator(dataset, max_users=users + 100)
+  assert np.array_equal(whole.excluded_user, full.excluded_user)
+  assert np.array_equal(whole.relevant_column, full.relevant_column)

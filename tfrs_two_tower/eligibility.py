@@ -226,6 +226,10 @@ def _accepts(seeks: np.ndarray, gender: np.ndarray) -> np.ndarray:
   return (gender < 0) | ((seeks >> np.maximum(gender, 0)) & 1).astype(bool)
 
 
+# Pairs masked at once by `users_without_candidates` (~128 MB float64 temporaries).
+BLOCK_PAIRS = 1 << 24
+
+
 class PairRules:
   """The pairwise eligibility rules over a query and a candidate attribute table.
 
@@ -279,10 +283,16 @@ class PairRules:
       ok &= c.active_at[v] >= self.now - r.active.within_days * SECONDS_PER_DAY
     return ok
 
-  def users_without_candidates(self, query_rows: np.ndarray, block: int = 1024) -> int:
-    """How many of the query rows have no eligible candidate other than themselves."""
+  def users_without_candidates(self, query_rows: np.ndarray,
+                               block_pairs: int = BLOCK_PAIRS) -> int:
+    """How many of the query rows have no eligible candidate other than themselves.
+
+    Masks [block, N] pairs at a time with block * N <= `block_pairs` (float64
+    temporaries of 8 * block_pairs bytes), so memory does not grow with N.
+    """
     count = 0
     q_ids = self.query.ids
+    block = max(1, block_pairs // max(len(self.candidate), 1))
     for start in range(0, len(query_rows), block):
       rows = np.asarray(query_rows[start:start + block])
       m = self.mask(rows)

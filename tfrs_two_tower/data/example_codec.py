@@ -15,7 +15,7 @@ that `tf.io.parse_example` reads back every value.
 """
 
 import struct
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -58,6 +58,29 @@ def int64_entry(key: str, value: int) -> bytes:
   if not INT64_MIN <= value <= INT64_MAX:
     raise ValueError(f"{key}: {value} does not fit in an int64")
   return _map_entry(key, _length_delimited(0x1A, _length_delimited(0x0A, varint(value % 2**64))))
+
+
+def int64_entries(key: str, values: np.ndarray) -> List[bytes]:
+  """`int64_entry(key, v)` for every v of an int64 array, vectorised (byte-identical).
+
+  An entry is a prefix that depends only on the key and the varint's length L
+  (1..10 bytes; every length prefix inside is one byte) followed by the varint.
+  The varints are computed for all values at once as an [n, 10] byte matrix:
+  byte k = 7-bit group k of (v mod 2^64), with the continuation bit on every
+  byte but the last of the L = max(1, ceil(bit_length / 7)) used.
+  """
+  unsigned = np.asarray(values, np.int64).view(np.uint64)
+  groups = np.stack([(unsigned >> np.uint64(7 * k)) & np.uint64(0x7F) for k in range(10)],
+                    axis=1).astype(np.uint8)
+  lengths = 1 + sum(((unsigned >> np.uint64(7 * k)) != 0).astype(np.int64)
+                    for k in range(1, 10))
+  groups |= np.where(np.arange(10)[None, :] < (lengths - 1)[:, None], 0x80, 0).astype(np.uint8)
+  prefixes = {}
+  for length in np.unique(lengths).tolist():
+    sample = int64_entry(key, 1 << (7 * (length - 1)) if length < 10 else -1)
+    prefixes[length] = sample[:len(sample) - length]
+  flat = groups.tobytes()
+  return [prefixes[n] + flat[10 * i:10 * i + n] for i, n in enumerate(lengths.tolist())]
 
 
 def float_entry(key: str, value: float) -> bytes:

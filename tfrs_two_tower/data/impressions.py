@@ -17,11 +17,14 @@ feed (docs/evaluation.md) writes each shown profile's exact probability, which
 off-policy estimators (`evaluation.off_policy`) need.
 """
 
+import contextlib
 import os
 from typing import Optional
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import timestamps
@@ -29,11 +32,17 @@ from tfrs_two_tower.data import writer as writer_lib
 
 FILE = "impressions.parquet"
 COLUMNS = tuple(role for role, _ in config_lib.Impressions.ROLES)
+# Rows validated and written at a time: a 1M-user world logs ~65M impressions, and
+# the dataset's columns as Python strings and Arrow buffers cost ~250 bytes a row.
+CHUNK_ROWS = 1 << 21
 
 
 def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
-             timestamp_unit: Optional[str] = None, check_dates: bool = True) -> pd.DataFrame:
+             timestamp_unit: Optional[str] = None, check_dates: bool = True,
+             first_row: int = 0) -> pd.DataFrame:
   """The config's impressions columns -> the dataset's, validated.
+
+  `first_row`: the row number of `frame`'s first row in `source` (for messages).
 
   Times follow the interactions' rules (`timestamps.to_unix_seconds`: numbers need
   `timestamp_unit`; dates outside [1990, tomorrow] refused unless `check_dates` is off).
@@ -53,21 +62,23 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
     values = frame[column]
     empty = values.isna().to_numpy()
     if empty.any():
-      raise writer_lib.DataError(f"{source}: column {column!r} row {int(np.flatnonzero(empty)[0])}"
+      raise writer_lib.DataError(f"{source}: column {column!r} row "
+                                 f"{first_row + int(np.flatnonzero(empty)[0])}"
                                  f": missing {role.replace('_', ' ')}")
     out[role] = values
   timestamp = timestamps.to_unix_seconds(out["timestamp"], source, names["timestamp"],
-                                         timestamp_unit, check_dates=check_dates)
+                                         timestamp_unit, check_dates=check_dates,
+                                         rows=first_row + np.arange(len(frame)))
   position = pd.to_numeric(out["position"], errors="coerce").to_numpy(np.float64)
   bad = ~(np.isfinite(position) & (position >= 0) & (position == np.round(position)))
-  _refuse(bad, source, names["position"], "position must be an integer >= 0")
+  _refuse(bad, source, names["position"], "position must be an integer >= 0", first_row)
   propensity = pd.to_numeric(out["propensity"], errors="coerce").to_numpy(np.float64)
   bad = ~((propensity > 0) & (propensity <= 1))  # NaN fails both
-  _refuse(bad, source, names["propensity"], "propensity must be in (0, 1]",
+  _refuse(bad, source, names["propensity"], "propensity must be in (0, 1]", first_row,
           out["propensity"])
   score = pd.to_numeric(out["score"], errors="coerce").to_numpy(np.float64)
-  _refuse(np.isnan(score), source, names["score"], "score must be a number")
-  shown = _booleans(out["shown"], source, names["shown"])
+  _refuse(np.isnan(score), source, names["score"], "score must be a number", first_row)
+  shown = _booleans(out["shown"], source, names["shown"], first_row)
   return pd.DataFrame({
       "feed_id": out["feed_id"].astype(str).to_numpy(dtype=object),
       "query_id": out["query_id"].astype(str).to_numpy(dtype=object),
@@ -76,27 +87,27 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
       "propensity": propensity, "shown": shown})
 
 
-def _refuse(bad: np.ndarray, source: str, column: str, rule: str,
+def _refuse(bad: np.ndarray, source: str, column: str, rule: str, first_row: int = 0,
             values: Optional[pd.Series] = None) -> None:
   if bad.any():
     row = int(np.flatnonzero(bad)[0])
     got = f" (got {values.iloc[row]!r})" if values is not None else ""
-    raise writer_lib.DataError(f"{source}: column {column!r} row {row}: {rule}{got}; "
+    raise writer_lib.DataError(f"{source}: column {column!r} row {first_row + row}: {rule}{got}; "
                                f"{int(bad.sum())} such rows")
 
 
-def _booleans(values: pd.Series, source: str, column: str) -> np.ndarray:
+def _booleans(values: pd.Series, source: str, column: str, first_row: int = 0) -> np.ndarray:
   if pd.api.types.is_bool_dtype(values):
     return values.to_numpy(bool)
   text = values.astype(str).str.strip().str.lower()
   truth = text.isin(["true", "t", "1", "yes"]).to_numpy()
   bad = ~(truth | text.isin(["false", "f", "0", "no"]).to_numpy())
-  _refuse(bad, source, column, "shown must be true/false", values)
+  _refuse(bad, source, column, "shown must be true/false", first_row, values)
   return truth
 
 
 def check_entities(frame: pd.DataFrame, writer: "writer_lib.DatasetWriter", source: str,
-                   names: config_lib.Impressions) -> None:
+                   names: config_lib.Impressions, first_row: int = 0) -> None:
   """Refuses impressions of viewers or profiles missing from the dataset's entity tables."""
   for role, table, column in (("query_id", writer.queries, names.viewer_column),
                               ("candidate_id", writer.candidates, names.profile_column)):
@@ -104,8 +115,8 @@ def check_entities(frame: pd.DataFrame, writer: "writer_lib.DatasetWriter", sour
     if unknown.any():
       row = int(np.flatnonzero(unknown)[0])
       raise writer_lib.DataError(
-          f"{source}: column {column!r} row {row}: {frame[role].iloc[row]!r} is not in the "
-          f"{'query' if role == 'query_id' else 'candidate'} entity table; "
+          f"{source}: column {column!r} row {first_row + row}: {frame[role].iloc[row]!r} is "
+          f"not in the {'query' if role == 'query_id' else 'candidate'} entity table; "
           f"{int(unknown.sum())} such rows")
 
 
@@ -117,15 +128,30 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", frame: pd.DataFrame, sour
   section to stats.json.
   """
   config = writer.config
-  log = from_log(config, frame, source, writer.timestamp_unit, writer.check_dates)
-  check_entities(log, writer, source, config.impressions)
-  log.to_parquet(os.path.join(writer.staging_dir, FILE), index=False)
-  shown = log["shown"].to_numpy()
+  feeds, shown, explored, min_propensity = [], 0, 0, None
+  with contextlib.ExitStack() as stack:
+    parquet = None
+    # Validated and written CHUNK_ROWS rows at a time: memory holds the raw frame and one
+    # chunk of the dataset's columns, not the whole log converted.
+    for start in range(0, max(len(frame), 1), CHUNK_ROWS):
+      log = from_log(config, frame.iloc[start:start + CHUNK_ROWS], source,
+                     writer.timestamp_unit, writer.check_dates, first_row=start)
+      check_entities(log, writer, source, config.impressions, first_row=start)
+      table = pa.Table.from_pandas(log, preserve_index=False)
+      if parquet is None:
+        parquet = stack.enter_context(
+            pq.ParquetWriter(os.path.join(writer.staging_dir, FILE), table.schema))
+      parquet.write_table(table)
+      feeds.append(log["feed_id"].unique())
+      shown += int(log["shown"].sum())
+      explored += int((log["propensity"] < 1).sum())
+      if len(log):
+        low = float(log["propensity"].min())
+        min_propensity = low if min_propensity is None else min(min_propensity, low)
   writer.extra_stats["impressions"] = {
-      "file": FILE, "rows": int(len(log)), "feeds": int(log["feed_id"].nunique()),
-      "shown": int(shown.sum()),
-      "explored_rows": int((log["propensity"] < 1).sum()),
-      "min_propensity": float(log["propensity"].min()) if len(log) else None,
+      "file": FILE, "rows": int(len(frame)),
+      "feeds": int(pd.unique(np.concatenate(feeds)).size),
+      "shown": shown, "explored_rows": explored, "min_propensity": min_propensity,
       "note": "rows with propensity < 1 come from an exploring feed; off-policy estimates "
               "need them (docs/evaluation.md)"}
 

@@ -65,6 +65,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sklearn import metrics as sk_metrics
 
 from tfrs_two_tower import config as config_lib
@@ -181,9 +183,9 @@ class World:
     """Writes profiles, swipes, feed_impressions (.parquet), hidden.npz, world.json atomically."""
     with files.atomic_directory(directory, overwrite=overwrite) as tmp:
       self.profiles.to_parquet(os.path.join(tmp, "profiles.parquet"), index=False)
-      self.swipes.to_parquet(os.path.join(tmp, "swipes.parquet"), index=False)
+      _write_parquet(self.swipes, os.path.join(tmp, "swipes.parquet"))
       if self.impressions is not None:
-        self.impressions.to_parquet(os.path.join(tmp, "feed_impressions.parquet"), index=False)
+        _write_parquet(self.impressions, os.path.join(tmp, "feed_impressions.parquet"))
       np.savez(os.path.join(tmp, "hidden.npz"), **self.hidden)
       files.write_json(os.path.join(tmp, "world.json"),
                        {"params": dataclasses.asdict(self.params), "summary": self.summary()})
@@ -209,11 +211,35 @@ class World:
             "matches": int(count_matches(self.swipes))}
 
 
+def _write_parquet(frame: pd.DataFrame, path: str, chunk_rows: int = 1 << 22) -> None:
+  """`frame.to_parquet(path)` converted to Arrow `chunk_rows` rows at a time.
+
+  A 1M-user world has ~65M swipes: its id columns as Arrow strings at once
+  would take ~44 bytes a row and column on top of the frame.
+  """
+  if len(frame) <= chunk_rows:
+    frame.to_parquet(path, index=False)
+    return
+  with pq.ParquetWriter(path, pa.Table.from_pandas(frame.iloc[:1], preserve_index=False)
+                        .schema) as out:
+    for start in range(0, len(frame), chunk_rows):
+      out.write_table(pa.Table.from_pandas(frame.iloc[start:start + chunk_rows],
+                                           preserve_index=False))
+
+
 def count_matches(swipes: pd.DataFrame) -> int:
-  """Mutual likes (like or superlike both ways), each pair counted once."""
+  """Mutual likes (like or superlike both ways), each pair counted once.
+
+  Ids become integer codes (one factorisation of both columns), a like a -> b
+  the key a * n + b; a pair matches when the key of b -> a is also a like.
+  """
   likes = swipes.loc[swipes["action"] != "pass", ["swiper_id", "swipee_id"]]
-  forward = set(zip(likes["swiper_id"], likes["swipee_id"]))
-  return sum(1 for a, b in forward if (b, a) in forward) // 2
+  codes, uniques = pd.factorize(pd.concat([likes["swiper_id"], likes["swipee_id"]],
+                                          ignore_index=True))
+  a, b = np.split(codes.astype(np.int64), [len(likes)])
+  width = np.int64(max(len(uniques), 1))
+  forward = np.unique(a * width + b)
+  return int(np.isin(forward % width * width + forward // width, forward).sum()) // 2
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -268,14 +294,26 @@ def generate_world(params: WorldParams = WorldParams(), progress=None,
   action = np.array(["pass", "like", "superlike"], dtype=object)[
       swipes.pop("like").astype(np.int8) + swipes.pop("superlike").astype(np.int8)]
   created = START + pd.to_timedelta(swipes.pop("t"), unit="s")
-  swipe_frame = pd.DataFrame({"swiper_id": ids[swipes.pop("u")], "swipee_id": ids[swipes.pop("v")],
-                              "action": action, "created_at": created})
+  # Id and action columns stay object arrays of shared str objects (8 bytes a row); as
+  # pandas' default Arrow strings every row would hold its own copy (~44 bytes a row:
+  # ~12 GB for the four id columns of a 1M-user world).
+  swipe_frame = pd.DataFrame({"swiper_id": _objects(ids[swipes.pop("u")]),
+                              "swipee_id": _objects(ids[swipes.pop("v")]),
+                              "action": _objects(action), "created_at": created})
+  del action, created
   impressions = pd.DataFrame({
-      "feed_id": log["feed"], "viewer_id": ids[log["u"]], "profile_id": ids[log["v"]],
-      "shown_at": START + pd.to_timedelta(log["t"], unit="s"), "position": log["position"],
-      "score": log["score"], "propensity": log["propensity"], "shown": log["shown"]})
+      "feed_id": log.pop("feed"), "viewer_id": _objects(ids[log.pop("u")]),
+      "profile_id": _objects(ids[log.pop("v")]),
+      "shown_at": START + pd.to_timedelta(log.pop("t"), unit="s"),
+      "position": log.pop("position"), "score": log.pop("score"),
+      "propensity": log.pop("propensity"), "shown": log.pop("shown")})
   assert len(profiles) == n
   return World(params, profiles, swipe_frame.reset_index(drop=True), hidden, impressions)
+
+
+def _objects(values: np.ndarray) -> pd.Series:
+  """An object-dtype column of `values` (no conversion to Arrow strings)."""
+  return pd.Series(values, dtype=object, copy=False)
 
 
 def _make_users(p: WorldParams, rng: np.random.Generator):
@@ -459,7 +497,8 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
       progress(day, total)
   out = {k: np.concatenate(chunks.pop(k)) if chunks[k] else np.array([], np.int64)
          for k in list(chunks)}
-  log = {k: np.concatenate(v) if v else np.array([], np.int64) for k, v in logs.items()}
+  log = {k: np.concatenate(logs.pop(k)) if logs[k] else np.array([], np.int64)
+         for k in list(logs)}  # popped: each key's chunks freed once joined
   # A pair is shown once: keep its first swipe; then order by time.
   order = np.lexsort((out["v"], out["u"], out["t"]))
   pair = out["u"][order].astype(np.int64) * np.int64(n) + out["v"][order]

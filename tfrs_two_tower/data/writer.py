@@ -317,20 +317,24 @@ class DatasetWriter:
 
   def _records(self, rows, q_idx, c_idx, actions, labels, timestamps, weights, extra, tails):
     """The serialised tf.train.Example of each row in `rows` (entity parts are encoded once
-    per entity, the label/weight/action tail once per combination in `tails`)."""
+    per entity, the label/weight/action tail once per combination in `tails`).
+
+    Per row only Python lists and bytes (numpy scalars cost ~0.1 us per access); the
+    timestamp entries are encoded for all `rows` at once (31 -> 24 CPU us a row).
+    """
     q_bytes, c_bytes = self.queries.serialized, self.candidates.serialized
-    for r in rows:
-      tail_key = (actions[r], weights[r])
-      tail = tails.get(tail_key)
+    stamps = example_codec.int64_entries(features_lib.TIMESTAMP, timestamps[rows])
+    extras = [extra[r] for r in rows.tolist()] if extra is not None else [b""] * len(rows)
+    for q, c, action, weight, label, stamp, more in zip(
+        q_idx[rows].tolist(), c_idx[rows].tolist(), actions[rows].tolist(),
+        weights[rows].tolist(), labels[rows].tolist(), stamps, extras):
+      tail = tails.get((action, weight))
       if tail is None:
-        tail = (example_codec.bytes_entry(features_lib.ACTION, actions[r].encode("utf-8"))
-                + example_codec.int64_entry(features_lib.LABEL, labels[r])
-                + example_codec.float_entry(features_lib.WEIGHT, weights[r]))
-        tails[tail_key] = tail
-      yield example_codec.example(
-          (q_bytes[q_idx[r]], c_bytes[c_idx[r]], tail,
-           example_codec.int64_entry(features_lib.TIMESTAMP, timestamps[r]),
-           extra[r] if extra is not None else b""))
+        tail = (example_codec.bytes_entry(features_lib.ACTION, action.encode("utf-8"))
+                + example_codec.int64_entry(features_lib.LABEL, label)
+                + example_codec.float_entry(features_lib.WEIGHT, weight))
+        tails[(action, weight)] = tail
+      yield example_codec.example((q_bytes[q], c_bytes[c], tail, stamp, more))
 
   def _maybe_log(self) -> None:
     now = time.time()

@@ -548,15 +548,24 @@ def calibrate_on_train_swipes(dataset, query_ids: np.ndarray, query_embeddings: 
   """Platt calibration of the dot product q.c on a dataset's train swipes (like vs pass).
 
   For consumers that hold embeddings rather than an `EvalData` (pgvector
-  publishing, the Core ML pair's features.json).
+  publishing, the Core ML pair's features.json). The split is read batch by
+  batch (ids as bytes, mapped to embedding rows): memory holds one float32 score
+  and one label per swipe, not the split's ids as strings nor its [n, d]
+  embedding gathers (11 GB at 45M swipes).
   """
-  train = reader.read_interactions(dataset, "train", keys=["query_id", "candidate_id", "label"])
-  q_rows = id_index(np.asarray(query_ids, dtype=object)).get_indexer(train["query_id"])
-  c_rows = id_index(np.asarray(candidate_ids, dtype=object)).get_indexer(train["candidate_id"])
-  known = (q_rows >= 0) & (c_rows >= 0)
-  scores = np.einsum("pd,pd->p", query_embeddings[q_rows[known]],
-                     candidate_embeddings[c_rows[known]])
-  return PlattCalibration.fit(scores, train["label"][known], seed=seed)
+  q_index = id_index(np.array([str(i).encode("utf-8") for i in query_ids], dtype=object))
+  c_index = id_index(np.array([str(i).encode("utf-8") for i in candidate_ids], dtype=object))
+  scores, labels = [np.zeros(0, np.float32)], [np.zeros(0, np.int64)]
+  for batch in reader.interactions_dataset(
+      dataset, "train", 65_536, shuffle=False, deterministic=True,
+      keys=["query_id", "candidate_id", "label"]).as_numpy_iterator():
+    q_rows = q_index.get_indexer(batch["query_id"])
+    c_rows = c_index.get_indexer(batch["candidate_id"])
+    known = (q_rows >= 0) & (c_rows >= 0)
+    scores.append(np.einsum("pd,pd->p", query_embeddings[q_rows[known]],
+                            candidate_embeddings[c_rows[known]]))
+    labels.append(batch["label"][known])
+  return PlattCalibration.fit(np.concatenate(scores), np.concatenate(labels), seed=seed)
 
 
 class ReciprocalScorer(Scorer):

@@ -22,12 +22,21 @@ all embeddings zero after a diverging learning rate) -- raises
 
 Cost at scale: ranking U users against N candidates takes U x N x d
 multiply-adds in [block, N] float32 score blocks; the block is sized to stay under
-`SCORE_BLOCK_BYTES` (at 1M candidates ~64 rows, not 1024 rows = 4 GB).
+`SCORE_BLOCK_BYTES` (at 1M candidates ~64 rows, not 1024 rows = 4 GB). So U is
+capped: with more than `max_users` (default `MAX_USERS`) validation users, both
+metrics are computed on a uniform sample of `max_users` of them (seeded, the
+same every epoch). Recall@K is then a sample mean over n users with standard
+error s / sqrt(n) (s the per-user recall's standard deviation; at n = 20,000 and
+recall near 0.05, about +-0.001); smaller data sets are evaluated whole, exactly
+as without the cap. Only the sampled users' swipes are kept: their validation
+rows, and their train swipes (the exclusions) as int row numbers, read id
+columns only, batch by batch -- never the train split as strings.
 """
 
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfrs_two_tower import features as features_lib
@@ -40,6 +49,9 @@ PREFIX = "validation_"
 # Scores closer than this over a whole list are ties (float32 dot products of unit vectors).
 COLLAPSE_TOLERANCE = 1e-6
 SCORE_BLOCK_BYTES = 256 << 20
+# Validation users ranked each epoch; more are sampled down to this many (see above).
+MAX_USERS = 20_000
+_READ_BATCH = 65_536
 # --selection_metric -> the key it watches (recall: at K = --early_stopping_k).
 SELECTION_METRICS = ("recall", "gauc", "auc")
 
@@ -64,7 +76,10 @@ class ValidationEvaluator:
   """Holds the validation swipes, the train exclusions and the corpus; call with the towers."""
 
   def __init__(self, dataset: reader.DatasetDir, ks: Sequence[int] = (10, 50, 100),
-               batch_size: int = 1024, score_block_bytes: int = SCORE_BLOCK_BYTES):
+               batch_size: int = 1024, score_block_bytes: int = SCORE_BLOCK_BYTES,
+               max_users: int = MAX_USERS, seed: int = 0):
+    if max_users < 1:
+      raise ValueError(f"max_users must be >= 1, got {max_users}")
     self.ks = tuple(sorted(int(k) for k in ks))
     self.batch_size = batch_size
     self.score_block_bytes = score_block_bytes
@@ -72,9 +87,9 @@ class ValidationEvaluator:
     self.corpus = reader.read_entities(dataset, "candidate")
     self.candidate_ids = self.corpus["candidate_id"].astype(str)
     column = {c: i for i, c in enumerate(self.candidate_ids)}
-    swipes = reader.read_interactions(dataset, SPLIT)
-    train = reader.read_interactions(dataset, "train", keys=[features_lib.QUERY_ID,
-                                                             features_lib.CANDIDATE_ID])
+    chosen, sampled = _sample_users(dataset, max_users, seed)
+    swipes = _read_split(dataset, SPLIT, chosen if sampled else None)
+    train = _train_pairs(dataset, chosen, self.candidate_ids)
     rows = np.array([column.get(c, -1) for c in swipes[features_lib.CANDIDATE_ID]], np.int64)
     known = rows >= 0
     swipes = {k: v[known] for k, v in swipes.items()}
@@ -86,9 +101,8 @@ class ValidationEvaluator:
     self.swipe_user, self.swipe_column = user_of_swipe, rows
     self.labels = swipes[features_lib.LABEL].astype(np.int64)
     # Exclusions: each user's train swipes and the user itself as a candidate.
-    user_index = {u: i for i, u in enumerate(user_ids)}
-    t_user = np.array([user_index.get(q, -1) for q in train[features_lib.QUERY_ID]], np.int64)
-    t_col = np.array([column.get(c, -1) for c in train[features_lib.CANDIDATE_ID]], np.int64)
+    t_user = _bytes_index(user_ids).get_indexer(train[features_lib.QUERY_ID]).astype(np.int64)
+    t_col = train[features_lib.CANDIDATE_ID]
     self_col = np.array([column.get(u, -1) for u in user_ids], np.int64)
     keep = (t_user >= 0) & (t_col >= 0)
     ex_user = np.concatenate([t_user[keep], np.flatnonzero(self_col >= 0)])
@@ -162,3 +176,65 @@ class ValidationEvaluator:
     out["validation_users"] = self.num_users
     out["validation_likes"] = int(self.relevant_user.size)
     return out
+
+
+
+def _batches(dataset: reader.DatasetDir, split: str, keys=None):
+  """A split's records in file order, `_READ_BATCH` at a time, as numpy (strings as bytes)."""
+  return reader.interactions_dataset(dataset, split, _READ_BATCH, shuffle=False,
+                                     deterministic=True, keys=keys).as_numpy_iterator()
+
+
+def _bytes_index(ids) -> pd.Index:
+  return pd.Index([i.encode("utf-8") for i in ids], dtype=object)
+
+
+def _decode(value: np.ndarray) -> np.ndarray:
+  """bytes -> str elementwise (any shape), as `reader.read_interactions` does."""
+  if value.dtype != object or not value.size:
+    return value
+  return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(value)
+
+
+def _sample_users(dataset: reader.DatasetDir, max_users: int, seed: int):
+  """(the validation users to evaluate as a pd.Index of bytes ids, whether sampled).
+
+  With more than `max_users` distinct users: a uniform sample without
+  replacement of `max_users` of them, drawn by `np.random.default_rng(seed)`
+  from the sorted ids; otherwise all of them.
+  """
+  users = np.unique(np.concatenate(
+      [b[features_lib.QUERY_ID] for b in _batches(dataset, SPLIT, [features_lib.QUERY_ID])]
+      or [np.array([], object)]))
+  if len(users) <= max_users:
+    return pd.Index(users, dtype=object), False
+  return pd.Index(np.random.default_rng(seed).choice(users, max_users, replace=False),
+                  dtype=object), True
+
+
+def _read_split(dataset: reader.DatasetDir, split: str, users) -> Dict[str, np.ndarray]:
+  """`reader.read_interactions` restricted to the rows of `users` (None: every row)."""
+  if users is None:
+    return reader.read_interactions(dataset, split)
+  parts: Dict[str, list] = {}
+  for batch in _batches(dataset, split):
+    mine = users.get_indexer(batch[features_lib.QUERY_ID]) >= 0
+    for key, value in batch.items():
+      parts.setdefault(key, []).append(value[mine])
+  return {key: _decode(np.concatenate(chunks)) for key, chunks in parts.items()}
+
+
+def _train_pairs(dataset: reader.DatasetDir, users: pd.Index, candidate_ids: np.ndarray):
+  """The train swipes of `users`: query ids (bytes) and candidate rows ([n] int64).
+
+  Candidate ids become their row in `candidate_ids` (-1 when not in the corpus)
+  batch by batch, so memory holds the kept rows only, never the split as strings.
+  """
+  corpus = _bytes_index(candidate_ids)
+  queries, rows = [np.array([], object)], [np.array([], np.int64)]
+  for batch in _batches(dataset, "train", [features_lib.QUERY_ID, features_lib.CANDIDATE_ID]):
+    mine = users.get_indexer(batch[features_lib.QUERY_ID]) >= 0
+    queries.append(batch[features_lib.QUERY_ID][mine])
+    rows.append(corpus.get_indexer(batch[features_lib.CANDIDATE_ID][mine]).astype(np.int64))
+  return {features_lib.QUERY_ID: np.concatenate(queries),
+          features_lib.CANDIDATE_ID: np.concatenate(rows)}

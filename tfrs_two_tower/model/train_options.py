@@ -98,6 +98,10 @@ class TrainOptions:
   early_stopping_patience: int = option(2, "Stop when validation_recall@K did not improve for this "
                                         "many epochs (the best epoch is restored either way); 0: "
                                         "never stop early.")
+  validation_max_users: int = option(epoch_eval.MAX_USERS, "Validation users ranked against "
+                                     "every candidate at each epoch end; with more, a seeded "
+                                     "sample of this many (the metrics are then a sample: see "
+                                     "docs/training.md).")
   mixed_precision: bool = option(False, "mixed_float16 compute (GPU); the embedding output stays "
                                  "float32.")
   jit_compile: bool = option(False, "XLA-compile the training step.")
@@ -123,7 +127,7 @@ class TrainOptions:
     problems = []
     for name in ("epochs", "batch_size", "embedding_dim", "checkpoint_every_steps",
                  "log_every_steps", "estimator_buckets", "estimator_hashes",
-                 "default_embedding_dim"):
+                 "default_embedding_dim", "validation_max_users"):
       if getattr(self, name) < 1:
         problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
     if self.tune_trials < 1:

@@ -106,7 +106,8 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
   try:
     # The selection metric's K is always computed, whatever --eval_ks lists.
     evaluator = epoch_eval.ValidationEvaluator(
-        dataset, ks=sorted(set(options.ks()) | {options.early_stopping_k}))
+        dataset, ks=sorted(set(options.ks()) | {options.early_stopping_k}),
+        max_users=options.validation_max_users, seed=options.seed)
   except epoch_eval.ValidationDataError as e:
     raise TrainError(f"--dataset_dir: {e}") from None
   search = None
