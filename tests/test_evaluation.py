@@ -200,6 +200,9 @@ def test_prepare_builds_consistent_relevance_and_exclusions(tiny_data, tiny_data
   assert set(zip(data.matches.users, data.matches.candidates)) <= set(
       zip(data.likes.users, data.likes.candidates))
   assert data.segments["all"].all() and data.segments["new"].sum() > 0
+  # the validation window's swipers: trained on nothing of theirs since, seen by a history
+  assert 0 < data.segments["swiped_after_training"].sum() < data.num_users
+  assert data.segments["new"][data.segments["joined_after_training"]].mean() > 0.5
   assert data.notes["eval_swipes"] == tiny_dataset.num_rows("eval")
 
 
@@ -215,6 +218,27 @@ def test_segments_hand_built():
   np.testing.assert_array_equal(got["new"], [False, False, True, False])
   np.testing.assert_array_equal(got["active"], [True, False, False, False])
   np.testing.assert_array_equal(got["long_time"], [True, False, False, True])
+  # no validation window: nobody joined or swiped after training except the unseen user 2
+  np.testing.assert_array_equal(got["joined_after_training"], [False, False, True, False])
+  assert not got["swiped_after_training"].any()
+
+
+def test_segments_after_training():
+  """Joined / swiped after the training data's end E (the validation window [E, T))."""
+  day = segments.SECONDS_PER_DAY
+  split, end = 200 * day, 190 * day
+  rules = segments.SegmentRules(fresh_min_swipes=2)
+  # 0: old account, 2 swipes in [E, T); 1: old account, 1 swipe in [E, T) and one before E;
+  # 2: created at E exactly, swipes after; 3: created_at unknown, first swipe after E;
+  # 4: created_at unknown, first swipe before E; 5: no created_at, no swipe before T
+  created = np.array([0, 0, end, -1, -1, -1])
+  users = np.array([0, 0, 1, 1, 2, 2, 2, 3, 4, 4, 4])
+  times = np.array([191, 199, 100, 195, 190, 192, 199, 194, 180, 191, 192]) * day
+  got = segments.assign_segments(6, created, users, times, split, rules, training_end=end)
+  np.testing.assert_array_equal(got["joined_after_training"],
+                                [False, False, True, True, False, True])
+  np.testing.assert_array_equal(got["swiped_after_training"],
+                                [True, False, True, False, True, False])
 
 
 SEEKS = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
@@ -339,7 +363,8 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
         "reciprocal", combination, True)
   assert os.listdir(os.path.join(tiny_run, "logs", "eval_reciprocal_harmonic"))
   model = report["recommenders"][name]["segments"]
-  assert set(model) == {"all", "new", "active", "long_time"}
+  assert set(model) == {"all", "new", "active", "long_time", "joined_after_training",
+                        "swiped_after_training"}
   for metric in ("auc", "recall@5", "ndcg@20", "mrr", "match_recall@5", "success@5",
                  "factorized_top20_accuracy", "log_loss", "oracle_match@5"):
     assert metric in model["all"], metric

@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import psycopg2
+from psycopg2 import sql
 import pytest
 import tensorflow as tf
 
@@ -96,6 +97,35 @@ def test_reciprocal_variant_scores_are_probabilities(published, tiny_world):
   rows = pgvector.recommend(conn, user, K, reciprocal=True)
   scores = [s for _, s in rows]
   assert rows and all(0 < s < 1 for s in scores) and scores == sorted(scores, reverse=True)
+
+
+def test_a_query_embedding_computed_at_request_time_replaces_the_published_one(published,
+                                                                                tiny_world):
+  """recommend(..., query_embedding): what the app passes with a fresh (history) embedding."""
+  _, conn, result = published
+  users = tiny_world.swipes["swiper_id"].value_counts().index[:2].tolist()
+  with conn.cursor() as cur:
+    cur.execute(sql.SQL("SELECT id, embedding::real[] FROM {} WHERE id = ANY(%s)").format(
+        sql.Identifier(f"tt_query_embeddings_{result['version']}")), (users,))
+    embeddings = {i: np.array(e, np.float32) for i, e in cur.fetchall()}
+  conn.commit()
+  me, other = users
+  own = pgvector.recommend(conn, me, K, exact=True)
+  assert pgvector.recommend(conn, me, K, exact=True, query_embedding=embeddings[me]) == own
+  # another embedding ranks by that embedding, under my exclusions and rules
+  theirs = pgvector.recommend(conn, me, K, exact=True, query_embedding=embeddings[other])
+  assert [c for c, _ in theirs] != [c for c, _ in own]
+  with conn.cursor() as cur:
+    cur.execute(sql.SQL("SELECT id, embedding::real[] FROM {} WHERE id = ANY(%s)").format(
+        sql.Identifier(f"tt_candidate_embeddings_{result['version']}")),
+        ([c for c, _ in theirs],))
+    candidates = {i: np.array(e, np.float32) for i, e in cur.fetchall()}
+  conn.commit()
+  np.testing.assert_allclose([s for _, s in theirs],
+                             [candidates[c] @ embeddings[other] for c, _ in theirs], atol=1e-5)
+  with pytest.raises(psycopg2.Error, match="dimension"):
+    pgvector.recommend(conn, me, K, query_embedding=embeddings[me][:-1])
+  conn.rollback()
 
 
 def test_republish_is_idempotent_and_switch_is_atomic(published, tiny_run_dir, tiny_dataset_dir):

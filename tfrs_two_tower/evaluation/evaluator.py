@@ -155,7 +155,8 @@ def prepare(dataset: reader.DatasetDir,
 
   segments = segments_lib.assign_segments(
       users.size, query_entities[features_lib.CREATED_AT][users], h_user[in_eval],
-      history["timestamp"][in_eval], int(dataset.manifest["split_time"]), rules)
+      history["timestamp"][in_eval], int(dataset.manifest["split_time"]), rules,
+      training_end=dataset.manifest.get("validation_time"))
   ones = np.ones(int(like.sum()), np.int64)
   return EvalData(
       query_entities=query_entities, candidate_entities=candidate_entities,

@@ -12,13 +12,14 @@ same run again is a no-op (unless `republish`).
 
 import hashlib
 import io
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.serving import eligibility_sql
+from tfrs_two_tower.serving import history_sql
 from tfrs_two_tower.serving import schema_sql
 
 VERSION_HEX_DIGITS = 12  # 48 bits: a collision needs ~16 million published runs
@@ -50,6 +51,9 @@ def serving_sql(conn, config: config_lib.Config) -> str:
                                      f"entities.{config.entity(side).name}.id_column")
               for side in ("query", "candidate")}
   fields = schema_sql.interaction_fields(conn, config)
+  swiper_type = schema_sql.probe(conn, fields["interactions"],
+                                 config.interactions.query_id_column,
+                                 "interactions.query_id_column")
   if config.same_entity_both_sides:
     back_swipes = sql.SQL(
         "SELECT DISTINCT ON (s.{swiper}) s.{swiper}::text, s.{action} IN ({positive})\n"
@@ -69,6 +73,7 @@ def serving_sql(conn, config: config_lib.Config) -> str:
       "candidate_id_type": sql.SQL(id_types["candidate"]),
       "eligible": eligibility_sql.condition(conn, config),
       "back_swipes": back_swipes,
+      "query_history": history_sql.query_history(config, fields, swiper_type),
       "reciprocal": sql.Literal(config.same_entity_both_sides),
       "max_impressions": sql.Literal(config.rules.exposure.max_impressions_per_day)})
 
@@ -190,20 +195,41 @@ def _drop_old_versions(conn, keep: int) -> list:
 
 def recommend(conn, user_id: str, k: int = 20, *, exact: bool = False, reciprocal: bool = False,
               age_window: Optional[int] = None, pool: int = 400,
-              combination: str = "product") -> list:
+              combination: str = "product",
+              query_embedding: Optional[np.ndarray] = None) -> list:
   """Calls the SQL RPC; returns [(candidate_id, score), ...] best first.
 
   `age_window` (years) replaces the config's age rule when given. `combination`
   ("product" = P(match), or "harmonic" for RECON) applies to `reciprocal` only.
+  `query_embedding` ([d], one-way only): the user's embedding computed at request
+  time (with a history: from `query_history`), instead of the published one.
   Commits: under an exposure cap the call counts its list (tt_impressions).
   """
+  if query_embedding is not None and reciprocal:
+    raise ValueError("query_embedding: the reciprocal ranking reads published embeddings only")
   with conn.cursor() as cur:
     if reciprocal:
       cur.execute("SELECT candidate_id, score FROM recommend_reciprocal(%s, %s, %s, %s, %s, %s)",
                   (user_id, k, age_window, exact, pool, combination))
     else:
-      cur.execute("SELECT candidate_id, score FROM recommend(%s, %s, %s, %s, %s)",
-                  (user_id, k, age_window, exact, pool))
+      embedding = (None if query_embedding is None
+                   else np.asarray(query_embedding, np.float32).ravel().tolist())
+      cur.execute("SELECT candidate_id, score FROM recommend(%s, %s, %s, %s, %s, %s::real[])",
+                  (user_id, k, age_window, exact, pool, embedding))
     rows = cur.fetchall()
   conn.commit()  # the impressions counted under an exposure cap (planner settings are local)
   return rows
+
+
+def query_history(conn, user_id: str) -> Dict[str, List[str]]:
+  """The query tower's history inputs of `user_id` now (`tt_query_history`).
+
+  Returns:
+    input name (query_history_<list>) -> candidate ids, most recent first; {}
+    when the config has no history.
+  """
+  with conn.cursor() as cur:
+    cur.execute("SELECT input_name, candidate_ids FROM tt_query_history(%s)", (user_id,))
+    rows = cur.fetchall()
+  conn.commit()  # ends the read-only transaction, as recommend() does
+  return {name: list(ids) for name, ids in rows}

@@ -64,6 +64,21 @@ LANGUAGE sql STABLE AS $tt_body$
   {back_swipes}
 $tt_body$;
 
+-- tt_query_history(user_id): the query tower's history inputs as of now, one row per list of
+-- the config's `history` section (none without it): input_name = the query tower's input
+-- (query_history_<list>), candidate_ids = the user's last max_length candidates of that list,
+-- most recent first (latest swipe per pair, as the export builds them). With a history the
+-- published query embedding goes stale as the user swipes: the app computes a fresh one from
+-- these lists and the profile (Core ML query tower or the query SavedModel) and passes it to
+-- recommend(..., query_embedding). Index: (query id, timestamp, candidate id) of the swipes
+-- table (serving/history_sql.py: index_statement).
+DROP FUNCTION IF EXISTS tt_query_history(text);
+CREATE FUNCTION tt_query_history(user_id text)
+RETURNS TABLE (input_name text, candidate_ids text[])
+LANGUAGE sql STABLE AS $tt_body$
+  {query_history}
+$tt_body$;
+
 -- Exposure control (the config's exposure.max_impressions_per_day, NULL = off): a candidate
 -- already returned in that many lists today (UTC) is left out of further lists until the next
 -- day. recommend() and recommend_reciprocal() count the ids they return in tt_impressions.
@@ -87,27 +102,40 @@ LANGUAGE sql VOLATILE AS $tt_body$
   ON CONFLICT (day, candidate_id) DO UPDATE SET impressions = t.impressions + 1
 $tt_body$;
 
--- tt_ranked(user_id, k, age_window, exact, pool, admirers): the body of recommend() below
--- (the nearest candidates by the hubness-adjusted dot product, then tt_eligible);
+-- tt_ranked(user_id, k, age_window, exact, pool, admirers, query_embedding): the body of
+-- recommend() below (the nearest candidates by the hubness-adjusted dot product, then
+-- tt_eligible); the query embedding is query_embedding when given (computed at request time,
+-- e.g. with the user's latest history), else the published one;
 -- with `admirers`, everyone whose latest swipe on the user is a like is returned too,
 -- beyond the top k, whatever their dot product (the reciprocal ranking must see them).
+DROP FUNCTION IF EXISTS tt_ranked(text, integer, integer, boolean, integer, boolean);
 CREATE OR REPLACE FUNCTION tt_ranked(user_id text, k integer, age_window integer,
-                                     exact boolean, pool integer, admirers boolean)
+                                     exact boolean, pool integer, admirers boolean,
+                                     query_embedding real[] DEFAULT NULL)
 RETURNS TABLE (candidate_id text, score real)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
   v text;
+  d integer;
   q vector;
   q_rank vector;
   offset_ vector;
 BEGIN
-  SELECT a.version, m.hubness_offset INTO v, offset_
+  SELECT a.version, m.hubness_offset, m.dim INTO v, offset_, d
   FROM tt_active_model a JOIN tt_model_versions m USING (version);
   IF v IS NULL THEN
     RAISE EXCEPTION 'no model published: run publish_embeddings.py';
   END IF;
-  EXECUTE format('SELECT embedding FROM %I WHERE id = $1', 'tt_query_embeddings_' || v)
-    INTO q USING user_id;
+  IF query_embedding IS NOT NULL THEN
+    IF cardinality(query_embedding) <> d THEN
+      RAISE EXCEPTION 'query_embedding has % values, model version % has dimension %',
+        cardinality(query_embedding), v, d;
+    END IF;
+    q := query_embedding::vector;
+  ELSE
+    EXECUTE format('SELECT embedding FROM %I WHERE id = $1', 'tt_query_embeddings_' || v)
+      INTO q USING user_id;
+  END IF;
   IF q IS NULL THEN
     RAISE EXCEPTION 'user % has no query embedding in model version %', user_id, v;
   END IF;
@@ -158,17 +186,22 @@ $$;
 -- (sequential scan; the reference); otherwise the HNSW index returns the `pool` nearest
 -- candidates, which are then filtered (pgvector before 0.8 filters after the index scan, so
 -- pool must exceed k by the filtered-out share). Counts its list in tt_impressions when the
--- cap is on (then call it in a read-write transaction and commit).
+-- cap is on (then call it in a read-write transaction and commit). query_embedding: the user's
+-- query embedding computed at request time (with a history: from tt_query_history's lists),
+-- instead of the published one.
+DROP FUNCTION IF EXISTS recommend(text, integer, integer, boolean, integer);
 CREATE OR REPLACE FUNCTION recommend(user_id text, k integer DEFAULT 20,
                                      age_window integer DEFAULT NULL,
                                      exact boolean DEFAULT false,
-                                     pool integer DEFAULT 400)
+                                     pool integer DEFAULT 400,
+                                     query_embedding real[] DEFAULT NULL)
 RETURNS TABLE (candidate_id text, score real)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   listed text[] := '{{}}';
 BEGIN
-  FOR candidate_id, score IN SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false)
+  FOR candidate_id, score IN SELECT * FROM tt_ranked(user_id, k, age_window, exact, pool, false,
+                                                    query_embedding)
   LOOP
     listed := listed || candidate_id;
     RETURN NEXT;

@@ -93,6 +93,9 @@ class EvaluateOptions:
                                   "swipes in that window.", lower_bound=1)
   long_time_days: float = option(_RULES.long_time_days, "Segment 'long_time': minimum account "
                                  "age at the split, in days.", lower_bound=0)
+  fresh_min_swipes: int = option(_RULES.fresh_min_swipes, "Segment 'swiped_after_training': "
+                                 "minimum swipes between the end of the training data and the "
+                                 "split (the validation window).", lower_bound=1)
   batch_size: int = option(1024, "Query users scored per block ([B, N] scores in memory).",
                            lower_bound=1)
   tensorboard: bool = option(True, "Write scalars and a PR curve to <run>/logs/eval.")
@@ -106,7 +109,8 @@ class EvaluateOptions:
   def rules(self) -> segments_lib.SegmentRules:
     return segments_lib.SegmentRules(active_window_days=self.active_window_days,
                                      active_min_swipes=self.active_min_swipes,
-                                     long_time_days=self.long_time_days)
+                                     long_time_days=self.long_time_days,
+                                     fresh_min_swipes=self.fresh_min_swipes)
 
 
 def run(dataset_dir: str, run_dirs: Sequence[str], output_dir: str,
