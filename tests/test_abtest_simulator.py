@@ -166,3 +166,51 @@ def test_reciprocal_treatment_knows_the_swipes_so_far(tiny_world, tiny_run_dir):
                                armed.candidate_rows(last["swiper_id"])),
       (last["action"] != "pass").to_numpy())
   assert simulator._observing(one_way, observed, None) is one_way
+
+
+def test_a_history_treatment_ranks_with_the_history_of_each_day(tiny_world, tmp_path):
+  """A run whose query tower reads the history is rebuilt each simulated day: day 1's feeds
+  are the top-k of the query embeddings with the world's swipes plus day 0's."""
+  from tfrs_two_tower.data import history as history_lib
+  from tfrs_two_tower.data import synthetic
+  from tfrs_two_tower.stages import train_stage
+  raw = config_lib.load_config().raw
+  raw["history"] = {"max_length": 5, "lists": ["liked", "passed"]}
+  ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
+  synthetic.write_world_dataset(tiny_world, config_lib.parse_config(raw), ds)
+  train_stage.run(ds, run_path, train_stage.TrainOptions(
+      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes="16", embedding_dim=8),
+      log=lambda *a: None)
+  recommender = simulator.two_tower(tiny_world, run_path)
+  assert isinstance(recommender, simulator.HistoryTwoTower)
+  ids = tiny_world.profiles["id"].to_numpy(str)
+  run = recommender.run
+  at_end = history_lib.histories_at(run.config.history, simulator.world_swipes(tiny_world), ids)
+  queries = dict(simulator.world_entities(tiny_world, run.config, "query"), **at_end)
+  np.testing.assert_allclose(recommender.current.query_embeddings, run.embed("query", queries),
+                             atol=1e-6)
+
+  exp = assignment.Experiment.from_weights("hist", {"control": 1, "treatment": 1})
+  simulation = simulator.simulate(tiny_world, {"control": recommender, "treatment": recommender},
+                                  exp, dataclasses.replace(PARAMS, days=2), log=lambda *a: None)
+  day = (simulation.swipes["created_at"] - simulation.definition.starts_at).dt.days.to_numpy()
+  day0 = simulation.swipes[day == 0]
+  day0_swipes = {"query_id": day0["swiper_id"].to_numpy(object),
+                 "candidate_id": day0["swipee_id"].to_numpy(object),
+                 "label": (day0["action"] != "pass").to_numpy(np.int64),
+                 "timestamp": ((day0["created_at"] - synthetic.START).dt.total_seconds()
+                               .to_numpy().astype(np.int64))}
+  swipes = simulator.world_swipes(tiny_world)
+  today = recommender.as_of({k: np.concatenate([swipes[k], day0_swipes[k]]) for k in swipes})
+  feeds = simulation.impressions[simulation.impressions["feed_id"].str.split(":").str[1] == "1"]
+  users = feeds["viewer_id"].unique()
+  before = pd.concat([tiny_world.swipes, day0], ignore_index=True)
+  exclude = [before.loc[before["swiper_id"] == u, "swipee_id"].tolist() for u in users]
+  expected, _ = today.current.top_k(users, tiny_world.params.feed_size, exclude=exclude)
+  got = feeds.sort_values(["viewer_id", "position"]).groupby("viewer_id")["profile_id"].apply(list)
+  for user, row in zip(users, expected):
+    assert got[user] == [c for c in row if c is not None][:len(got[user])], user
+  # the day-0 swipers' embeddings moved: a stale (world-end) history would rank otherwise
+  moved = np.isin(ids, day0["swiper_id"].unique())
+  assert not np.allclose(today.current.query_embeddings[moved],
+                         recommender.current.query_embeddings[moved], atol=1e-4)

@@ -18,6 +18,10 @@ padding, scores)`: `evaluation.baselines.FeatureMatching` (control) and
 `evaluation.retrieval.EmbeddingScorer` over a run dir's towers (treatment)
 both are. A `retrieval.ReciprocalScorer` is re-armed each day with the swipes
 observed so far (`with_back_swipes`): who already liked or passed on the user.
+A run whose query tower reads the swipe history (config `history`) is a
+`HistoryTwoTower`: rebuilt each day (`as_of`) with every user's history as of
+that day's start, the world's swipes and the experiment's so far -- what the
+app does by computing the query embedding at request time.
 
 The experiment starts where the world's history ends, so the pre-period
 (CUPED covariates) is the world's own history.
@@ -34,6 +38,7 @@ from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.abtest import assignment
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import definition as definition_lib
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.evaluation import baselines
 from tfrs_two_tower.evaluation import retrieval
@@ -69,6 +74,8 @@ def world_rules(world: synthetic.World, config,
 def with_exposure_control(recommender, exposure) -> Recommender:
   """The recommender under the config's `exposure` rules: the hubness penalty (one-way
   model scorers only: it shifts the query embedding) and the per-day candidate cap."""
+  if isinstance(recommender, HistoryTwoTower):  # applied to each day's rebuilt scorer
+    return dataclasses.replace(recommender, exposure=exposure)
   if exposure.hubness_beta > 0 and isinstance(recommender, retrieval.EmbeddingScorer):
     recommender = retrieval.CandidatePenalty.hubness(recommender, exposure.hubness_beta)
   if exposure.max_impressions_per_day:
@@ -93,21 +100,91 @@ def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False,
   model was trained on); `simulate` adds the observed back-swipes.
   """
   run = run_dir.open_run(run_path)
-  ids = world.profiles["id"].astype(str).to_numpy()
-  query = run.embed("query", world_entities(world, run.config, "query"))
   candidate = run.embed("candidate", world_entities(world, run.config, "candidate"))
+  if run.config.history:
+    return HistoryTwoTower(world, run, candidate, reciprocal, combination).as_of(
+        world_swipes(world))
+  query = run.embed("query", world_entities(world, run.config, "query"))
+  return _two_tower_scorer(world, query, candidate, reciprocal, combination)
+
+
+def _two_tower_scorer(world: synthetic.World, query: np.ndarray, candidate: np.ndarray,
+                      reciprocal: bool, combination: str,
+                      calibration: Optional[retrieval.PlattCalibration] = None):
+  """The one-way or reciprocal scorer of [n, d] query and candidate embeddings (world rows);
+  `calibration` default: fitted on the world's history swipes."""
+  ids = world.profiles["id"].astype(str).to_numpy()
   forward = retrieval.EmbeddingScorer(ids, ids, query, candidate, name="two_tower")
   if not reciprocal:
     return forward
   # backward.score_block(rows)[b, j] = s(j likes b) = q_j . c_b
   backward = retrieval.EmbeddingScorer(ids, ids, candidate, query, name="two_tower:backward")
-  history = world.swipes
-  calibration = retrieval.PlattCalibration.fit(
-      forward.pair_scores(forward.query_rows(history["swiper_id"]),
-                          forward.candidate_rows(history["swipee_id"])),
-      (history["action"] != "pass").to_numpy())
+  if calibration is None:
+    history = world.swipes
+    calibration = retrieval.PlattCalibration.fit(
+        forward.pair_scores(forward.query_rows(history["swiper_id"]),
+                            forward.candidate_rows(history["swipee_id"])),
+        (history["action"] != "pass").to_numpy())
   return retrieval.ReciprocalScorer(forward, backward, calibration, combination=combination,
                                     name="two_tower:reciprocal")
+
+
+def world_swipes(world: synthetic.World) -> Dict[str, np.ndarray]:
+  """The world's swipes as history interactions (`history.histories_at`): ids, label 1 for a
+  like (any action but a pass), timestamp in seconds since the world's start."""
+  swipes = world.swipes
+  return {"query_id": swipes["swiper_id"].to_numpy(str).astype(object),
+          "candidate_id": swipes["swipee_id"].to_numpy(str).astype(object),
+          "label": (swipes["action"] != "pass").to_numpy(np.int64),
+          "timestamp": ((swipes["created_at"] - synthetic.START).dt.total_seconds()
+                        .to_numpy().astype(np.int64))}
+
+
+@dataclasses.dataclass
+class HistoryTwoTower:
+  """The two-tower treatment of a run whose query tower reads the swipe history.
+
+  `as_of(swipes)` is the scorer of a day: every user's query embedding with
+  their history lists as of then (`history.histories_at` over `swipes`), the
+  candidate embeddings as they are (the candidate tower reads no history); a
+  reciprocal one keeps the calibration fitted at the world's end. It is itself
+  the scorer as of the world's end (`top_k`), so it serves as is too.
+
+  Attributes:
+    candidate: [n, d] candidate embeddings of the world's profiles.
+    exposure: the config's exposure rules, applied to each day's scorer.
+  """
+  world: synthetic.World
+  run: Any
+  candidate: np.ndarray
+  reciprocal: bool = False
+  combination: str = "product"
+  exposure: Any = None
+  current: Any = None
+  calibration: Optional[retrieval.PlattCalibration] = None
+
+  @property
+  def name(self) -> str:
+    return self.current.name
+
+  def as_of(self, swipes: Mapping[str, np.ndarray]) -> "HistoryTwoTower":
+    """This recommender with every user's history as of after `swipes` (query_id,
+    candidate_id, label 1 like / 0 pass, timestamp arrays)."""
+    ids = self.world.profiles["id"].astype(str).to_numpy()
+    queries = world_entities(self.world, self.run.config, "query")
+    queries.update(history_lib.histories_at(self.run.config.history, swipes, ids))
+    scorer = _two_tower_scorer(self.world, self.run.embed("query", queries), self.candidate,
+                               self.reciprocal, self.combination, self.calibration)
+    calibration = getattr(scorer, "calibration", None) if self.reciprocal else None
+    if self.exposure is not None:
+      scorer = with_exposure_control(scorer, self.exposure)
+    return dataclasses.replace(self, current=scorer, calibration=calibration)
+
+  def top_k(self, *args, **kwargs):
+    return self.current.top_k(*args, **kwargs)
+
+  def with_back_swipes(self, back_swipes):
+    return self.current.with_back_swipes(back_swipes)
 
 
 def oracle(world: synthetic.World, reciprocal: bool = False):
@@ -226,11 +303,17 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   shown_match = {arm: [] for arm in experiment.arm_names}
   shown_limited = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
+  history_swipes = (world_swipes(world) if any(isinstance(r, HistoryTwoTower)
+                                               for r in recommenders.values()) else None)
+  known = 0  # chunks already in history_swipes
   for day in range(params.days):
     # Swipes before today, by world index: (swipee u, swiper v) -> did v like u.
     observed = retrieval.BackSwipes.from_swipes(np.concatenate(swipees), np.concatenate(swipers),
                                                 np.concatenate(liked), n)
-    todays = {arm: _observing(recommender, observed, ids)
+    if history_swipes is not None:  # every swipe before today: the histories as of today
+      history_swipes = _with_swipes(history_swipes, chunks[known:])
+      known = len(chunks)
+    todays = {arm: _observing(_as_of(recommender, history_swipes), observed, ids)
               for arm, recommender in recommenders.items()}
     rules_today = None if params.rules is None else params.rules.at(
         float((synthetic.START + pd.Timedelta(days=world.params.days + day)).timestamp()))
@@ -313,6 +396,26 @@ def _feed_log(arm: str, day: int, swiper: np.ndarray, shown_ids: np.ndarray,
                                                                                unit="s"),
       "position": position, "score": score.astype(np.float64),
       "propensity": np.ones(swiper.size), "shown": np.ones(swiper.size, bool)})
+
+
+def _with_swipes(swipes: Dict[str, np.ndarray], chunks: Sequence[pd.DataFrame]
+                 ) -> Dict[str, np.ndarray]:
+  """History interactions (`world_swipes`) plus the experiment swipes of `chunks`."""
+  if not chunks:
+    return swipes
+  new = pd.concat(chunks, ignore_index=True)
+  added = {"query_id": new["swiper_id"].to_numpy(object),
+           "candidate_id": new["swipee_id"].to_numpy(object),
+           "label": (new["action"] != "pass").to_numpy(np.int64),
+           "timestamp": new["t"].to_numpy(np.int64)}
+  return {k: np.concatenate([swipes[k], added[k]]) for k in swipes}
+
+
+def _as_of(recommender: Recommender, swipes: Optional[Dict[str, np.ndarray]]) -> Recommender:
+  """A `HistoryTwoTower`'s scorer with the histories after `swipes`; others as they are."""
+  if isinstance(recommender, HistoryTwoTower):
+    return recommender.as_of(swipes).current
+  return recommender
 
 
 def _observing(recommender: Recommender, observed: retrieval.BackSwipes,
