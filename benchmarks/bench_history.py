@@ -55,6 +55,12 @@ flags.DEFINE_list("variants", ["none", "own", "shared"],
                   "Variants to compare: none, own, shared (liked + passed lists, own or shared "
                   "id table), liked_own, liked_shared (the liked list only).")
 flags.DEFINE_list("worlds", ["default", "taste_active"], "Worlds to measure on.")
+flags.DEFINE_float("recency_decay", 1.0, "history.recency_decay of every history variant "
+                   "(1: plain mean).")
+flags.DEFINE_float("history_dropout", 0.0, "history.dropout of every history variant.")
+flags.DEFINE_float("id_dropout", train_options.TrainOptions.id_dropout,
+                   "Training id dropout of every variant (the share of examples that train "
+                   "the OOV id row, i.e. users unseen in training).")
 
 K_LIKE, K_RECALL = 10, 50
 # The second world: taste drives likes more, interests less, users are more
@@ -71,7 +77,8 @@ def variant_config(variant: str) -> config_lib.Config:
   if variant != "none":
     raw["history"] = {"max_length": FLAGS.max_length,
                       "lists": ["liked"] if variant.startswith("liked") else ["liked", "passed"],
-                      "share_candidate_id_embedding": variant.endswith("shared")}
+                      "share_candidate_id_embedding": variant.endswith("shared"),
+                      "recency_decay": FLAGS.recency_decay, "dropout": FLAGS.history_dropout}
   return config_lib.parse_config(raw)
 
 
@@ -159,7 +166,7 @@ def main(argv):
   del argv
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
   options = train_options.TrainOptions(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                                     log_every_steps=10**6)
+                                       log_every_steps=10**6, id_dropout=FLAGS.id_dropout)
   for world_name in FLAGS.worlds:
     overrides = WORLDS[world_name]
     params = synthetic.WorldParams(num_users=FLAGS.num_users, days=FLAGS.days, **overrides)
@@ -194,7 +201,9 @@ def main(argv):
     print("throughput slowdown vs " + names[0] + ": " + ", ".join(
         f"{n} {base_rate / rows[n]['examples/s']:.2f}x" for n in names[1:]))
   print(f"\nsettings: {dataclasses.asdict(options)['epochs']} epochs, batch "
-        f"{FLAGS.batch_size}, N={FLAGS.max_length}, {FLAGS.num_users} users x {FLAGS.days} days")
+        f"{FLAGS.batch_size}, N={FLAGS.max_length}, recency_decay={FLAGS.recency_decay}, "
+        f"history dropout={FLAGS.history_dropout}, id dropout={FLAGS.id_dropout}, "
+        f"{FLAGS.num_users} users x {FLAGS.days} days")
 
 
 if __name__ == "__main__":

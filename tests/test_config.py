@@ -155,11 +155,16 @@ def test_history_is_off_unless_declared_and_validated_by_key(default_config):
   assert (history.max_length, history.lists, history.share_candidate_id_embedding) == (
       5, ("liked",), True)
   assert history.keys == ["query_history_liked"]
+  assert (history.recency_decay, history.dropout) == (1.0, 0.0)  # plain mean, no dropout
   for bad, key in (({"max_length": 0}, "history.max_length"),
                    ({"max_length": -3}, "history.max_length"),
                    ({"max_length": 5, "lists": ["liked", "liked"]}, "history.lists"),
                    ({"max_length": 5, "lists": ["clicked"]}, "history.lists"),
-                   ({"max_length": 5, "recency": 1}, "history.recency")):
+                   ({"max_length": 5, "recency": 1}, "history.recency"),
+                   ({"max_length": 5, "recency_decay": 0}, "history.recency_decay"),
+                   ({"max_length": 5, "recency_decay": 1.5}, "history.recency_decay"),
+                   ({"max_length": 5, "dropout": 1.0}, "history.dropout"),
+                   ({"max_length": 5, "dropout": True}, "history.dropout")):
     raw["history"] = bad
     problems = _problems(raw)
     assert len(problems) == 1 and problems[0].startswith(key), problems

@@ -136,6 +136,30 @@ def test_history_inputs_index_the_candidate_vocabulary_and_are_masked():
   assert shared in core.layers
 
 
+
+def test_recency_decay_weighs_recent_ids_more_and_dropout_only_trains():
+  import tensorflow as tf
+  from tfrs_two_tower.model import towers
+  table = np.arange(5 * 2, dtype=np.float32).reshape(5, 2)  # row i = [2i, 2i + 1]
+  indices = tf.constant([[4, 2, 0], [3, 0, 0], [0, 0, 0]])
+  embedded = tf.gather(table, indices)
+  got = towers.MaskedPooling("mean", recency_decay=0.5)(embedded, indices).numpy()
+  np.testing.assert_allclose(got, [(table[4] + 0.5 * table[2]) / 1.5, table[3], [0, 0]],
+                             rtol=1e-6)
+  plain = towers.MaskedPooling("mean")(embedded, indices).numpy()
+  np.testing.assert_allclose(plain[0], (table[4] + table[2]) / 2)
+  dropout = towers.HistoryDropout(0.5)
+  ids = tf.constant(np.arange(1, 2001, dtype=np.int32).reshape(4, 500))
+  assert (dropout(ids).numpy() == ids.numpy()).all()  # inference: the identity
+  dropped = dropout(ids, training=True).numpy()
+  assert set(np.unique(dropped[dropped != ids.numpy()])) == {0}
+  assert 0.4 < (dropped == 0).mean() < 0.6
+  specs = [dict(s, recency_decay=0.5, dropout=0.3) for s in HISTORY_SPECS]
+  core = towers.build_core(specs, [8], 6, name="core")
+  assert {"query_history_liked_dropout", "query_history_liked_pooling"} <= {
+      layer.name for layer in core.layers}
+
+
 @pytest.mark.slow
 def test_history_trains_and_serves_through_the_savedmodels(tmp_path, tiny_world):
   import tensorflow as tf

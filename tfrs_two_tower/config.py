@@ -223,10 +223,15 @@ class History:
   side gets the candidate ids of the user's last `max_length` interactions of
   that list strictly before the interaction's time, most recent first, stored
   under `query_history_<list>` and looked up in the candidate id vocabulary.
+  The tower pools a list by a weighted masked mean, weight `recency_decay`^l
+  of the l-th most recent id (1.0: the plain mean), and in training drops each
+  id with probability `dropout` (robustness to the short histories of new users).
   """
   max_length: int
   lists: Tuple[str, ...]
   share_candidate_id_embedding: bool
+  recency_decay: float = 1.0
+  dropout: float = 0.0
 
   def key(self, name: str) -> str:
     return f"query_history_{name}"
@@ -434,7 +439,9 @@ def _build(raw: Dict[str, Any], source: str) -> Config:
     history = History(max_length=spec["max_length"],
                       lists=tuple(spec.get("lists", HISTORY_LISTS)),
                       share_candidate_id_embedding=spec.get("share_candidate_id_embedding",
-                                                            False))
+                                                            False),
+                      recency_decay=float(spec.get("recency_decay", 1.0)),
+                      dropout=float(spec.get("dropout", 0.0)))
   impressions = None
   if raw.get("impressions") is not None:
     spec = raw["impressions"]

@@ -103,7 +103,8 @@ def side_feature_specs(config: config_lib.Config, preprocessing: Mapping[str, An
         raise KeyError(f"preprocessing.json has no entry for the history list {key!r} (the "
                        "dataset was exported without the config's history section)")
       spec = dict(preprocessing[key], key=key, embedding_dim=candidate_id.embedding_dim,
-                  pooling="mean")
+                  pooling="mean", recency_decay=config.history.recency_decay,
+                  dropout=config.history.dropout)
       spec["tokens"] = [str(t) for t in fmt.read_tsv_counts(
           os.path.join(base_dir, spec["vocabulary"]))["token"].tolist()]
       specs.append(spec)

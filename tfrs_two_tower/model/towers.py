@@ -7,8 +7,11 @@ The core is a functional Keras model over the int32/float32 inputs of
   multi-valued            e = sum_l m_l E[i_l] / max(sum_l m_l, 1)  (mean)     [B, d]
                               or sum_l m_l E[i_l]                   (sum),  m_l = [i_l > 0]
   history list            the masked mean as above over the candidate ids the user
-                          liked (or passed) before; E is its own table, or the
-                          candidate tower's id embedding (`shared_embeddings`)
+                          liked (or passed) before, weighted r^l for the l-th most
+                          recent (r = recency_decay; 1: plain mean); E is its own
+                          table, or the candidate tower's id embedding
+                          (`shared_embeddings`); in training each id is masked
+                          with probability `dropout` (HistoryDropout)
   numeric                 [z, missing] (+ Embedding(len(boundaries) + 2, d)(bucket))
   geo                     cell embedding and the unit-sphere xyz
   h = concat(all) -> Dense(relu) x len(layer_sizes) -> Dense(embedding_dim)
@@ -21,6 +24,7 @@ add and cast, so that coremltools' TensorFlow frontend converts it.
 import json
 from typing import Any, Dict, Mapping, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfrs_two_tower.model import preprocessing as prep
@@ -29,24 +33,62 @@ DEFAULT_EMBEDDING_DIM = 8
 
 
 class MaskedPooling(tf.keras.layers.Layer):
-  """[B, L, d] embeddings of [B, L] indices -> [B, d], ignoring index 0 (padding)."""
+  """[B, L, d] embeddings of [B, L] indices -> [B, d], ignoring index 0 (padding).
 
-  def __init__(self, pooling: str = "mean", **kwargs):
+  With `recency_decay` r < 1 (lists of a fixed length L, most recent first) slot
+  l weighs w_l = r^l: mean = sum_l w_l m_l E[i_l] / max(sum_l w_l m_l, 1e-6)
+  (an empty list stays 0).
+  """
+
+  def __init__(self, pooling: str = "mean", recency_decay: float = 1.0, **kwargs):
     super().__init__(**kwargs)
     if pooling not in ("mean", "sum"):
       raise ValueError(f"unknown pooling {pooling!r}")
     self.pooling = pooling
+    self.recency_decay = float(recency_decay)
 
   def call(self, embeddings, indices):
     mask = tf.cast(indices > 0, embeddings.dtype)[:, :, None]
+    if self.recency_decay != 1.0:  # a constant [1, L, 1]: a multiply Core ML converts
+      length = int(indices.shape[1])
+      mask *= tf.constant(self.recency_decay ** np.arange(length), embeddings.dtype)[None, :, None]
     total = tf.reduce_sum(embeddings * mask, axis=1)
     if self.pooling == "sum":
       return total
     count = tf.reduce_sum(mask, axis=1)
+    if self.recency_decay != 1.0:  # a weight sum < 1 is a real list (one old id): divide by it
+      return total / tf.maximum(count, tf.constant(1e-6, count.dtype))
     return total / tf.maximum(count, tf.ones_like(count))
 
   def get_config(self):
-    return {**super().get_config(), "pooling": self.pooling}
+    return {**super().get_config(), "pooling": self.pooling,
+            "recency_decay": self.recency_decay}
+
+
+class HistoryDropout(tf.keras.layers.Layer):
+  """In training, masks each history id (index -> 0, padding) with probability `rate`.
+
+  Histories are short for new users and long for the users most of the
+  training swipes come from; dropping ids teaches the tower short lists. At
+  inference (`training=False`) the identity.
+  """
+
+  def __init__(self, rate: float, **kwargs):
+    super().__init__(trainable=False, **kwargs)
+    if not 0.0 <= rate < 1.0:
+      raise ValueError(f"history dropout rate must be in [0, 1), got {rate}")
+    self.rate = float(rate)
+
+  def call(self, indices, training=False):
+    if not training or self.rate == 0.0:
+      return indices
+    keep = tf.random.uniform(tf.shape(indices)) >= self.rate
+    return tf.where(keep, indices, tf.zeros_like(indices))
+
+  def get_config(self):
+    config = super().get_config()
+    config.pop("trainable", None)
+    return {**config, "rate": self.rate}
 
 
 class IdDropout(tf.keras.layers.Layer):
@@ -151,10 +193,13 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
     if ftype in prep.VOCAB_TYPES:
       table = shared_embeddings.get(key) or tf.keras.layers.Embedding(
           prep.num_rows(spec), dim, name=f"{key}_embedding", embeddings_regularizer=regularizer)
-      embedded = table(inputs[key])
+      indices = inputs[key]
+      if ftype == "history" and spec.get("dropout"):
+        indices = HistoryDropout(spec["dropout"], name=f"{key}_dropout")(indices)
+      embedded = table(indices)
       if ftype in prep.LIST_TYPES:
-        embedded = MaskedPooling(spec.get("pooling", "mean"), name=f"{key}_pooling")(
-            embedded, inputs[key])
+        embedded = MaskedPooling(spec.get("pooling", "mean"), spec.get("recency_decay", 1.0),
+                                 name=f"{key}_pooling")(embedded, indices)
       parts.append(embedded)
       if ftype == "geo":
         parts.append(inputs[key + prep.XYZ_SUFFIX])
