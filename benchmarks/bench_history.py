@@ -5,8 +5,9 @@ For each synthetic world (the default shape and a second, differently shaped
 one) and each variant (no history; history with its own id table; history
 sharing the candidate id table), the same seeds, export, training options:
 
-* at the split (`evaluate_stage`, history = every train swipe): oracle_like@10
-  and recall@50 for new / active / long-time / all users;
+* at the split (`evaluate_stage`, history = every swipe before the split):
+  oracle_like@10 and recall@50 for new / active / long-time / joined after
+  training / swiped after training (the validation window) / all users;
 * fresh (the app's setting: the history is the user's swipes up to the moment
   of ranking): each eval user is ranked once, at the time of their median eval
   swipe, with the history just before it (from that swipe's record); top-K over
@@ -89,7 +90,8 @@ def at_split(dataset_dir, run_dir, world_dir, out):
       baselines=[], reciprocal=False, tensorboard=False), log=lambda *a: None)
   model = next(iter(report["recommenders"].values()))["segments"]
   return {f"split {metric} {segment}": _point(model[segment].get(metric))
-          for segment in ("new", "active", "long_time", "all")
+          for segment in ("new", "active", "long_time", "joined_after_training",
+                          "swiped_after_training", "all")
           for metric in (f"oracle_like@{K_LIKE}", f"recall@{K_RECALL}")}
 
 
@@ -192,11 +194,12 @@ def main(argv):
       rows[variant] = figures
     names = list(rows)
     width = max(14, *(len(n) + 2 for n in names))
-    print(f"{'metric':34s}" + "".join(f"{n:>{width}s}" for n in names))
+    label = max(len(m) for m in rows[names[0]]) + 2
+    print(f"{'metric':{label}s}" + "".join(f"{n:>{width}s}" for n in names))
     for metric in rows[names[0]]:
       cells = "".join(f"{rows[n][metric]:>{width}.4f}" if isinstance(rows[n][metric], float)
                       else f"{str(rows[n][metric]):>{width}s}" for n in names)
-      print(f"{metric:34s}{cells}")
+      print(f"{metric:{label}s}{cells}")
     base_rate = rows[names[0]]["examples/s"]
     print("throughput slowdown vs " + names[0] + ": " + ", ".join(
         f"{n} {base_rate / rows[n]['examples/s']:.2f}x" for n in names[1:]))
