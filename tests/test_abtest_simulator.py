@@ -13,8 +13,11 @@ from tfrs_two_tower.abtest import calibration
 from tfrs_two_tower.abtest import database
 from tfrs_two_tower.abtest import outcomes as outcomes_lib
 from tfrs_two_tower.abtest import simulator
+from tfrs_two_tower.data import history as history_lib
 from tfrs_two_tower.data import seeding
+from tfrs_two_tower.data import synthetic
 from tfrs_two_tower.stages import abtest_stage
+from tfrs_two_tower.stages import train_stage
 
 # Every test here runs subprocesses, conversions or a pipeline: minutes, not seconds.
 pytestmark = pytest.mark.slow
@@ -171,9 +174,6 @@ def test_reciprocal_treatment_knows_the_swipes_so_far(tiny_world, tiny_run_dir):
 def test_a_history_treatment_ranks_with_the_history_of_each_day(tiny_world, tmp_path):
   """A run whose query tower reads the history is rebuilt each simulated day: day 1's feeds
   are the top-k of the query embeddings with the world's swipes plus day 0's."""
-  from tfrs_two_tower.data import history as history_lib
-  from tfrs_two_tower.data import synthetic
-  from tfrs_two_tower.stages import train_stage
   raw = config_lib.load_config().raw
   raw["history"] = {"max_length": 5, "lists": ["liked", "passed"]}
   ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
@@ -185,7 +185,8 @@ def test_a_history_treatment_ranks_with_the_history_of_each_day(tiny_world, tmp_
   assert isinstance(recommender, simulator.HistoryTwoTower)
   ids = tiny_world.profiles["id"].to_numpy(str)
   run = recommender.run
-  at_end = history_lib.histories_at(run.config.history, simulator.world_swipes(tiny_world), ids)
+  at_end = history_lib.histories_at(run.config.history,
+                                    simulator.swipe_interactions(tiny_world.swipes), ids)
   queries = dict(simulator.world_entities(tiny_world, run.config, "query"), **at_end)
   np.testing.assert_allclose(recommender.current.query_embeddings, run.embed("query", queries),
                              atol=1e-6)
@@ -195,13 +196,8 @@ def test_a_history_treatment_ranks_with_the_history_of_each_day(tiny_world, tmp_
                                   exp, dataclasses.replace(PARAMS, days=2), log=lambda *a: None)
   day = (simulation.swipes["created_at"] - simulation.definition.starts_at).dt.days.to_numpy()
   day0 = simulation.swipes[day == 0]
-  day0_swipes = {"query_id": day0["swiper_id"].to_numpy(object),
-                 "candidate_id": day0["swipee_id"].to_numpy(object),
-                 "label": (day0["action"] != "pass").to_numpy(np.int64),
-                 "timestamp": ((day0["created_at"] - synthetic.START).dt.total_seconds()
-                               .to_numpy().astype(np.int64))}
-  swipes = simulator.world_swipes(tiny_world)
-  today = recommender.as_of({k: np.concatenate([swipes[k], day0_swipes[k]]) for k in swipes})
+  today = recommender.as_of(simulator.swipe_interactions(
+      pd.concat([tiny_world.swipes, day0], ignore_index=True)))
   feeds = simulation.impressions[simulation.impressions["feed_id"].str.split(":").str[1] == "1"]
   users = feeds["viewer_id"].unique()
   before = pd.concat([tiny_world.swipes, day0], ignore_index=True)

@@ -103,7 +103,7 @@ def two_tower(world: synthetic.World, run_path: str, reciprocal: bool = False,
   candidate = run.embed("candidate", world_entities(world, run.config, "candidate"))
   if run.config.history:
     return HistoryTwoTower(world, run, candidate, reciprocal, combination).as_of(
-        world_swipes(world))
+        swipe_interactions(world.swipes))
   query = run.embed("query", world_entities(world, run.config, "query"))
   return _two_tower_scorer(world, query, candidate, reciprocal, combination)
 
@@ -129,15 +129,20 @@ def _two_tower_scorer(world: synthetic.World, query: np.ndarray, candidate: np.n
                                     name="two_tower:reciprocal")
 
 
-def world_swipes(world: synthetic.World) -> Dict[str, np.ndarray]:
-  """The world's swipes as history interactions (`history.histories_at`): ids, label 1 for a
-  like (any action but a pass), timestamp in seconds since the world's start."""
-  swipes = world.swipes
+def swipe_interactions(swipes: pd.DataFrame) -> Dict[str, np.ndarray]:
+  """World-schema swipes (the world's, or a simulation's) as history interactions
+  (`history.histories_at`): ids, label 1 for a like (any action but a pass), timestamp in
+  seconds since the world's start."""
+  return _interactions(swipes, (swipes["created_at"] - synthetic.START).dt.total_seconds())
+
+
+def _interactions(swipes: pd.DataFrame, seconds) -> Dict[str, np.ndarray]:
+  """World-schema swipes (swiper_id, swipee_id, action) at `seconds` since the world's start
+  as history interactions."""
   return {"query_id": swipes["swiper_id"].to_numpy(str).astype(object),
           "candidate_id": swipes["swipee_id"].to_numpy(str).astype(object),
           "label": (swipes["action"] != "pass").to_numpy(np.int64),
-          "timestamp": ((swipes["created_at"] - synthetic.START).dt.total_seconds()
-                        .to_numpy().astype(np.int64))}
+          "timestamp": np.asarray(seconds).astype(np.int64)}
 
 
 @dataclasses.dataclass
@@ -303,7 +308,7 @@ def simulate(world: synthetic.World, recommenders: Mapping[str, Recommender],
   shown_match = {arm: [] for arm in experiment.arm_names}
   shown_limited = {arm: [] for arm in experiment.arm_names}
   activity = world.hidden["activity"]
-  history_swipes = (world_swipes(world) if any(isinstance(r, HistoryTwoTower)
+  history_swipes = (swipe_interactions(world.swipes) if any(isinstance(r, HistoryTwoTower)
                                                for r in recommenders.values()) else None)
   known = 0  # chunks already in history_swipes
   for day in range(params.days):
@@ -400,14 +405,11 @@ def _feed_log(arm: str, day: int, swiper: np.ndarray, shown_ids: np.ndarray,
 
 def _with_swipes(swipes: Dict[str, np.ndarray], chunks: Sequence[pd.DataFrame]
                  ) -> Dict[str, np.ndarray]:
-  """History interactions (`world_swipes`) plus the experiment swipes of `chunks`."""
+  """History interactions (`swipe_interactions`) plus the experiment swipes of `chunks`."""
   if not chunks:
     return swipes
   new = pd.concat(chunks, ignore_index=True)
-  added = {"query_id": new["swiper_id"].to_numpy(object),
-           "candidate_id": new["swipee_id"].to_numpy(object),
-           "label": (new["action"] != "pass").to_numpy(np.int64),
-           "timestamp": new["t"].to_numpy(np.int64)}
+  added = _interactions(new, new["t"])
   return {k: np.concatenate([swipes[k], added[k]]) for k in swipes}
 
 
