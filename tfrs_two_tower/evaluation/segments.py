@@ -41,7 +41,8 @@ class SegmentRules:
   def describe(self) -> Dict[str, str]:
     return {
         "all": "every user with at least one eval swipe",
-        "new": "no train swipes: unseen in training (cold start; id out of vocabulary)",
+        "new": "no swipes before the split: unseen in training (cold start; id out of "
+               "vocabulary)",
         "active": f">= {self.active_min_swipes} swipes in the {self.active_window_days:g} "
                   "days before the split",
         "long_time": f"account age >= {self.long_time_days:g} days at the split (created_at, "
