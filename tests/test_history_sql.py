@@ -7,10 +7,10 @@ from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import history as history_lib
+from tfrs_two_tower.data import seeding
 from tfrs_two_tower.serving import history_sql
 from tfrs_two_tower.serving import pgvector
 from tfrs_two_tower.serving import schema_sql
-from tfrs_two_tower.stages import seed_stage
 
 
 def _history_config(max_length, lists=("liked", "passed")):
@@ -23,7 +23,7 @@ def _history_config(max_length, lists=("liked", "passed")):
 def seeded(make_database, tiny_world):
   """The tiny world's profiles and swipes in a real database; a user swiping one pair twice."""
   conn = psycopg2.connect(make_database("history_sql"))
-  seed_stage.seed(conn, tiny_world, log=lambda *a: None)
+  seeding.seed(conn, tiny_world, log=lambda *a: None)
   yield conn
   conn.close()
 
