@@ -179,7 +179,7 @@ def test_a_history_treatment_ranks_with_the_history_of_each_day(tiny_world, tmp_
   ds, run_path = str(tmp_path / "ds"), str(tmp_path / "run")
   synthetic.write_world_dataset(tiny_world, config_lib.parse_config(raw), ds)
   train_stage.run(ds, run_path, train_stage.TrainOptions(
-      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes="16", embedding_dim=8),
+      epochs=1, steps_per_epoch=4, batch_size=128, layer_sizes=[16], embedding_dim=8),
       log=lambda *a: None)
   recommender = simulator.two_tower(tiny_world, run_path)
   assert isinstance(recommender, simulator.HistoryTwoTower)
