@@ -3,7 +3,6 @@ import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from tfrs_two_tower import config as config_lib
 from tfrs_two_tower.data import history as history_lib
