@@ -52,6 +52,7 @@ np.savez(out, query=run.embed("query", query), candidate=run.embed("candidate", 
 """
 
 
+@pytest.mark.slow
 def test_run_dir_contract_and_fresh_process_reload(trained, tiny_dataset_dir, tmp_path):
   path, result = trained
   for name in ("manifest.json", "flags.json", "config.json", "preprocessing.json", "vocab",
@@ -190,6 +191,7 @@ def _poison_eval_split(path):
   files.write_json(os.path.join(path, fmt.MANIFEST), manifest)
 
 
+@pytest.mark.slow
 def test_training_never_reads_eval_and_restores_the_best_validation_epoch(dataset_copy,
                                                                           tmp_path):
   """One 3-epoch training on a dataset whose eval split is poisoned: it never reads eval,
