@@ -111,11 +111,11 @@ def trajectory(name: str, work: str, epochs: int, seed: int, log, overrides=None
 
 def picked_epoch(rows: list, metric: str, patience: int) -> int:
   """0-based index of the epoch `metric` picks with this early-stopping patience (0: none)."""
-  best, best_i = -np.inf, 0
-  for i, row in enumerate(rows):
-    if row[metric] > best:
-      best, best_i = row[metric], i
-    elif patience and i - best_i >= patience:
+  best_i = 0
+  for i in range(len(rows)):  # the trainer's own rules: strict improvement, early_stop
+    if rows[i][metric] > rows[best_i][metric]:
+      best_i = i
+    if training_lib.early_stop(rows[:i + 1], patience, metric):
       break
   return best_i
 

@@ -247,7 +247,7 @@ class Training:
       self._best_weights = [v.numpy() for v in model.variables]
     if self.epoch >= options.epochs:
       self.done = True
-    elif _early_stop(self.history, options, self.selection_key):
+    elif early_stop(self.history, options.early_stopping_patience, self.selection_key):
       self.log("train: early stopping: %s did not improve for %d epochs" % (
           self.selection_key, options.early_stopping_patience))
       self.done = True
@@ -284,8 +284,8 @@ def _learning_rate(optimizer) -> float:
   return float(tf.convert_to_tensor(value))  # also a (mirrored) variable
 
 
-def _early_stop(history: List[Dict[str, float]], options: TrainOptions, key: str) -> bool:
-  patience = options.early_stopping_patience
+def early_stop(history: List[Dict[str, float]], patience: int, key: str) -> bool:
+  """True when `key` has not beaten its best before the last `patience` epochs (0: never)."""
   if not patience or len(history) <= patience or key not in history[0]:
     return False
   best_before = max(h[key] for h in history[:-patience])
