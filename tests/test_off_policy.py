@@ -461,3 +461,38 @@ def test_file_export_carries_the_log_and_refuses_a_bad_row(exploring_world,
                            log=lambda m: None, error=errors.append)
   assert code != 0 and not (tmp_path / "bad").exists()
   assert "feed_impressions.csv" in errors[0] and "'propensity' row 7" in errors[0], errors
+
+
+def test_file_source_streams_the_log_in_chunks(exploring_world, default_config,
+                                               exploring_dataset_dir, tmp_path):
+  # A 1M-user world's log (~69M rows) as one frame cost ~9 GB: the source hands it on
+  # `read_chunk_rows` rows at a time, and a bad row is still named by its row in the file.
+  from tfrs_two_tower.data import file_source
+  world_dir = str(tmp_path / "world")
+  exploring_world.save(world_dir)
+  with file_source.FileSource(default_config, world_dir, read_chunk_rows=1000,
+                              log=lambda m: None) as source:
+    chunks, where = source.impressions()
+    sizes = [len(chunk) for chunk in chunks]
+  assert where.endswith("feed_impressions.parquet")
+  assert max(sizes) == 1000 and sum(sizes) == len(exploring_world.impressions) > 3000
+  out = str(tmp_path / "streamed")
+  with file_source.FileSource(default_config, world_dir, read_chunk_rows=1000,
+                              log=lambda m: None) as source:
+    stats = _export(source, default_config, out)
+  assert stats["impressions"] == reader.open_dataset(exploring_dataset_dir).stats["impressions"]
+  pd.testing.assert_frame_equal(_dataset_log(out), _dataset_log(exploring_dataset_dir))
+  bad = exploring_world.impressions.copy()
+  bad.loc[2500, "propensity"] = 1.5
+  bad.to_parquet(str(tmp_path / "world" / "feed_impressions.parquet"), index=False)
+  with file_source.FileSource(default_config, world_dir, read_chunk_rows=1000,
+                              log=lambda m: None) as source:
+    with pytest.raises(writer_lib.DataError, match=r"'propensity' row 2500: propensity"):
+      _export(source, default_config, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad").exists()
+
+
+def _export(source, config, out):
+  from tfrs_two_tower.data import sources
+  return sources.export(source, config, out, num_train_shards=1, num_eval_shards=1,
+                        log=lambda m: None)

@@ -291,13 +291,16 @@ class PairRules:
     temporaries of 8 * block_pairs bytes), so memory does not grow with N.
     """
     count = 0
-    q_ids = self.query.ids
+    query_rows = np.asarray(query_rows, np.int64)
+    # Each query row's own candidate row (-1: not a candidate), found once by hashing: an
+    # [B, N] comparison of id strings cost as much as the rules' masks at 1M candidates.
+    own = (pd.Index(self.candidate.ids).get_indexer(self.query.ids[query_rows])
+           if self.rules.exclude_self else np.full(query_rows.size, -1))
     block = max(1, block_pairs // max(len(self.candidate), 1))
     for start in range(0, len(query_rows), block):
-      rows = np.asarray(query_rows[start:start + block])
-      m = self.mask(rows)
-      if self.rules.exclude_self:
-        m &= self.candidate.ids[None, :] != q_ids[rows][:, None]
+      m = self.mask(query_rows[start:start + block])
+      is_candidate = np.flatnonzero(own[start:start + block] >= 0)
+      m[is_candidate, own[start:start + block][is_candidate]] = False
       count += int((~m.any(axis=1)).sum())
     return count
 

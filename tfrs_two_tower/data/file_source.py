@@ -160,22 +160,25 @@ class FileSource:
     return list(dict.fromkeys(needed))
 
   def _read(self, kind: str, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
-    path = self.paths[kind]
+    return self._read_file(self.paths[kind], list(columns))
+
+  def _read_file(self, path: str, columns: Optional[List[str]]) -> Iterator[pd.DataFrame]:
+    """`path`'s rows (`columns` only, or all), `read_chunk_rows` at a time."""
     try:
-      if self._is_parquet(kind):
-        for batch in pq.ParquetFile(path).iter_batches(self.read_chunk_rows,
-                                                       columns=list(columns)):
+      if path.endswith(".parquet"):
+        for batch in pq.ParquetFile(path).iter_batches(self.read_chunk_rows, columns=columns):
           yield batch.to_pandas()
       else:
-        yield from pd.read_csv(path, usecols=list(columns), dtype=object, keep_default_na=False,
+        yield from pd.read_csv(path, usecols=columns, dtype=object, keep_default_na=False,
                                na_values=[""], chunksize=self.read_chunk_rows)
     except (UnicodeDecodeError, pd.errors.ParserError, pa.ArrowException) as e:
       raise self._unreadable(path, e) from None
 
   # -- the source interface -----------------------------------------------------------------
-  def impressions(self) -> Optional[Tuple[pd.DataFrame, str]]:
-    """(the impressions log, its file) from the file named by config `impressions.table`
-    beside the interactions file (.csv/.parquet), or None when there is none."""
+  def impressions(self) -> Optional[Tuple[Iterator[pd.DataFrame], str]]:
+    """(the impressions log's rows in chunks, its file) from the file named by config
+    `impressions.table` beside the interactions file (.csv/.parquet), or None when
+    there is none. Read `read_chunk_rows` rows at a time: a big log never sits whole."""
     table = self.config.impressions.table
     folder = os.path.dirname(self.paths["interactions"])
     for name in dict.fromkeys([table, table.split(".")[-1]]):
@@ -184,9 +187,7 @@ class FileSource:
         if os.path.exists(path):
           self.description["files"]["impressions"] = {"path": os.path.abspath(path),
                                                       "sha256": files.sha256_file(path)}
-          if path.endswith(".parquet"):
-            return pd.read_parquet(path), path
-          return pd.read_csv(path, dtype=object, keep_default_na=False, na_values=[""]), path
+          return self._read_file(path, None), path
     return None
 
   def blocked_pairs(self) -> None:

@@ -19,7 +19,7 @@ off-policy estimators (`evaluation.off_policy`) need.
 
 import contextlib
 import os
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -120,40 +120,68 @@ def check_entities(frame: pd.DataFrame, writer: "writer_lib.DatasetWriter", sour
           f"{int(unknown.sum())} such rows")
 
 
-def add_to_dataset(writer: "writer_lib.DatasetWriter", frame: pd.DataFrame, source: str) -> None:
-  """Validates a raw impressions log and writes it into the dataset being written.
+def chunks_of(frame: pd.DataFrame, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+  """`frame` in slices of `rows` rows (views, no copies): a log already in memory."""
+  for start in range(0, len(frame), rows):
+    yield frame.iloc[start:start + rows]
+
+
+def add_to_dataset(writer: "writer_lib.DatasetWriter", chunks: Iterable[pd.DataFrame],
+                   source: str) -> None:
+  """Validates a raw impressions log, chunk by chunk, and writes it into the dataset.
+
+  `chunks`: the raw log's rows in order, in frames of any size (a source streams
+  them; `chunks_of` slices a frame already in memory). Memory holds one raw chunk
+  and its converted columns, never the whole log: a 1M-user world logs ~69M
+  impressions, ~9 GB as a whole frame of strings. Errors name the row in the whole log.
 
   Call inside the writer's `with` block: the file lands in its staging directory,
   so it is listed (with its checksum) in manifest.json. Adds an `impressions`
   section to stats.json.
   """
   config = writer.config
-  feeds, shown, explored, min_propensity = [], 0, 0, None
+  feeds, rows, shown, explored, min_propensity = [], 0, 0, 0, None
   with contextlib.ExitStack() as stack:
     parquet = None
-    # Validated and written CHUNK_ROWS rows at a time: memory holds the raw frame and one
-    # chunk of the dataset's columns, not the whole log converted.
-    for start in range(0, max(len(frame), 1), CHUNK_ROWS):
-      log = from_log(config, frame.iloc[start:start + CHUNK_ROWS], source,
-                     writer.timestamp_unit, writer.check_dates, first_row=start)
-      check_entities(log, writer, source, config.impressions, first_row=start)
-      table = pa.Table.from_pandas(log, preserve_index=False)
-      if parquet is None:
-        parquet = stack.enter_context(
-            pq.ParquetWriter(os.path.join(writer.staging_dir, FILE), table.schema))
-      parquet.write_table(table)
-      feeds.append(log["feed_id"].unique())
-      shown += int(log["shown"].sum())
-      explored += int((log["propensity"] < 1).sum())
-      if len(log):
-        low = float(log["propensity"].min())
-        min_propensity = low if min_propensity is None else min(min_propensity, low)
+    empty = pd.DataFrame(columns=list(config.impressions.columns.values()))
+    for raw in _nonempty_or(chunks, empty):
+      # An empty log still gets a file (with its schema): its one empty frame validates.
+      for start in range(0, len(raw), CHUNK_ROWS) if len(raw) else (0,):
+        log = from_log(config, raw.iloc[start:start + CHUNK_ROWS], source,
+                       writer.timestamp_unit, writer.check_dates, first_row=rows)
+        check_entities(log, writer, source, config.impressions, first_row=rows)
+        table = pa.Table.from_pandas(log, preserve_index=False)
+        if parquet is None:
+          parquet = stack.enter_context(
+              pq.ParquetWriter(os.path.join(writer.staging_dir, FILE), table.schema))
+        parquet.write_table(table)
+        feeds.append(log["feed_id"].unique())
+        rows += len(log)
+        shown += int(log["shown"].sum())
+        explored += int((log["propensity"] < 1).sum())
+        if len(log):
+          low = float(log["propensity"].min())
+          min_propensity = low if min_propensity is None else min(min_propensity, low)
   writer.extra_stats["impressions"] = {
-      "file": FILE, "rows": int(len(frame)),
+      "file": FILE, "rows": rows,
       "feeds": int(pd.unique(np.concatenate(feeds)).size),
       "shown": shown, "explored_rows": explored, "min_propensity": min_propensity,
       "note": "rows with propensity < 1 come from an exploring feed; off-policy estimates "
               "need them (docs/evaluation.md)"}
+
+
+def _nonempty_or(chunks: Iterable[pd.DataFrame], empty: pd.DataFrame) -> Iterator[pd.DataFrame]:
+  """The non-empty frames of `chunks`; when there is none, the first (empty) frame
+  (its columns are the source's), or `empty` when `chunks` yields nothing."""
+  first = None
+  for chunk in chunks:
+    if first is None:
+      first = chunk
+    if len(chunk):
+      first = False
+      yield chunk
+  if first is not False:
+    yield empty if first is None else first
 
 
 def read(dataset) -> Optional[pd.DataFrame]:

@@ -457,9 +457,10 @@ class PostgresSource:
     chunks = list(self._stream(query, list(roles), 50_000, f"tfrs_export_{side}_entities"))
     return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(roles))
 
-  def impressions(self) -> Optional[Tuple[pd.DataFrame, str]]:
-    """(the impressions log, where it came from) per config `impressions` (table or sql),
-    or None when the table does not exist. Ids as text."""
+  def impressions(self) -> Optional[Tuple[Iterator[pd.DataFrame], str]]:
+    """(the impressions log's rows in chunks, where it came from) per config `impressions`
+    (table or sql), or None when the table does not exist. Ids as text. Streamed
+    through a server-side cursor: a big log never sits whole in memory."""
     cfg = self.config.impressions
     if not cfg.sql and self._execute(sql.SQL("SELECT to_regclass(%s) IS NULL"), (cfg.table,),
                                      "impressions table")[0][0]:
@@ -472,10 +473,8 @@ class PostgresSource:
     query = sql.SQL("SELECT {} FROM {} AS r ORDER BY r.{}, r.{}").format(
         select, _relation(cfg.table, cfg.sql), sql.Identifier(names["timestamp"]),
         sql.Identifier(names["feed_id"]))
-    chunks = list(self._stream(query, list(names.values()), 100_000, "tfrs_export_impressions"))
-    frame = (pd.concat(chunks, ignore_index=True) if chunks
-             else pd.DataFrame(columns=list(names.values())))
-    return frame, (f"{self.description['label']} config impressions.sql" if cfg.sql
+    chunks = self._stream(query, list(names.values()), 100_000, "tfrs_export_impressions")
+    return chunks, (f"{self.description['label']} config impressions.sql" if cfg.sql
                    else f"{self.description['label']} table {cfg.table!r}")
 
   def interaction_chunks(self, chunk_size: int,

@@ -467,9 +467,9 @@ def _add_impressions(source, config: config_lib.Config, writer: writer_lib.Datas
     log(f"export: no impressions log ({config.impressions.table!r} not found in {label}): "
         "off-policy estimates will be unavailable (docs/evaluation.md, 'Propensity logging')")
     return
-  frame, where = found
-  impressions_lib.add_to_dataset(writer, frame, where)
-  log(f"export: {len(frame):,} impressions from {where}")
+  chunks, where = found
+  impressions_lib.add_to_dataset(writer, chunks, where)
+  log(f"export: {writer.extra_stats['impressions']['rows']:,} impressions from {where}")
 
 
 def readiness_gate(report: Mapping[str, Any], force: bool, readiness_path: str,

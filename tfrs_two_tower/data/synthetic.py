@@ -668,5 +668,6 @@ def write_world_dataset(world: World, config, output_dir: str, *, eval_fraction:
                 "any model of this world."}
     writer.extra_stats["world"] = world.summary()
     if world.impressions is not None and config.impressions is not None:
-      impressions_lib.add_to_dataset(writer, world.impressions, "world impressions")
+      impressions_lib.add_to_dataset(writer, impressions_lib.chunks_of(world.impressions),
+                                    "world impressions")
   return output_dir
