@@ -123,6 +123,7 @@ def _train(size, p, run: str, lazy: bool, steps: int):
 
   def log(message, *args):
     text = message % args if args else message
+    print(text, flush=True)  # progress in <stage>.json.out.log: a 1M epoch runs for an hour
     if "steps/s" in text:
       marks.append((int(text.split("step ")[1].split("/")[0]), time.perf_counter(),
                     time.process_time()))

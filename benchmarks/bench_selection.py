@@ -59,9 +59,9 @@ SELECTION = {"recall": "validation_recall@50", "gauc": "validation_gauc",
 
 def _eval_targets(training, validation, data, oracle) -> dict:
   """Eval-split targets of the current weights (evaluate.py's definitions)."""
-  queries = validation._embed(training.query_tower, data.query_entities, "query")
-  candidates = validation._embed(training.candidate_tower, data.candidate_entities,
-                                 "candidate")
+  queries = validation.embed(training.query_tower, data.query_entities, "query")
+  candidates = validation.embed(training.candidate_tower, data.candidate_entities,
+                                "candidate")
   scorer = retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids, queries, candidates,
                                      name="model")
   result = evaluator.evaluate(scorer, data, (10, 50), None, oracle)

@@ -265,8 +265,8 @@ def test_validation_gauc_is_the_mean_of_each_users_own_auc(trained, tiny_dataset
   evaluator = epoch_eval.ValidationEvaluator(dataset, ks=(50,))
   got = evaluator(result.query_tower, result.candidate_tower)
   swipes = reader.read_interactions(dataset, "validation")
-  q = evaluator._embed(result.query_tower, swipes, "query")
-  c = evaluator._embed(result.candidate_tower, swipes, "candidate")
+  q = evaluator.embed(result.query_tower, swipes, "query")
+  c = evaluator.embed(result.candidate_tower, swipes, "candidate")
   scores = (q * c).sum(axis=1)
   per_user = []
   for user in np.unique(swipes["query_id"]):

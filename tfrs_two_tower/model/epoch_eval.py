@@ -124,7 +124,9 @@ class ValidationEvaluator:
           f"{int((self.labels == 1).sum())} likes, none of them new to its user: nothing to "
           "select a model on; export with a larger --validation_fraction or --validation_days")
 
-  def _embed(self, tower: towers.Tower, table: Dict[str, np.ndarray], side: str) -> np.ndarray:
+  def embed(self, tower: towers.Tower, table: Dict[str, np.ndarray], side: str) -> np.ndarray:
+    """[N, d] float32 embeddings of an entity table ({feature key: [N] values}, the
+    `side` ("query"/"candidate") id column among them), `batch_size` rows at a time."""
     keys = [spec["key"] for spec in tower.preprocessing.specs]
     if id(tower) not in self._calls:  # one traced function per tower, reused every epoch
       self._calls[id(tower)] = tf.function(lambda f: tf.cast(tower(f), tf.float32),
@@ -137,14 +139,14 @@ class ValidationEvaluator:
 
   def candidate_embeddings(self, candidate_tower: towers.Tower) -> Tuple[np.ndarray, np.ndarray]:
     """(ids [N], embeddings [N, d]) of the whole corpus."""
-    return self.candidate_ids, self._embed(candidate_tower, self.corpus, "candidate")
+    return self.candidate_ids, self.embed(candidate_tower, self.corpus, "candidate")
 
   def __call__(self, query_tower: towers.Tower, candidate_tower: towers.Tower,
                candidate_embeddings: np.ndarray = None) -> Dict[str, float]:
     """Metrics named `validation_*` (see the module docstring); raises CollapsedModelError."""
     if candidate_embeddings is None:
       _, candidate_embeddings = self.candidate_embeddings(candidate_tower)
-    q = self._embed(query_tower, self.queries, "query")
+    q = self.embed(query_tower, self.queries, "query")
     pair = np.einsum("nd,nd->n", q[self.swipe_user], candidate_embeddings[self.swipe_column])
     out = {PREFIX + "auc": metrics.roc_auc(self.labels, pair),
            PREFIX + "gauc": float(np.nanmean(metrics.per_user_auc(
