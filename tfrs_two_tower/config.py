@@ -192,6 +192,12 @@ class Impressions:
   candidate_id (profile), timestamp, position (0-based rank in the feed's order),
   score (the feed's score), propensity (P(the feed shows the profile), in (0, 1]),
   shown (whether it was shown). See docs/data.md.
+
+  Optional reciprocal probes (both or neither; None = the log has no probes):
+  probed (bool: when the viewer was shown the profile, the profile was shown the
+  viewer as a probe) and probe_propensity (P(the feed shows the profile AND the
+  probe fires), in (0, 1] where probed). They make match-rate estimates unbiased
+  (`evaluation.off_policy`, docs/evaluation.md).
   """
   table: str
   sql: Optional[str]
@@ -203,16 +209,25 @@ class Impressions:
   score_column: str
   propensity_column: str
   shown_column: str
+  probe_column: Optional[str] = None
+  probe_propensity_column: Optional[str] = None
 
   ROLES = (("feed_id", "feed_id_column"), ("query_id", "viewer_column"),
            ("candidate_id", "profile_column"), ("timestamp", "timestamp_column"),
            ("position", "position_column"), ("score", "score_column"),
            ("propensity", "propensity_column"), ("shown", "shown_column"))
+  PROBE_ROLES = (("probed", "probe_column"), ("probe_propensity", "probe_propensity_column"))
+
+  @property
+  def probes(self) -> bool:
+    """Whether the config declares the reciprocal-probe columns."""
+    return self.probe_column is not None
 
   @property
   def columns(self) -> Dict[str, str]:
-    """Dataset role -> the log's column name."""
-    return {role: getattr(self, key) for role, key in self.ROLES}
+    """Dataset role -> the log's column name (the probe roles when declared)."""
+    roles = self.ROLES + (self.PROBE_ROLES if self.probes else ())
+    return {role: getattr(self, key) for role, key in roles}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +352,11 @@ def _cross_field_problems(raw: Dict[str, Any], checked: config_schema.SchemaChec
     problems += _interaction_problems(raw["interactions"], checked)
   if "history" in raw and checked.valid("history"):
     problems += _history_problems(raw, sides.get("candidate"), checked)
+  if raw.get("impressions") is not None and checked.valid("impressions"):
+    declared = [raw["impressions"].get(key) is not None for _, key in Impressions.PROBE_ROLES]
+    if any(declared) and not all(declared):
+      problems.append("impressions: probe_column and probe_propensity_column go together "
+                      "(both set, or both null: a log without reciprocal probes)")
   problems += rules_lib.rule_problems(raw, sides.get("query"), sides.get("candidate"),
                                       checked.valid)
   return problems
@@ -446,7 +466,8 @@ def _build(raw: Dict[str, Any], source: str) -> Config:
   if raw.get("impressions") is not None:
     spec = raw["impressions"]
     impressions = Impressions(table=spec["table"], sql=spec.get("sql"),
-                              **{key: spec[key] for _, key in Impressions.ROLES})
+                              **{key: spec[key] for _, key in Impressions.ROLES},
+                              **{key: spec.get(key) for _, key in Impressions.PROBE_ROLES})
   return Config(interactions=_interactions(raw["interactions"]), entities=entities,
                 query_entity=raw["query"]["entity"],
                 candidate_entity=raw["candidate"]["entity"],

@@ -12,6 +12,13 @@ One row per profile a feed showed (or considered) when a user opened the app (do
                        the viewer's response), in (0, 1]
   shown         bool   whether it was shown (unshown rows carry no weight)
 
+and, when the config declares reciprocal probes (`impressions.probe_column`):
+
+  probed            bool   the profile was shown the viewer as a probe, because of this row
+  probe_propensity  float  P(the feed shows this profile AND the probe fires | the same
+                           draws), in (0, 1] where probed, at most `propensity`; empty
+                           (NaN) allowed where not probed
+
 A feed that does not explore writes propensity 1 for every row; an exploring
 feed (docs/evaluation.md) writes each shown profile's exact probability, which
 off-policy estimators (`evaluation.off_policy`) need.
@@ -32,6 +39,7 @@ from tfrs_two_tower.data import writer as writer_lib
 
 FILE = "impressions.parquet"
 COLUMNS = tuple(role for role, _ in config_lib.Impressions.ROLES)
+PROBE_COLUMNS = tuple(role for role, _ in config_lib.Impressions.PROBE_ROLES)
 # Rows validated and written at a time: a 1M-user world logs ~65M impressions, and
 # the dataset's columns as Python strings and Arrow buffers cost ~250 bytes a row.
 CHUNK_ROWS = 1 << 21
@@ -50,7 +58,9 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
   Raises:
     writer_lib.DataError naming `source`, the column and the first bad row: a
     missing column, an empty value, a position that is not a non-negative
-    integer, a propensity outside (0, 1], a shown flag that is not boolean.
+    integer, a propensity outside (0, 1], a shown or probed flag that is not
+    boolean, a probe propensity outside (0, 1] on a probed row (outside [0, 1]
+    elsewhere) or above the row's propensity.
   """
   names = config.impressions.columns
   missing = [c for c in names.values() if c not in frame.columns]
@@ -61,7 +71,7 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
   for role, column in names.items():
     values = frame[column]
     empty = values.isna().to_numpy()
-    if empty.any():
+    if empty.any() and role != "probe_propensity":  # empty allowed where not probed: below
       raise writer_lib.DataError(f"{source}: column {column!r} row "
                                  f"{first_row + int(np.flatnonzero(empty)[0])}"
                                  f": missing {role.replace('_', ' ')}")
@@ -79,12 +89,34 @@ def from_log(config: config_lib.Config, frame: pd.DataFrame, source: str,
   score = pd.to_numeric(out["score"], errors="coerce").to_numpy(np.float64)
   _refuse(np.isnan(score), source, names["score"], "score must be a number", first_row)
   shown = _booleans(out["shown"], source, names["shown"], first_row)
-  return pd.DataFrame({
+  log = pd.DataFrame({
       "feed_id": out["feed_id"].astype(str).to_numpy(dtype=object),
       "query_id": out["query_id"].astype(str).to_numpy(dtype=object),
       "candidate_id": out["candidate_id"].astype(str).to_numpy(dtype=object),
       "timestamp": timestamp, "position": position.astype(np.int64), "score": score,
       "propensity": propensity, "shown": shown})
+  if config.impressions.probes:
+    log["probed"], log["probe_propensity"] = _probes(out, propensity, source, names, first_row)
+  return log
+
+
+def _probes(out, propensity: np.ndarray, source: str, names, first_row: int):
+  """(probed [R] bool, probe_propensity [R] float, NaN where unknown and not probed)."""
+  probed = _booleans(out["probed"], source, names["probed"], first_row, "probed")
+  raw = out["probe_propensity"]
+  given = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64)
+  column = names["probe_propensity"]
+  _refuse(np.isnan(given) & (probed | raw.notna().to_numpy()), source, column,
+          "probe propensity must be a number (it may be empty only where not probed)",
+          first_row, raw)
+  _refuse(probed & ~(given > 0) | ~np.isnan(given) & ~((given >= 0) & (given <= 1)), source,
+          column, "probe propensity must be in (0, 1] where probed ([0, 1] elsewhere)",
+          first_row, raw)
+  # P(shown and probed) <= P(shown); a rounding margin for logs written as text.
+  _refuse(given > propensity * (1 + 1e-6), source, column,
+          "probe propensity exceeds the row's propensity (it is P(shown AND probed))",
+          first_row, raw)
+  return probed, given
 
 
 def _refuse(bad: np.ndarray, source: str, column: str, rule: str, first_row: int = 0,
@@ -96,13 +128,14 @@ def _refuse(bad: np.ndarray, source: str, column: str, rule: str, first_row: int
                                f"{int(bad.sum())} such rows")
 
 
-def _booleans(values: pd.Series, source: str, column: str, first_row: int = 0) -> np.ndarray:
+def _booleans(values: pd.Series, source: str, column: str, first_row: int = 0,
+              what: str = "shown") -> np.ndarray:
   if pd.api.types.is_bool_dtype(values):
     return values.to_numpy(bool)
   text = values.astype(str).str.strip().str.lower()
   truth = text.isin(["true", "t", "1", "yes"]).to_numpy()
   bad = ~(truth | text.isin(["false", "f", "0", "no"]).to_numpy())
-  _refuse(bad, source, column, "shown must be true/false", first_row, values)
+  _refuse(bad, source, column, f"{what} must be true/false", first_row, values)
   return truth
 
 
@@ -140,7 +173,7 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", chunks: Iterable[pd.DataF
   section to stats.json.
   """
   config = writer.config
-  feeds, rows, shown, explored, min_propensity = [], 0, 0, 0, None
+  feeds, rows, shown, explored, probed, min_propensity = [], 0, 0, 0, 0, None
   with contextlib.ExitStack() as stack:
     parquet = None
     empty = pd.DataFrame(columns=list(config.impressions.columns.values()))
@@ -159,6 +192,7 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", chunks: Iterable[pd.DataF
         rows += len(log)
         shown += int(log["shown"].sum())
         explored += int((log["propensity"] < 1).sum())
+        probed += int(log["probed"].sum()) if "probed" in log else 0
         if len(log):
           low = float(log["propensity"].min())
           min_propensity = low if min_propensity is None else min(min_propensity, low)
@@ -168,6 +202,8 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", chunks: Iterable[pd.DataF
       "shown": shown, "explored_rows": explored, "min_propensity": min_propensity,
       "note": "rows with propensity < 1 come from an exploring feed; off-policy estimates "
               "need them (docs/evaluation.md)"}
+  if config.impressions.probes:
+    writer.extra_stats["impressions"]["probed_rows"] = probed
 
 
 def _nonempty_or(chunks: Iterable[pd.DataFrame], empty: pd.DataFrame) -> Iterator[pd.DataFrame]:

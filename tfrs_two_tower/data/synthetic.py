@@ -54,6 +54,19 @@ Generative story (all vectorised; one numpy Generator seeded from `seed`):
    so off-policy estimates can evaluate any ranker's whole-catalogue lists.
    With eps = 0 every propensity is 1.
 
+8. Reciprocal probes (opt-in, `reciprocal_probe` = rho > 0): when a logged
+   impression u -> v (step 7) is drawn -- every impression, or with `probe_scope`
+   "explored" only those of exploring feeds -- then with probability rho,
+   independently of any response (a separate random stream), v is shown u as a
+   probe and answers at once: a swipe v -> u at the time of u's swipe on v (the
+   first swipe of a pair is kept, step 5, so an earlier v -> u stays). The row
+   logs `probed` and `probe_propensity` = P(v shown to u AND probed):
+   rho * propensity (scope "all") or rho * eps * P(v in the exploring draw)
+   (scope "explored"). Probes are not feed impressions: no log row, no effect on
+   any feed (the popularity feed counts feed likes only). Every probed row's
+   back-swipe v -> u exists, an unbiased draw of P(v likes u), which makes
+   off-policy match-rate estimates unbiased (`evaluation.off_policy`).
+
 What it does not model: messaging, unmatching, profile edits, churn, time of
 day, the feed reacting to who liked whom, photos themselves, fake accounts.
 """
@@ -101,6 +114,12 @@ SEEKING = np.array(["men", "women", "everyone"], dtype=object)
 _SEEKS_GENDER = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]], np.float64)  # seeking x gender
 
 
+PROBE_SCOPES = ("all", "explored")
+# The probes' own random stream (`np.random.default_rng([seed, PROBE_STREAM])`): the feeds
+# and the feed swipes are the same draws with and without probes.
+PROBE_STREAM = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldParams:
   """Knobs of the world; the defaults make the embedded default (~5k users, ~200k swipes)."""
@@ -120,6 +139,11 @@ class WorldParams:
   superlike_utility: float = 3.0
   exploration: float = 0.0  # share of feeds drawn from the eligible catalogue (step 5)
   exploration_local: float = 0.75  # share of an exploring feed drawn from the viewer's city
+  # Reciprocal probes (step 8): P(a logged impression u -> v makes v be shown u at once);
+  # 0 draws nothing and leaves the world byte-identical.
+  reciprocal_probe: float = 0.0
+  # Which impressions may fire a probe: "all", or only "explored" ones (exploring feeds).
+  probe_scope: str = "all"
   # Who the feed shows (FEEDS): "feature_matching" ranks the pool by the
   # hand-written score (the users' Phase 1&2), "popularity" by the likes each
   # profile received so far (a feed with no eligibility rule at all).
@@ -127,9 +151,15 @@ class WorldParams:
   seed: int = 0
 
   def __post_init__(self):
-    for name in ("exploration", "exploration_local"):
+    for name in ("exploration", "exploration_local", "reciprocal_probe"):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        raise ValueError(f"WorldParams.{name} must be in [0, 1], got {getattr(self, name)}")
+    if self.probe_scope not in PROBE_SCOPES:
+      raise ValueError(f"WorldParams.probe_scope must be one of {PROBE_SCOPES}, got "
+                       f"{self.probe_scope!r}")
+    if self.reciprocal_probe > 0 and self.probe_scope == "explored" and self.exploration == 0:
+      raise ValueError("WorldParams.probe_scope 'explored' needs exploration > 0 (no impression "
+                       "would ever fire a probe)")
 
 
 class World:
@@ -307,6 +337,9 @@ def generate_world(params: WorldParams = WorldParams(), progress=None,
       "shown_at": START + pd.to_timedelta(log.pop("t"), unit="s"),
       "position": log.pop("position"), "score": log.pop("score"),
       "propensity": log.pop("propensity"), "shown": log.pop("shown")})
+  if params.reciprocal_probe > 0:
+    impressions["probed"] = log.pop("probed")
+    impressions["probe_propensity"] = log.pop("probe_propensity")
   assert len(profiles) == n
   return World(params, profiles, swipe_frame.reset_index(drop=True), hidden, impressions)
 
@@ -431,7 +464,12 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
   by_city = [np.flatnonzero(h["city"] == c) for c in range(len(CITIES))]
   pool = p.feed_size * 4
   chunks = {k: [] for k in ("u", "v", "t", "like", "superlike")}
-  logs = {k: [] for k in ("feed", "u", "v", "t", "position", "score", "propensity", "shown")}
+  logged = ("u", "v", "position", "score", "propensity", "shown")
+  probe_rng = None
+  if p.reciprocal_probe > 0:  # opt-in: without probes nothing is drawn from this stream
+    probe_rng = np.random.default_rng([p.seed, PROBE_STREAM])
+    logged += ("probed", "probe_propensity")
+  logs = {k: [] for k in ("feed", "t") + logged}
   total = feeds = 0
   for day in range(p.days):
     joined = np.searchsorted(join_day, day, side="right")  # ids are join-ordered
@@ -457,6 +495,7 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     top = order[:, :p.feed_size]
     shown = np.take_along_axis(cand, top, axis=1)
     ranked_by = np.take_along_axis(score, top, axis=1)
+    explored = np.zeros(active.size, bool)
     if p.exploration > 0:  # opt-in: draws nothing when off, so the default world is unchanged
       strata = _exploration_strata(p, h, rules, active, joined)
       exploit = shown
@@ -466,6 +505,9 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
                            _feed_score(p, h, likes_received, viewers, shown), ranked_by)
       feed_log = _shown_log(shown, active, ranked_by, inclusion_probability(
           exploit, active, strata, p.exploration, shown))
+      if p.probe_scope == "explored":
+        feed_log["explore_inclusion"] = exploration_inclusion(strata, shown)[
+            feed_log["row"], feed_log["col"]]
     else:
       feed_log = _shown_log(shown, active, ranked_by)
     shown = shown.ravel()
@@ -479,15 +521,22 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
     # A swipe happens after both joined; spread over the day.
     t = day * SECONDS_PER_DAY + rng.integers(0, SECONDS_PER_DAY, swipers.size)
     t = np.maximum(t, np.ceil(np.maximum(h["join"][swipers], h["join"][shown])) + 1)
-    for key, value in (("u", swipers.astype(np.int32)), ("v", shown.astype(np.int32)),
-                       ("t", t.astype(np.int64)), ("like", like),
-                       ("superlike", like & (utility > p.superlike_utility))):
-      chunks[key].append(value)
+    swiped = [(swipers, shown, t, like, utility)]
+    if probe_rng is not None:
+      at = np.zeros(ok.size, np.int64)  # [A * F] the time of each feed slot's swipe
+      at[ok] = t
+      swiped.append(_reciprocal_probes(p, h, probe_rng, feed_log, explored,
+                                       at[feed_log["row"] * p.feed_size + feed_log["col"]]))
+    for u, v, when, liked, s_uv in swiped:
+      for key, value in (("u", u.astype(np.int32)), ("v", v.astype(np.int32)),
+                         ("t", when.astype(np.int64)), ("like", liked),
+                         ("superlike", liked & (s_uv > p.superlike_utility))):
+        chunks[key].append(value)
     # The feed is logged when it is opened: at its first swipe.
     opened = np.full(active.size, np.iinfo(np.int64).max)
     np.minimum.at(opened, session, t.astype(np.int64))
     keep = np.isin(feed_log["row"], np.unique(session))  # feeds that showed someone
-    for key in ("u", "v", "position", "score", "propensity", "shown"):
+    for key in logged:
       logs[key].append(feed_log[key][keep])
     logs["feed"].append(feeds + feed_log["row"][keep])
     logs["t"].append(opened[feed_log["row"][keep]])
@@ -507,6 +556,27 @@ def _simulate_feed(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Gene
   keep = order[np.sort(first)]
   del order, first
   return {k: out.pop(k)[keep] for k in list(out)}, log
+
+
+def _reciprocal_probes(p: WorldParams, h: Dict[str, np.ndarray], rng: np.random.Generator,
+                       feed_log: Dict[str, np.ndarray], explored: np.ndarray,
+                       when: np.ndarray) -> Tuple[np.ndarray, ...]:
+  """Step 8: fires probes on a day's logged rows [R] and answers them.
+
+  Adds `probed` [R] bool and `probe_propensity` [R] to `feed_log`; `explored` [A] says
+  which feeds explored, `when` [R] the time of each row's swipe. Returns the probe
+  swipes (swiper = the row's profile, swipee = its viewer, time, like, utility)."""
+  fired = rng.random(feed_log["row"].size) < p.reciprocal_probe
+  if p.probe_scope == "explored":
+    fired &= explored[feed_log["row"]]
+    feed_log["probe_propensity"] = (p.reciprocal_probe * p.exploration
+                                    * feed_log.pop("explore_inclusion"))
+  else:
+    feed_log["probe_propensity"] = p.reciprocal_probe * feed_log["propensity"]
+  feed_log["probed"] = fired
+  swiper, swipee = feed_log["v"][fired], feed_log["u"][fired]
+  utility = _utility(p, h, swiper, swipee)
+  return swiper, swipee, when[fired], rng.random(utility.size) < _sigmoid(utility), utility
 
 
 def _distinct_pool(cand: np.ndarray, users: np.ndarray) -> np.ndarray:
@@ -584,6 +654,15 @@ def inclusion_probability(exploit: np.ndarray, viewers: np.ndarray,
 
   with E_s, n_s the strata (independent draws) and S the distinct profiles of the
   exploit list other than the viewer."""
+  in_exploit = ((profiles[:, :, None] == exploit[:, None, :]).any(axis=2)
+                & (profiles != viewers[:, None]))
+  return eps * exploration_inclusion(strata, profiles) + (1 - eps) * in_exploit
+
+
+def exploration_inclusion(strata: Sequence[Tuple[np.ndarray, int]],
+                          profiles: np.ndarray) -> np.ndarray:
+  """[A, C] P(profile is drawn by an exploring feed) = 1 - prod_s (1 - min(n_s, |E_s|) /
+  |E_s| * 1[v in E_s]) for `profiles` [A, C] (`exploring_feed`'s strata)."""
   missed = np.ones(profiles.shape)
   for mask, n in strata:
     size = mask.sum(axis=1)
@@ -591,9 +670,7 @@ def inclusion_probability(exploit: np.ndarray, viewers: np.ndarray,
     inside = np.take_along_axis(mask, np.clip(profiles, 0, mask.shape[1] - 1), axis=1) & (
         profiles < mask.shape[1])
     missed *= 1 - share[:, None] * inside
-  in_exploit = ((profiles[:, :, None] == exploit[:, None, :]).any(axis=2)
-                & (profiles != viewers[:, None]))
-  return eps * (1 - missed) + (1 - eps) * in_exploit
+  return 1 - missed
 
 
 def _shown_log(shown: np.ndarray, viewers: np.ndarray, scores: np.ndarray,
@@ -602,7 +679,7 @@ def _shown_log(shown: np.ndarray, viewers: np.ndarray, scores: np.ndarray,
   `propensity` (a feed that does not explore) every propensity is 1."""
   valid = _distinct_pool(shown, viewers[:, None])
   row, col = np.nonzero(valid)
-  return {"row": row, "u": viewers[row], "v": shown[row, col], "position": col,
+  return {"row": row, "col": col, "u": viewers[row], "v": shown[row, col], "position": col,
           "score": scores[row, col],
           "propensity": np.ones(row.size) if propensity is None else propensity[row, col],
           "shown": np.ones(row.size, bool)}
