@@ -26,9 +26,16 @@ matching:
      precision/NDCG/match precision among shown) and the naive logged recall@10,
      each with whether it agrees in sign and within its CI with the truth and with
      the A/B simulator;
-  3. ESS and CI width vs eps.
+  3. ESS and CI width vs eps;
+  4. with --reciprocal_probe=rho: the main world again with reciprocal probes
+     (`WorldParams.reciprocal_probe`, step 8 of `data/synthetic.py`), once firing on
+     every impression with probability rho and once only on exploring feeds' impressions
+     with rho / eps (the same expected number of probes), and the match rate@10 table
+     side by side with the world without probes: truth, IPS / SNIPS / DR with 95 % CIs,
+     ESS, and the model-over-feature-matching lift against the oracle and A/B lifts.
 
   python benchmarks/bench_offpolicy.py [--epsilons=0.05,0.1,0.2 --main_epsilon=0.1]
+      [--reciprocal_probe=0.1]
 """
 import os
 
@@ -68,6 +75,16 @@ def model_scorer(run, data):
   return retrieval.EmbeddingScorer(data.query_ids, data.candidate_ids,
                                    run.embed("query", data.query_entities), embeddings[rows],
                                    name="model")
+
+
+PROBE_COLUMNS = {"probe_column": "probed", "probe_propensity_column": "probe_propensity"}
+
+
+def probe_config():
+  """The packaged config with the world's probe columns declared (`impressions`)."""
+  raw = config_lib.load_config().raw
+  raw["impressions"].update(PROBE_COLUMNS)
+  return config_lib.parse_config(raw, source="packaged config + probe columns")
 
 
 def evaluate_world(world, dataset_dir, run, bootstrap):
@@ -175,23 +192,34 @@ def main():
   parser.add_argument("--bootstrap", type=int, default=500)
   parser.add_argument("--ab_days", type=int, default=14)
   parser.add_argument("--workdir", default=None)
+  parser.add_argument("--reciprocal_probe", type=float, default=0.0,
+                      help="also the main world with reciprocal probes: rho on every "
+                           "impression, and rho / eps on exploring feeds' impressions only")
   args = parser.parse_args()
   local = args.exploration_local
   worlds_to_make = sorted({(float(e), local) for e in args.epsilons.split(",")}
                           | {(args.main_epsilon, local)}
                           | {(float(e), 0.0) for e in args.uniform_epsilons.split(",") if e})
+  probes = {}  # scope -> rho of the probed copies of the main world
+  if args.reciprocal_probe > 0:
+    probes = {"all": args.reciprocal_probe,
+              "explored": min(1.0, args.reciprocal_probe / args.main_epsilon)}
   work = args.workdir or tempfile.mkdtemp(prefix="bench_offpolicy_")
   config = config_lib.load_config()
   worlds, started = {}, time.time()
-  for eps, share in worlds_to_make:
-    path = os.path.join(work, f"dataset_eps{eps}_local{share}")
-    worlds[eps, share] = synthetic.generate_world(synthetic.WorldParams(
-        num_users=args.num_users, days=args.days, exploration=eps, exploration_local=share),
-        config=config)
+  variants = [(key, None) for key in worlds_to_make] + [((args.main_epsilon, local), scope)
+                                                        for scope in probes]
+  for (eps, share), scope in variants:
+    suffix = f"_probes_{scope}{probes[scope]}" if scope else ""
+    path = os.path.join(work, f"dataset_eps{eps}_local{share}{suffix}")
+    world = synthetic.generate_world(synthetic.WorldParams(
+        num_users=args.num_users, days=args.days, exploration=eps, exploration_local=share,
+        reciprocal_probe=probes.get(scope, 0.0), probe_scope=scope or "all"), config=config)
+    worlds[eps, share, scope] = world, path
     if not os.path.exists(path):
-      synthetic.write_world_dataset(worlds[eps, share], config, path)
+      synthetic.write_world_dataset(world, probe_config() if scope else config, path)
   print(f"worlds and datasets: {time.time() - started:.0f}s ({args.num_users} users, "
-        f"{args.days} days, (eps, local share) {worlds_to_make})")
+        f"{args.days} days, (eps, local share) {worlds_to_make}, probes {probes})")
   main = (args.main_epsilon, local)
   run_path = os.path.join(work, f"run_eps{args.main_epsilon}_local{local}")
   if not os.path.exists(run_path):
@@ -200,12 +228,17 @@ def main():
                     train_options.TrainOptions(epochs=args.epochs), log=lambda *a: None)
     print(f"trained on eps {args.main_epsilon}: {time.time() - started:.0f}s")
   run = run_lib.open_run(run_path)
-  figures = {}
-  for key in worlds_to_make:
+  figures, probed = {}, {}
+  for (eps, share, scope), (world, path) in worlds.items():
     started = time.time()
-    figures[key] = evaluate_world(worlds[key], os.path.join(
-        work, f"dataset_eps{key[0]}_local{key[1]}"), run, args.bootstrap)
-    print(f"evaluated eps {key[0]}, local share {key[1]}: {time.time() - started:.0f}s")
+    figure = evaluate_world(world, path, run, args.bootstrap)
+    if scope:
+      probed[scope] = figure
+    else:
+      figures[eps, share] = figure
+    print(f"evaluated eps {eps}, local share {share}, probes {scope}: "
+          f"{time.time() - started:.0f}s")
+  worlds = {key[:2]: world for key, (world, _) in worlds.items() if key[2] is None}
 
   main_fig = figures[main]
   print(f"\n== 1. Estimates vs the truth of the same lists (eps {args.main_epsilon}, local "
@@ -243,6 +276,8 @@ def main():
 
   print(f"\n== 2. Lift of the model over feature matching (eps {args.main_epsilon}) ==")
   ab, ab_swipes = ab_lift(worlds[main], run_path, args.ab_days, args.bootstrap)
+  if probed:
+    match_table(args, {"none": main_fig, **probed}, {"none": 0.0, **probes}, ab)
   off, lift = main_fig["off_lift"], main_fig["lift"]
   same = {t: off[f"oracle_{t}"] for t in ("like", "match")}
   per_user = {t: lift[f"oracle_{t}@{K}"] for t in ("like", "match")}
@@ -307,6 +342,48 @@ def main():
           f"{report.format_lift(truth)} | {inside(dr, truth['value'])} | "
           f"{inside(dr, ab['like, first feed']['value'])} |")
   print(f"\nworkdir: {work}")
+
+
+def match_table(args, figures, rhos, ab):
+  """Section 4: match rate@10 with and without reciprocal probes, side by side."""
+  reference = ab["match, first feed"]
+  print(f"\n== 4. Match rate@{K} with and without reciprocal probes (eps {args.main_epsilon}, "
+        f"local share {args.exploration_local}; A/B match lift, first feed: "
+        f"{report.format_lift(reference)}) ==")
+  print("probes: none = the log without probes (refused: the figures without the support "
+        "rule); all = rho on every impression; explored = rho on exploring feeds' impressions "
+        "only (same expected number of probes)")
+  print("| probes | rho | ranker | oracle (same lists) | IPS | SNIPS | DR | oracle in CI "
+        "(IPS/SNIPS/DR) | matched probed | match ESS | max weight | unanswered |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for scope, fig in figures.items():
+    for name, section in fig["sections"].items():
+      seg, sup = section["segments"]["all"], section["support"]
+      truth = seg["oracle_match"]["value"]
+      est = {e: (fig["raw_match"][name][e] if seg[f"{e}_match"].get("value") is None
+                 else seg[f"{e}_match"]) for e in ESTIMATORS}
+      probe = sup.get("probes", {})
+      ess = probe.get("effective_sample_size", sup["effective_sample_size"])
+      print(f"| {scope} | {rhos[scope]:g} | {name} | {truth:.3f} | "
+            + " | ".join(report.format_estimate(est[e]) for e in ESTIMATORS)
+            + " | " + "/".join(inside(est[e], truth) for e in ESTIMATORS)
+            + f" | {probe.get('matched_probed_impressions', '-')} | {ess:.0f} | "
+            f"{probe.get('max_weight', sup['max_weight']):.0f} | "
+            f"{probe.get('unanswered_probes', '-')} |")
+  print("\n| probes | estimate | model over FM lift | oracle lift (same lists) | same sign "
+        "| oracle in CI | A/B in CI | CI width |")
+  print("|---|---|---|---|---|---|---|---|")
+  for scope, fig in figures.items():
+    truth = fig["off_lift"]["oracle_match"]
+    for e in ESTIMATORS:
+      est = fig["off_lift"][f"{e}_match"]
+      if est.get("value") is None:
+        est = fig["raw_match_lift"][e]
+      low, high = est["ci"]
+      agrees = "yes" if np.sign(est["value"]) == np.sign(truth["value"]) else "**NO**"
+      print(f"| {scope} | {e.upper()} | {report.format_lift(est)} | "
+            f"{report.format_lift(truth)} | {agrees} | {inside(est, truth['value'])} | "
+            f"{inside(est, reference['value'])} | {high - low:.0%} |")
 
 
 if __name__ == "__main__":

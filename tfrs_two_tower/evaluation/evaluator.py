@@ -53,6 +53,8 @@ class EvalData:
     likes: relevant eval likes (labels all 1).  matches: the liked-back subset.
     eval_swipes: every eval swipe of the evaluated users (like = 1, pass = 0).
     train_swipes: train swipes as (query row, candidate row, label), for calibration.
+    validation_swipes: the validation window's swipes, the same way (history between
+      train and the split: back-swipe lookups need it); None without that window.
     back_keys, back_labels: sorted keys of eval swipes by (swiper, swipee) in a
       shared id space, for "would v like u back?" lookups (`back_label`).
     likes_received: [N] train likes of each candidate (popularity).
@@ -81,6 +83,7 @@ class EvalData:
   back_keys: np.ndarray
   back_labels: np.ndarray
   eligible: Optional[eligibility_lib.PairRules] = None
+  validation_swipes: Optional[Pairs] = None
 
   @property
   def num_users(self) -> int:
@@ -176,7 +179,10 @@ def prepare(dataset: reader.DatasetDir,
              "median_eval_swipes_per_user": int(np.median(np.bincount(e_user)))
              if e_user.size else 0},
       _query_gid=q_gid, _candidate_gid=c_gid, _num_gids=int(g), back_keys=back_keys,
-      back_labels=back_labels, eligible=eligible)
+      back_labels=back_labels, eligible=eligible,
+      validation_swipes=(Pairs(q_index.get_indexer(validation["query_id"]),
+                               c_index.get_indexer(validation["candidate_id"]),
+                               validation["label"].astype(np.int64)) if validation else None))
 
 
 def _eligibility(dataset: reader.DatasetDir, q_index, c_index, user_of_row: np.ndarray):

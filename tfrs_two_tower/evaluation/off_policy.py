@@ -45,17 +45,33 @@ Assumptions (the estimates are unbiased only under them):
      Real feeds have position bias: log positions.
   3. The list is fixed at the split time (the evaluation's lists); profiles the
      viewer swipes during the eval window stay in it, their reward is that swipe.
-  4. Match rate: whether v likes u back is not randomised by u's feed. It is v's
-     observed swipe on u where there is one (eval window, else train), else the
-     reward model's P(v likes u) -- the match estimates lean on that model's
-     calibration where v never swiped u. No importance weight corrects that part,
-     so the match estimates are given only when the back-swipe is observed for at
-     least MIN_BACK_OBSERVED of the list slots and of the weighted matched rows
-     (`back_observed_share`); otherwise they are refused as "not supported by
-     this log" (`match_supported` False in the support, value None with the reason)
-     and the answer's match lift falls back to impression-conditioned match
-     precision. Why: on the default world the modelled back-likes biased the match
-     estimates (docs/evaluation.md, "Off-policy estimates").
+  4. Match rate: whether v likes u back is not randomised by u's feed.
+     a. A log with reciprocal probes (`probed`, `probe_propensity` columns,
+        docs/data.md): when u was shown v, with a known probability drawn
+        independently of any response, v was shown u (a probe) and answered.
+        On probed rows the back-like is v's observed swipe on u (the probe's, or an
+        earlier one: every observed swipe is an unbiased draw, since no feed depends
+        on responses), and the match estimators use only those rows, weighted by
+        wp_fv = 1[v shown in f AND probed] / pp_f(v), pp = probe_propensity:
+            IPS    sum wp r / sum |L_f|        SNIPS  sum wp r / sum wp
+            DR     sum [q^m + wp (r - q^m)] / sum |L_f|,  q^m = P(like) * P(back)
+        (the reward model both ways, never an observed swipe: the control variate
+        must not depend on whether a probe fired). Unbiased for any ranking whose
+        listed profiles all have pp > 0. A probed row whose back-swipe is missing
+        (the probe was never answered) counts as no match (r = 0): the estimate is
+        then of the realised mutual-like rate, and `unanswered_probes` in the
+        support says how many rows that concerns.
+     b. A log without probes: the back-like is v's observed swipe on u where there
+        is one (eval window, else train), else the reward model's P(v likes u) --
+        the match estimates lean on that model's calibration where v never swiped
+        u. No importance weight corrects that part, so the match estimates are given
+        only when the back-swipe is observed for at least MIN_BACK_OBSERVED of the
+        list slots and of the weighted matched rows (`back_observed_share`);
+        otherwise they are refused as "not supported by this log" (`match_supported`
+        False in the support, value None with the reason) and the answer's match lift
+        falls back to impression-conditioned match precision. Why: on the default
+        world the modelled back-likes biased the match estimates (docs/evaluation.md,
+        "Off-policy estimates").
 
 Bootstrap: per-user sums of numerators and denominators, resampled over users
 with the evaluation's shared [B, U] matrix (`metrics.bootstrap_counts`), so lifts
@@ -105,6 +121,8 @@ class LoggedFeeds:
       seconds it was opened. Every eval-window feed of an evaluated viewer counts, also
       one whose shown profiles were all swiped before the split.
     source: the log's file, for messages.  notes: counts of what was left out.
+    probed, probe_propensity: [R] the reciprocal-probe columns, None for a log
+      without them (probe_propensity NaN where unknown and not probed).
   """
   feed: np.ndarray
   users: np.ndarray
@@ -119,6 +137,13 @@ class LoggedFeeds:
   feed_times: np.ndarray
   source: str
   notes: Dict[str, int]
+  probed: Optional[np.ndarray] = None
+  probe_propensity: Optional[np.ndarray] = None
+
+  @property
+  def probes(self) -> bool:
+    """Whether the log carries reciprocal probes (the columns, and at least one fired)."""
+    return self.probed is not None and bool(self.probed.any())
 
   @property
   def explored(self) -> bool:
@@ -175,30 +200,38 @@ def logged_feeds(log: pd.DataFrame, data, source: str) -> LoggedFeeds:
   like = np.isin(data.users[users] * width + candidates, liked).astype(np.float64)
   back = _back_labels(data, users, candidates)
   notes.update(rows=int(order.size), feeds=int(kept_codes.size), shown=int(order.size))
+  probes = {}
+  if "probed" in log:
+    probes = {"probed": log["probed"].to_numpy(bool)[order],
+              "probe_propensity": log["probe_propensity"].to_numpy(np.float64)[order]}
+    notes["probed"] = int(probes["probed"].sum())
   return LoggedFeeds(feed=feed_of_code[codes[order]], users=users, candidates=candidates,
                      position=log["position"].to_numpy(np.int64)[order],
                      score=log["score"].to_numpy(np.float64)[order],
                      propensity=propensity[order], shown=shown[order],
                      like=like, back=back, feed_users=pos[first_row],
                      feed_times=log["timestamp"].to_numpy(np.int64)[first_row], source=source,
-                     notes=notes)
+                     notes=notes, **probes)
 
 
 def _back_labels(data, users: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-  """[R] the profile's own swipe on the viewer: eval window, else train; NaN when none.
+  """[R] the profile's own swipe on the viewer: eval window, else history (train, then
+  validation); NaN when none.
 
-  Train back-swipes need one profile table on both sides (the profile as a query).
+  History back-swipes need one profile table on both sides (the profile as a query).
   """
   back = data.back_label(users, candidates).astype(np.float64)
   as_query = retrieval.id_index(data.query_ids).get_indexer(data.candidate_ids[candidates])
   viewer = retrieval.id_index(data.candidate_ids).get_indexer(data.query_ids[data.users[users]])
-  train = data.train_swipes
   width = np.int64(data.candidate_ids.size)
-  keys, first = np.unique(train.users * width + train.candidates, return_index=True)
   wanted = as_query.astype(np.int64) * width + viewer
-  pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
-  found = (as_query >= 0) & (viewer >= 0) & (keys.size > 0) & (keys[pos] == wanted)
-  back = np.where(back < 0, np.where(found, train.labels[first[pos]], -1), back)
+  for swipes in (data.train_swipes, data.validation_swipes):
+    if swipes is None:
+      continue
+    keys, first = np.unique(swipes.users * width + swipes.candidates, return_index=True)
+    pos = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    found = (as_query >= 0) & (viewer >= 0) & (keys.size > 0) & (keys[pos] == wanted)
+    back = np.where(back < 0, np.where(found, swipes.labels[first[pos]], -1), back)
   return np.where(back < 0, np.nan, back)
 
 
@@ -219,6 +252,8 @@ class Lists:
     feed: [L] feed index; users: [L] evaluated-user index; candidates: [L] candidate row.
     q_like, q_match: [L] the reward model's P(like) and P(like) * back, back = the
       observed back-swipe where there is one, else the reward model's P(v likes u).
+    q_match_model: [L] the reward model's P(like) * P(v likes u), never an observed
+      swipe: the DR control variate of a probed log; None = q_match.
     oracle_like, oracle_match: [L] the true probabilities (a synthetic world), or None.
     not_yet_created: top-k entries skipped because the profile was created after the
       feed was opened (they could not have been shown then).
@@ -234,6 +269,7 @@ class Lists:
   oracle_match: Optional[np.ndarray]
   not_yet_created: int
   back_observed: Optional[np.ndarray] = None
+  q_match_model: Optional[np.ndarray] = None
 
 
 def list_slots(feeds: LoggedFeeds, top_candidates: np.ndarray, k: int,
@@ -284,29 +320,39 @@ def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
       q of the correction term, and P(v likes u) where the back-swipe is unobserved.
   Returns:
     PerUser with keys "<estimator>_like", "<estimator>_match" (and "oracle_like" /
-    "oracle_match" when `lists` carries the truth).
+    "oracle_match" when `lists` carries the truth). The match keys come from the
+    probed rows when the log has probes (module docstring, 4a), else 4b.
   """
   matched = (matched_rows(feeds, lists) >= 0) & feeds.shown
   w = np.where(matched, 1.0 / feeds.propensity, 0.0)
-  back = np.where(np.isnan(feeds.back), reward_back, feeds.back)
-  rewards = {"like": (feeds.like, reward_like, lists.q_like),
-             "match": (feeds.like * back, reward_like * back, lists.q_match)}
+  if feeds.probes:
+    probed = matched & feeds.probed
+    w_match = np.where(probed, 1.0 / np.where(probed, feeds.probe_propensity, 1.0), 0.0)
+    # An unanswered probe (no back-swipe) is no match: the realised mutual-like rate.
+    back = np.nan_to_num(feeds.back, nan=0.0)
+    q_match_slots = lists.q_match if lists.q_match_model is None else lists.q_match_model
+    match = (feeds.like * back, reward_like * reward_back, q_match_slots, w_match)
+  else:
+    back = np.where(np.isnan(feeds.back), reward_back, feeds.back)
+    match = (feeds.like * back, reward_like * back, lists.q_match, w)
+  rewards = {"like": (feeds.like, reward_like, lists.q_like, w), "match": match}
 
   def by_user(users, values):
     return np.bincount(users, weights=values, minlength=num_users)
 
   slots = by_user(lists.users, np.ones(lists.users.size))
   num, den = {}, {}
-  for target, (r, q, q_slots) in rewards.items():
-    num[f"ips_{target}"], den[f"ips_{target}"] = by_user(feeds.users, w * r), slots
-    num[f"snips_{target}"], den[f"snips_{target}"] = by_user(feeds.users, w * r), by_user(
-        feeds.users, w)
-    num[f"dr_{target}"] = by_user(lists.users, q_slots) + by_user(feeds.users, w * (r - q))
+  for target, (r, q, q_slots, weight) in rewards.items():
+    num[f"ips_{target}"], den[f"ips_{target}"] = by_user(feeds.users, weight * r), slots
+    num[f"snips_{target}"], den[f"snips_{target}"] = by_user(feeds.users, weight * r), by_user(
+        feeds.users, weight)
+    num[f"dr_{target}"] = (by_user(lists.users, q_slots)
+                           + by_user(feeds.users, weight * (r - q)))
     den[f"dr_{target}"] = slots
   if lists.oracle_like is not None:
     for target, truth in (("like", lists.oracle_like), ("match", lists.oracle_match)):
       num[f"oracle_{target}"], den[f"oracle_{target}"] = by_user(lists.users, truth), slots
-  ess = float(w.sum() ** 2 / np.sum(w ** 2)) if matched.any() else 0.0
+  ess = _kish(w)
   observed_rows = ~np.isnan(feeds.back)
   back_share = {"weighted_matched_rows": (float(np.sum(w * observed_rows) / w.sum())
                                           if matched.any() else 0.0)}
@@ -322,14 +368,30 @@ def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
       "not_yet_created": lists.not_yet_created,
       "explored_log": feeds.explored,
       "back_observed_share": {key: round(v, 3) for key, v in back_share.items()},
-      "match_supported": min(back_share.values()) >= MIN_BACK_OBSERVED}
+      "match_supported": min(back_share.values()) >= MIN_BACK_OBSERVED,
+      "match_from": "back-likes observed or modelled"}
+  if feeds.probes:
+    w_match = rewards["match"][3]
+    support.update(match_from="reciprocal probes", match_supported=bool(probed.any()),
+                   probes={"matched_probed_impressions": int(probed.sum()),
+                           "effective_sample_size": round(_kish(w_match), 1),
+                           "max_weight": round(float(w_match.max(initial=0.0)), 1),
+                           "unanswered_probes": int((probed & np.isnan(feeds.back)).sum())})
   return PerUser(num, den, support)
+
+
+def _kish(w: np.ndarray) -> float:
+  """Kish's effective sample size (sum w)^2 / sum w^2 of weights [R] (0 when all are 0)."""
+  return float(w.sum() ** 2 / np.sum(w ** 2)) if w.any() else 0.0
 
 
 def match_refusal(support: Dict[str, object], name: str) -> Optional[str]:
   """Why the log cannot support `name`'s match estimates (None when it can)."""
   if support.get("match_supported", True):
     return None
+  if "probes" in support:
+    return (f"match rate not supported by this log for {name}: no probed impression falls "
+            "in its lists (the log has reciprocal probes, but none on a listed pair)")
   shares = ", ".join(f"{key.replace('_', ' ')} {v:.0%}"
                      for key, v in support["back_observed_share"].items())
   return (f"match rate not supported by this log for {name}: the back-like (does the listed "
@@ -358,6 +420,15 @@ def check_support(support: Dict[str, object], source: str, name: str) -> List[st
     warnings.append(f"effective sample size {support['effective_sample_size']:.0f} < "
                     f"{MIN_EFFECTIVE_SAMPLE}: too little logged support for a trustworthy "
                     "interval")
+  probes = support.get("probes")
+  if probes and probes["matched_probed_impressions"]:
+    if probes["effective_sample_size"] < MIN_EFFECTIVE_SAMPLE:
+      warnings.append(f"match rate: probe effective sample size "
+                      f"{probes['effective_sample_size']:.0f} < {MIN_EFFECTIVE_SAMPLE}: too "
+                      "few probed impressions for a trustworthy interval")
+    if probes["unanswered_probes"]:
+      warnings.append(f"match rate: {probes['unanswered_probes']} probed impressions in the "
+                      "lists have no back-swipe (unanswered probes), counted as no match")
   return warnings
 
 
@@ -443,7 +514,7 @@ def ranking_lists(feeds: LoggedFeeds, data, reward: RewardModel, top_candidates:
     truth_like = oracle(ids_u, ids_v)
     truth_match = truth_like * oracle(ids_v, ids_u)
   return Lists(feed, users, candidates, q_like, q_match, truth_like, truth_match, skipped,
-               back_observed=~np.isnan(observed))
+               back_observed=~np.isnan(observed), q_match_model=q_like * q_back)
 
 
 def evaluate_ranking(scorer: retrieval.Scorer, feeds: LoggedFeeds, data, reward: RewardModel,
