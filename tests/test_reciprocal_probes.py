@@ -38,7 +38,8 @@ def plain_world():
 
 @pytest.fixture(scope="module")
 def probed_world():
-  return synthetic.generate_world(dataclasses.replace(SMALL, reciprocal_probe=RHO))
+  return synthetic.generate_world(dataclasses.replace(SMALL, reciprocal_probe=RHO,
+                                                      probe_scope="all"))
 
 
 def probe_pairs(world):
@@ -73,8 +74,8 @@ def test_probed_rows_carry_the_flag_and_the_back_swipe(probed_world):
   _, reversed_pairs = probe_pairs(probed_world)
   assert reversed_pairs <= pairs
   # Probes only on exploring feeds' impressions: the explore-branch probability is logged.
-  explored = synthetic.generate_world(dataclasses.replace(
-      SMALL, reciprocal_probe=1.0, probe_scope="explored")).impressions
+  explored = synthetic.generate_world(dataclasses.replace(SMALL, reciprocal_probe=1.0)
+                                      ).impressions  # the default scope: "explored"
   below = explored["propensity"] < 1 - SMALL.exploration  # only an exploring feed shows these
   assert explored.loc[below, "probed"].all()
   assert (explored["probe_propensity"] <= explored["propensity"] + 1e-12).all()
@@ -249,7 +250,8 @@ def test_bad_probe_parameters_and_config_are_refused(default_config):
   with pytest.raises(ValueError, match="WorldParams.probe_scope must be one of"):
     synthetic.WorldParams(probe_scope="some")
   with pytest.raises(ValueError, match="'explored' needs exploration > 0"):
-    synthetic.WorldParams(reciprocal_probe=0.5, probe_scope="explored")
+    synthetic.WorldParams(reciprocal_probe=0.5)  # the default scope, without exploration
+  assert synthetic.WorldParams(reciprocal_probe=0.5, probe_scope="all").reciprocal_probe == 0.5
   with pytest.raises(config_lib.ConfigError, match="probe_column and probe_propensity_column"):
     probe_config(default_config, probe_column="probed")
   assert not default_config.impressions.probes
