@@ -249,7 +249,7 @@ def test_bad_probe_parameters_and_config_are_refused(default_config):
       synthetic.WorldParams(**bad)
   with pytest.raises(ValueError, match="WorldParams.probe_scope must be one of"):
     synthetic.WorldParams(probe_scope="some")
-  with pytest.raises(ValueError, match="'explored' needs exploration > 0"):
+  with pytest.raises(ValueError, match=r"'explored' \(the default\) needs exploration > 0"):
     synthetic.WorldParams(reciprocal_probe=0.5)  # the default scope, without exploration
   assert synthetic.WorldParams(reciprocal_probe=0.5, probe_scope="all").reciprocal_probe == 0.5
   with pytest.raises(config_lib.ConfigError, match="probe_column and probe_propensity_column"):
