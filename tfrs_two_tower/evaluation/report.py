@@ -120,9 +120,12 @@ _OFF_POLICY_ASSUMPTIONS = [
     "a profile's like does not depend on its position or on the rest of the feed",
     "every profile a ranking lists could be shown (the feed explores the whole eligible "
     "catalogue; lists fixed at the split time)",
-    "match rate: back-swipes never observed come from the run's calibrated P(like); the "
-    "match estimates are given only when the back-swipe is observed for most listed pairs "
-    "(else refused, and the match lift is impression-conditioned match precision)"]
+    "match rate: with reciprocal probes in the log, from the probed impressions only (the "
+    "probed profile's own swipe, weighted by 1 / probe propensity; an unanswered probe counts "
+    "as no match); without probes, back-swipes never observed come from the run's calibrated "
+    "P(like), and the match estimates are given only when the back-swipe is observed for most "
+    "listed pairs (else refused, and the match lift is impression-conditioned match "
+    "precision)"]
 ASSUMPTIONS = {
     **{f"off_policy_{e}": _OFF_POLICY_ASSUMPTIONS for e in ("ips", "snips", "dr")},
     "impression_conditioned": [
