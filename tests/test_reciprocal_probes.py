@@ -256,3 +256,23 @@ def test_bad_probe_parameters_and_config_are_refused(default_config):
     probe_config(default_config, probe_column="probed")
   assert not default_config.impressions.probes
   assert "probed" not in default_config.impressions.columns
+
+
+def test_report_prints_the_probe_support_beside_the_match_estimates():
+  from tfrs_two_tower.evaluation import report as report_lib
+  estimate = {"value": 0.25, "ci": (0.2, 0.3)}
+  support = {"matched_impressions": 500, "effective_sample_size": 250.0,
+             "min_propensity_in_lists": 0.001, "max_weight": 1000.0,
+             "probes": {"matched_probed_impressions": 480, "effective_sample_size": 247.0,
+                        "max_weight": 1020.0, "unanswered_probes": 3}}
+  section = {"support": support, "warnings": [],
+             "segments": {"all": {n: estimate for n in ("ips_like", "snips_like", "dr_like",
+                                                        "ips_match", "snips_match",
+                                                        "dr_match")}}}
+  report = {"off_policy": {"file": "impressions.parquet", "k": 10, "explored": True,
+                           "reward_model": "run", "recommenders": {"run": section},
+                           "log": {"feeds": 9, "rows": 90, "shown": 90, "probed": 40},
+                           "lifts": {}}}
+  text = "\n".join(report_lib.render_off_policy(report))
+  assert ("Match rates from reciprocal probes (40 probed rows in the eval window): run 480 "
+          "probed impressions in its lists, ESS 247, max weight 1020.0, 3 unanswered.") in text

@@ -413,6 +413,14 @@ def render_off_policy(report: Dict) -> List[str]:
                  f"{s['effective_sample_size']:.0f} | {s['min_propensity_in_lists']} | "
                  f"{s.get('max_weight', 'n/a')} | "
                  f"{'; '.join(r.get('warnings', [])) or r.get('refused', '')} |")
+  probed = {name: r["support"]["probes"] for name, r in off["recommenders"].items()
+            if "probes" in r["support"]}
+  if probed:  # the match columns' own support: the probed impressions
+    lines += ["", f"Match rates from reciprocal probes ({off['log'].get('probed', 0)} probed "
+              "rows in the eval window): " + "; ".join(
+                  f"{name} {p['matched_probed_impressions']} probed impressions in its lists, "
+                  f"ESS {p['effective_sample_size']:.0f}, max weight {p['max_weight']}, "
+                  f"{p['unanswered_probes']} unanswered" for name, p in probed.items()) + "."]
   for name, by_segment in off.get("lifts", {}).items():
     lines += ["", f"Lift of {name} over {report['lift_baseline']}: " + ", ".join(
         f"{n} {format_lift(by_segment['all'].get(n))}" for n in names
