@@ -276,3 +276,33 @@ def test_report_prints_the_probe_support_beside_the_match_estimates():
   text = "\n".join(report_lib.render_off_policy(report))
   assert ("Match rates from reciprocal probes (40 probed rows in the eval window): run 480 "
           "probed impressions in its lists, ESS 247, max weight 1020.0, 3 unanswered.") in text
+
+
+def test_postgres_export_carries_the_probe_columns(make_database, probed_world, default_config,
+                                                   tmp_path):
+  import json
+  import os
+  import psycopg2
+  from tfrs_two_tower.data import seeding
+  from tfrs_two_tower.stages import export_stage
+  config = probe_config(default_config)
+  config_path = str(tmp_path / "config.json")
+  with open(config_path, "w") as f:
+    json.dump(config.raw, f)
+  url = make_database(f"probes_{os.getpid()}")
+  conn = psycopg2.connect(url)
+  seeding.seed(conn, probed_world, log=lambda m: None, config=config)
+  conn.close()
+  out, direct = str(tmp_path / "db"), str(tmp_path / "direct")
+  export_stage.run(out, export_stage.ExportOptions(db_url=url, config_path=config_path,
+                                                   train_shards=1, eval_shards=1, force=True),
+                   log=lambda m: None)
+  synthetic.write_world_dataset(probed_world, config, direct, num_train_shards=1,
+                                num_eval_shards=1)
+
+  def log_of(path):
+    log = impressions.read(reader.open_dataset(path))
+    return log.sort_values(["feed_id", "candidate_id"]).reset_index(drop=True)
+  exported = log_of(out)
+  assert exported["probed"].sum() == probed_world.impressions["probed"].sum() > 0
+  pd.testing.assert_frame_equal(exported, log_of(direct), check_dtype=False)

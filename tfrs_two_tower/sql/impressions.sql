@@ -15,3 +15,8 @@ CREATE TABLE IF NOT EXISTS feed_impressions (
   shown       boolean NOT NULL,
   PRIMARY KEY (feed_id, profile_id)
 );
+-- Optional reciprocal probes (docs/data.md): NULL in a log without them; a config declaring
+-- `impressions.probe_column` / `probe_propensity_column` reads them.
+ALTER TABLE feed_impressions
+  ADD COLUMN IF NOT EXISTS probed boolean,
+  ADD COLUMN IF NOT EXISTS probe_propensity double precision;
