@@ -60,7 +60,9 @@ Assumptions (the estimates are unbiased only under them):
         listed profiles all have pp > 0. A probed row whose back-swipe is missing
         (the probe was never answered) counts as no match (r = 0): the estimate is
         then of the realised mutual-like rate, and `unanswered_probes` in the
-        support says how many rows that concerns.
+        support says how many rows that concerns. The probe impression itself (v
+        shown u) is not a row of the log -- it is not part of v's feed's draw -- so the
+        like estimators never see it (docs/data.md).
      b. A log without probes: the back-like is v's observed swipe on u where there
         is one (eval window, else train), else the reward model's P(v likes u) --
         the match estimates lean on that model's calibration where v never swiped
