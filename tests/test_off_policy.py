@@ -246,45 +246,30 @@ def test_estimates_cover_the_truth_of_the_same_lists(exploring_eval, exploring_w
     assert section["support"]["matched_impressions"] > 20, section["support"]
 
 
-def test_estimators_are_unbiased_over_replications_of_the_exploring_feed():
-  """150 feeds over a 40-profile catalogue, F = 4: exploring (eps = 0.3: 3 draws from a
-  local part of each viewer's eligible catalogue, 1 from all of it), else a fixed exploit
-  list. Over 300 replications the mean
-  IPS and DR (with a wrong reward model) equal the true like rate of a new ranking's
-  top-5 lists drawn from the whole eligible catalogue; SNIPS within its small bias."""
-  rng = np.random.default_rng(0)
-  feeds_n, n, f, eps, k = 150, 40, 4, 0.3, 5
-  viewers = np.full(feeds_n, n)  # outside the catalogue: every catalogue profile may be shown
-  eligible = rng.random((feeds_n, n)) < 0.5
-  p_like = rng.beta(2, 5, (feeds_n, n))
-  exploit = np.argsort(-(p_like + rng.normal(0, 0.3, p_like.shape)), axis=1)[:, :f]
-  new_top = np.argsort(np.where(eligible, rng.random((feeds_n, n)), -1.0), axis=1)[:, ::-1][:, :k]
-  strata = [(eligible & (np.arange(n) < 10)[None, :], 3), (eligible, f - 3)]
-  feed, candidates = np.repeat(np.arange(feeds_n), k), new_top.ravel()
-  lists = off_policy.Lists(feed, feed % 50, candidates, np.full(feed.size, 0.5),
-                           np.full(feed.size, 0.5), p_like[feed, candidates],
-                           p_like[feed, candidates], 0)
+def test_estimators_are_unbiased_over_replications_of_the_exploring_feed(
+    exploring_replications):
+  """The `exploring_replications` world: over 300 replications the mean IPS and DR (with
+  a wrong reward model) equal the true like rate of a new ranking's top-5 lists drawn
+  from the whole eligible catalogue; SNIPS within its small bias."""
+  s = exploring_replications(0)
+  truth_like = s.p_like[s.feed, s.candidates]
+  lists = off_policy.Lists(s.feed, s.feed % 50, s.candidates, np.full(s.feed.size, 0.5),
+                           np.full(s.feed.size, 0.5), truth_like, truth_like, 0)
   estimates = {"ips_like": [], "snips_like": [], "dr_like": []}
   for _ in range(300):
-    shown, _ = synthetic.exploring_feed(exploit, viewers, strata, eps, rng)
-    propensity = synthetic.inclusion_probability(exploit, viewers, strata, eps, shown)
-    row, col = np.nonzero(shown < n)
-    v = shown[row, col]
+    row, col, v, propensity, _, _ = s.replicate()
     logged = off_policy.LoggedFeeds(
         feed=row, users=row % 50, candidates=v, position=col, score=np.zeros(row.size),
-        propensity=propensity[row, col], shown=np.ones(row.size, bool),
-        like=(rng.random(row.size) < p_like[row, v]).astype(float), back=np.ones(row.size),
-        feed_users=np.arange(feeds_n) % 50, feed_times=np.zeros(feeds_n, np.int64),
+        propensity=propensity, shown=np.ones(row.size, bool),
+        like=(s.rng.random(row.size) < s.p_like[row, v]).astype(float), back=np.ones(row.size),
+        feed_users=np.arange(s.feeds_n) % 50, feed_times=np.zeros(s.feeds_n, np.int64),
         source="replication", notes={})
     sums = off_policy.per_user_sums(logged, lists, np.full(row.size, 0.5), np.ones(row.size),
                                     50)
     for name in estimates:
       estimates[name].append(sums.numerators[name].sum() / sums.denominators[name].sum())
   truth = sums.numerators["oracle_like"].sum() / sums.denominators["oracle_like"].sum()
-  for name, values in estimates.items():
-    se = np.std(values) / np.sqrt(len(values))
-    tolerance = 4 * se + (0.02 if name == "snips_like" else 0.0)
-    assert abs(np.mean(values) - truth) < tolerance, (name, np.mean(values), truth, se)
+  s.assert_unbiased(estimates, truth, "snips_like")
 
 
 def test_log_with_unknown_profile_is_refused_naming_the_row(exploring_world, default_config,

@@ -156,55 +156,44 @@ def test_probe_estimators_match_a_hand_computed_example():
 
 
 @pytest.mark.parametrize("scope", ["all", "explored"])
-def test_match_estimators_are_unbiased_over_replications_of_the_probes(scope):
-  """150 feeds over a 40-profile catalogue, F = 4, eps = 0.3 exploring; probes fire on
-  every impression (rho .5) or on exploring feeds' only (rho 1). Over 300 replications
-  the mean IPS and DR (with a wrong reward model) of match rate@5 equal the truth
-  sum P(u likes v) P(v likes u) of a new ranking's lists; SNIPS within its small bias."""
-  rng = np.random.default_rng(1)
-  feeds_n, n, f, eps, k = 150, 40, 4, 0.3, 5
+def test_match_estimators_are_unbiased_over_replications_of_the_probes(scope,
+                                                                        exploring_replications):
+  """The `exploring_replications` world; probes fire on every impression (rho .5) or on
+  exploring feeds' only (rho 1). Over 300 replications the mean IPS and DR (with a
+  wrong reward model) of match rate@5 equal the truth sum P(u likes v) P(v likes u) of
+  a new ranking's lists; SNIPS within its small bias."""
+  s = exploring_replications(1)
   rho = 0.5 if scope == "all" else 1.0
-  viewers = np.full(feeds_n, n)
-  eligible = rng.random((feeds_n, n)) < 0.5
-  p_like, p_back = rng.beta(2, 5, (feeds_n, n)), rng.beta(2, 3, (feeds_n, n))
-  exploit = np.argsort(-(p_like + rng.normal(0, 0.3, p_like.shape)), axis=1)[:, :f]
-  new_top = np.argsort(np.where(eligible, rng.random((feeds_n, n)), -1.0), axis=1)[:, ::-1][:, :k]
-  strata = [(eligible & (np.arange(n) < 10)[None, :], 3), (eligible, f - 3)]
-  feed, candidates = np.repeat(np.arange(feeds_n), k), new_top.ravel()
-  truth_match = p_like[feed, candidates] * p_back[feed, candidates]
-  lists = off_policy.Lists(feed, feed % 50, candidates, np.full(feed.size, 0.5),
-                           np.full(feed.size, 0.5), p_like[feed, candidates], truth_match, 0,
-                           q_match_model=np.full(feed.size, 0.5 * 0.7))  # = the rows' q
+  p_back = s.rng.beta(2, 3, (s.feeds_n, s.n))
+  truth_match = s.p_like[s.feed, s.candidates] * p_back[s.feed, s.candidates]
+  lists = off_policy.Lists(s.feed, s.feed % 50, s.candidates, np.full(s.feed.size, 0.5),
+                           np.full(s.feed.size, 0.5), s.p_like[s.feed, s.candidates],
+                           truth_match, 0,
+                           q_match_model=np.full(s.feed.size, 0.5 * 0.7))  # = the rows' q
   estimates = {"ips_match": [], "snips_match": [], "dr_match": []}
   for _ in range(300):
-    shown, explored = synthetic.exploring_feed(exploit, viewers, strata, eps, rng)
-    propensity = synthetic.inclusion_probability(exploit, viewers, strata, eps, shown)
-    row, col = np.nonzero(shown < n)
-    v = shown[row, col]
-    probed = rng.random(row.size) < rho
+    row, col, v, propensity, explored, shown = s.replicate()
+    probed = s.rng.random(row.size) < rho
     if scope == "all":
-      probe_propensity = rho * propensity[row, col]
+      probe_propensity = rho * propensity
     else:
       probed &= explored[row]
-      probe_propensity = rho * eps * synthetic.exploration_inclusion(strata, shown)[row, col]
+      probe_propensity = rho * s.eps * synthetic.exploration_inclusion(s.strata,
+                                                                       shown)[row, col]
     # The back-swipe is observed where probed, and on some other rows by chance.
-    seen = probed | (rng.random(row.size) < 0.3)
-    back = np.where(seen, (rng.random(row.size) < p_back[row, v]).astype(float), np.nan)
+    seen = probed | (s.rng.random(row.size) < 0.3)
+    back = np.where(seen, (s.rng.random(row.size) < p_back[row, v]).astype(float), np.nan)
     logged = off_policy.LoggedFeeds(
         feed=row, users=row % 50, candidates=v, position=col, score=np.zeros(row.size),
-        propensity=propensity[row, col], shown=np.ones(row.size, bool),
-        like=(rng.random(row.size) < p_like[row, v]).astype(float), back=back,
-        feed_users=np.arange(feeds_n) % 50, feed_times=np.zeros(feeds_n, np.int64),
+        propensity=propensity, shown=np.ones(row.size, bool),
+        like=(s.rng.random(row.size) < s.p_like[row, v]).astype(float), back=back,
+        feed_users=np.arange(s.feeds_n) % 50, feed_times=np.zeros(s.feeds_n, np.int64),
         source="replication", notes={}, probed=probed, probe_propensity=probe_propensity)
     sums = off_policy.per_user_sums(logged, lists, np.full(row.size, 0.5),
                                     np.full(row.size, 0.7), 50)
     for name in estimates:
       estimates[name].append(sums.numerators[name].sum() / sums.denominators[name].sum())
-  truth = truth_match.sum() / feed.size
-  for name, values in estimates.items():
-    se = np.std(values) / np.sqrt(len(values))
-    tolerance = 4 * se + (0.02 if name == "snips_match" else 0.0)
-    assert abs(np.mean(values) - truth) < tolerance, (scope, name, np.mean(values), truth, se)
+  s.assert_unbiased(estimates, truth_match.sum() / s.feed.size, "snips_match", (scope,))
 
 
 @pytest.mark.parametrize("column,value,message", [
