@@ -330,3 +330,19 @@ def test_epoch_eval_samples_validation_users_beyond_the_cap(tiny_dataset_dir):
   whole = epoch_eval.ValidationEvaluator(dataset, max_users=users + 100)
   assert np.array_equal(whole.excluded_user, full.excluded_user)
   assert np.array_equal(whole.relevant_column, full.relevant_column)
+
+
+def test_epoch_eval_takes_its_train_exclusions_from_the_training_index(tiny_dataset_dir):
+  # The trainer hands the evaluator its in-memory train index (one pass over the train
+  # shards per run): the exclusions and relevant likes equal those of reading the split.
+  from tfrs_two_tower.model import training
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  options = train_options.TrainOptions(**FAST)
+  _, index = training.training_inputs(dataset, training.feature_specs(dataset), options)
+  for max_users in (40, 10_000):
+    read = epoch_eval.ValidationEvaluator(dataset, max_users=max_users, seed=3)
+    shared = epoch_eval.ValidationEvaluator(dataset, max_users=max_users, seed=3,
+                                            train_pairs=index.pairs_of)
+    for name in ("excluded_user", "excluded_column", "relevant_user", "relevant_column"):
+      assert np.array_equal(getattr(shared, name), getattr(read, name)), (max_users, name)
+    assert read.excluded_user.size > len(read.queries["query_id"])  # train swipes, not self

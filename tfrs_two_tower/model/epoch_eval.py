@@ -29,11 +29,13 @@ same every epoch). Recall@K is then a sample mean over n users with standard
 error s / sqrt(n) (s the per-user recall's standard deviation; at n = 20,000 and
 recall near 0.05, about +-0.001); smaller data sets are evaluated whole, exactly
 as without the cap. Only the sampled users' swipes are kept: their validation
-rows, and their train swipes (the exclusions) as int row numbers, read id
-columns only, batch by batch -- never the train split as strings.
+rows, and their train swipes (the exclusions) as int row numbers -- from the
+training's in-memory index when the trainer passes it (`train_pairs`), else read
+id columns only, batch by batch -- never the train split as strings.
 """
 
-from typing import Dict, Sequence, Tuple
+import functools
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -77,7 +79,12 @@ class ValidationEvaluator:
 
   def __init__(self, dataset: reader.DatasetDir, ks: Sequence[int] = (10, 50, 100),
                batch_size: int = 1024, score_block_bytes: int = SCORE_BLOCK_BYTES,
-               max_users: int = MAX_USERS, seed: int = 0):
+               max_users: int = MAX_USERS, seed: int = 0,
+               train_pairs: Optional[Callable[[pd.Index, pd.Index], Dict[str, np.ndarray]]] = None):
+    """`train_pairs(users, corpus)`: the train swipes of `users` (bytes ids) with
+    candidates as rows of `corpus` (bytes ids), e.g. `inputs.InteractionIndex.pairs_of`
+    of the training index, so the train split is read once per run (a 1M-user split
+    takes ~25 minutes to parse); default: read here."""
     if max_users < 1:
       raise ValueError(f"max_users must be >= 1, got {max_users}")
     self.ks = tuple(sorted(int(k) for k in ks))
@@ -89,7 +96,8 @@ class ValidationEvaluator:
     column = {c: i for i, c in enumerate(self.candidate_ids)}
     chosen, sampled = _sample_users(dataset, max_users, seed)
     swipes = _read_split(dataset, SPLIT, chosen if sampled else None)
-    train = _train_pairs(dataset, chosen, self.candidate_ids)
+    train = (train_pairs or functools.partial(_train_pairs, dataset))(
+        chosen, _bytes_index(self.candidate_ids))
     rows = np.array([column.get(c, -1) for c in swipes[features_lib.CANDIDATE_ID]], np.int64)
     known = rows >= 0
     swipes = {k: v[known] for k, v in swipes.items()}
@@ -226,13 +234,12 @@ def _read_split(dataset: reader.DatasetDir, split: str, users) -> Dict[str, np.n
   return {key: _decode(np.concatenate(chunks)) for key, chunks in parts.items()}
 
 
-def _train_pairs(dataset: reader.DatasetDir, users: pd.Index, candidate_ids: np.ndarray):
+def _train_pairs(dataset: reader.DatasetDir, users: pd.Index, corpus: pd.Index):
   """The train swipes of `users`: query ids (bytes) and candidate rows ([n] int64).
 
-  Candidate ids become their row in `candidate_ids` (-1 when not in the corpus)
-  batch by batch, so memory holds the kept rows only, never the split as strings.
+  Candidate ids become their row in `corpus` (bytes ids; -1 when not in it) batch by
+  batch, so memory holds the kept rows only, never the split as strings.
   """
-  corpus = _bytes_index(candidate_ids)
   queries, rows = [np.array([], object)], [np.array([], np.int64)]
   for batch in _batches(dataset, "train", [features_lib.QUERY_ID, features_lib.CANDIDATE_ID]):
     mine = users.get_indexer(batch[features_lib.QUERY_ID]) >= 0

@@ -19,6 +19,7 @@ is described in `two_tower.py`.
 from typing import Dict, Optional, Tuple
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfrs_two_tower import features as features_lib
@@ -80,6 +81,7 @@ class EntityFeatures:
         parts.setdefault(key, []).append(value)
       id_chunks.append(raw[f"{side}_id"])
     ids = tf.concat(id_chunks, axis=0)
+    self.ids = ids.numpy()  # [N] bytes: row -> id
     self.values = {key: tf.concat(chunks, axis=0) for key, chunks in parts.items()}
     self.rows = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(ids, tf.range(tf.shape(ids, out_type=tf.int64)[0])),
@@ -133,6 +135,23 @@ class InteractionIndex:
 
   def __len__(self) -> int:
     return int(self.tensors["label"].shape[0])
+
+  def pairs_of(self, users: pd.Index, corpus: pd.Index) -> Dict[str, np.ndarray]:
+    """The split's interactions of `users` without another pass over its shards.
+
+    Args:
+      users: query ids (bytes) to keep.
+      corpus: candidate ids (bytes); the result's candidates are rows in it.
+    Returns:
+      {QUERY_ID: [n] bytes ids, CANDIDATE_ID: [n] int64 rows in `corpus` (-1: absent)},
+      the same as reading the split and keeping `users`' rows (in split order).
+    """
+    wanted = pd.Index(self.query.ids).get_indexer(users)
+    query_rows = self.tensors["query_row"].numpy()
+    keep = np.isin(query_rows, wanted[wanted >= 0])
+    column_of_row = corpus.get_indexer(self.candidate.ids).astype(np.int64)
+    return {features_lib.QUERY_ID: self.query.ids[query_rows[keep]],
+            features_lib.CANDIDATE_ID: column_of_row[self.tensors["candidate_row"].numpy()[keep]]}
 
   def batch(self, rows: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Model batch of the interactions at `rows` (see `two_tower.py`)."""

@@ -103,11 +103,18 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
     raise TrainError(f"--dataset_dir {dataset.path}: {e}") from None
   log("train: embedding tables need %.2f GB in training" % (table_bytes / 1e9))
   _resume_or_start(work, resolved)
+  # The training index (built on first use, then shared by every trial) also gives the
+  # evaluator its train exclusions: one pass over the train split per run, not two.
+  inputs_cache: Dict[str, Any] = {}
+
+  def train_pairs(users, corpus):
+    return training_lib.training_inputs(dataset, specs, options, inputs_cache)[1].pairs_of(
+        users, corpus)
   try:
     # The selection metric's K is always computed, whatever --eval_ks lists.
     evaluator = epoch_eval.ValidationEvaluator(
         dataset, ks=sorted(set(options.ks()) | {options.early_stopping_k}),
-        max_users=options.validation_max_users, seed=options.seed)
+        max_users=options.validation_max_users, seed=options.seed, train_pairs=train_pairs)
   except epoch_eval.ValidationDataError as e:
     raise TrainError(f"--dataset_dir: {e}") from None
   search = None
@@ -118,12 +125,12 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
       log("train: no tuning (%s)" % ("every tuned value is fixed by a flag" if len(configs) == 1
                                      else "--strategy=%s trains one model" % options.strategy))
     training = training_lib.Training(dataset, specs, options, work, evaluator, strategy,
-                                     resolved, log)
+                                     resolved, log, inputs_cache)
     while not training.done:
       training.run_epoch()
   else:
     training, search = trials.tune(dataset, specs, options, work, evaluator, strategy,
-                                   resolved, configs, log)
+                                   resolved, configs, log, inputs_cache)
   training.restore_best()
   manifest = {}
   if not chief:

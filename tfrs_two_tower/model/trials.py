@@ -9,7 +9,7 @@ The search itself is `tuning.py`.
 import dataclasses
 import os
 import shutil
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pandas as pd
 
@@ -24,8 +24,13 @@ TRIALS = "trials"  # the search's trial directories (in the run: logs/trials/, t
 
 
 def tune(dataset, specs: Dict[str, list], options: TrainOptions, work: str, evaluator,
-         strategy, resolved: Dict[str, Any], configs: List[Dict[str, Any]], log):
-  """Successive halving over `configs` (see `model/tuning.py`); returns (winner, result)."""
+         strategy, resolved: Dict[str, Any], configs: List[Dict[str, Any]], log,
+         inputs_cache: Optional[Dict[str, Any]] = None):
+  """Successive halving over `configs` (see `model/tuning.py`); returns (winner, result).
+
+  `inputs_cache`: `training.training_inputs`' cache, shared by every trial (and with
+  the caller, whose evaluator may have built the train index already)."""
+  inputs_cache = {} if inputs_cache is None else inputs_cache
   trials_dir = os.path.join(work, TRIALS)
   if os.path.exists(trials_dir):  # the search itself is not resumable: start it again
     log("train: an interrupted search in %s is started again" % trials_dir)
@@ -38,12 +43,10 @@ def tune(dataset, specs: Dict[str, list], options: TrainOptions, work: str, eval
     if not message.startswith("train: step"):
       log(message)
 
-  cache: Dict[str, Any] = {}
-
   def start(i: int, config: Dict[str, Any]) -> Training:
     return Training(dataset, specs, dataclasses.replace(options, **config),
                     os.path.join(trials_dir, f"trial_{i:02d}"), evaluator, strategy,
-                    {**resolved, **config}, quiet, inputs_cache=cache)
+                    {**resolved, **config}, quiet, inputs_cache=inputs_cache)
   key = options.selection_key()
   try:
     result = tuning.successive_halving(configs, start, key, options.tune_budget_minutes * 60,
