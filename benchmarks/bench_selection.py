@@ -12,7 +12,9 @@ validation split and the targets on the eval split:
   validation: recall@50 (logged), auc, gauc (impression-conditioned)
   eval:       warm and new users' recall@50 (the issue's MovieLens target), and
               on the synthetic worlds oracle_like@10 (the hidden truth: the mean
-              true P(like) of each user's top 10 from the whole catalogue) and AUC.
+              true P(like) of each user's top 10 from the whole catalogue), its
+              headroom share (all users: (model - feature matching) / (oracle
+              ranking - feature matching), bench_defaults.py's figure) and AUC.
 
 For each selection metric it prints the epoch it picks (argmax, and with the
 default early stopping patience) and the eval targets there, beside the best
@@ -44,6 +46,7 @@ import bench_defaults  # noqa: E402  (the data sets, shared)
 
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
+from tfrs_two_tower.evaluation import baselines as baselines_lib  # noqa: E402
 from tfrs_two_tower.evaluation import evaluator  # noqa: E402
 from tfrs_two_tower.evaluation import metrics  # noqa: E402
 from tfrs_two_tower.evaluation import recommenders  # noqa: E402
@@ -57,7 +60,23 @@ SELECTION = {"recall": "validation_recall@50", "gauc": "validation_gauc",
              "auc": "validation_auc"}
 
 
-def _eval_targets(training, validation, data, oracle) -> dict:
+def headroom_references(dataset, data, world, oracle) -> dict:
+  """All users' oracle_like@10 of feature matching and of the world's own P(like) ranking.
+
+  The headroom share of a model is (model - feature matching) / (oracle - feature
+  matching), bench_defaults.py's definition.
+  """
+  out = {}
+  for label, scorer in (
+      ("feature_matching", baselines_lib.FeatureMatching(
+          dataset.config, data.query_entities, data.candidate_entities, data.eligible)),
+      ("oracle", bench_defaults.OracleScorer(world, data.query_ids, data.candidate_ids))):
+    result = evaluator.evaluate(scorer, data, (10,), None, oracle)
+    out[label] = float(np.nanmean(result.per_user["oracle_like@10"]))
+  return out
+
+
+def _eval_targets(training, validation, data, oracle, references) -> dict:
   """Eval-split targets of the current weights (evaluate.py's definitions)."""
   queries = validation.embed(training.query_tower, data.query_entities, "query")
   candidates = validation.embed(training.candidate_tower, data.candidate_entities,
@@ -72,6 +91,10 @@ def _eval_targets(training, validation, data, oracle) -> dict:
     if oracle is not None:
       out[f"{segment}_oracle_like@10"] = float(np.nanmean(
           result.per_user["oracle_like@10"][mask]))
+  if oracle is not None:
+    model = float(np.nanmean(result.per_user["oracle_like@10"]))
+    fm, best = references["feature_matching"], references["oracle"]
+    out["headroom_share"] = (model - fm) / (best - fm)
   out["eval_auc"] = metrics.roc_auc(data.eval_swipes.labels, result.swipe_scores)
   return out
 
@@ -81,10 +104,12 @@ def trajectory(name: str, work: str, epochs: int, seed: int, log, overrides=None
   dataset = reader.open_dataset(paths["dataset"])
   data = evaluator.prepare(dataset)
   data.segments["warm"] = ~data.segments["new"]
-  oracle = None
+  oracle, references = None, None
   if paths["world"]:
     world = synthetic.World.load(paths["world"])
     oracle = recommenders.realised_oracle(world.like_probability, data)
+    references = headroom_references(dataset, data, world, oracle)
+    log(f"[{name}] all users' oracle_like@10: {references}")
   options = dataclasses.replace(train_options.TrainOptions(), no_tune=True, epochs=epochs,
                                 early_stopping_patience=0, seed=seed, **(overrides or {}))
   options = training_run.implicit_feedback_options(dataset, options, log)
@@ -100,7 +125,7 @@ def trajectory(name: str, work: str, epochs: int, seed: int, log, overrides=None
     started = time.time()
     result = training.run_epoch()
     row = {"epoch": training.epoch, **{k: result[v] for k, v in SELECTION.items()},
-           **_eval_targets(training, validation, data, oracle),
+           **_eval_targets(training, validation, data, oracle, references),
            "seconds": round(time.time() - started, 1)}
     log(f"[{name} seed {seed}] " + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                                 for k, v in row.items()}))
@@ -122,7 +147,7 @@ def picked_epoch(rows: list, metric: str, patience: int) -> int:
 
 def print_table(name: str, runs: list, patience: int) -> None:
   targets = [k for k in runs[0][0] if k.endswith("oracle_like@10") or k.endswith("recall@50")
-             or k == "eval_auc"]
+             or k in ("eval_auc", "headroom_share")]
   print(f"\n== {name}: eval targets at the epoch each selection metric picks "
         f"(patience {patience}; mean over {len(runs)} seed(s))")
   print(f"{'selection':<12}{'epoch':>7}" + "".join(f"{t:>22}" for t in targets))
