@@ -34,6 +34,7 @@ Benchmark-only dependencies (requirements-bench.txt): implicit, recbole (--no-de
 
   python benchmarks/bench_defaults.py --work_dir=/tmp/bench_defaults \
       [--datasets=movielens,popularity_world,default_world] [--train_flags="--epochs=5"]
+      [--oracle_parts]   (rank by the world's utility with single terms switched off)
 """
 import os
 
@@ -42,6 +43,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice for its own threads
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
@@ -286,12 +288,33 @@ def tuned_factor_models(dataset, data: evaluator.EvalData, log) -> dict:
 
 # -- the world's oracle ranking ----------------------------------------------------------------
 
+# Rankers by the world's utility with terms switched off (`--oracle_parts`): where the
+# headroom between feature matching and the oracle lies. "observables" keeps what the
+# profile shows (gender, age, distance, interests; the users' hidden preferences over them
+# included) and drops the two latent terms only ids can learn: the candidate's appeal and
+# the taste x style match.
+ORACLE_PARTS = {
+    "oracle w/o taste": dict(taste_weight=0.0),
+    "oracle w/o appeal": dict(attractiveness_scale=0.0),
+    "oracle w/o distance": dict(distance_weight=0.0),
+    "oracle w/o age": dict(age_weight=0.0),
+    "oracle w/o interests": dict(interest_weight=0.0),
+    "oracle observables": dict(taste_weight=0.0, attractiveness_scale=0.0),
+}
+
+
 class OracleScorer(retrieval.Scorer):
-  """The world's own P(like): the best any one-way ranker can do in that world."""
+  """The world's own P(like): the best any one-way ranker can do in that world.
+
+  `without`: WorldParams overrides that switch utility terms off (ORACLE_PARTS).
+  """
   name = "oracle"
 
-  def __init__(self, world: synthetic.World, query_ids, candidate_ids):
+  def __init__(self, world: synthetic.World, query_ids, candidate_ids, without=None):
     super().__init__(query_ids, candidate_ids)
+    if without:
+      world = synthetic.World(dataclasses.replace(world.params, **without), world.profiles,
+                              world.swipes, world.hidden)
     self.world = world
     self._q = world.user_index(self.query_ids)
     self._c = world.user_index(self.candidate_ids)
@@ -311,7 +334,8 @@ class OracleScorer(retrieval.Scorer):
 # -- one data set ---------------------------------------------------------------------------------
 
 def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
-          factor_models: bool = True, reuse_run: bool = False) -> dict:
+          factor_models: bool = True, reuse_run: bool = False,
+          oracle_parts: bool = False) -> dict:
   paths = prepare_dataset(name, work, log)
   dataset = reader.open_dataset(paths["dataset"])
   stats = dataset.stats
@@ -336,6 +360,9 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
     scorers["feature_matching"] = (baselines_lib.FeatureMatching(
         dataset.config, data.query_entities, data.candidate_entities, data.eligible), {})
     scorers["oracle"] = (OracleScorer(world, data.query_ids, data.candidate_ids), {})
+    if oracle_parts:
+      scorers.update({label: (OracleScorer(world, data.query_ids, data.candidate_ids, without),
+                              {}) for label, without in ORACLE_PARTS.items()})
   started = time.time()
   if factor_models:
     scorers.update(tuned_factor_models(dataset, data, log))
@@ -412,13 +439,17 @@ def main():
                       "when only the model's flags change)")
   parser.add_argument("--reuse_runs", action="store_true", help="evaluate an existing "
                       "run_<tag> instead of training it again")
+  parser.add_argument("--oracle_parts", action="store_true", help="on the worlds, also rank "
+                      "by the world's utility with single terms switched off (where the "
+                      "oracle headroom lies)")
   parser.add_argument("--output", default=None, help="also write the figures as JSON here")
   args = parser.parse_args()
   log = lambda *a: print(*a, flush=True)  # noqa: E731
   results = {}
   for name in [n for n in args.datasets.split(",") if n]:
     results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
-                          log, args.tag, not args.no_factor_models, args.reuse_runs)
+                          log, args.tag, not args.no_factor_models, args.reuse_runs,
+                          args.oracle_parts)
     print_table(name, results[name])
   if args.output:
     with open(args.output, "w") as f:

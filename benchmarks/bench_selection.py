@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -169,12 +170,14 @@ def main():
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--seeds", default="0")
   parser.add_argument("--options", default="", help="TrainOptions overrides of a variant, "
-                      "e.g. pass_loss_weight=3,temperature=0.1 (values parsed as JSON)")
+                      "e.g. pass_loss_weight=3,temperature=0.1,layer_sizes=[256,128] (values parsed as "
+                      "JSON)")
   parser.add_argument("--patience", type=int,
                       default=train_options.TrainOptions().early_stopping_patience)
   args = parser.parse_args()
-  overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.options.split(",")
-                                              if o)}
+  # A comma starts the next override only before `name=`: list values keep theirs.
+  overrides = {k: json.loads(v) for k, v in (o.split("=", 1)
+                                              for o in re.split(r",(?=\w+=)", args.options) if o)}
   variant = "/" + args.options if args.options else ""
   out = os.path.join(args.work_dir, f"selection{variant.replace('/', '_')}.json")
   results = json.load(open(out)) if os.path.exists(out) else {}
