@@ -228,12 +228,10 @@ def stage_publish(size, p):
   from tfrs_two_tower.serving import pgvector
   from tfrs_two_tower.stages import publish_stage
   from tfrs_two_tower.data import seeding
-  world = synthetic.World.load(p["world"])
   # Only the profiles go into the database: recommend() needs them (eligibility);
-  # the swipes only exclude already-seen profiles, the same for HNSW and exact.
-  profiles_only = synthetic.World(world.params, world.profiles, world.swipes.iloc[:0],
-                                  world.hidden)
-  del world
+  # the swipes only exclude already-seen profiles, the same for HNSW and exact. (Loading
+  # the whole 1M world first -- swipes and impressions log, ~20 GB -- was OOM-killed.)
+  profiles_only = synthetic.World.load(p["world"], profiles_only=True)
   out = {}
   with contextlib.ExitStack() as stack:
     url = stack.enter_context(postgres_source.embedded_postgres(log=lambda m: None))

@@ -138,3 +138,11 @@ def _saved(world, tmp_path) -> str:
   path = str(tmp_path / "world")
   world.save(path)
   return path
+
+
+def test_load_profiles_only_skips_swipes_and_log(tiny_world, tiny_world_dir):
+  # Seeding profiles at 1M users must not hold the world's swipes and log (~20 GB).
+  world = synthetic.World.load(tiny_world_dir, profiles_only=True)
+  pd.testing.assert_frame_equal(world.profiles, tiny_world.profiles, check_dtype=False)
+  assert len(world.swipes) == 0 and list(world.swipes.columns) == list(tiny_world.swipes.columns)
+  assert world.impressions is None and world.params == tiny_world.params

@@ -224,18 +224,26 @@ class World:
                        {"params": dataclasses.asdict(self.params), "summary": self.summary()})
 
   @classmethod
-  def load(cls, directory: str) -> "World":
+  def load(cls, directory: str, profiles_only: bool = False) -> "World":
+    """The world `save` wrote. `profiles_only`: no swipes (an empty frame with the
+    columns) and no impressions log -- a 1M-user world's swipes and log take ~20 GB
+    in memory, and seeding profiles or ranking needs neither."""
     meta_path = os.path.join(directory, "world.json")
     if not os.path.exists(meta_path):
       raise FileNotFoundError(f"{meta_path}: not a world directory (generate_world.py writes it)")
     params = WorldParams(**files.read_json(meta_path)["params"])
     with np.load(os.path.join(directory, "hidden.npz")) as npz:
       hidden = {k: npz[k] for k in npz.files}
+    swipes_path = os.path.join(directory, "swipes.parquet")
     impressions_path = os.path.join(directory, "feed_impressions.parquet")
-    impressions = (pd.read_parquet(impressions_path) if os.path.exists(impressions_path)
-                   else None)
-    return cls(params, pd.read_parquet(os.path.join(directory, "profiles.parquet")),
-               pd.read_parquet(os.path.join(directory, "swipes.parquet")), hidden, impressions)
+    if profiles_only:
+      swipes, impressions = pq.read_schema(swipes_path).empty_table().to_pandas(), None
+    else:
+      swipes = pd.read_parquet(swipes_path)
+      impressions = (pd.read_parquet(impressions_path) if os.path.exists(impressions_path)
+                     else None)
+    return cls(params, pd.read_parquet(os.path.join(directory, "profiles.parquet")), swipes,
+               hidden, impressions)
 
   def summary(self) -> Dict[str, Any]:
     actions = self.swipes["action"].value_counts().to_dict()
