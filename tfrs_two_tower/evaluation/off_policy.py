@@ -345,9 +345,9 @@ def per_user_sums(feeds: LoggedFeeds, lists: Lists, reward_like: np.ndarray,
   slots = by_user(lists.users, np.ones(lists.users.size))
   num, den = {}, {}
   for target, (r, q, q_slots, weight) in rewards.items():
-    num[f"ips_{target}"], den[f"ips_{target}"] = by_user(feeds.users, weight * r), slots
-    num[f"snips_{target}"], den[f"snips_{target}"] = by_user(feeds.users, weight * r), by_user(
-        feeds.users, weight)
+    weighted = by_user(feeds.users, weight * r)  # IPS and SNIPS share the numerator
+    num[f"ips_{target}"], den[f"ips_{target}"] = weighted, slots
+    num[f"snips_{target}"], den[f"snips_{target}"] = weighted, by_user(feeds.users, weight)
     num[f"dr_{target}"] = (by_user(lists.users, q_slots)
                            + by_user(feeds.users, weight * (r - q)))
     den[f"dr_{target}"] = slots
