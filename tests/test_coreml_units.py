@@ -1,4 +1,5 @@
-"""Core ML building blocks without a trained run: OOV hashing, preprocessing rules, fp16 tail."""
+"""Core ML building blocks without a trained run: OOV hashing, preprocessing rules, fp16 tail,
+the parity overlap."""
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ from tfrs_two_tower.coreml import convert
 from tfrs_two_tower.coreml import features_json
 from tfrs_two_tower.coreml import fingerprint
 from tfrs_two_tower.coreml import mil_emulator
+from tfrs_two_tower.coreml import parity
 
 
 @settings(max_examples=15, deadline=None)
@@ -124,3 +126,26 @@ def test_emulator_names_missing_inputs(overflowing_core, tmp_path):
   with pytest.raises(convert.ConversionError, match="precision"):
     convert.convert_core(overflowing_core, [], precision="float64")
   assert os.path.isdir(path)
+
+
+@pytest.mark.parametrize("block_elements", [parity.SCORE_BLOCK_ELEMENTS, 7 * 200])
+def test_top_k_overlap_in_query_blocks_counts_the_shared_top_candidates(block_elements,
+                                                                       monkeypatch):
+  # Query blocks of 7 rows (block_elements 7 * 200) must give the figures of one block.
+  monkeypatch.setattr(parity, "SCORE_BLOCK_ELEMENTS", block_elements)
+  rng = np.random.default_rng(3)
+  queries, corpus = rng.normal(size=(30, 8)), rng.normal(size=(200, 8))
+  scores = queries @ corpus.T
+  top10 = np.argsort(-scores, axis=1)[:, :10]
+  # The other side zeroes query 4's best candidate: it leaves every top 10 it was in.
+  other = corpus.copy()
+  assert parity.top_k_overlap(queries, corpus, queries, other)["mean_overlap"] == 1.0
+  query = 4
+  other[top10[query, 0]] = 0.0  # score 0: below every query's 10th best (all > 0 here)
+  assert (np.sort(scores, axis=1)[:, -10] > 0).all()
+  figures = parity.top_k_overlap(queries, corpus, queries, other)
+  assert figures["queries"] == 30 and figures["corpus"] == 200
+  assert figures["min_overlap"] == pytest.approx(0.9)
+  # The candidate moved for every query that had it in its top 10.
+  had_it = (top10 == top10[query, 0]).any(axis=1)
+  assert figures["mean_overlap"] == pytest.approx(1 - 0.1 * had_it.mean())

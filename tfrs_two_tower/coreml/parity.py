@@ -27,6 +27,10 @@ from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import run_dir as run_lib
 
 
+# Elements of one [queries, candidates] float64 score block of `top_k_overlap`.
+SCORE_BLOCK_ELEMENTS = 1 << 24
+
+
 class ParityError(ValueError):
   """The converted pair is below the parity bar (or cannot be checked); nothing was written."""
   exit_code = 3
@@ -68,10 +72,17 @@ def top_k_overlap(queries_ref: np.ndarray, corpus_ref: np.ndarray, queries_other
                   corpus_other: np.ndarray, k: int = 10) -> Dict[str, float]:
   """Overlap of the top-k candidates each side ranks for the same queries."""
   k = min(k, corpus_ref.shape[0])
+  # Queries go in blocks so that a block's [b, n] float64 scores stay ~128 MB: one
+  # [500, 1M] block and its argpartition took ~12 GB at a million candidates.
+  block = max(1, SCORE_BLOCK_ELEMENTS // max(corpus_ref.shape[0], 1))
 
   def top(q, c):
-    scores = np.asarray(q, np.float64) @ np.asarray(c, np.float64).T
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    c = np.asarray(c, np.float64)
+    # copy(): a [:, :k] view would keep each block's whole [b, n] argpartition alive.
+    return np.concatenate([
+        np.argpartition(-(np.asarray(q[start:start + block], np.float64) @ c.T), k - 1,
+                        axis=1)[:, :k].copy()
+        for start in range(0, len(q), block)])
   ref, other = top(queries_ref, corpus_ref), top(queries_other, corpus_other)
   overlap = np.array([len(set(a) & set(b)) / k for a, b in zip(ref, other)])
   return {"k": int(k), "queries": int(len(overlap)), "corpus": int(corpus_ref.shape[0]),
@@ -147,8 +158,12 @@ def verify(run: run_lib.Run, dataset: reader.DatasetDir, out: str, payload: Dict
       inputs = features_json.preprocess_with_features_json(tower, raw, vocabularies)
       tf_emb[side].append(run.embed(side, raw))
       coreml_emb[side].append(coreml_embed(emulator, inputs, batch_size))
-      # Conversion alone: the TF core on the very inputs the Core ML program got.
-      core_out.append(core(**inputs)[run_lib.EMBEDDING].numpy())
+      # Conversion alone: the TF core on the very inputs the Core ML program got (in
+      # batches: the whole corpus at once holds every hidden layer for every candidate).
+      n = len(next(iter(inputs.values())))
+      core_out.extend(core(**{name: value[start:start + batch_size]
+                              for name, value in inputs.items()})[run_lib.EMBEDDING].numpy()
+                      for start in range(0, n, batch_size))
     core_figures[side] = compare(np.concatenate(core_out), np.concatenate(coreml_emb[side]))
   towers = {side: compare(np.concatenate(tf_emb[side]), np.concatenate(coreml_emb[side]))
             for side in run_lib.SIDES}
