@@ -346,6 +346,8 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
   if reuse_run and os.path.exists(os.path.join(run_dir, "manifest.json")):
     log(f"[{name}] reusing the trained {run_dir}")
     train_seconds = float("nan")
+    # The reused run's flags are its own, not this invocation's --train_flags.
+    extra_flags = [f"(reused run: see {os.path.join(run_dir, run_lib.FLAGS)})"]
   else:
     train_seconds = train_default(paths["dataset"], run_dir, extra_flags, log)
   data = evaluator.prepare(dataset)
