@@ -209,15 +209,15 @@ def add_to_dataset(writer: "writer_lib.DatasetWriter", chunks: Iterable[pd.DataF
 def _nonempty_or(chunks: Iterable[pd.DataFrame], empty: pd.DataFrame) -> Iterator[pd.DataFrame]:
   """The non-empty frames of `chunks`; when there is none, the first (empty) frame
   (its columns are the source's), or `empty` when `chunks` yields nothing."""
-  first = None
+  first_empty, yielded = None, False
   for chunk in chunks:
-    if first is None:
-      first = chunk
     if len(chunk):
-      first = False
+      yielded = True
       yield chunk
-  if first is not False:
-    yield empty if first is None else first
+    elif first_empty is None:
+      first_empty = chunk
+  if not yielded:
+    yield empty if first_empty is None else first_empty
 
 
 def read(dataset) -> Optional[pd.DataFrame]:
