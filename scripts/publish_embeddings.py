@@ -31,6 +31,10 @@ flags.DEFINE_boolean("republish", False, "Rewrite this run's tables even if alre
 flags.DEFINE_integer("hnsw_m", 16, "HNSW graph degree (pgvector `m`).", lower_bound=2)
 flags.DEFINE_integer("hnsw_ef_construction", 64, "HNSW build beam (pgvector `ef_construction`).",
                      lower_bound=4)
+flags.DEFINE_integer("hnsw_build_memory_mb", None, "maintenance_work_mem (MB) of the HNSW build, "
+                     "for this transaction only. Default: enough to hold the graph in memory "
+                     "(~0.9 kB a candidate at d=33, at most 1024 MB); 0 keeps the server's "
+                     "setting. Never lowers it.", lower_bound=0)
 
 
 def main(argv):
@@ -39,7 +43,8 @@ def main(argv):
     publish_stage.run(FLAGS.run_dir, FLAGS.dataset_dir, db_url=FLAGS.db_url,
                       env_file=FLAGS.env_file, keep_versions=FLAGS.keep_versions,
                       republish=FLAGS.republish, hnsw_m=FLAGS.hnsw_m,
-                      hnsw_ef_construction=FLAGS.hnsw_ef_construction, log=logging.info)
+                      hnsw_ef_construction=FLAGS.hnsw_ef_construction,
+                      hnsw_build_memory_mb=FLAGS.hnsw_build_memory_mb, log=logging.info)
 
 
 if __name__ == "__main__":

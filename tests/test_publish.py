@@ -211,6 +211,44 @@ def test_long_run_ids_publish_side_by_side(published, tiny_run_dir):
                    candidate_embeddings=emb, calibration=(1.0, 0.0), log=lambda *a: None)
 
 
+def test_hnsw_build_memory_keeps_the_graph_in_memory(published, tiny_run_dir):
+  """The build's maintenance_work_mem: pgvector's notice shows when the graph spilled."""
+  _, conn, _ = published
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(3000, 8)).astype(np.float32)  # ~1,350 fit into 1 MB at d=8
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  ids = [f"c{i}" for i in range(len(emb))]
+  with conn.cursor() as cur:  # a small server setting: the graph of 3,000 does not fit
+    cur.execute("SET maintenance_work_mem = '1MB'")
+  conn.commit()
+  spilled, logs = {}, {}
+  for setting, run_id in ((0, "memory-server"), (None, "memory-auto"), (2, "memory-2mb")):
+    del conn.notices[:]
+    logs[setting] = []
+    pgvector.publish(conn, config=config_lib.load_config(), run_id=run_id, config_hash="x",
+                     temperature=0.05, query_ids=ids, query_embeddings=emb, candidate_ids=ids,
+                     candidate_embeddings=emb, calibration=(1.0, 0.0), keep_versions=5,
+                     hnsw_build_memory_mb=setting, log=logs[setting].append)
+    spilled[setting] = any("no longer fits into maintenance_work_mem" in n for n in conn.notices)
+  # 0 keeps the server's 1 MB; the automatic size (3 MB) holds the graph; 2 MB does not.
+  assert spilled == {0: True, None: False, 2: True}
+  assert pgvector.hnsw_graph_mb(3000, 8, 16) == 3
+  assert any("maintenance_work_mem 3 MB" in m for m in logs[None])
+  assert not any("maintenance_work_mem" in m for m in logs[0])
+  assert pgvector.hnsw_graph_mb(1_000_000, 33, 16) == 919
+  with conn.cursor() as cur:  # SET LOCAL: the session keeps its own setting
+    cur.execute("SHOW maintenance_work_mem")
+    assert cur.fetchone()[0] == "1MB"
+    cur.execute("RESET maintenance_work_mem")
+  conn.commit()
+  run = run_lib.open_run(tiny_run_dir)  # switch back to the fixture's run for the tests below
+  ids, emb = run.candidate_embeddings()
+  pgvector.publish(conn, config=config_lib.load_config(), run_id=run.manifest["run_id"],
+                   config_hash="x", temperature=0.05, query_ids=ids, query_embeddings=emb,
+                   candidate_ids=ids, candidate_embeddings=emb, calibration=(1.0, 0.0),
+                   log=lambda *a: None)
+
+
 def _embeddings(conn, table):
   with conn.cursor() as cur:
     cur.execute(f"SELECT id, embedding::text FROM {table}")

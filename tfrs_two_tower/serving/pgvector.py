@@ -23,6 +23,13 @@ from tfrs_two_tower.serving import history_sql
 from tfrs_two_tower.serving import schema_sql
 
 VERSION_HEX_DIGITS = 12  # 48 bits: a collision needs ~16 million published runs
+# pgvector builds an HNSW graph in maintenance_work_mem and falls back to a much slower
+# on-disk build for the elements that do not fit (PostgreSQL's default 64 MB held 76,884
+# elements of dim 33, m 16: ~873 B each). Per element: the vector (8 + 4 d bytes), the
+# level-0 neighbour list (2 m entries of 16 B) and ~224 B of element and upper-level data.
+HNSW_ELEMENT_OVERHEAD_BYTES = 224
+# The automatic setting never asks the server for more than this.
+HNSW_AUTO_BUILD_MEMORY_CAP_MB = 1024
 
 
 def version_name(run_id: str) -> str:
@@ -89,6 +96,38 @@ def install_sql(conn, config: config_lib.Config) -> None:
   schema_sql.execute_in_transaction(conn, [text])
 
 
+def hnsw_graph_mb(count: int, dim: int, m: int) -> int:
+  """MB of maintenance_work_mem that hold the HNSW graph of `count` [dim] vectors in memory.
+
+    bytes = 1.1 * count * (8 + 4 dim + 32 m + HNSW_ELEMENT_OVERHEAD_BYTES)
+
+  (10 % headroom over the per-element size measured with pgvector 0.6.)
+  """
+  per_element = 8 + 4 * dim + 32 * m + HNSW_ELEMENT_OVERHEAD_BYTES
+  return int(np.ceil(1.1 * count * per_element / 2**20))
+
+
+def _raise_build_memory(cur, count: int, dim: int, m: int, build_memory_mb: Optional[int],
+                        log: Callable[[str], None]) -> None:
+  """SET LOCAL maintenance_work_mem for the index build (this transaction only).
+
+  `build_memory_mb`: None sets the estimate of `hnsw_graph_mb` (at most
+  HNSW_AUTO_BUILD_MEMORY_CAP_MB), a number sets that many MB, 0 keeps the server's
+  setting. The server's setting is never lowered.
+  """
+  if build_memory_mb == 0:
+    return
+  wanted = (min(hnsw_graph_mb(count, dim, m), HNSW_AUTO_BUILD_MEMORY_CAP_MB)
+            if build_memory_mb is None else int(build_memory_mb))
+  cur.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))")
+  current_mb = cur.fetchone()[0] // 2**20
+  if wanted > current_mb:
+    cur.execute("SET LOCAL maintenance_work_mem = %s", (f"{wanted}MB",))
+    log(f"publish: HNSW build with maintenance_work_mem {wanted} MB (server setting "
+        f"{current_mb} MB; the graph of {count:,} vectors needs ~"
+        f"{hnsw_graph_mb(count, dim, m)} MB)")
+
+
 def _copy_embeddings(cur, table: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
   """COPY rows "id<TAB>[x1,x2,...]" (pgvector's text form) into `table`."""
   values = np.char.mod("%.8g", embeddings.astype(np.float32))
@@ -102,7 +141,8 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
             query_ids: Sequence[str], query_embeddings: np.ndarray,
             candidate_ids: Sequence[str], candidate_embeddings: np.ndarray,
             calibration: Tuple[float, float], hnsw_m: int = 16, hnsw_ef_construction: int = 64,
-            keep_versions: int = 3, republish: bool = False,
+            hnsw_build_memory_mb: Optional[int] = None, keep_versions: int = 3,
+            republish: bool = False,
             log: Callable[[str], None] = print) -> Dict[str, object]:
   """Writes one model version and makes it the active one.
 
@@ -114,6 +154,9 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
     candidate_ids, candidate_embeddings: [Nc] ids and [Nc, d] candidate embeddings.
     calibration: (scale, bias) with P(like) = sigmoid(scale * dot + bias), used
       by `recommend_reciprocal`.
+    hnsw_build_memory_mb: maintenance_work_mem of the index build in MB; None: enough
+      for the graph (`hnsw_graph_mb()`, at most HNSW_AUTO_BUILD_MEMORY_CAP_MB);
+      0: the server's setting. Never lowers the server's setting.
     keep_versions: older inactive versions beyond this many are dropped.
   Returns:
     {"version", "run_id", "created" (False when it already existed), "dropped": [...]}.
@@ -143,6 +186,7 @@ def publish(conn, *, config: config_lib.Config, run_id: str, config_hash: str,
                     .format(table, sql.Literal(dim)))
         _copy_embeddings(cur, tables[side], ids, emb)
         log(f"publish: {len(ids)} {side} embeddings -> {tables[side]}")
+      _raise_build_memory(cur, len(candidate_ids), dim, hnsw_m, hnsw_build_memory_mb, log)
       cur.execute(sql.SQL("CREATE INDEX {} ON {} USING hnsw (embedding vector_ip_ops) "
                           "WITH (m = {}, ef_construction = {})").format(
           sql.Identifier(f"{tables['candidate']}_hnsw"), sql.Identifier(tables["candidate"]),

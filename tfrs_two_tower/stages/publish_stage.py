@@ -14,7 +14,8 @@ from tfrs_two_tower.serving import pgvector
 
 def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
         env_file: Optional[str] = ".env", keep_versions: int = 3, republish: bool = False,
-        hnsw_m: int = 16, hnsw_ef_construction: int = 64, connect_retries: int = 3,
+        hnsw_m: int = 16, hnsw_ef_construction: int = 64,
+        hnsw_build_memory_mb: Optional[int] = None, connect_retries: int = 3,
         log: Callable[[str], None] = print) -> Dict[str, Any]:
   """Embeds every query entity, calibrates, and publishes the run as the active version."""
   run = run_lib.open_run(run_dir)
@@ -45,7 +46,8 @@ def run(run_dir: str, dataset_dir: str, db_url: Optional[str] = None,
         query_embeddings=query_embeddings, candidate_ids=candidate_ids,
         candidate_embeddings=candidate_embeddings,
         calibration=(calibration.slope, calibration.intercept), hnsw_m=hnsw_m,
-        hnsw_ef_construction=hnsw_ef_construction, keep_versions=keep_versions,
+        hnsw_ef_construction=hnsw_ef_construction, hnsw_build_memory_mb=hnsw_build_memory_mb,
+        keep_versions=keep_versions,
         republish=republish, log=log)
   except Exception as e:  # psycopg2 errors can quote the DSN: never let a password out
     if isinstance(e, ValueError):
