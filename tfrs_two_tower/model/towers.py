@@ -26,7 +26,8 @@ column, so that the score stays an inner product of the two outputs:
   score       [q, 1] . [c, b_c] = q.c + b_c     (cosine + candidate bias)
 
 It uses only gathers, matmuls, relu, concat, reduce_sum, maximum, rsqrt, mul,
-add and cast, so that coremltools' TensorFlow frontend converts it.
+add, cast (and, with a score bias, a slice), so that coremltools' TensorFlow
+frontend converts it.
 """
 
 import json
