@@ -236,14 +236,9 @@ def test_features_json_reproduces_the_savedmodel_lookup(float32_pair, tiny_run,
                                rtol=0, atol=1e-5)
 
 
-def test_a_candidate_bias_run_converts_with_parity(tiny_dataset_dir, tmp_path):
+def test_a_candidate_bias_run_converts_with_parity(tiny_bias_run_dir, tiny_dataset_dir, tmp_path):
   """--candidate_bias: [q, 1] and [c, b_c] (dim d + 1) through the SavedModels and Core ML."""
-  from conftest import TINY_TRAINING
-  from tfrs_two_tower.model import train_options
-  from tfrs_two_tower.stages import train_stage
-  run_path = str(tmp_path / "run")
-  train_stage.run(tiny_dataset_dir, run_path, train_options.TrainOptions(
-      **{**TINY_TRAINING, "candidate_bias": True}), log=_quiet)
+  run_path = tiny_bias_run_dir
   run = run_lib.open_run(run_path)
   assert run.embedding_dim == 17
   _, candidates = run.candidate_embeddings()
