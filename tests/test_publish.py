@@ -75,6 +75,7 @@ def test_exact_search_equals_the_tf_index(published, tiny_world, tiny_run_dir):
     assert not swiped & {c for c, _ in got} and user not in {c for c, _ in got}
 
 
+@pytest.mark.slow  # trains its own (shared) run
 def test_a_candidate_bias_run_ranks_in_pgvector_as_the_tf_index(make_database, tiny_world,
                                                                  tiny_bias_run_dir,
                                                                  tiny_dataset_dir):
