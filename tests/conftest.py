@@ -166,6 +166,17 @@ def tiny_run_dir(tiny_training):
   return tiny_training[0]
 
 
+@pytest.fixture(scope="session")
+def tiny_bias_run_dir(tmp_path_factory, tiny_dataset_dir):
+  """The same brief training with --candidate_bias: outputs [q, 1] / [c, b_c] (read-only)."""
+  from tfrs_two_tower.model import train_options
+  from tfrs_two_tower.stages import train_stage
+  path = str(tmp_path_factory.mktemp("bias_run") / "run")
+  train_stage.run(tiny_dataset_dir, path, train_options.TrainOptions(
+      **TINY_TRAINING, candidate_bias=True), log=lambda *a: None)
+  return path
+
+
 @pytest.fixture
 def exploring_replications():
   """Builds the small exploring-feed world the off-policy unbiasedness tests replicate.

@@ -82,14 +82,17 @@ def test_bad_flag_values_exit_2_whether_absl_or_the_library_refuses_them(tmp_pat
   library = _script("train_model.py", "--eval_ks=0", f"--dataset_dir={tmp_path}",
                     f"--run_dir={tmp_path / 'run'}")
   assert library.returncode == 2 and "--eval_ks" in library.stderr, library.stderr[-2000:]
-  assert "Traceback" not in absl.stderr + library.stderr
+  boolean = _script("train_model.py", "--candidate_bias=maybe", f"--dataset_dir={tmp_path}",
+                    f"--run_dir={tmp_path / 'run'}")
+  assert boolean.returncode == 2 and "--candidate_bias" in boolean.stderr, boolean.stderr[-2000:]
+  assert "Traceback" not in absl.stderr + library.stderr + boolean.stderr
 
 
 @pytest.mark.parametrize("changes, flag", [
     ({"eval_ks": [0]}, "--eval_ks"), ({"eval_ks": []}, "--eval_ks"),
     ({"l2": -0.1}, "--l2"), ({"pass_loss_weight": -1.0}, "--pass_loss_weight"),
     ({"l2": float("nan")}, "--l2"), ({"layer_sizes": []}, "--layer_sizes"),
-    ({"layer_sizes": "128"}, "--layer_sizes")])
+    ({"layer_sizes": "128"}, "--layer_sizes"), ({"candidate_bias": "yes"}, "--candidate_bias")])
 def test_silently_bad_training_flags_are_refused_by_name(changes, flag):
   with pytest.raises(train_options.TrainError, match=flag):
     train_options.TrainOptions(**changes).check()

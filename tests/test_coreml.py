@@ -72,7 +72,7 @@ def test_pair_files_inputs_and_metadata(float32_pair, tiny_run):
     assert float(user["temperature"]) == pytest.approx(run.manifest["temperature"])
     described = convert.describe(spec)
     assert described["outputs"] == ["embedding"]
-    assert spec.description.output[0].shortDescription.startswith("L2-normalised embedding")
+    assert spec.description.output[0].shortDescription.startswith("embedding (score q . c)")
     want = {i["name"]: i for i in features["towers"][side]["inputs"]}
     got = {i["name"]: i for i in described["inputs"]}
     assert set(got) == set(want) and len(got) > 5
@@ -234,3 +234,23 @@ def test_features_json_reproduces_the_savedmodel_lookup(float32_pair, tiny_run,
     core = run.core(side).signatures["serving_default"]
     np.testing.assert_allclose(core(**ours)["embedding"].numpy(), run.embed(side, raw),
                                rtol=0, atol=1e-5)
+
+
+def test_a_candidate_bias_run_converts_with_parity(tiny_bias_run_dir, tiny_dataset_dir, tmp_path):
+  """--candidate_bias: [q, 1] and [c, b_c] (dim d + 1) through the SavedModels and Core ML."""
+  run_path = tiny_bias_run_dir
+  run = run_lib.open_run(run_path)
+  assert run.embedding_dim == 17
+  _, candidates = run.candidate_embeddings()
+  queries = run.embed("query", reader.read_entities(reader.open_dataset(tiny_dataset_dir),
+                                                     "query"))
+  assert candidates.shape[1] == queries.shape[1] == 17
+  np.testing.assert_allclose(queries[:, -1], 1.0)
+  np.testing.assert_allclose(np.linalg.norm(candidates[:, :-1], axis=1), 1.0, atol=1e-5)
+  assert np.ptp(candidates[:, -1]) > 0  # a bias per candidate, learned
+  out = str(tmp_path / "pair")
+  report = convert_stage.run(run_path, tiny_dataset_dir, out, log=_quiet, **FAST_PARITY)
+  assert report["gate"]["passed"] and report["top_k"]["mean_overlap"] >= 0.99
+  for side in ("query", "candidate"):
+    assert report["towers"][side]["max_abs_error"] <= 1e-4
+  assert files.read_json(os.path.join(out, "features.json"))["embedding_dim"] == 17

@@ -75,6 +75,29 @@ def test_exact_search_equals_the_tf_index(published, tiny_world, tiny_run_dir):
     assert not swiped & {c for c, _ in got} and user not in {c for c, _ in got}
 
 
+@pytest.mark.slow  # trains its own (shared) run
+def test_a_candidate_bias_run_ranks_in_pgvector_as_the_tf_index(make_database, tiny_world,
+                                                                 tiny_bias_run_dir,
+                                                                 tiny_dataset_dir):
+  """--candidate_bias: vectors of d + 1 ([q, 1] / [c, b_c]), not unit-norm, same ranking."""
+  url = make_database("publish_bias")
+  conn = psycopg2.connect(url)
+  try:
+    seeding.seed(conn, tiny_world, log=lambda *a: None)
+    publish_stage.run(tiny_bias_run_dir, tiny_dataset_dir, db_url=url, env_file=None,
+                      log=lambda *a: None)
+    run = run_lib.open_run(tiny_bias_run_dir)
+    assert run.embedding_dim == 17
+    user = tiny_world.swipes["swiper_id"].value_counts().index[0]
+    swiped = set(tiny_world.swipes.loc[tiny_world.swipes["swiper_id"] == user, "swipee_id"])
+    got = pgvector.recommend(conn, user, K, exact=True)
+    expected = _expected_top_k(user, tiny_world, run, swiped, K)
+    assert len(got) == len(expected) > 0
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in expected], atol=1e-5)
+  finally:
+    conn.close()
+
+
 def test_hnsw_recall_against_exact(published, tiny_world):
   _, conn, _ = published
   users = tiny_world.profiles["id"].iloc[::25].tolist()

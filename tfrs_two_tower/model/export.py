@@ -49,7 +49,8 @@ class BruteForceIndex(_Serving):
   """Exact top-k over every candidate: scores = q C^T, excluded ids masked out.
 
   Inputs: the raw query features, `exclude_ids` [B, E] string ("" pads) and the
-  scalar `k`. Outputs `ids` [B, k] string and `scores` [B, k] float32 (cosine).
+  scalar `k`. Outputs `ids` [B, k] string and `scores` [B, k] float32 (q . c: the cosine,
+  + b_c with --candidate_bias).
   """
 
   def __init__(self, query_tower: towers.Tower, candidate_ids: np.ndarray,

@@ -136,7 +136,8 @@ class Run:
     return dict(self.core(side).signatures["serving_default"].structured_input_signature[1])
 
   def embed(self, side: str, features: Mapping[str, Any], batch_size: int = 8192) -> np.ndarray:
-    """[N, d] float32 L2-normalised embeddings of raw features keyed by dataset key.
+    """[N, d] float32 embeddings (L2-normalised, + the bias column with --candidate_bias)
+    of raw features keyed by dataset key.
 
     `features` holds at least the side's keys (extra keys are ignored): arrays
     or lists of str for ids/categoricals, [N, L] arrays or lists of lists of str

@@ -17,8 +17,17 @@ The core is a functional Keras model over the int32/float32 inputs of
   h = concat(all) -> Dense(relu) x len(layer_sizes) -> Dense(embedding_dim)
   out = h * rsqrt(max(sum(h^2), 1e-12))                                       [B, embedding_dim]
 
+With a score bias (`score_bias`, the `--candidate_bias` option) the cores add one
+column, so that the score stays an inner product of the two outputs:
+
+  candidate   out = [c, b_c],  b_c = w . a  (a = the last hidden ReLU layer, w
+              starts at 0, no intercept: a feature- and id-based appeal) [B, embedding_dim + 1]
+  query       out = [q, 1]                                                 [B, embedding_dim + 1]
+  score       [q, 1] . [c, b_c] = q.c + b_c     (cosine + candidate bias)
+
 It uses only gathers, matmuls, relu, concat, reduce_sum, maximum, rsqrt, mul,
-add and cast, so that coremltools' TensorFlow frontend converts it.
+add, cast (and, with a score bias, a slice), so that coremltools' TensorFlow
+frontend converts it.
 """
 
 import json
@@ -160,7 +169,8 @@ class L2Normalize(tf.keras.layers.Layer):
   """x / ||x||_2 per row, as x * rsqrt(max(sum x^2, eps)), computed in float32."""
 
   def __init__(self, epsilon: float = 1e-12, **kwargs):
-    super().__init__(dtype="float32", **kwargs)
+    kwargs["dtype"] = "float32"  # also when from_config passes the dtype back
+    super().__init__(**kwargs)
     self.epsilon = epsilon
 
   def call(self, x):
@@ -172,16 +182,39 @@ class L2Normalize(tf.keras.layers.Layer):
     return {**super().get_config(), "epsilon": self.epsilon}
 
 
+class AppendOne(tf.keras.layers.Layer):
+  """[B, d] -> [B, d + 1]: x with a column of ones (the query's weight on the candidate bias).
+
+  The ones are x[:, :1] * 0 + 1 (slice, mul, add: ops coremltools converts).
+  """
+
+  def __init__(self, **kwargs):
+    kwargs["dtype"] = "float32"  # also when from_config passes the dtype back
+    super().__init__(**kwargs)
+
+  def call(self, x):
+    x = tf.cast(x, tf.float32)
+    return tf.concat([x, x[:, :1] * 0.0 + 1.0], axis=1)
+
+
+# build_core's `score_bias`: no extra column, the candidate's learned bias, the query's 1.
+SCORE_BIASES = (None, "candidate", "query")
+
+
 def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
                embedding_dim: int, name: str, l2: float = 0.0,
                default_embedding_dim: int = DEFAULT_EMBEDDING_DIM,
-               shared_embeddings: Optional[Mapping[str, tf.keras.layers.Layer]] = None
-               ) -> tf.keras.Model:
+               shared_embeddings: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
+               score_bias: Optional[str] = None) -> tf.keras.Model:
   """The numeric core of a tower as a functional Keras model (dict in, [B, d] out).
 
   `shared_embeddings`: feature key -> an Embedding layer of another core to use
   instead of a table of its own (history lists sharing the candidate id table).
+  `score_bias` ("candidate" / "query", see the module docstring): one more output
+  column, [B, d + 1].
   """
+  if score_bias not in SCORE_BIASES:
+    raise ValueError(f"score_bias must be one of {SCORE_BIASES}, got {score_bias!r}")
   shared_embeddings = shared_embeddings or {}
   inputs = {n: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=n)
             for n, s in prep.core_input_specs(specs).items()}
@@ -214,12 +247,22 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
   for i, units in enumerate(layer_sizes):
     hidden = tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}",
                                    kernel_regularizer=regularizer)(hidden)
-  hidden = tf.keras.layers.Dense(embedding_dim, name="projection")(hidden)
-  return tf.keras.Model(inputs, L2Normalize(name="embedding")(hidden), name=name)
+  unit = L2Normalize(name="embedding")(
+      tf.keras.layers.Dense(embedding_dim, name="projection")(hidden))
+  if score_bias == "query":
+    return tf.keras.Model(inputs, AppendOne(name="embedding_with_one")(unit), name=name)
+  if score_bias == "candidate":
+    # Zero start: training begins as the plain cosine model. No intercept: a bias shared
+    # by every candidate changes no ranking and duplicates the pairwise loss's own.
+    bias = tf.keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros", dtype="float32",
+                                 name="candidate_bias")(hidden)
+    return tf.keras.Model(inputs, tf.keras.layers.Concatenate(
+        dtype="float32", name="embedding_with_bias")([unit, bias]), name=name)
+  return tf.keras.Model(inputs, unit, name=name)
 
 
 class Tower(tf.keras.Model):
-  """Raw features -> L2-normalised embedding: `core(preprocessing(raw))`."""
+  """Raw features -> embedding (L2-normalised, + a bias column): `core(preprocessing(raw))`."""
 
   def __init__(self, preprocessing: prep.FeaturePreprocessing, core: tf.keras.Model, **kwargs):
     super().__init__(**kwargs)

@@ -58,6 +58,10 @@ class TrainOptions:
                                   factory=lambda: [128])
   default_embedding_dim: int = option(towers.DEFAULT_EMBEDDING_DIM, "Embedding size of features "
                                       "whose config gives no embedding_dim.")
+  candidate_bias: bool = option(False, "Score = cosine(q, c) + b_c with a learned per-candidate "
+                                "bias b_c (a linear map of the candidate tower's last hidden "
+                                "layer): the outputs get one more column, [q, 1] and [c, b_c], "
+                                "so every export stays an inner product (docs/training.md).")
   l2: float = option(0.0, "L2 regularisation of embeddings and hidden kernels.")
   temperature: float = option(0.05, "Softmax temperature (logits = q.c / T; Yi et al. use ~0.05).")
   sampling_probability: str = option("streaming", "logQ correction of the in-batch softmax: none; "
@@ -155,6 +159,8 @@ class TrainOptions:
     if self.sampling_probability not in two_tower.SAMPLING_MODES:
       problems.append(f"--sampling_probability must be one of {two_tower.SAMPLING_MODES}, "
                       f"got {self.sampling_probability!r}")
+    if not isinstance(self.candidate_bias, bool):
+      problems.append(f"--candidate_bias must be true or false, got {self.candidate_bias!r}")
     if not 0.0 <= self.id_dropout < 1.0:
       problems.append(f"--id_dropout must be in [0, 1), got {self.id_dropout}")
     if self.temperature <= 0 or self.learning_rate <= 0:

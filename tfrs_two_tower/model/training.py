@@ -73,7 +73,8 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
                                     name=f"{side}_core", l2=options.l2,
                                     default_embedding_dim=options.default_embedding_dim,
                                     shared_embeddings=_shared_history_embeddings(
-                                        specs[side], cores.get("candidate")))
+                                        specs[side], cores.get("candidate")),
+                                    score_bias=side if options.candidate_bias else None)
   estimator = None
   if options.sampling_probability == "streaming":
     estimator = frequency.StreamingFrequencyEstimator(

@@ -199,7 +199,8 @@ def write_run(run_dir, work, dataset, options, resolved, training, overwrite,
         "config_hash": dataset.manifest["config_hash"],
         "dataset": {"path": dataset.path, "manifest_sha256": files.sha256_file(
             dataset.file(fmt.MANIFEST)), "split_time": dataset.manifest.get("split_time")},
-        "embedding_dim": options.embedding_dim, "temperature": options.temperature,
+        # The tower output's size: --embedding_dim, + 1 with --candidate_bias.
+        "embedding_dim": int(embeddings.shape[1]), "temperature": options.temperature,
         "sampling_probability": options.sampling_probability, "global_step": step,
         "index": {"type": index_type, "candidates": int(len(ids))},
         # "final": the validation metrics of the written (best) epoch.

@@ -41,10 +41,10 @@ REQUIRED_PIECES = (run_lib.MANIFEST, run_lib.CONFIG, run_lib.PREPROCESSING, run_
                        os.path.join(d(s), "saved_model.pb")
                        for s in SIDES for d in (run_lib.model_dir, run_lib.core_dir))
 TOWER_DESCRIPTIONS = {
-    "query": "Query tower: the swiper's profile -> L2-normalised embedding q. Score a candidate "
-             "by q . c (candidate tower).",
-    "candidate": "Candidate tower: a profile shown in the feed -> L2-normalised embedding c. "
-                 "Score by q . c (query tower).",
+    "query": "Query tower: the swiper's profile -> embedding q (L2-normalised; a trailing 1 "
+             "with a candidate bias). Score a candidate by q . c (candidate tower).",
+    "candidate": "Candidate tower: a profile shown in the feed -> embedding c (L2-normalised; "
+                 "a trailing bias with a candidate bias). Score by q . c (query tower).",
 }
 
 
@@ -160,7 +160,7 @@ def run(run_dir: str, dataset_dir: str, output_dir: str, *,
           model, short_description=TOWER_DESCRIPTIONS[side], author=author, license=license,
           version=manifest["run_id"],
           input_descriptions={i["name"]: _input_description(i) for i in tower["inputs"]},
-          output_description=f"L2-normalised embedding, float32 [batch, {run.embedding_dim}]",
+          output_description=f"embedding (score q . c), float32 [batch, {run.embedding_dim}]",
           user_defined={"run_id": manifest["run_id"], "config_hash": manifest["config_hash"],
                         "embedding_dim": run.embedding_dim,
                         "temperature": manifest["temperature"], "tower": side,
