@@ -73,7 +73,7 @@ def top_k_overlap(queries_ref: np.ndarray, corpus_ref: np.ndarray, queries_other
   """Overlap of the top-k candidates each side ranks for the same queries."""
   k = min(k, corpus_ref.shape[0])
   # Queries go in blocks so that a block's [b, n] float64 scores stay ~128 MB: one
-  # [500, 1M] block and its argpartition took ~12 GB at a million candidates.
+  # [500, 1M] block, its negation and its argpartition peaked at 16 GB at a million candidates.
   block = max(1, SCORE_BLOCK_ELEMENTS // max(corpus_ref.shape[0], 1))
 
   def top(q, c):
