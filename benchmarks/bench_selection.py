@@ -163,6 +163,12 @@ def print_table(name: str, runs: list, patience: int) -> None:
                                                            for t in targets))
 
 
+# TrainOptions fields `trajectory` sets itself, and where to change them instead.
+BENCHMARK_OWNED = {"seed": "use --seeds", "epochs": "use --epochs",
+                   "no_tune": "always on: every epoch is recorded",
+                   "early_stopping_patience": "0 in training; --patience sets the simulated one"}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--work_dir", default="/tmp/bench_defaults")
@@ -176,8 +182,17 @@ def main():
                       default=train_options.TrainOptions().early_stopping_patience)
   args = parser.parse_args()
   # A comma starts the next override only before `name=`: list values keep theirs.
-  overrides = {k: json.loads(v) for k, v in (o.split("=", 1)
-                                              for o in re.split(r",(?=\w+=)", args.options) if o)}
+  overrides = {}
+  for option in (o for o in re.split(r",(?=\w+=)", args.options) if o):
+    name, _, value = option.partition("=")
+    if name in BENCHMARK_OWNED:
+      parser.error(f"--options: {name} is set by this benchmark ({BENCHMARK_OWNED[name]})")
+    if name not in {f.name for f in dataclasses.fields(train_options.TrainOptions)}:
+      parser.error(f"--options: {name!r} is not a TrainOptions field")
+    try:
+      overrides[name] = json.loads(value)
+    except json.JSONDecodeError:
+      parser.error(f"--options: the value of {name} is not JSON: {value!r}")
   variant = "/" + args.options if args.options else ""
   out = os.path.join(args.work_dir, f"selection{variant.replace('/', '_')}.json")
   results = json.load(open(out)) if os.path.exists(out) else {}
