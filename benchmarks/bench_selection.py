@@ -183,11 +183,12 @@ def main():
   args = parser.parse_args()
   # A comma starts the next override only before `name=`: list values keep theirs.
   overrides = {}
+  fields = {f.name for f in dataclasses.fields(train_options.TrainOptions)}
   for option in (o for o in re.split(r",(?=\w+=)", args.options) if o):
     name, _, value = option.partition("=")
     if name in BENCHMARK_OWNED:
       parser.error(f"--options: {name} is set by this benchmark ({BENCHMARK_OWNED[name]})")
-    if name not in {f.name for f in dataclasses.fields(train_options.TrainOptions)}:
+    if name not in fields:
       parser.error(f"--options: {name!r} is not a TrainOptions field")
     try:
       overrides[name] = json.loads(value)

@@ -17,7 +17,7 @@ uncompressed: min_cosine >= 0.999; compressed: top10_overlap >= 0.9.
 
 import dataclasses
 import os
-from typing import Any, Dict, Mapping
+from typing import Any, Callable, Dict, Mapping
 
 import numpy as np
 
@@ -117,15 +117,21 @@ def gate(precision: str, compression: str, figures: Mapping[str, Any],
           "failures": failures}
 
 
+def _in_batches(embed: Callable[[Dict[str, np.ndarray]], np.ndarray],
+                inputs: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+  """embed(rows start:start + batch_size of every input) over all rows, concatenated."""
+  n = len(next(iter(inputs.values())))
+  return np.concatenate([embed({name: value[start:start + batch_size]
+                                for name, value in inputs.items()})
+                         for start in range(0, n, batch_size)])
+
+
 def coreml_embed(emulator: mil_emulator.MilProgramEmulator, inputs: Mapping[str, np.ndarray],
                  batch_size: int = 4096) -> np.ndarray:
   """Embeddings from the emulated MIL program, in batches within the model's RangeDim."""
-  n = len(next(iter(inputs.values())))
-  parts = []
-  for start in range(0, n, batch_size):
-    feeds = {name: inputs[name][start:start + batch_size] for name in emulator.input_names}
-    parts.append(emulator.predict(feeds)["embedding"])
-  return np.concatenate(parts).astype(np.float32)
+  return _in_batches(lambda feeds: emulator.predict(feeds)["embedding"],
+                     {name: inputs[name] for name in emulator.input_names},
+                     batch_size).astype(np.float32)
 
 
 def _parity_examples(dataset: reader.DatasetDir, num_examples: int) -> Dict[str, np.ndarray]:
@@ -160,10 +166,8 @@ def verify(run: run_lib.Run, dataset: reader.DatasetDir, out: str, payload: Dict
       coreml_emb[side].append(coreml_embed(emulator, inputs, batch_size))
       # Conversion alone: the TF core on the very inputs the Core ML program got (in
       # batches: the whole corpus at once holds every hidden layer for every candidate).
-      n = len(next(iter(inputs.values())))
-      core_out.extend(core(**{name: value[start:start + batch_size]
-                              for name, value in inputs.items()})[run_lib.EMBEDDING].numpy()
-                      for start in range(0, n, batch_size))
+      core_out.append(_in_batches(lambda feeds: core(**feeds)[run_lib.EMBEDDING].numpy(),
+                                  inputs, batch_size))
     core_figures[side] = compare(np.concatenate(core_out), np.concatenate(coreml_emb[side]))
   towers = {side: compare(np.concatenate(tf_emb[side]), np.concatenate(coreml_emb[side]))
             for side in run_lib.SIDES}

@@ -117,15 +117,15 @@ def _raise_build_memory(cur, count: int, dim: int, m: int, build_memory_mb: Opti
   """
   if build_memory_mb == 0:
     return
-  wanted = (min(hnsw_graph_mb(count, dim, m), HNSW_AUTO_BUILD_MEMORY_CAP_MB)
-            if build_memory_mb is None else int(build_memory_mb))
+  graph_mb = hnsw_graph_mb(count, dim, m)
+  wanted = (min(graph_mb, HNSW_AUTO_BUILD_MEMORY_CAP_MB) if build_memory_mb is None
+            else int(build_memory_mb))
   cur.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))")
   current_mb = cur.fetchone()[0] // 2**20
   if wanted > current_mb:
     cur.execute("SET LOCAL maintenance_work_mem = %s", (f"{wanted}MB",))
     log(f"publish: HNSW build with maintenance_work_mem {wanted} MB (server setting "
-        f"{current_mb} MB; the graph of {count:,} vectors needs ~"
-        f"{hnsw_graph_mb(count, dim, m)} MB)")
+        f"{current_mb} MB; the graph of {count:,} vectors needs ~{graph_mb} MB)")
 
 
 def _copy_embeddings(cur, table: str, ids: Sequence[str], embeddings: np.ndarray) -> None:
