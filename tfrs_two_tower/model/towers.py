@@ -17,6 +17,14 @@ The core is a functional Keras model over the int32/float32 inputs of
   h = concat(all) -> Dense(relu) x len(layer_sizes) -> Dense(embedding_dim)
   out = h * rsqrt(max(sum(h^2), 1e-12))                                       [B, embedding_dim]
 
+Penalties added to the model's loss: `l2` * (sum of the hidden kernels' squared
+weights), and `embedding_l2` * mean_b ||E[i_b]||^2 for every vocabulary lookup: the
+rows a batch gathers, not the whole table. A row is shrunk each time an example
+uses it (the per-example penalty of SGD matrix factorisation, Koren et al. 2009),
+and its gradient stays a tf.IndexedSlices, so the row-wise (lazy) optimizers keep
+their O(batch) step; a penalty on the whole table (Keras' `embeddings_regularizer`)
+would touch all N rows every step.
+
 With a score bias (`score_bias`, the `--candidate_bias` option) the cores add one
 column, so that the score stays an inner product of the two outputs:
 
@@ -202,7 +210,7 @@ SCORE_BIASES = (None, "candidate", "query")
 
 
 def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
-               embedding_dim: int, name: str, l2: float = 0.0,
+               embedding_dim: int, name: str, l2: float = 0.0, embedding_l2: float = 0.0,
                default_embedding_dim: int = DEFAULT_EMBEDDING_DIM,
                shared_embeddings: Optional[Mapping[str, tf.keras.layers.Layer]] = None,
                score_bias: Optional[str] = None) -> tf.keras.Model:
@@ -225,11 +233,14 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
     dim = int(spec.get("embedding_dim") or default_embedding_dim)
     if ftype in prep.VOCAB_TYPES:
       table = shared_embeddings.get(key) or tf.keras.layers.Embedding(
-          prep.num_rows(spec), dim, name=f"{key}_embedding", embeddings_regularizer=regularizer)
+          prep.num_rows(spec), dim, name=f"{key}_embedding")
       indices = inputs[key]
       if ftype == "history" and spec.get("dropout"):
         indices = HistoryDropout(spec["dropout"], name=f"{key}_dropout")(indices)
       embedded = table(indices)
+      if embedding_l2:
+        embedded = tf.keras.layers.ActivityRegularization(
+            l2=embedding_l2, name=f"{key}_row_penalty")(embedded)
       if ftype in prep.LIST_TYPES:
         embedded = MaskedPooling(spec.get("pooling", "mean"), spec.get("recency_decay", 1.0),
                                  name=f"{key}_pooling")(embedded, indices)

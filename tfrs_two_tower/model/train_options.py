@@ -62,7 +62,10 @@ class TrainOptions:
                                 "bias b_c (a linear map of the candidate tower's last hidden "
                                 "layer): the outputs get one more column, [q, 1] and [c, b_c], "
                                 "so every export stays an inner product (docs/training.md).")
-  l2: float = option(0.0, "L2 regularisation of embeddings and hidden kernels.")
+  l2: float = option(0.0, "L2 penalty on the hidden layers' kernels.")
+  embedding_l2: float = option(0.0, "L2 penalty on the embedding rows each batch gathers "
+                               "(lambda * mean over the batch of ||row||^2 per lookup): sparse, "
+                               "so the lazy optimizers stay row-wise.")
   temperature: float = option(0.05, "Softmax temperature (logits = q.c / T; Yi et al. use ~0.05).")
   sampling_probability: str = option("streaming", "logQ correction of the in-batch softmax: none; "
                                      "static (candidate frequency in the train split, "
@@ -165,7 +168,7 @@ class TrainOptions:
       problems.append(f"--id_dropout must be in [0, 1), got {self.id_dropout}")
     if self.temperature <= 0 or self.learning_rate <= 0:
       problems.append("--temperature and --learning_rate must be > 0")
-    for name in ("l2", "pass_loss_weight", "num_hard_negatives"):
+    for name in ("l2", "embedding_l2", "pass_loss_weight", "num_hard_negatives"):
       if not getattr(self, name) >= 0:  # also refuses NaN
         problems.append(f"--{name} must be >= 0, got {getattr(self, name)}")
     try:

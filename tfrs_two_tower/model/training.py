@@ -71,6 +71,7 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
   for side in ("candidate", "query"):  # the query core may share a candidate table
     cores[side] = towers.build_core(specs[side], options.layers(), options.embedding_dim,
                                     name=f"{side}_core", l2=options.l2,
+                                    embedding_l2=options.embedding_l2,
                                     default_embedding_dim=options.default_embedding_dim,
                                     shared_embeddings=_shared_history_embeddings(
                                         specs[side], cores.get("candidate")),
