@@ -108,10 +108,9 @@ def test_serialisable_and_checkpoint_compatible_with_adam(tmp_path):
 def test_tower_embedding_tables_get_row_gradients(tiny_dataset_dir, policy, l2):
   # The premise of the lazy update: every embedding table of both towers
   # receives an IndexedSlices gradient (also under mixed precision, and with the
-  # L2 penalty, which shrinks gathered rows only), the dense layers a dense one.
+  # kernels' L2 penalty), the dense layers a dense one.
   dataset = reader.open_dataset(tiny_dataset_dir)
-  options = train_options.TrainOptions(layer_sizes=[16], embedding_dim=8, l2=l2,
-                                       embedding_l2=l2)
+  options = train_options.TrainOptions(layer_sizes=[16], embedding_dim=8, l2=l2)
   specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
                                          side) for side in ("query", "candidate")}
   features = {side: inputs.EntityFeatures(dataset, side, prep.FeaturePreprocessing(specs[side]))

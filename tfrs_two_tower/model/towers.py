@@ -18,12 +18,12 @@ The core is a functional Keras model over the int32/float32 inputs of
   out = h * rsqrt(max(sum(h^2), 1e-12))                                       [B, embedding_dim]
 
 Penalties added to the model's loss: `l2` * (sum of the hidden kernels' squared
-weights), and `embedding_l2` * mean_b ||E[i_b]||^2 for every vocabulary lookup: the
-rows a batch gathers, not the whole table. A row is shrunk each time an example
-uses it (the per-example penalty of SGD matrix factorisation, Koren et al. 2009),
-and its gradient stays a tf.IndexedSlices, so the row-wise (lazy) optimizers keep
-their O(batch) step; a penalty on the whole table (Keras' `embeddings_regularizer`)
-would touch all N rows every step.
+weights) and `embedding_l2` * (sum of the vocabulary tables' squared weights, Keras'
+`embeddings_regularizer`). The table penalty's gradient 2 * embedding_l2 * E is dense:
+every row moves every step (under Adam, rows a batch rarely uses shrink most, since
+their second moment is small), so the row-wise optimizers lose their O(batch) step;
+a penalty on the gathered rows only, which would keep it, was measured and does not
+help (docs/training.md, "Oracle headroom").
 
 With a score bias (`score_bias`, the `--candidate_bias` option) the cores add one
 column, so that the score stays an inner product of the two outputs:
@@ -227,20 +227,19 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
   inputs = {n: tf.keras.Input(shape=s.shape[1:], dtype=s.dtype, name=n)
             for n, s in prep.core_input_specs(specs).items()}
   regularizer = tf.keras.regularizers.l2(l2) if l2 else None
+  table_regularizer = tf.keras.regularizers.l2(embedding_l2) if embedding_l2 else None
   parts = []
   for spec in specs:
     key, ftype = spec["key"], spec["type"]
     dim = int(spec.get("embedding_dim") or default_embedding_dim)
     if ftype in prep.VOCAB_TYPES:
       table = shared_embeddings.get(key) or tf.keras.layers.Embedding(
-          prep.num_rows(spec), dim, name=f"{key}_embedding")
+          prep.num_rows(spec), dim, name=f"{key}_embedding",
+          embeddings_regularizer=table_regularizer)
       indices = inputs[key]
       if ftype == "history" and spec.get("dropout"):
         indices = HistoryDropout(spec["dropout"], name=f"{key}_dropout")(indices)
       embedded = table(indices)
-      if embedding_l2:
-        embedded = tf.keras.layers.ActivityRegularization(
-            l2=embedding_l2, name=f"{key}_row_penalty")(embedded)
       if ftype in prep.LIST_TYPES:
         embedded = MaskedPooling(spec.get("pooling", "mean"), spec.get("recency_decay", 1.0),
                                  name=f"{key}_pooling")(embedded, indices)

@@ -63,9 +63,8 @@ class TrainOptions:
                                 "layer): the outputs get one more column, [q, 1] and [c, b_c], "
                                 "so every export stays an inner product (docs/training.md).")
   l2: float = option(0.0, "L2 penalty on the hidden layers' kernels.")
-  embedding_l2: float = option(0.0, "L2 penalty on the embedding rows each batch gathers "
-                               "(lambda * mean over the batch of ||row||^2 per lookup): sparse, "
-                               "so the lazy optimizers stay row-wise.")
+  embedding_l2: float = option(0.0, "L2 penalty on the embedding tables (all rows, every step: "
+                               "the table gradients become dense, O(rows x dim) a step).")
   temperature: float = option(0.05, "Softmax temperature (logits = q.c / T; Yi et al. use ~0.05).")
   sampling_probability: str = option("streaming", "logQ correction of the in-batch softmax: none; "
                                      "static (candidate frequency in the train split, "
