@@ -63,6 +63,9 @@ flags.DEFINE_float("history_dropout", 0.0, "history.dropout of every history var
 flags.DEFINE_float("id_dropout", train_options.TrainOptions.id_dropout,
                    "Training id dropout of every variant (the share of examples that train "
                    "the OOV id row, i.e. users unseen in training).")
+flags.DEFINE_float("embedding_l2", train_options.TrainOptions.embedding_l2,
+                   "L2 penalty on the embedding tables of every variant (the history lists' "
+                   "own tables too).")
 
 K_LIKE, K_RECALL = 10, 50
 # The second world: taste drives likes more, interests less, users are more
@@ -169,7 +172,8 @@ def main(argv):
   del argv
   shutil.rmtree(FLAGS.work_dir, ignore_errors=True)
   options = train_options.TrainOptions(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                                       log_every_steps=10**6, id_dropout=FLAGS.id_dropout)
+                                       log_every_steps=10**6, id_dropout=FLAGS.id_dropout,
+                                       embedding_l2=FLAGS.embedding_l2)
   for world_name in FLAGS.worlds:
     overrides = WORLDS[world_name]
     params = synthetic.WorldParams(num_users=FLAGS.num_users, days=FLAGS.days, **overrides)

@@ -1,4 +1,5 @@
 """Built-in model selection: seeded configs, successive halving, budget, bad input."""
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ from tfrs_two_tower.model import tuning
 from tfrs_two_tower.stages import train_stage
 
 BASE = dict(sampling_probability="streaming", estimator_init="static", temperature=0.05,
-            learning_rate=0.003, embedding_dim=32)
+            learning_rate=0.003, embedding_dim=32, embedding_l2=0.0)
 TINY = dict(epochs=3, steps_per_epoch=3, batch_size=128, layer_sizes=[16], log_every_steps=100,
             checkpoint_every_steps=100, tune_trials=3, tune_budget_minutes=30)
 
@@ -26,6 +27,8 @@ def test_configs_are_seeded_distinct_and_keep_fixed_values():
              if c["sampling_probability"] != "streaming")
   assert all(tuning.TEMPERATURE_RANGE[0] <= c["temperature"] <= tuning.TEMPERATURE_RANGE[1]
              for c in a[1:])
+  assert {c["embedding_l2"] for c in a} <= set(tuning.EMBEDDING_L2S)
+  assert len({c["embedding_l2"] for c in tuning.sample_configs(BASE, [], 20, seed=3)}) > 1
   fixed = tuning.sample_configs(BASE, ["temperature", "embedding_dim"], 6, seed=3)
   assert all(c["temperature"] == 0.05 and c["embedding_dim"] == 32 for c in fixed)
   assert tuning.sample_configs(BASE, tuning.TUNED, 6, seed=3) == [BASE]
@@ -92,6 +95,23 @@ def test_tuning_is_reproducible_and_recorded(tiny_dataset_dir, tmp_path):
   assert manifest["temperature"] == chosen["temperature"]
   assert sorted(os.listdir(os.path.join(runs[0], "logs", "trials"))) == [
       f"trial_{i:02d}" for i in range(3) if i != manifest["tuning"]["winner"]]
+
+
+@pytest.mark.slow
+def test_large_tables_keep_the_dense_table_penalty_out_of_the_search(
+    tiny_dataset_dir, tmp_path, monkeypatch):
+  options = train_options.TrainOptions(**TINY)
+  # The same seed draws a penalty for some trial when the tables are small.
+  drawn = tuning.sample_configs(dataclasses.asdict(options), [], options.tune_trials,
+                                options.seed)
+  assert any(c["embedding_l2"] for c in drawn)
+  monkeypatch.setattr(tuning, "DENSE_PENALTY_MAX_ROWS", 10)
+  lines = []
+  path = str(tmp_path / "run")
+  train_stage.run(tiny_dataset_dir, path, options, log=lambda m, *a: lines.append(m % a))
+  table = pd.read_csv(os.path.join(path, "trials.csv"))
+  assert len(table) == 3 and (table["embedding_l2"] == 0.0).all()
+  assert any("tuning keeps --embedding_l2=0" in line for line in lines)
 
 
 def test_budget_too_small_for_one_trial_is_refused(tiny_dataset_dir, tmp_path):

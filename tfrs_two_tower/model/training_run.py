@@ -94,11 +94,15 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
   else:
     _recover_from_interrupted_write(run_dir, work, log)
   specs = training_lib.feature_specs(dataset)  # once: the memory check and every model
+  all_tables = [t for side in run_lib.SIDES
+                for t in table_memory.tables(specs[side], options.default_embedding_dim)]
   try:  # Before anything is written or allocated.
     table_bytes = table_memory.check_fits(
-        [t for side in run_lib.SIDES
-         for t in table_memory.tables(specs[side], options.default_embedding_dim)],
-        options.optimizer, options.sparse_embedding_updates, options.table_memory_budget or None)
+        all_tables,
+        options.optimizer,
+        # The tables' L2 penalty makes their gradients dense: the stock update's temporaries.
+        options.sparse_embedding_updates and not options.embedding_l2,
+        options.table_memory_budget or None)
   except table_memory.TablesTooLargeError as e:
     raise TrainError(f"--dataset_dir {dataset.path}: {e}") from None
   log("train: embedding tables need %.2f GB in training" % (table_bytes / 1e9))
@@ -118,6 +122,13 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
   except epoch_eval.ValidationDataError as e:
     raise TrainError(f"--dataset_dir: {e}") from None
   search = None
+  table_rows = sum(rows for _, rows, _ in all_tables)
+  if "embedding_l2" not in fixed and not tuning.dense_penalty_fits(table_rows):
+    fixed = (*fixed, "embedding_l2")
+    if not options.no_tune:
+      log("train: tuning keeps --embedding_l2=%g: the tables have %d rows (> %d), where its "
+          "dense step would cost more than the rest of a training step"
+          % (options.embedding_l2, table_rows, tuning.DENSE_PENALTY_MAX_ROWS))
   configs = tuning.sample_configs(dataclasses.asdict(options), fixed, options.tune_trials,
                                   options.seed)
   if options.no_tune or len(configs) == 1 or options.strategy != "default":

@@ -33,8 +33,14 @@ TEMPERATURE_RANGE = (0.02, 0.3)
 LEARNING_RATE_RANGE = (1e-3, 1e-2)
 EMBEDDING_DIMS = (16, 32, 64)
 ESTIMATOR_INITS = ("static", "zero")  # streaming only: warm start, or Yi et al.'s cold start
+# The tables' L2 penalty helps where validation recall says so (docs/training.md, "Oracle
+# headroom"); 0 stays among the choices, and large vocabularies keep it off (dense_penalty_fits).
+EMBEDDING_L2S = (0.0, 1e-5, 1e-4, 1e-3)
+# Past this many table rows (both towers) the penalty's dense step costs more than the rest
+# of a training step (~0.6 us a row of 32 on 2 cores; the row-wise step is ~0.04 s).
+DENSE_PENALTY_MAX_ROWS = 100_000
 TUNED = ("sampling_probability", "estimator_init", "temperature", "learning_rate",
-         "embedding_dim")
+         "embedding_dim", "embedding_l2")
 RUNG_EPOCHS = (1, 2, 4)
 ETA = 2
 # The search may use this share of the budget; the rest is kept for the winner's training,
@@ -69,6 +75,7 @@ def sample_configs(base: Mapping[str, Any], fixed: Iterable[str], num_trials: in
         "temperature": _log_uniform(rng, *TEMPERATURE_RANGE, digits=3),
         "learning_rate": _log_uniform(rng, *LEARNING_RATE_RANGE, digits=5),
         "embedding_dim": int(rng.choice(EMBEDDING_DIMS)),
+        "embedding_l2": float(rng.choice(EMBEDDING_L2S)),
     }
     config.update({k: base[k] for k in fixed})
     if config["sampling_probability"] != "streaming":  # the init means nothing without it
@@ -76,6 +83,11 @@ def sample_configs(base: Mapping[str, Any], fixed: Iterable[str], num_trials: in
     if config not in configs:
       configs.append(config)
   return configs
+
+
+def dense_penalty_fits(table_rows: int) -> bool:
+  """Whether trials may draw `embedding_l2` > 0 (its step is O(table_rows x dim))."""
+  return table_rows <= DENSE_PENALTY_MAX_ROWS
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float, digits: int) -> float:
