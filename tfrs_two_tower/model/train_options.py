@@ -66,7 +66,7 @@ class TrainOptions:
   embedding_l2: float = option(0.0, "L2 penalty on the embedding tables (all rows, every step: "
                                "the table gradients become dense, O(rows x dim) a step).")
   temperature: float = option(0.05, "Softmax temperature (logits = q.c / T; Yi et al. use ~0.05).")
-  sampling_probability: str = option("streaming", "logQ correction of the in-batch softmax: none; "
+  sampling_probability: str = option("static", "logQ correction of the in-batch softmax: none; "
                                      "static (candidate frequency in the train split, "
                                      "candidate_counts.tsv); streaming (Yi et al. streaming "
                                      "frequency estimate, updated every step).",
