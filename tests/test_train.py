@@ -276,6 +276,11 @@ def test_validation_gauc_is_the_mean_of_each_users_own_auc(trained, tiny_dataset
       per_user.append(sklearn_metrics.roc_auc_score(labels, scores[rows]))
   assert len(per_user) > 10
   assert got["validation_gauc"] == pytest.approx(np.mean(per_user), abs=1e-4)
+  # The recall's standard error over the n users with a validation like: per-user recalls
+  # lie in [0, 1], so their variance is at most r (1 - r) n / (n - 1).
+  recall, n = got["validation_recall@50"], got["validation_users"]
+  standard_error = got["validation_recall@50_standard_error"]
+  assert 0 < standard_error <= np.sqrt(recall * (1 - recall) / (n - 1)) + 1e-9
 
 
 def test_selection_on_like_vs_pass_falls_back_to_recall_without_validation_passes(

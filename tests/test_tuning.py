@@ -45,7 +45,8 @@ class _Clocked:
     self.clock[0] += self.seconds
     self.epoch += 1
     score = self.config["temperature"] * self.epoch
-    result = {"epoch": self.epoch, "validation_recall@50": score}
+    result = {"epoch": self.epoch, "validation_recall@50": score,
+              "validation_recall@50_standard_error": self.config.get("standard_error", 0.0)}
     if self.best is None or score > self.best["validation_recall@50"]:
       self.best = result
     self.done = self.epoch >= 8
@@ -75,6 +76,26 @@ def test_successive_halving_keeps_the_best_and_respects_the_budget():
     tuning.successive_halving(configs, lambda i, c: _Clocked(clock, c, 10.0),
                               "validation_recall@50", budget_seconds=5, log=lambda m: None,
                               clock=lambda: clock[0])
+
+
+@pytest.mark.parametrize("standard_error, winner", [(0.13, 0), (0.11, 1), (0.0, 1)])
+def test_the_defaults_stay_unless_beaten_by_more_than_their_standard_error(standard_error,
+                                                                           winner):
+  # After one epoch trial 1 leads the defaults (trial 0) by 0.44 - 0.32 = 0.12.
+  configs = [{"temperature": 0.32, "standard_error": standard_error},
+             {"temperature": 0.44, "standard_error": standard_error}]
+  clock = [0.0]
+  result = tuning.successive_halving(
+      configs, lambda i, c: _Clocked(clock, c, 1.0), "validation_recall@50",
+      budget_seconds=1000, log=lambda m: None, clock=lambda: clock[0],
+      margin_key="validation_recall@50_standard_error")
+  assert result.winner_index == winner
+  assert result.records[0].standard_error == standard_error
+  # Without the margin the better score always wins.
+  clock[0] = 0.0
+  assert tuning.successive_halving(
+      configs, lambda i, c: _Clocked(clock, c, 1.0), "validation_recall@50",
+      budget_seconds=1000, log=lambda m: None, clock=lambda: clock[0]).winner_index == 1
 
 
 @pytest.mark.slow

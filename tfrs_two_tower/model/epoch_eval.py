@@ -54,6 +54,8 @@ SCORE_BLOCK_BYTES = 256 << 20
 # Validation users ranked each epoch; more are sampled down to this many (see above).
 MAX_USERS = 20_000
 _READ_BATCH = 65_536
+# validation_recall@K + this: its standard error over users, s / sqrt(n) (the tuning's margin).
+STANDARD_ERROR_SUFFIX = "_standard_error"
 # --selection_metric -> the key it watches (recall: at K = --early_stopping_k).
 SELECTION_METRICS = ("recall", "gauc", "auc")
 
@@ -183,6 +185,9 @@ class ValidationEvaluator:
     for k in self.ks:
       per_user = metrics.recall_at_k_from_ranks(ranks, self.relevant_user, len(q), k)
       out[f"{PREFIX}recall@{k}"] = float(np.nanmean(per_user))
+      users = per_user[~np.isnan(per_user)]
+      out[f"{PREFIX}recall@{k}{STANDARD_ERROR_SUFFIX}"] = (
+          float(np.std(users, ddof=1) / np.sqrt(users.size)) if users.size > 1 else 0.0)
     out["validation_users"] = self.num_users
     out["validation_likes"] = int(self.relevant_user.size)
     return out

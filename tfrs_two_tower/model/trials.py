@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import pandas as pd
 
 from tfrs_two_tower import files
+from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import tuning
 from tfrs_two_tower.model.train_options import TrainError
@@ -50,7 +51,8 @@ def tune(dataset, specs: Dict[str, list], options: TrainOptions, work: str, eval
   key = options.selection_key()
   try:
     result = tuning.successive_halving(configs, start, key, options.tune_budget_minutes * 60,
-                                       log=log)
+                                       log=log,
+                                       margin_key=key + epoch_eval.STANDARD_ERROR_SUFFIX)
   except tuning.TuningError as e:
     raise TrainError(str(e)) from None
   log("train: tuning chose %s (trial %d of %d, %s %.4f) in %.0f s" % (

@@ -8,6 +8,13 @@ halving (Jamieson & Talwalkar 2016) spends epochs as the resource:
   rank the trials by their best validation_recall@K so far, keep the best
   ceil(n / ETA); stop when one is left or the rungs are exhausted.
 
+The defaults keep the benefit of the doubt (the one-standard-error rule of
+Hastie, Tibshirani & Friedman, ESL 7.10): trial 0 ranks with its score plus the
+score's standard error over validation users (s / sqrt(n), `margin_key`), so
+another trial displaces it only when it is better by more than the noise of
+the validation sample. Without it the search picks among trials that differ
+by a fraction of that noise (measured: docs/training.md, "Oracle headroom" 8).
+
 The winner then keeps training (early stopping on validation decides how many
 epochs); its best epoch is the model. There is no refit on train + validation
 (docs/training.md says why). The wall-clock budget covers the whole search and
@@ -102,6 +109,7 @@ class TrialRecord:
   epochs: int = 0
   best_epoch: Optional[int] = None
   score: float = float("nan")
+  standard_error: float = 0.0     # of the score, over validation users (0: not known)
   validation_auc: float = float("nan")
   seconds: float = 0.0
   status: str = "pending"   # eliminated at epoch N | winner | not run (budget)
@@ -109,7 +117,7 @@ class TrialRecord:
   def row(self, key: str) -> Dict[str, Any]:
     return {"trial": self.trial, **self.params, "epochs": self.epochs,
             "best_epoch": self.best_epoch, key: self.score,
-            "validation_auc": self.validation_auc, "seconds": round(self.seconds, 1),
+            f"{key}_standard_error": self.standard_error, "validation_auc": self.validation_auc, "seconds": round(self.seconds, 1),
             "status": self.status}
 
 
@@ -127,7 +135,8 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
                        budget_seconds: float, log: Callable[[str], None] = print,
                        rung_epochs: Sequence[int] = RUNG_EPOCHS, eta: int = ETA,
                        search_share: float = SEARCH_SHARE,
-                       clock: Callable[[], float] = time.monotonic) -> SearchResult:
+                       clock: Callable[[], float] = time.monotonic,
+                       margin_key: Optional[str] = None) -> SearchResult:
   """Runs the search (see the module docstring) and returns the trained winner.
 
   Args:
@@ -135,6 +144,8 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
     start: (trial number, config) -> a new trial object.
     key: the metric that ranks trials (higher is better), e.g. validation_recall@50.
     budget_seconds: wall-clock budget of search + winner continuation.
+    margin_key: the metric holding `key`'s standard error: trial 0 (the defaults) ranks
+      with score + standard error. None or absent: no margin.
   Raises:
     TuningError when the first epoch of the first trial does not fit the budget.
   """
@@ -161,6 +172,7 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
     record.epochs = trials[i].epoch
     best = trials[i].best
     record.best_epoch, record.score = best["epoch"], float(best[key])
+    record.standard_error = float(best.get(margin_key, 0.0)) if margin_key else 0.0
     record.validation_auc = float(best.get("validation_auc", float("nan")))
     log("tune: trial %d epoch %d: %s %.4f (best %.4f at epoch %d) %s" % (
         i, record.epochs, key, result[key], record.score, record.best_epoch,
@@ -198,14 +210,14 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
       alive = scored or alive[:1]
       break
     keep = max(1, math.ceil(len(scored) / eta))
-    ranked = sorted(scored, key=lambda i: (-records[i].score, i))
+    ranked = sorted(scored, key=lambda i: (-ranking_score(records[i]), i))
     for i in ranked[keep:]:
       records[i].status = f"eliminated at epoch {records[i].epochs}"
       del trials[i]  # frees its model and input pipeline
     alive = ranked[:keep]
     if len(alive) == 1:
       break
-  winner = min(alive, key=lambda i: (-records[i].score, i))
+  winner = min(alive, key=lambda i: (-ranking_score(records[i]), i))
   for i in alive:
     if i != winner:
       records[i].status = f"eliminated at epoch {records[i].epochs}"
@@ -222,6 +234,11 @@ def successive_halving(configs: Sequence[Mapping[str, Any]],
   records[winner].status = "winner"
   return SearchResult(winner=trials[winner], winner_index=winner, records=records,
                       seconds=clock() - began, budget_reached=budget_reached)
+
+
+def ranking_score(record: TrialRecord) -> float:
+  """The score a trial ranks by: the defaults (trial 0) get their standard error on top."""
+  return record.score + (record.standard_error if record.trial == 0 else 0.0)
 
 
 def _describe(params: Mapping[str, Any]) -> str:
