@@ -36,7 +36,6 @@ from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.data import synthetic  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
-from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
 from tfrs_two_tower.model import run_dir as run_lib  # noqa: E402
 from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.model import training  # noqa: E402
@@ -146,12 +145,8 @@ def training_pass(dataset_dir, options):
   """A function timing one pass of the training step on prepared batches (as train_stage
   builds it): warm-up, then `throughput_steps` steps -> examples/s."""
   dataset = reader.open_dataset(dataset_dir)
-  specs = {s: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path, s)
-           for s in ("query", "candidate")}
-  preprocessing = {s: prep.FeaturePreprocessing(specs[s]) for s in ("query", "candidate")}
-  index = inputs.InteractionIndex(
-      dataset, "train", inputs.EntityFeatures(dataset, "query", preprocessing["query"]),
-      inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"]))
+  specs = training.feature_specs(dataset)
+  _, index = training.training_inputs(dataset, specs, options)
   model = training.build_model(options, specs)
   model.compile(optimizer=training.make_optimizer(options))
   step = training.distributed_step(tf.distribute.get_strategy(), model, False)  # noqa

@@ -57,9 +57,9 @@ def main(argv):
   dataset = reader.open_dataset(FLAGS.dataset_dir)
   specs = {s: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path, s)
            for s in ("query", "candidate")}
-  features = {s: inputs.EntityFeatures(dataset, s, prep.FeaturePreprocessing(specs[s]))
-              for s in specs}
-  index = inputs.InteractionIndex(dataset, "train", features["query"], features["candidate"])
+  # The default options' inputs (static logQ: the batches carry the sampling probability).
+  _, index = training.training_inputs(dataset, specs,
+                                      train_options.TrainOptions(batch_size=FLAGS.batch_size))
   batches = list(inputs.training_dataset(index, FLAGS.batch_size, 0, 0,
                                          num_batches=FLAGS.steps + 2))
   steps = {}

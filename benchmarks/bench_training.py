@@ -57,11 +57,8 @@ def _timed(step_fn, batches, warmup=5):
 
 def _ours(dataset, options, specs):
   """Our model, pipeline and step function, as train_stage builds them."""
-  preprocessing = {s: prep.FeaturePreprocessing(specs[s]) for s in ("query", "candidate")}
   started = time.perf_counter()
-  index = inputs.InteractionIndex(
-      dataset, "train", inputs.EntityFeatures(dataset, "query", preprocessing["query"]),
-      inputs.EntityFeatures(dataset, "candidate", preprocessing["candidate"]))
+  _, index = training.training_inputs(dataset, specs, options)
   model = training.build_model(options, specs)
   model.compile(optimizer=training.make_optimizer(options))
   step = training.distributed_step(tf.distribute.get_strategy(), model, False)  # noqa

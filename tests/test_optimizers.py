@@ -7,7 +7,6 @@ import tensorflow as tf
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import inputs
 from tfrs_two_tower.model import optimizers
-from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import train_options
 from tfrs_two_tower.model import training
 
@@ -111,11 +110,8 @@ def test_tower_embedding_tables_get_row_gradients(tiny_dataset_dir, policy, l2):
   # kernels' L2 penalty), the dense layers a dense one.
   dataset = reader.open_dataset(tiny_dataset_dir)
   options = train_options.TrainOptions(layer_sizes=[16], embedding_dim=8, l2=l2)
-  specs = {side: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path,
-                                         side) for side in ("query", "candidate")}
-  features = {side: inputs.EntityFeatures(dataset, side, prep.FeaturePreprocessing(specs[side]))
-              for side in specs}
-  index = inputs.InteractionIndex(dataset, "train", features["query"], features["candidate"])
+  specs = training.feature_specs(dataset)
+  _, index = training.training_inputs(dataset, specs, options)
   batch = next(iter(inputs.training_dataset(index, 64, seed=0, epoch=0, num_batches=1)))
   previous = tf.keras.mixed_precision.global_policy()
   tf.keras.mixed_precision.set_global_policy(policy)
