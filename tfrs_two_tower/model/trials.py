@@ -51,8 +51,7 @@ def tune(dataset, specs: Dict[str, list], options: TrainOptions, work: str, eval
   key = options.selection_key()
   try:
     result = tuning.successive_halving(configs, start, key, options.tune_budget_minutes * 60,
-                                       log=log,
-                                       margin_key=key + epoch_eval.STANDARD_ERROR_SUFFIX)
+                                       log=log, margin_key=margin_key(key))
   except tuning.TuningError as e:
     raise TrainError(str(e)) from None
   log("train: tuning chose %s (trial %d of %d, %s %.4f) in %.0f s" % (
@@ -62,10 +61,15 @@ def tune(dataset, specs: Dict[str, list], options: TrainOptions, work: str, eval
   return result.winner, result
 
 
+def margin_key(key: str) -> str:
+  """The epoch metric holding `key`'s standard error (only recall has one; 0 otherwise)."""
+  return key + epoch_eval.STANDARD_ERROR_SUFFIX
+
+
 def write_trials(out: str, trials_dir: str, search, key: str) -> Dict[str, Any]:
   """trials.csv / trials.json in the run, every trial's TensorBoard logs (HParams) under
   logs/trials/; returns the manifest's `tuning` section."""
-  rows = [r.row(key) for r in search.records]
+  rows = [r.row(key, margin_key(key)) for r in search.records]
   pd.DataFrame(rows).to_csv(os.path.join(out, TRIALS + ".csv"), index=False)
   files.write_json(os.path.join(out, TRIALS + ".json"), rows)
   winner = f"trial_{search.winner_index:02d}"  # its logs are the run's own (logs/train)

@@ -114,10 +114,10 @@ class TrialRecord:
   seconds: float = 0.0
   status: str = "pending"   # eliminated at epoch N | winner | not run (budget)
 
-  def row(self, key: str) -> Dict[str, Any]:
+  def row(self, key: str, margin_key: str) -> Dict[str, Any]:
     return {"trial": self.trial, **self.params, "epochs": self.epochs,
-            "best_epoch": self.best_epoch, key: self.score,
-            f"{key}_standard_error": self.standard_error, "validation_auc": self.validation_auc, "seconds": round(self.seconds, 1),
+            "best_epoch": self.best_epoch, key: self.score, margin_key: self.standard_error,
+            "validation_auc": self.validation_auc, "seconds": round(self.seconds, 1),
             "status": self.status}
 
 
