@@ -13,7 +13,7 @@ row-wise in tf-keras: it scatter-adds into the touched rows only.)
 The optimizers here apply, for an `IndexedSlices` gradient, the dense rule to
 the touched rows only, and leave the other rows and their slots as they are
 (the "lazy" updates of TF Addons' `LazyAdam`). Dense gradients (the Dense
-layers, the small bucket embeddings under an L2 regulariser...) get exactly
+layers, and every table under `--embedding_l2`, whose penalty is dense) get exactly
 the parent optimizer's update, so `--optimizer` keeps its meaning for them.
 
 Duplicate ids in a batch are first summed, so a row that appears twice gets
