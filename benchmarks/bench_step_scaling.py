@@ -28,7 +28,6 @@ from absl import flags  # noqa: E402
 
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
-from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
 from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.model import training  # noqa: E402
 
@@ -55,8 +54,7 @@ def _specs_with_users(specs, users: int):
 def main(argv):
   del argv
   dataset = reader.open_dataset(FLAGS.dataset_dir)
-  specs = {s: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path, s)
-           for s in ("query", "candidate")}
+  specs = training.feature_specs(dataset)
   # The default options' inputs (static logQ: the batches carry the sampling probability).
   _, index = training.training_inputs(dataset, specs,
                                       train_options.TrainOptions(batch_size=FLAGS.batch_size))

@@ -30,7 +30,6 @@ from absl import flags  # noqa: E402
 
 from tfrs_two_tower.data import reader  # noqa: E402
 from tfrs_two_tower.model import inputs  # noqa: E402
-from tfrs_two_tower.model import preprocessing as prep  # noqa: E402
 from tfrs_two_tower.model import towers  # noqa: E402
 from tfrs_two_tower.model import train_options  # noqa: E402
 from tfrs_two_tower.model import training  # noqa: E402
@@ -84,8 +83,7 @@ def main(argv):
   del argv
   dataset = reader.open_dataset(FLAGS.dataset_dir)
   options = train_options.TrainOptions(batch_size=FLAGS.batch_size, sampling_probability="none")
-  specs = {s: prep.side_feature_specs(dataset.config, dataset.preprocessing, dataset.path, s)
-           for s in ("query", "candidate")}
+  specs = training.feature_specs(dataset)
   total = FLAGS.steps + 5
   index, step, read_seconds = _ours(dataset, options, specs)
 
