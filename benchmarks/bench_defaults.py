@@ -128,8 +128,9 @@ def _atomic(path: str, name: str) -> pd.DataFrame:
   return frame
 
 
-def movielens_dump(directory: str) -> str:
-  """ml-100k as CSV tables (users, movies, ratings) and the config written for them."""
+def movielens_dump(directory: str, history=None) -> str:
+  """ml-100k as CSV tables (users, movies, ratings) and the config written for them
+  (with `history` as its `history` section when given)."""
   src = movielens_files()
   os.makedirs(directory, exist_ok=True)
   users = _atomic(src, "user")
@@ -152,15 +153,21 @@ def movielens_dump(directory: str) -> str:
   movies.to_csv(os.path.join(directory, "movies.csv"), index=False)
   ratings.to_csv(os.path.join(directory, "ratings.csv"), index=False)
   with open(os.path.join(directory, "config.json"), "w") as f:
-    json.dump(MOVIELENS_CONFIG, f, indent=2)
+    json.dump({**MOVIELENS_CONFIG, **({"history": history} if history else {})}, f, indent=2)
   return directory
 
 
-def prepare_dataset(name: str, work: str, log) -> dict:
-  """Writes the data set's dataset dir (and world dir); returns their paths."""
-  out = {"dataset": os.path.join(work, name, "dataset"), "world": None}
+def prepare_dataset(name: str, work: str, log, history=None) -> dict:
+  """Writes the data set's dataset dir (and world dir); returns their paths.
+
+  `history`: a config `history` section added to the data set's config (the
+  dataset dir is then `dataset_history`, so both forms can sit side by side).
+  """
+  out = {"dataset": os.path.join(work, name, "dataset_history" if history else "dataset"),
+         "world": None}
   if name == "movielens":
-    dump = movielens_dump(os.path.join(work, name, "csv"))
+    dump = movielens_dump(os.path.join(work, name, "csv_history" if history else "csv"),
+                          history)
     if not os.path.exists(out["dataset"]):
       export_stage.run(out["dataset"], export_stage.ExportOptions(
           config_path=os.path.join(dump, "config.json"), input_dir=dump), log=log)
@@ -168,9 +175,15 @@ def prepare_dataset(name: str, work: str, log) -> dict:
   out["world"] = os.path.join(work, name, "world")
   if not os.path.exists(out["dataset"]):
     params = POPULARITY_WORLD if name == "popularity_world" else synthetic.WorldParams()
-    world = synthetic.generate_world(params)
-    world.save(out["world"], overwrite=True)
-    synthetic.write_world_dataset(world, config_lib.load_config(), out["dataset"])
+    if os.path.exists(os.path.join(out["world"], "world.json")):  # written by an earlier run
+      world = synthetic.World.load(out["world"])
+    else:
+      world = synthetic.generate_world(params)
+      world.save(out["world"], overwrite=True)
+    config = config_lib.load_config()
+    if history:
+      config = config_lib.parse_config({**config.raw, "history": history})
+    synthetic.write_world_dataset(world, config, out["dataset"])
   return out
 
 
@@ -335,8 +348,8 @@ class OracleScorer(retrieval.Scorer):
 
 def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
           factor_models: bool = True, reuse_run: bool = False,
-          oracle_parts: bool = False) -> dict:
-  paths = prepare_dataset(name, work, log)
+          oracle_parts: bool = False, history=None) -> dict:
+  paths = prepare_dataset(name, work, log, history)
   dataset = reader.open_dataset(paths["dataset"])
   stats = dataset.stats
   log(f"[{name}] {stats['rows']['train']:,} train / {stats['rows']['eval']:,} eval swipes, "
@@ -444,6 +457,10 @@ def main():
   parser.add_argument("--oracle_parts", action="store_true", help="on the worlds, also rank "
                       "by the world's utility with single terms switched off (where the "
                       "oracle headroom lies)")
+  parser.add_argument("--history", type=json.loads, default=None, help="a config `history` "
+                      "section (JSON) declared in every data set's config, e.g. "
+                      "'{\"max_length\": 20, \"lists\": [\"liked\"], "
+                      "\"share_candidate_id_embedding\": true}'; use with --tag")
   parser.add_argument("--output", default=None, help="also write the figures as JSON here")
   args = parser.parse_args()
   log = lambda *a: print(*a, flush=True)  # noqa: E731
@@ -451,7 +468,7 @@ def main():
   for name in [n for n in args.datasets.split(",") if n]:
     results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
                           log, args.tag, not args.no_factor_models, args.reuse_runs,
-                          args.oracle_parts)
+                          args.oracle_parts, args.history)
     print_table(name, results[name])
   if args.output:
     with open(args.output, "w") as f:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfrs_two_tower.model import inputs
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import towers
 from tfrs_two_tower.model import two_tower
@@ -156,8 +157,10 @@ def test_loss_parts_match_a_hand_computation():
       {k: tf.constant(v) for k, v in b.items()})["softmax_loss"])
   assert softmax_of(moved_pass_query) == pytest.approx(parts["softmax_loss"], rel=1e-6)
   assert softmax_of(moved_pass_candidate) != pytest.approx(parts["softmax_loss"], rel=1e-3)
-def _oov_row_gradients(id_dropout):
-  """Gradient norm of each side's OOV id row after one training loss on known ids."""
+def _oov_row_gradients(id_dropout, forced=False):
+  """Gradient norm of each side's OOV id row after one training loss on known ids.
+
+  `forced`: the query id of every other example is marked as a user's first swipe."""
   specs = {side: [{"key": f"{side}_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 6,
                    "tokens": [f"u{i}" for i in range(6)], "embedding_dim": 4},
                   {"key": f"{side}_city", "type": "categorical", "num_oov_buckets": 1,
@@ -167,7 +170,8 @@ def _oov_row_gradients(id_dropout):
            for side in specs}
   dropout = None if id_dropout is None else towers.IdDropout(
       id_dropout, {**towers.id_dropout_buckets(specs["query"]),
-                   **towers.id_dropout_buckets(specs["candidate"])}, seed=3)
+                   **towers.id_dropout_buckets(specs["candidate"])}, seed=3,
+      forced={"query_id": "query_is_new"} if forced else None)
   model = two_tower.TwoTowerModel(cores["query"], cores["candidate"], id_dropout=dropout)
   model.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   n = 64
@@ -177,7 +181,8 @@ def _oov_row_gradients(id_dropout):
            "query_city": tf.constant(rng.randint(2, 4, n), tf.int32),
            "candidate_city": tf.constant(rng.randint(2, 4, n), tf.int32),
            "label": tf.constant(rng.randint(0, 2, n), tf.int32),
-           "weight": tf.ones([n]), "candidate_key": tf.range(n, dtype=tf.int64) % 6}
+           "weight": tf.ones([n]), "candidate_key": tf.range(n, dtype=tf.int64) % 6,
+           "query_is_new": tf.range(n) % 2 == 0}
   tables = [cores[side].get_layer(f"{side}_id_embedding").embeddings for side in cores]
   with tf.GradientTape() as tape:
     loss = model.loss_parts(batch, training=True)["loss"]
@@ -193,6 +198,9 @@ def test_id_dropout_trains_the_oov_rows():
   assert _oov_row_gradients(None) == [0.0, 0.0]  # without it the OOV row never learns
   query_grad, candidate_grad = _oov_row_gradients(0.3)
   assert query_grad > 0 and candidate_grad > 0
+  # The users' first swipes alone train the query's OOV row, not the candidate's.
+  query_grad, candidate_grad = _oov_row_gradients(0.0, forced=True)
+  assert query_grad > 0 and candidate_grad == 0.0
 
 
 def test_id_dropout_replaces_known_ids_only_and_serialises():
@@ -213,6 +221,34 @@ def test_id_dropout_replaces_known_ids_only_and_serialises():
   assert (clone.rate, clone.num_oov_buckets, clone.seed) == (0.5, {"query_id": 3}, 1)
   with pytest.raises(ValueError, match="rate"):
     towers.IdDropout(1.0, {"query_id": 1})
+
+
+def test_new_user_swipes_always_replace_the_query_id_and_serialise():
+  layer = towers.IdDropout(0.0, {"query_id": 3, "candidate_id": 3}, seed=1,
+                           forced={"query_id": "query_is_new"})
+  index = tf.constant(list(range(4, 14)), tf.int32)
+  is_new = tf.constant([True] * 4 + [False] * 6)
+  out = layer({"query_id": index, "candidate_id": index, "query_is_new": is_new},
+              tf.constant(2, tf.int64), training=True)
+  known = index.numpy()
+  np.testing.assert_array_equal(out["query_id"].numpy(),  # the first 4 rows: OOV, always
+                                np.r_[1 + known[:4] % 3, known[4:]])
+  np.testing.assert_array_equal(out["candidate_id"].numpy(), known)  # rate 0: not forced
+  assert (layer({"query_id": index, "query_is_new": is_new}, tf.constant(2, tf.int64))
+          ["query_id"].numpy() == known).all()  # inference: identity
+  clone = towers.IdDropout.from_config(layer.get_config())
+  assert clone.forced == {"query_id": "query_is_new"}
+
+
+def test_first_swipes_mark_each_querys_earliest_interactions():
+  rows = np.array([0, 1, 0, 0, 1, 2, 0])
+  times = np.array([5, 1, 3, 3, 0, 9, 1])
+  # query 0 by time: row 6 (t=1), rows 2 and 3 (t=3, input order), row 0 (t=5)
+  np.testing.assert_array_equal(inputs.first_swipes(rows, times, 2),
+                                [False, True, True, False, True, True, True])
+  np.testing.assert_array_equal(inputs.first_swipes(rows, times, 3),
+                                [False, True, True, True, True, True, True])
+  assert not inputs.first_swipes(rows, times, 0).any()
 
 
 def _bias_cores():

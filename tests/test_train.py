@@ -119,6 +119,9 @@ def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
   with pytest.raises(train_options.TrainError, match=r"--id_dropout must be in \[0, 1\)"):
     train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
                     train_options.TrainOptions(id_dropout=1.0))
+  with pytest.raises(train_options.TrainError, match="--new_user_swipes must be >= 0"):
+    train_stage.run(tiny_dataset_dir, str(tmp_path / "r"),
+                    train_options.TrainOptions(new_user_swipes=-1))
 
 
 @pytest.mark.slow  # XLA compilation of the train step
@@ -335,6 +338,25 @@ def test_epoch_eval_samples_validation_users_beyond_the_cap(tiny_dataset_dir):
   whole = epoch_eval.ValidationEvaluator(dataset, max_users=users + 100)
   assert np.array_equal(whole.excluded_user, full.excluded_user)
   assert np.array_equal(whole.relevant_column, full.relevant_column)
+
+
+def test_the_training_index_marks_each_users_first_swipes(tiny_dataset_dir):
+  from tfrs_two_tower.model import inputs, training
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  options = train_options.TrainOptions(**FAST, new_user_swipes=3)
+  _, index = training.training_inputs(dataset, training.feature_specs(dataset), options)
+  marked = index.tensors[inputs.NEW_USER_COLUMN].numpy()
+  rows = index.tensors["query_row"].numpy()
+  train = reader.read_interactions(dataset, "train", keys=("query_id", "timestamp"))
+  assert [i.decode() for i in index.query.ids[rows]] == list(train["query_id"])  # same order
+  for row in np.unique(rows):
+    mine = rows == row
+    assert marked[mine].sum() == min(3, mine.sum())
+    if (~marked[mine]).any():  # nothing marked is later than anything unmarked
+      assert train["timestamp"][mine & marked].max() <= train["timestamp"][mine & ~marked].min()
+  _, plain = training.training_inputs(dataset, training.feature_specs(dataset),
+                                      train_options.TrainOptions(**FAST))
+  assert inputs.NEW_USER_COLUMN not in plain.tensors  # off: no column, no timestamps read
 
 
 def test_epoch_eval_takes_its_train_exclusions_from_the_training_index(tiny_dataset_dir):

@@ -34,6 +34,27 @@ RECORD_KEYS = (features_lib.QUERY_ID, features_lib.CANDIDATE_ID, features_lib.LA
                features_lib.WEIGHT)
 
 
+# The index column (bool) marking each query's first `new_user_swipes` interactions.
+NEW_USER_COLUMN = "query_is_new"
+
+
+def first_swipes(query_rows: np.ndarray, timestamps: np.ndarray, n: int) -> np.ndarray:
+  """[m] bool: the interaction is among its query's first n by time (ties: input order).
+
+  Args:
+    query_rows: [m] the query of each interaction.
+    timestamps: [m] its time.
+    n: how many of each query's interactions count as the query's first.
+  """
+  order = np.lexsort((timestamps, query_rows))  # stable: ties keep the input order
+  sorted_rows = query_rows[order]
+  starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+  ordinal = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+  out = np.zeros(query_rows.size, bool)
+  out[order] = ordinal < n
+  return out
+
+
 def candidate_key(ids: tf.Tensor) -> tf.Tensor:
   """[B] id strings -> [B] int64 keys (for accidental hits and frequency estimation)."""
   return tf.strings.to_hash_bucket_fast(ids, KEY_SPACE)
@@ -99,18 +120,22 @@ class InteractionIndex:
   """One split as arrays: entity rows of both sides and the training targets.
 
   With a swipe history the query user's history lists of each interaction
-  (core inputs, int32 [n, N] each) are columns of the index too.
+  (core inputs, int32 [n, N] each) are columns of the index too. With
+  `new_user_swipes` N > 0, `NEW_USER_COLUMN` (bool [n]) marks each query's first
+  N interactions of the split by time (ties in split order).
   """
 
   def __init__(self, dataset: reader.DatasetDir, split: str, query: EntityFeatures,
                candidate: EntityFeatures,
-               static_probability: Optional[StaticSamplingProbability] = None):
+               static_probability: Optional[StaticSamplingProbability] = None,
+               new_user_swipes: int = 0):
     self.query, self.candidate = query, candidate
     parts: Dict[str, list] = {}
     history_keys = query.preprocessing.history_keys
+    times = (features_lib.TIMESTAMP,) if new_user_swipes else ()
     records = reader.interactions_dataset(dataset, split, 65536, shuffle=False,
                                           deterministic=True,
-                                          keys=RECORD_KEYS + tuple(history_keys))
+                                          keys=RECORD_KEYS + times + tuple(history_keys))
     for batch in records:
       ids = batch[features_lib.CANDIDATE_ID]
       columns = {"query_row": query.row(batch[features_lib.QUERY_ID]),
@@ -122,9 +147,15 @@ class InteractionIndex:
         columns["candidate_sampling_probability"] = static_probability(ids)
       if history_keys:
         columns.update(query.preprocessing.history_inputs(batch))  # string work once
+      if times:
+        columns[features_lib.TIMESTAMP] = batch[features_lib.TIMESTAMP]
       for key, value in columns.items():
         parts.setdefault(key, []).append(value.numpy())
     columns = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    if times:
+      columns[NEW_USER_COLUMN] = first_swipes(columns["query_row"],
+                                              columns.pop(features_lib.TIMESTAMP),
+                                              new_user_swipes)
     for side in ("query", "candidate"):
       missing = int((columns[f"{side}_row"] < 0).sum())
       if missing:

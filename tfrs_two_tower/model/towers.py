@@ -119,6 +119,10 @@ class IdDropout(tf.keras.layers.Layer):
 
     i' = 1 + (i mod k)   with probability rate, else i      (padding 0 stays 0)
 
+  `forced` names a bool batch column per id feature whose true rows are always
+  replaced: the query's first swipes (`inputs.NEW_USER_COLUMN`), so that the OOV
+  row learns from users when they were new, which is what an unseen user is.
+
   The draw is stateless, seeded by (seed, step): a resumed run replays the same
   masks. At inference (`training=False`) the layer is the identity.
 
@@ -126,9 +130,11 @@ class IdDropout(tf.keras.layers.Layer):
     rate: replacement probability p in [0, 1).
     num_oov_buckets: core input name -> k of each id feature it applies to.
     seed: the run's seed.
+    forced: core input name -> batch column ([B] bool) of rows always replaced.
   """
 
-  def __init__(self, rate: float, num_oov_buckets: Mapping[str, int], seed: int = 0, **kwargs):
+  def __init__(self, rate: float, num_oov_buckets: Mapping[str, int], seed: int = 0,
+               forced: Optional[Mapping[str, str]] = None, **kwargs):
     # float32 and no autocast: the batch dict also carries weights and keys that a
     # mixed-precision policy must not cast.
     kwargs.update(trainable=False, dtype="float32", autocast=False)
@@ -140,21 +146,29 @@ class IdDropout(tf.keras.layers.Layer):
     self._buckets_json = json.dumps({str(k): int(v) for k, v in num_oov_buckets.items()},
                                     sort_keys=True)
     self.seed = int(seed)
+    self._forced_json = json.dumps(dict(forced or {}), sort_keys=True)
 
   @property
   def num_oov_buckets(self) -> Dict[str, int]:
     return json.loads(self._buckets_json)
 
+  @property
+  def forced(self) -> Dict[str, str]:
+    return json.loads(self._forced_json)
+
   def call(self, features: Mapping[str, tf.Tensor], step: tf.Tensor,
            training: bool = False) -> Dict[str, tf.Tensor]:
     """features: core inputs of a batch (more keys allowed); step: int64 scalar."""
     out = dict(features)
-    if not training or self.rate == 0.0:
+    forced = self.forced
+    if not training or (self.rate == 0.0 and not forced):
       return out
     for i, (key, k) in enumerate(sorted(self.num_oov_buckets.items())):
       index = features[key]
       seed = tf.stack([tf.cast(self.seed * 1009 + i, tf.int64), tf.cast(step, tf.int64)])
       drop = tf.random.stateless_uniform(tf.shape(index), seed) < self.rate
+      if key in forced:
+        drop |= tf.reshape(tf.cast(features[forced[key]], tf.bool), tf.shape(index))
       drop &= index >= 1 + k
       out[key] = tf.where(drop, 1 + index % k, index)
     return out
@@ -163,8 +177,8 @@ class IdDropout(tf.keras.layers.Layer):
     config = super().get_config()
     for key in ("trainable", "dtype", "autocast"):
       config.pop(key, None)
-    return {**config, "rate": self.rate,
-            "num_oov_buckets": self.num_oov_buckets, "seed": self.seed}
+    return {**config, "rate": self.rate, "num_oov_buckets": self.num_oov_buckets,
+            "seed": self.seed, "forced": self.forced}
 
 
 def id_dropout_buckets(specs: Sequence[Mapping[str, Any]]) -> Dict[str, int]:

@@ -87,6 +87,11 @@ class TrainOptions:
                              "are replaced by the OOV index, so that the rows serving users and "
                              "profiles unseen in training learn a features-only embedding (0 "
                              "disables it; docs/training.md).")
+  new_user_swipes: int = option(5, "Each query's first N train swipes (by time) always use the "
+                                "OOV query id: the path that serves users unseen in training "
+                                "then also learns what users do when they are new, not only "
+                                "from random swipes of long-time users (0 disables it; "
+                                "docs/training.md).")
   seed: int = option(0, "Random seed (weights, shuffling, hash functions).")
   checkpoint_every_steps: int = option(500, "Checkpoint interval (and at every epoch end).")
   log_every_steps: int = option(50, "TensorBoard/log interval of the training losses.")
@@ -167,7 +172,8 @@ class TrainOptions:
       problems.append(f"--id_dropout must be in [0, 1), got {self.id_dropout}")
     if self.temperature <= 0 or self.learning_rate <= 0:
       problems.append("--temperature and --learning_rate must be > 0")
-    for name in ("l2", "embedding_l2", "pass_loss_weight", "num_hard_negatives"):
+    for name in ("l2", "embedding_l2", "pass_loss_weight", "num_hard_negatives",
+                 "new_user_swipes"):
       if not getattr(self, name) >= 0:  # also refuses NaN
         problems.append(f"--{name} must be >= 0, got {getattr(self, name)}")
     try:

@@ -89,7 +89,10 @@ def build_model(options: TrainOptions, specs: Dict[str, list]) -> two_tower.TwoT
       id_dropout=towers.IdDropout(
           options.id_dropout, {**towers.id_dropout_buckets(specs["query"]),
                                **towers.id_dropout_buckets(specs["candidate"])},
-          seed=options.seed, name="id_dropout") if options.id_dropout else None)
+          seed=options.seed, name="id_dropout",
+          forced={key: inputs.NEW_USER_COLUMN for key in towers.id_dropout_buckets(
+              specs["query"])} if options.new_user_swipes else None)
+      if options.id_dropout or options.new_user_swipes else None)
 
 
 def _shared_history_embeddings(specs: list, candidate_core: Optional[tf.keras.Model]
@@ -123,12 +126,12 @@ def training_inputs(dataset, specs: Dict[str, list], options: TrainOptions,
         for side in run_lib.SIDES}
     cache["features"] = [inputs.EntityFeatures(dataset, side, cache["preprocessing"][side])
                          for side in run_lib.SIDES]
-  static = options.sampling_probability == "static"
-  if ("index", static) not in cache:
-    cache["index", static] = inputs.InteractionIndex(
+  key = ("index", options.sampling_probability == "static", options.new_user_swipes)
+  if key not in cache:
+    cache[key] = inputs.InteractionIndex(
         dataset, "train", *cache["features"],
-        inputs.StaticSamplingProbability(dataset) if static else None)
-  return cache["preprocessing"], cache["index", static]
+        inputs.StaticSamplingProbability(dataset) if key[1] else None, options.new_user_swipes)
+  return cache["preprocessing"], cache[key]
 
 
 def compiled_model(dataset, options: TrainOptions, specs: Dict[str, list],
