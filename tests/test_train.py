@@ -355,7 +355,7 @@ def test_the_training_index_marks_each_users_first_swipes(tiny_dataset_dir):
     if (~marked[mine]).any():  # nothing marked is later than anything unmarked
       assert train["timestamp"][mine & marked].max() <= train["timestamp"][mine & ~marked].min()
   _, plain = training.training_inputs(dataset, training.feature_specs(dataset),
-                                      train_options.TrainOptions(**FAST))
+                                      train_options.TrainOptions(**FAST, new_user_swipes=0))
   assert inputs.NEW_USER_COLUMN not in plain.tensors  # off: no column, no timestamps read
 
 
