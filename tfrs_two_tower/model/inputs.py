@@ -49,9 +49,16 @@ def first_swipes(query_rows: np.ndarray, timestamps: np.ndarray, n: int) -> np.n
   order = np.lexsort((timestamps, query_rows))  # stable: ties keep the input order
   sorted_rows = query_rows[order]
   starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
-  ordinal = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size]))
+  del sorted_rows
+  lengths = np.diff(np.r_[starts, order.size])
   out = np.zeros(query_rows.size, bool)
-  out[order] = ordinal < n
+  # The k-th swipe of every query with more than k: n passes over the queries, so no
+  # per-swipe temporaries beyond the sort order (memory: 8 bytes a swipe, not 32).
+  for k in range(n):
+    longer = lengths > k
+    if not longer.any():
+      break
+    out[order[starts[longer] + k]] = True
   return out
 
 
