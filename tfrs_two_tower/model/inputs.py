@@ -45,6 +45,11 @@ def first_swipes(query_rows: np.ndarray, timestamps: np.ndarray, n: int) -> np.n
     query_rows: [m] the query of each interaction.
     timestamps: [m] its time.
     n: how many of each query's interactions count as the query's first.
+
+  The same marks as `metrics.rank_within_users(query_rows, -timestamps) < n`, which
+  is not called here for its memory: it holds per-swipe ranks, positions and a
+  tie-break key (44 bytes a swipe at 20M swipes, measured with tracemalloc, against
+  14 here), and this runs on every train swipe of a run (68M at 1M users).
   """
   order = np.lexsort((timestamps, query_rows))  # stable: ties keep the input order
   sorted_rows = query_rows[order]
