@@ -177,6 +177,25 @@ def tiny_bias_run_dir(tmp_path_factory, tiny_dataset_dir):
   return path
 
 
+@pytest.fixture(scope="session")
+def tiny_residual_run(tmp_path_factory, default_config):
+  """(run, dataset directory): the brief training with --like_residual ([a q, 1, p_u] /
+  [c, b_v, s_v]) on a tiny world with stronger appeal and taste and 3x the swipes, where
+  the residual beats the towers on validation (on the tiny world it does not; read-only)."""
+  import dataclasses
+  from tfrs_two_tower.model import train_options
+  from tfrs_two_tower.stages import train_stage
+  world = synthetic.generate_world(dataclasses.replace(
+      TINY_WORLD, attractiveness_scale=2.5, taste_weight=3.0, mean_activity=0.3))
+  dataset = str(tmp_path_factory.mktemp("tasteful_dataset") / "dataset")
+  synthetic.write_world_dataset(world, default_config, dataset, num_train_shards=3,
+                                num_eval_shards=2)
+  path = str(tmp_path_factory.mktemp("residual_run") / "run")
+  train_stage.run(dataset, path, train_options.TrainOptions(
+      **TINY_TRAINING, like_residual=True), log=lambda *a: None)
+  return path, dataset
+
+
 @pytest.fixture
 def exploring_replications():
   """Builds the small exploring-feed world the off-policy unbiasedness tests replicate.

@@ -93,7 +93,8 @@ def test_bad_flag_values_exit_2_whether_absl_or_the_library_refuses_them(tmp_pat
     ({"l2": -0.1}, "--l2"), ({"pass_loss_weight": -1.0}, "--pass_loss_weight"),
     ({"l2": float("nan")}, "--l2"), ({"embedding_l2": -1e-3}, "--embedding_l2"),
     ({"layer_sizes": []}, "--layer_sizes"),
-    ({"layer_sizes": "128"}, "--layer_sizes"), ({"candidate_bias": "yes"}, "--candidate_bias")])
+    ({"layer_sizes": "128"}, "--layer_sizes"), ({"candidate_bias": "yes"}, "--candidate_bias"),
+    ({"like_residual": 1}, "--like_residual")])
 def test_silently_bad_training_flags_are_refused_by_name(changes, flag):
   with pytest.raises(train_options.TrainError, match=flag):
     train_options.TrainOptions(**changes).check()

@@ -254,3 +254,32 @@ def test_a_candidate_bias_run_converts_with_parity(tiny_bias_run_dir, tiny_datas
   for side in ("query", "candidate"):
     assert report["towers"][side]["max_abs_error"] <= 1e-4
   assert files.read_json(os.path.join(out, "features.json"))["embedding_dim"] == 17
+
+
+def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
+  """--like_residual: [a q, 1, p_u] and [c, b_v, s_v] through the SavedModels and Core ML."""
+  run_path, dataset_dir = tiny_residual_run
+  run = run_lib.open_run(run_path)
+  section = run.manifest["like_residual"]
+  assert section["fitted"], section  # the tiny world's appeal and taste beat the towers
+  dim = 16 + 1 + section["rank"]
+  assert run.embedding_dim == dim
+  dataset = reader.open_dataset(dataset_dir)
+  entities = reader.read_entities(dataset, "query")
+  queries = run.embed("query", entities)
+  _, candidates = run.candidate_embeddings()
+  assert queries.shape[1] == candidates.shape[1] == dim
+  np.testing.assert_allclose(np.linalg.norm(queries[:, :16], axis=1), section["scale"],
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(candidates[:, :16], axis=1), 1.0, atol=1e-5)
+  known = np.isin(entities["query_id"], dataset.vocabulary("query_id"))
+  assert known.any() and (~known).any()
+  np.testing.assert_array_equal(queries[known, 16], 1.0)  # the weight on b_v
+  np.testing.assert_array_equal(queries[~known, 16:], 0.0)  # unseen users: the towers alone
+  assert np.ptp(candidates[:, 16]) > 0 and np.abs(queries[known, 17:]).max() > 0
+  out = str(tmp_path / "pair")
+  report = convert_stage.run(run_path, dataset_dir, out, log=_quiet, **FAST_PARITY)
+  assert report["gate"]["passed"] and report["top_k"]["mean_overlap"] >= 0.99
+  for side in ("query", "candidate"):
+    assert report["towers"][side]["max_abs_error"] <= 1e-4
+  assert files.read_json(os.path.join(out, "features.json"))["embedding_dim"] == dim

@@ -285,6 +285,28 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
   return tf.keras.Model(inputs, unit, name=name)
 
 
+def with_like_residual(core: tf.keras.Model, id_key: str, table: np.ndarray,
+                       scale: float = 1.0) -> tf.keras.Model:
+  """core -> [scale * core(x), table[x[id_key]]]: a fitted `like_residual` appended.
+
+  `table` [rows of the id feature's embedding table, m] holds the side's extra columns
+  ([1, p_u] for queries, [b_v, s_v] for candidates), so that the score stays an inner
+  product of the two outputs, [B, d + m]. The table is a frozen Embedding (a gather);
+  the scale a multiply: ops coremltools converts.
+  """
+  # Built on the core's own graph (its input and output tensors), not by calling the
+  # core: a flat functional model, which Keras serialises like the core itself.
+  inputs, out = core.input, core.output
+  if scale != 1.0:
+    out = tf.keras.layers.Rescaling(scale, dtype="float32", name="like_residual_scale")(out)
+  residual = tf.keras.layers.Embedding(table.shape[0], table.shape[1], trainable=False,
+                                       dtype="float32", name="like_residual")
+  columns = residual(inputs[id_key])
+  residual.set_weights([table])
+  return tf.keras.Model(inputs, tf.keras.layers.Concatenate(dtype="float32", name="with_residual")(
+      [out, columns]), name=core.name)
+
+
 class Tower(tf.keras.Model):
   """Raw features -> embedding (L2-normalised, + a bias column): `core(preprocessing(raw))`."""
 

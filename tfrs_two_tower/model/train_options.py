@@ -87,6 +87,11 @@ class TrainOptions:
                              "are replaced by the OOV index, so that the rows serving users and "
                              "profiles unseen in training learn a features-only embedding (0 "
                              "disables it; docs/training.md).")
+  like_residual: bool = option(True, "After training, fit the like-vs-pass residual (a "
+                               "per-profile bias and low-rank id factors, rank and penalty chosen "
+                               "on validation; kept only when it beats the towers there) and "
+                               "append it to the towers' outputs (docs/training.md, 'Oracle "
+                               "headroom' 11).")
   new_user_swipes: int = option(5, "Each query's first N train swipes (by time) always use the "
                                 "OOV query id: the path that serves users unseen in training "
                                 "then also learns what users do when they are new, not only "
@@ -166,8 +171,9 @@ class TrainOptions:
     if self.sampling_probability not in two_tower.SAMPLING_MODES:
       problems.append(f"--sampling_probability must be one of {two_tower.SAMPLING_MODES}, "
                       f"got {self.sampling_probability!r}")
-    if not isinstance(self.candidate_bias, bool):
-      problems.append(f"--candidate_bias must be true or false, got {self.candidate_bias!r}")
+    for name in ("candidate_bias", "like_residual"):
+      if not isinstance(getattr(self, name), bool):
+        problems.append(f"--{name} must be true or false, got {getattr(self, name)!r}")
     if not 0.0 <= self.id_dropout < 1.0:
       problems.append(f"--id_dropout must be in [0, 1), got {self.id_dropout}")
     if self.temperature <= 0 or self.learning_rate <= 0:

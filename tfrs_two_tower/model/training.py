@@ -18,6 +18,7 @@ from tfrs_two_tower import features as features_lib
 from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import frequency
 from tfrs_two_tower.model import inputs
+from tfrs_two_tower.model import like_residual
 from tfrs_two_tower.model import optimizers
 from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
@@ -324,3 +325,53 @@ def distributed_step(strategy, model, jit_compile: bool):
     return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in parts.items()}
   return distributed
+
+
+def residual_swipes(index: inputs.InteractionIndex, query_core: tf.keras.Model,
+                    candidate_core: tf.keras.Model, id_keys: Dict[str, str],
+                    first_known_row: int, batch_size: int = 65536) -> like_residual.Swipes:
+  """A split's swipes as `like_residual.Swipes`: id table rows and the towers' cosine.
+
+  Args:
+    index: the split; its entity features hold each side's id feature `id_keys[side]`.
+    first_known_row: the query id table's first vocabulary row (1 + its OOV buckets).
+  Left out: the swipes `index` marks as their query's first (`inputs.NEW_USER_COLUMN`:
+  they train the towers' new-user path) and those of users outside the vocabulary,
+  since the residual serves known users only. With a swipe history the query
+  embedding changes with every swipe, so it is computed per swipe (one forward pass
+  over the split), otherwise once per user.
+  """
+  def embed(core, values):
+    n = int(next(iter(values.values())).shape[0])
+    return np.concatenate([tf.cast(core({k: v[i:i + batch_size] for k, v in values.items()
+                                         if k in core.input_names}), tf.float32).numpy()
+                           for i in range(0, n, batch_size)])
+
+  def table_rows(side, rows):
+    return getattr(index, side).values[id_keys[side]].numpy().reshape(-1).astype(np.int64)[rows]
+
+  query_rows = index.tensors["query_row"].numpy()
+  keep = table_rows("query", query_rows) >= first_known_row
+  if inputs.NEW_USER_COLUMN in index.tensors:
+    keep &= ~index.tensors[inputs.NEW_USER_COLUMN].numpy()
+  query_rows = query_rows[keep]
+  candidate_rows = index.tensors["candidate_row"].numpy()[keep]
+  candidate_embedding = embed(candidate_core, index.candidate.values)
+  cosine = np.empty(query_rows.size)
+  if set(query_core.input_names) <= set(index.query.values):
+    query_embedding = embed(query_core, index.query.values)
+    for i in range(0, cosine.size, batch_size):
+      j = slice(i, i + batch_size)
+      cosine[j] = np.einsum("nd,nd->n", query_embedding[query_rows[j]],
+                            candidate_embedding[candidate_rows[j]])
+  else:  # a history: each swipe's own query embedding
+    swipes = np.flatnonzero(keep)
+    for i in range(0, cosine.size, batch_size):
+      batch = index.batch(tf.constant(swipes[i:i + batch_size]))
+      q = tf.cast(query_core(towers.core_inputs(query_core, batch)), tf.float32).numpy()
+      cosine[i:i + batch_size] = np.einsum("nd,nd->n", q,
+                                           candidate_embedding[candidate_rows[i:i + batch_size]])
+  return like_residual.Swipes(
+      table_rows("query", query_rows), table_rows("candidate", candidate_rows), cosine,
+      index.tensors["label"].numpy()[keep].astype(np.float64),
+      index.tensors["weight"].numpy()[keep].astype(np.float64))

@@ -22,6 +22,9 @@ from tfrs_two_tower.data import dataset_format as fmt
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import epoch_eval
 from tfrs_two_tower.model import export
+from tfrs_two_tower.model import inputs
+from tfrs_two_tower.model import like_residual
+from tfrs_two_tower.model import preprocessing as prep
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.model import tensorboard_logs
@@ -143,13 +146,67 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
     training, search = trials.tune(dataset, specs, options, work, evaluator, strategy,
                                    resolved, configs, log, inputs_cache)
   training.restore_best()
+  residual = None
+  if options.like_residual:
+    residual = _attach_like_residual(dataset, specs, training, inputs_cache, log)
   manifest = {}
   if not chief:
     shutil.rmtree(work, ignore_errors=True)
   else:
     manifest = write_run(run_dir, work, dataset, training.options, training.resolved,
-                          training, overwrite, log, search)
+                          training, overwrite, log, search, residual)
   return TrainResult(manifest, training.query_tower, training.candidate_tower)
+
+
+def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[str, Any]:
+  """Fits `like_residual` on the train and validation swipes; appends it to the towers.
+
+  Returns the manifest's "like_residual" section ({"fitted": False, "reason"} when
+  the data or the model has nothing to fit it on).
+  """
+  def skipped(reason):
+    log("train: no like residual: " + reason)
+    return {"fitted": False, "reason": reason}
+  options = training.options
+  if not options.pass_loss_weight:
+    return skipped("the train split has no passes to contrast the likes with")
+  _, train_index = training_lib.training_inputs(dataset, specs, options, inputs_cache)
+  if len(train_index) > like_residual.MAX_SWIPES:
+    return skipped(f"{len(train_index)} train swipes are more than its fit handles in "
+                   f"reasonable time ({like_residual.MAX_SWIPES})")
+  id_specs = {}
+  for side in run_lib.SIDES:
+    keys = towers.id_dropout_buckets(specs[side])
+    if not keys:
+      return skipped(f"the {side} side has no id feature with OOV buckets to attach it to")
+    id_specs[side] = next(spec for spec in specs[side] if spec["key"] == next(iter(keys)))
+  id_keys = {side: spec["key"] for side, spec in id_specs.items()}
+  # Rows 0 .. k: padding and the k OOV buckets (users unseen in training) of the query ids.
+  first_known_row = 1 + int(id_specs["query"]["num_oov_buckets"])
+  cores = training.model.query_core, training.model.candidate_core
+  train = training_lib.residual_swipes(train_index, *cores, id_keys, first_known_row)
+  validation = training_lib.residual_swipes(
+      inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *inputs_cache["features"]),
+      *cores, id_keys, first_known_row)
+  rows = [prep.num_rows(id_specs[side]) for side in run_lib.SIDES]
+  started = time.time()
+  residual, table = like_residual.choose(train, validation, *rows, seed=options.seed, log=log)
+  if residual is None:
+    return {**skipped("no fit beats the towers alone on the validation swipes' log loss"),
+            "validation_log_loss": table}
+  seconds = time.time() - started
+  log("train: like residual: rank %d, l2 %g chosen on validation, refitted on train + "
+      "validation in %.0fs" % (residual.rank, residual.l2, seconds))
+  for side, table_of, scale in (
+      ("query", residual.query_table(first_known_row), residual.scale),
+      ("candidate", residual.candidate_table(), 1.0)):
+    tower = getattr(training, f"{side}_tower")
+    setattr(training, f"{side}_tower", towers.Tower(
+        tower.preprocessing,
+        towers.with_like_residual(tower.core, id_keys[side], table_of, scale),
+        name=tower.name))
+  return {"fitted": True, "rank": residual.rank, "l2": residual.l2, "scale": residual.scale,
+          "seconds": round(seconds, 1), "validation_log_loss": table}
 
 
 def _recover_from_interrupted_write(run_dir: str, work: str, log) -> None:
@@ -185,7 +242,7 @@ def _resume_or_start(work: str, resolved: Dict[str, Any]) -> None:
 
 
 def write_run(run_dir, work, dataset, options, resolved, training, overwrite,
-               log, search=None) -> Dict[str, Any]:
+               log, search=None, residual=None) -> Dict[str, Any]:
   query_tower, candidate_tower, evaluator = (training.query_tower, training.candidate_tower,
                                              training.evaluator)
   ids, embeddings = evaluator.candidate_embeddings(candidate_tower)
@@ -210,7 +267,8 @@ def write_run(run_dir, work, dataset, options, resolved, training, overwrite,
         "config_hash": dataset.manifest["config_hash"],
         "dataset": {"path": dataset.path, "manifest_sha256": files.sha256_file(
             dataset.file(fmt.MANIFEST)), "split_time": dataset.manifest.get("split_time")},
-        # The tower output's size: --embedding_dim, + 1 with --candidate_bias.
+        # The tower output's size: --embedding_dim, + 1 with --candidate_bias, + 1 + r
+        # with a fitted like residual.
         "embedding_dim": int(embeddings.shape[1]), "temperature": options.temperature,
         "sampling_probability": options.sampling_probability, "global_step": step,
         "index": {"type": index_type, "candidates": int(len(ids))},
@@ -227,6 +285,8 @@ def write_run(run_dir, work, dataset, options, resolved, training, overwrite,
       if os.path.exists(os.path.join(training.work, name)):  # the run directory is in place
         shutil.copytree(os.path.join(training.work, name), os.path.join(out, name),
                         copy_function=files.link_or_copy)
+    if residual is not None:
+      manifest["like_residual"] = residual
     if search is not None:
       manifest["tuning"] = trials.write_trials(out, os.path.join(work, trials.TRIALS), search,
                                                training.selection_key)

@@ -1,0 +1,100 @@
+"""The like-vs-pass residual: its fit, its choice on validation, and the towers it extends."""
+
+import numpy as np
+import tensorflow as tf
+
+from tfrs_two_tower.model import like_residual
+from tfrs_two_tower.model import towers
+
+from test_model import SPECS
+
+
+def _planted(seed: int, n_users: int = 80, n_candidates: int = 60, shown: int = 30):
+  """Swipes where users of group g like style-g candidates (p 0.85) and pass others (0.15).
+
+  The towers' cosine is noise: only the ids carry the taste. Rows 0 and 1 are padding
+  and OOV, as in an id table. Returns (train, validation, the group of each row pair).
+  """
+  rng = np.random.default_rng(seed)
+  group, style = rng.integers(0, 2, n_users + 2), rng.integers(0, 2, n_candidates + 2)
+  users = np.repeat(np.arange(2, n_users + 2), shown)
+  candidates = np.concatenate([rng.choice(np.arange(2, n_candidates + 2), shown, replace=False)
+                               for _ in range(n_users)])
+  likes = rng.random(users.size) < np.where(group[users] == style[candidates], 0.85, 0.15)
+  swipes = like_residual.Swipes(users, candidates, rng.normal(0, 0.1, users.size),
+                                likes.astype(float), np.ones(users.size))
+  validation = rng.random(users.size) < 0.25
+
+  def part(mask):
+    return like_residual.Swipes(*(getattr(swipes, f)[mask] for f in
+                                  ("query", "candidate", "cosine", "label", "weight")))
+  return part(~validation), part(validation), (group, style)
+
+
+def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
+  train, validation, (group, style) = _planted(0)
+  shape = (len(group), len(style))
+  logs = []
+  residual, table = like_residual.choose(train, validation, *shape, ranks=(2,),
+                                         grid=(0.1, 1.0), log=logs.append)
+  towers_alone = table[0]["validation_log_loss"]
+  assert table[0]["rank"] == 0 and [(r["rank"], r["l2"]) for r in table[1:]] == [(2, 0.1),
+                                                                                (2, 1.0)]
+  assert len(logs) == 2 and "validation log loss" in logs[0]
+  best = min(r["validation_log_loss"] for r in table[1:])
+  assert towers_alone > 0.6 and best < towers_alone - 0.15  # the ids carry the taste
+  assert residual.rank == 2 and residual.l2 in (0.1, 1.0)
+  assert residual.l2 == min(table[1:], key=lambda r: r["validation_log_loss"])["l2"]
+  # Same-group pairs score above the others, for unseen (user, candidate) pairs too.
+  users, candidates = np.arange(2, len(group)), np.arange(2, len(style))
+  dots = residual.query_factors[users] @ residual.candidate_factors[candidates].T
+  same = group[users][:, None] == style[candidates][None, :]
+  assert dots[same].mean() > dots[~same].mean() + 1.0
+  # Unused rows (padding, OOV) are pulled to 0 by the penalty.
+  assert np.abs(residual.query_factors[:2]).max() < 1e-3
+  # The appended columns reproduce the logits: [a q, 1, p_u] . [c, b_v, s_v] = z - b_0.
+  q_cols, c_cols = residual.query_table(first_known_row=2), residual.candidate_table()
+  assert q_cols.shape == (len(group), 3) and c_cols.shape == (len(style), 3)
+  np.testing.assert_array_equal(q_cols[2:, 0], 1.0)
+  np.testing.assert_array_equal(q_cols[:2], 0.0)  # unseen users: the towers alone
+  score = residual.scale * validation.cosine + np.einsum(
+      "nr,nr->n", q_cols[validation.query], c_cols[validation.candidate])
+  np.testing.assert_allclose(score + residual.intercept, residual.logits(validation), atol=1e-5)
+  again, _ = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1, 1.0),
+                                  log=lambda *a: None)
+  np.testing.assert_array_equal(again.query_factors, residual.query_factors)  # seeded
+
+
+def test_weights_count_like_repeated_swipes():
+  train, _, (group, style) = _planted(1, n_users=30, n_candidates=20, shown=10)
+  doubled = like_residual.Swipes(train.query, train.candidate, train.cosine, train.label,
+                                 2 * train.weight)
+  a = like_residual.fit(train, len(group), len(style), rank=2, l2=0.3)
+  b = like_residual.fit(doubled, len(group), len(style), rank=2, l2=0.3)
+  # The loss is a weighted mean: scaling every weight changes nothing.
+  np.testing.assert_allclose(a.log_loss(train), b.log_loss(doubled), rtol=1e-6)
+
+
+def test_with_like_residual_appends_the_table_to_the_core_and_serialises():
+  tf.keras.utils.set_random_seed(0)
+  core = towers.build_core(SPECS, [8], 4, name="query_core")
+  table = np.arange(4 * 3, dtype=np.float32).reshape(4, 3)  # rows: pad, OOV, u1, u2
+  extended = towers.with_like_residual(core, "query_id", table, scale=2.5)
+  rng = np.random.RandomState(0)
+  batch = {"query_id": tf.constant([2, 3, 1], tf.int32),
+           "query_city": tf.constant(rng.randint(0, 4, 3), tf.int32),
+           "query_interests": tf.constant(rng.randint(0, 4, (3, 3)), tf.int32),
+           "query_bio_length": tf.constant(rng.randn(3), tf.float32),
+           "query_bio_length_missing": tf.zeros([3]),
+           "query_bio_length_bucket": tf.constant([0, 1, 2], tf.int32),
+           "query_location": tf.constant([1, 1, 0], tf.int32),
+           "query_location_xyz": tf.constant(rng.randn(3, 3), tf.float32)}
+  out = extended(batch).numpy()
+  np.testing.assert_allclose(out[:, :4], 2.5 * core(batch).numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(out[:, 4:], table[[2, 3, 1]])
+  assert not extended.get_layer("like_residual").trainable
+  clone = tf.keras.Model.from_config(
+      extended.get_config(), custom_objects={"L2Normalize": towers.L2Normalize,
+                                             "MaskedPooling": towers.MaskedPooling})
+  clone.set_weights(extended.get_weights())
+  np.testing.assert_array_equal(clone(batch).numpy(), out)

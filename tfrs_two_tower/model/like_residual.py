@@ -1,0 +1,196 @@
+"""The like-vs-pass residual: who likes whom among the profiles shown, fitted after training.
+
+The retrieval softmax learns P(shown and liked), i.e. mostly the logging feed's
+exposure; what a user likes among the profiles they were shown, beyond what the
+profile features say, is collaborative (a hidden taste and a hidden style that only
+the ids carry: docs/training.md, "Oracle headroom"). With the towers fixed, this
+module fits on the swipes (like 1, pass 0, the swipe's weight) the logistic model
+
+  z(u, v) = a * cos_uv + b_0 + b_v + p_u . s_v        p_u, s_v in R^r
+
+by L-BFGS (scipy) on the weighted mean log loss plus
+l2 * (sum_u |p_u|^2 / n_q + sum_v (|s_v|^2 + b_v^2) / n_c), i.e. a Gaussian prior
+whose weight equals about one user's swipes. u and v are rows of the id features'
+embedding tables (their vocabulary index); a query's first `new_user_swipes` swipes
+are left out (they train the towers' new-user path), and users unseen in training get
+zeros (`Residual.query_table`): the towers alone rank them. The penalty's strength is chosen from `L2_GRID` by the validation swipes' log
+loss (fits on train), and the chosen model is refitted on train + validation.
+
+The towers then output (`towers.with_like_residual`), an inner product again:
+
+  query      [a * q, 1, p_u]  ([a * q, 0, 0] unseen)  [B, d + 1 + r]
+  candidate  [c, b_v, s_v]                            [B, d + 1 + r]
+  score      a * cos_uv + b_v + p_u . s_v = z(u, v) - b_0
+"""
+
+import dataclasses
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+import scipy.special
+
+# Ranks and penalty strengths tried on validation (docs/training.md, "Oracle headroom" 11).
+RANKS = (4, 16)
+L2_GRID = (0.03, 0.1, 0.3)
+MAX_ITERATIONS = 200
+# The 8 fits of `choose` cost ~250 us a train swipe on 2 cores (+50 s at the default
+# world's 200k swipes); above this many the residual is skipped with a log line.
+MAX_SWIPES = 2_000_000
+_CHUNK = 1 << 20  # swipes per row-dot block: [chunk, r] temporaries, not [n, r]
+
+
+@dataclasses.dataclass
+class Swipes:
+  """Swipes as table rows. All [n]: query / candidate row, the towers' cosine, label, weight."""
+  query: np.ndarray
+  candidate: np.ndarray
+  cosine: np.ndarray
+  label: np.ndarray
+  weight: np.ndarray
+
+  def __add__(self, other: "Swipes") -> "Swipes":
+    return Swipes(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
+                    for f in dataclasses.fields(self)))
+
+
+@dataclasses.dataclass
+class Residual:
+  """A fitted z(u, v); factors [rows, r], candidate_bias [rows]."""
+  scale: float
+  intercept: float
+  query_factors: np.ndarray
+  candidate_bias: np.ndarray
+  candidate_factors: np.ndarray
+  l2: float
+
+  @property
+  def rank(self) -> int:
+    return int(self.query_factors.shape[1])
+
+  def logits(self, swipes: Swipes) -> np.ndarray:
+    return (self.scale * swipes.cosine + self.intercept + self.candidate_bias[swipes.candidate]
+            + _row_dots(self.query_factors, self.candidate_factors, swipes))
+
+  def log_loss(self, swipes: Swipes) -> float:
+    """Weighted mean log loss of the swipes' labels."""
+    z = self.logits(swipes)
+    loss = np.logaddexp(0.0, z) - swipes.label * z
+    return float(np.sum(swipes.weight * loss) / max(np.sum(swipes.weight), 1e-12))
+
+  def query_table(self, first_known_row: int) -> np.ndarray:
+    """[query rows, 1 + r] float32: the query tower's appended columns [1, p_u].
+
+    Rows below `first_known_row` (padding, OOV: users unseen in training) get zeros,
+    so that the towers alone rank them: a fitted bias or OOV factor ranked MovieLens'
+    new users below popularity (docs/training.md, "Oracle headroom" 11).
+    """
+    out = np.concatenate([np.ones((len(self.query_factors), 1)), self.query_factors], 1)
+    out[:first_known_row] = 0.0
+    return out.astype(np.float32)
+
+  def candidate_table(self) -> np.ndarray:
+    """[candidate rows, 1 + r] float32: the candidate tower's appended columns [b_v, s_v]."""
+    return np.concatenate([self.candidate_bias[:, None], self.candidate_factors],
+                          1).astype(np.float32)
+
+
+def _row_dots(p: np.ndarray, s: np.ndarray, swipes: Swipes) -> np.ndarray:
+  out = np.empty(swipes.query.size)
+  for i in range(0, out.size, _CHUNK):
+    j = slice(i, i + _CHUNK)
+    out[j] = np.einsum("nr,nr->n", p[swipes.query[j]], s[swipes.candidate[j]])
+  return out
+
+
+def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int, l2: float,
+        seed: int = 0, max_iterations: int = MAX_ITERATIONS,
+        start: Optional[Residual] = None) -> Residual:
+  """Fits z(u, v) (module docstring) to the swipes; deterministic given the seed.
+
+  The factors start at N(0, 0.1^2) (at 0 the gradient of p_u . s_v vanishes), or at
+  `start`, a fit of the same rank (a warm start along the penalty path: fewer steps).
+  """
+  n_q, n_c, r = num_query_rows, num_candidate_rows, rank
+  total_weight = max(float(np.sum(swipes.weight)), 1e-12)
+  w = swipes.weight / total_weight
+  # A [queries, candidates] sparse matrix whose values are refilled with dL/dz each step:
+  # its products with the factors are the factors' data gradients.
+  order = np.lexsort((swipes.candidate, swipes.query))
+  pattern = scipy.sparse.csr_matrix(
+      (np.ones(order.size), (swipes.query[order], swipes.candidate[order])), shape=(n_q, n_c))
+  if pattern.nnz != order.size:  # repeated (query, candidate) pairs: keep them apart
+    pattern = None
+
+  def gradient_matrix(g):
+    if pattern is not None:
+      pattern.data = g[order]
+      return pattern
+    return scipy.sparse.csr_matrix((g, (swipes.query, swipes.candidate)), shape=(n_q, n_c))
+
+  def unpack(theta):
+    a, b0 = theta[0], theta[1]
+    b = theta[2:2 + n_c]
+    p = theta[2 + n_c:2 + n_c + n_q * r].reshape(n_q, r)
+    s = theta[2 + n_c + n_q * r:].reshape(n_c, r)
+    return a, b0, b, p, s
+
+  def objective(theta):
+    a, b0, b, p, s = unpack(theta)
+    z = a * swipes.cosine + b0 + b[swipes.candidate] + _row_dots(p, s, swipes)
+    loss = np.sum(w * (np.logaddexp(0.0, z) - swipes.label * z))
+    g = w * (scipy.special.expit(z) - swipes.label)
+    matrix = gradient_matrix(g)
+    grad_p = matrix @ s + 2 * l2 / n_q * p
+    grad_s = matrix.T @ p + 2 * l2 / n_c * s
+    grad_b = np.bincount(swipes.candidate, g, n_c) + 2 * l2 / n_c * b
+    loss += l2 * (np.sum(p * p) / n_q + (np.sum(s * s) + np.sum(b * b)) / n_c)
+    grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_p.ravel(),
+                           grad_s.ravel()])
+    return loss, grad
+
+  if start is not None:
+    theta = np.concatenate([[start.scale, start.intercept], start.candidate_bias,
+                            start.query_factors.ravel(), start.candidate_factors.ravel()])
+  else:
+    rng = np.random.default_rng(seed)
+    theta = np.concatenate([[1.0, 0.0], np.zeros(n_c), rng.normal(0, 0.1, n_q * r),
+                            rng.normal(0, 0.1, n_c * r)])
+  result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
+                                   options={"maxiter": max_iterations})
+  a, b0, b, p, s = unpack(result.x)
+  return Residual(float(a), float(b0), p, b, s, float(l2))
+
+
+def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate_rows: int,
+           ranks: Sequence[int] = RANKS, grid: Sequence[float] = L2_GRID, seed: int = 0,
+           log: Callable[..., None] = print) -> Tuple[Optional[Residual], List[dict]]:
+  """(the model with the best validation log loss refitted on train + validation, the table).
+
+  None instead of a model when no fit beats the towers alone on validation.
+
+  Fits on train every (rank, l2) of `ranks` x `grid` and scores the validation swipes.
+  The table has one row per fit, {"rank", "l2", "validation_log_loss"}, after a first
+  row {"rank": 0, "l2": None, ...} for the towers alone (a and b_0 fitted only).
+  """
+  shape = (num_query_rows, num_candidate_rows)
+  # A prohibitive penalty keeps b_v at 0: the towers' cosine with a and b_0 alone.
+  towers_only = fit(train, *shape, rank=0, l2=1e9, seed=seed)
+  table = [{"rank": 0, "l2": None, "validation_log_loss": towers_only.log_loss(validation)}]
+  fits = {}
+  for rank in ranks:
+    previous = None
+    # Weak to strong, each fit from the last: a fit that the penalty pulled to 0 is a
+    # saddle point (no gradient on p_u . s_v), so a path from strong to weak would stay there.
+    for l2 in sorted(grid):
+      previous = fits[rank, l2] = fit(train, *shape, rank, l2, seed, start=previous)
+      loss = previous.log_loss(validation)
+      table.append({"rank": int(rank), "l2": float(l2), "validation_log_loss": loss})
+      log("train: like residual rank %d, l2 %g: validation log loss %.4f (towers alone %.4f)"
+          % (rank, l2, loss, table[0]["validation_log_loss"]))
+  best = min(table[1:], key=lambda row: row["validation_log_loss"])
+  if not best["validation_log_loss"] < table[0]["validation_log_loss"]:
+    return None, table
+  chosen = fits[best["rank"], best["l2"]]
+  return fit(train + validation, *shape, chosen.rank, chosen.l2, seed, start=chosen), table
