@@ -12,6 +12,7 @@ from sklearn import metrics as sklearn_metrics
 
 from tfrs_two_tower.data import reader
 from tfrs_two_tower.model import epoch_eval
+from tfrs_two_tower.model import towers
 from tfrs_two_tower.model import run_dir as run_lib
 from tfrs_two_tower.model import table_memory
 from tfrs_two_tower.model import train_options
@@ -128,8 +129,10 @@ def test_bad_flags_are_named(tiny_dataset_dir, tmp_path):
 def test_mixed_precision_and_xla_train_and_export(tiny_dataset_dir, tmp_path):
   import tensorflow as tf
   path = str(tmp_path / "run")
+  # The towers' own outputs (unit norm): the like residual would append its columns.
   options = train_options.TrainOptions(**{**FAST, "steps_per_epoch": 6, "mixed_precision": True,
-                                        "jit_compile": True, "eval_ks": [10]})
+                                        "jit_compile": True, "eval_ks": [10],
+                                        "like_residual": False})
   result = train_stage.run(tiny_dataset_dir, path, options, log=lambda *a: None)
   assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored
   run = run_lib.open_run(path)
@@ -197,16 +200,19 @@ def _poison_eval_split(path):
 @pytest.mark.slow
 def test_training_never_reads_eval_and_restores_the_best_validation_epoch(dataset_copy,
                                                                           tmp_path):
-  """One 3-epoch training on a dataset whose eval split is poisoned: it never reads eval,
-  and the run keeps the epoch with the best validation GAUC (--selection_metric=gauc)."""
+  """One 3-epoch training on a dataset whose eval split is poisoned: it never reads eval
+  (nor does the like residual's fit), and the run keeps the epoch with the best validation
+  GAUC (--selection_metric=gauc)."""
+  import tensorflow as tf
   _poison_eval_split(dataset_copy)
   ds = reader.open_dataset(dataset_copy)
   with pytest.raises(Exception):  # the poison is real: reading eval fails
     reader.read_interactions(ds, "eval")
   # Selecting on the non-default metric also checks that the key follows --selection_metric.
   result = train_stage.run(dataset_copy, str(tmp_path / "run"), train_options.TrainOptions(
-      **{**FAST, "epochs": 3, "early_stopping_patience": 0, "selection_metric": "gauc"}),
-      log=lambda *a: None)
+      **{**FAST, "epochs": 3, "early_stopping_patience": 0, "selection_metric": "gauc",
+         "like_residual": True}), log=lambda *a: None)
+  assert "fitted" in result.manifest["like_residual"]  # its fit ran on train + validation
   metrics = result.manifest["metrics"]
   history = metrics["history"]
   assert [h["epoch"] for h in history] == [1, 2, 3]
@@ -216,9 +222,13 @@ def test_training_never_reads_eval_and_restores_the_best_validation_epoch(datase
     assert json.load(f)["selection_metric"] == "gauc"
   best = max(history, key=lambda h: h[key])
   assert metrics["selected_epoch"] == best["epoch"] and metrics["final"] == best
-  # The written embeddings are the selected epoch's: re-evaluating them gives its metrics.
+  # The written towers are the selected epoch's: re-evaluating them gives its metrics (the
+  # towers alone: the "embedding" layer, before a fitted residual's scale and columns).
   evaluator = epoch_eval.ValidationEvaluator(ds)
-  again = evaluator(result.query_tower, result.candidate_tower)
+  alone = [towers.Tower(t.preprocessing, tf.keras.Model(t.core.input,
+                                                        t.core.get_layer("embedding").output))
+           for t in (result.query_tower, result.candidate_tower)]
+  again = evaluator(*alone)
   assert again[key] == pytest.approx(best[key], abs=1e-6)
 
 
