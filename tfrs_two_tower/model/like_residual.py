@@ -9,12 +9,13 @@ module fits on the swipes (like 1, pass 0, the swipe's weight) the logistic mode
   z(u, v) = a * cos_uv + b_0 + b_v + p_u . s_v        p_u, s_v in R^r
 
 by L-BFGS (scipy) on the weighted mean log loss plus
-l2 * (sum_u |p_u|^2 / n_q + sum_v (|s_v|^2 + b_v^2) / n_c), i.e. a Gaussian prior
-whose weight equals about one user's swipes. u and v are rows of the id features'
-embedding tables (their vocabulary index); a query's first `new_user_swipes` swipes
-are left out (they train the towers' new-user path), and users unseen in training get
-zeros (`Residual.query_table`): the towers alone rank them. The penalty's strength is chosen from `L2_GRID` by the validation swipes' log
-loss (fits on train), and the chosen model is refitted on train + validation.
+l2 * (sum_u |p_u|^2 / n_q + sum_v (|s_v|^2 + b_v^2) / n_c) (a Gaussian prior on the
+rows; n_q, n_c the table sizes). u and v are rows of the id features' embedding
+tables (their vocabulary index); a query's first `new_user_swipes` swipes are left
+out (they train the towers' new-user path), and users unseen in training get zeros
+(`Residual.query_table`): the towers alone rank them. The rank and the penalty are
+chosen from RANKS x L2_GRID by the validation swipes' log loss (fits on train), and
+the chosen model is refitted on train + validation.
 
 The towers then output (`towers.with_like_residual`), an inner product again:
 

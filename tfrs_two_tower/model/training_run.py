@@ -147,7 +147,7 @@ def _train(dataset, run_dir, options, resolved, overwrite, log, fixed) -> TrainR
                                    resolved, configs, log, inputs_cache)
   training.restore_best()
   residual = None
-  if options.like_residual:
+  if options.like_residual and chief:  # only the chief writes the run
     residual = _attach_like_residual(dataset, specs, training, inputs_cache, log)
   manifest = {}
   if not chief:
