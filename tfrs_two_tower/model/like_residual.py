@@ -76,9 +76,8 @@ class Residual:
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
-    z = self.logits(swipes)
-    loss = np.logaddexp(0.0, z) - swipes.label * z
-    return float(np.sum(swipes.weight * loss) / max(np.sum(swipes.weight), 1e-12))
+    w = swipes.weight / max(float(np.sum(swipes.weight)), 1e-12)
+    return float(np.sum(w * _log_loss_terms(self.logits(swipes), swipes.label)))
 
   def query_table(self, first_known_row: int) -> np.ndarray:
     """[query rows, 1 + r] float32: the query tower's appended columns [1, p_u].
@@ -95,6 +94,11 @@ class Residual:
     """[candidate rows, 1 + r] float32: the candidate tower's appended columns [b_v, s_v]."""
     return np.concatenate([self.candidate_bias[:, None], self.candidate_factors],
                           1).astype(np.float32)
+
+
+def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:
+  """[n] -log P(label | logit z) = log(1 + e^z) - label * z, stable for any z."""
+  return np.logaddexp(0.0, z) - label * z
 
 
 def _row_dots(p: np.ndarray, s: np.ndarray, swipes: Swipes) -> np.ndarray:
@@ -114,15 +118,14 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   `start`, a fit of the same rank (a warm start along the penalty path: fewer steps).
   """
   n_q, n_c, r = num_query_rows, num_candidate_rows, rank
-  total_weight = max(float(np.sum(swipes.weight)), 1e-12)
-  w = swipes.weight / total_weight
+  w = swipes.weight / max(float(np.sum(swipes.weight)), 1e-12)
   # A [queries, candidates] sparse matrix whose values are refilled with dL/dz each step:
   # its products with the factors are the factors' data gradients.
   order = np.lexsort((swipes.candidate, swipes.query))
   pattern = scipy.sparse.csr_matrix(
       (np.ones(order.size), (swipes.query[order], swipes.candidate[order])), shape=(n_q, n_c))
-  if pattern.nnz != order.size:  # repeated (query, candidate) pairs: keep them apart
-    pattern = None
+  if pattern.nnz != order.size:  # CSR sums repeated (query, candidate) pairs, so a refill
+    pattern = None                # in swipe order would not line up: build it each step
 
   def gradient_matrix(g):
     if pattern is not None:
@@ -140,7 +143,7 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   def objective(theta):
     a, b0, b, p, s = unpack(theta)
     z = a * swipes.cosine + b0 + b[swipes.candidate] + _row_dots(p, s, swipes)
-    loss = np.sum(w * (np.logaddexp(0.0, z) - swipes.label * z))
+    loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)
     grad_p = matrix @ s + 2 * l2 / n_q * p
