@@ -182,8 +182,8 @@ def tiny_bias_run_dir(tmp_path_factory, tiny_dataset_dir):
 
 @pytest.fixture(scope="session")
 def tiny_residual_run(tmp_path_factory, default_config):
-  """(run, dataset directory): the brief training with --like_residual ([a q, 1, p_u] /
-  [c, b_v, s_v]) on a tiny world with stronger appeal and taste and 3x the swipes, where
+  """(run, dataset directory): the brief training with --like_residual ([a q, 1, b_u, p_u] /
+  [c, b_v, 1, s_v]) on a tiny world with stronger appeal and taste and 3x the swipes, where
   the residual beats the towers on validation (on the tiny world it does not; read-only)."""
   import dataclasses
   from tfrs_two_tower.model import train_options

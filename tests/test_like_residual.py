@@ -10,17 +10,20 @@ from test_model import SPECS
 
 
 def _planted(seed: int, n_users: int = 80, n_candidates: int = 60, shown: int = 30):
-  """Swipes where users of group g like style-g candidates (p 0.85) and pass others (0.15).
+  """Swipes where users of group g like style-g candidates (p 0.85) and pass others (0.15),
+  and picky users (half) like less: their logit is 1.5 lower.
 
   The towers' cosine is noise: only the ids carry the taste. Rows 0 and 1 are padding
-  and OOV, as in an id table. Returns (train, validation, the group of each row pair).
+  and OOV, as in an id table. Returns (train, validation, (group, style, picky) per row).
   """
   rng = np.random.default_rng(seed)
   group, style = rng.integers(0, 2, n_users + 2), rng.integers(0, 2, n_candidates + 2)
   users = np.repeat(np.arange(2, n_users + 2), shown)
   candidates = np.concatenate([rng.choice(np.arange(2, n_candidates + 2), shown, replace=False)
                                for _ in range(n_users)])
-  likes = rng.random(users.size) < np.where(group[users] == style[candidates], 0.85, 0.15)
+  picky = rng.random(n_users + 2) < 0.5
+  logit = np.where(group[users] == style[candidates], 1.73, -1.73) - 1.5 * picky[users]
+  likes = rng.random(users.size) < 1 / (1 + np.exp(-logit))
   swipes = like_residual.Swipes(users, candidates, rng.normal(0, 0.1, users.size),
                                 likes.astype(float), np.ones(users.size))
   validation = rng.random(users.size) < 0.25
@@ -28,11 +31,11 @@ def _planted(seed: int, n_users: int = 80, n_candidates: int = 60, shown: int = 
   def part(mask):
     return like_residual.Swipes(*(getattr(swipes, f)[mask] for f in
                                   ("query", "candidate", "cosine", "label", "weight")))
-  return part(~validation), part(validation), (group, style)
+  return part(~validation), part(validation), (group, style, picky)
 
 
 def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
-  train, validation, (group, style) = _planted(0)
+  train, validation, (group, style, picky) = _planted(0)
   shape = (len(group), len(style))
   logs = []
   residual, table = like_residual.choose(train, validation, *shape, ranks=(2,),
@@ -42,19 +45,22 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
                                                                                 (2, 1.0)]
   assert len(logs) == 2 and "validation log loss" in logs[0]
   best = min(r["validation_log_loss"] for r in table[1:])
-  assert towers_alone > 0.6 and best < towers_alone - 0.15  # the ids carry the taste
+  assert towers_alone > 0.6 and best < towers_alone - 0.1  # the ids carry the taste
   assert residual.rank == 2 and residual.l2 in (0.1, 1.0)
   assert residual.l2 == min(table[1:], key=lambda r: r["validation_log_loss"])["l2"]
   # Same-group pairs score above the others, for unseen (user, candidate) pairs too.
   users, candidates = np.arange(2, len(group)), np.arange(2, len(style))
   dots = residual.query_factors[users] @ residual.candidate_factors[candidates].T
   same = group[users][:, None] == style[candidates][None, :]
-  assert dots[same].mean() > dots[~same].mean() + 1.0
+  assert dots[same].mean() > dots[~same].mean() + 0.6
+  # b_u learns who likes less readily (it moves no user's own ranking, only across users).
+  bias = residual.query_bias[users]
+  assert bias[picky[users]].mean() < bias[~picky[users]].mean() - 0.3  # shrunk from 1.5
   # Unused rows (padding, OOV) are pulled to 0 by the penalty.
   assert np.abs(residual.query_factors[:2]).max() < 1e-3
-  # The appended columns reproduce the logits: [a q, 1, p_u] . [c, b_v, s_v] = z - b_0.
+  # The appended columns reproduce the logits: [a q, 1, b_u, p_u] . [c, b_v, 1, s_v] = z - b_0.
   q_cols, c_cols = residual.query_table(first_known_row=2), residual.candidate_table()
-  assert q_cols.shape == (len(group), 3) and c_cols.shape == (len(style), 3)
+  assert q_cols.shape == (len(group), 4) and c_cols.shape == (len(style), 4)  # 2 + rank
   np.testing.assert_array_equal(q_cols[2:, 0], 1.0)
   np.testing.assert_array_equal(q_cols[:2], 0.0)  # unseen users: the towers alone
   score = residual.scale * validation.cosine + np.einsum(
@@ -66,7 +72,7 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
 
 
 def test_weights_count_like_repeated_swipes():
-  train, _, (group, style) = _planted(1, n_users=30, n_candidates=20, shown=10)
+  train, _, (group, style, picky) = _planted(1, n_users=30, n_candidates=20, shown=10)
   doubled = like_residual.Swipes(train.query, train.candidate, train.cosine, train.label,
                                  2 * train.weight)
   a = like_residual.fit(train, len(group), len(style), rank=2, l2=0.3)

@@ -6,11 +6,13 @@ profile features say, is collaborative (a hidden taste and a hidden style that o
 the ids carry: docs/training.md, "Oracle headroom"). With the towers fixed, this
 module fits on the swipes (like 1, pass 0, the swipe's weight) the logistic model
 
-  z(u, v) = a * cos_uv + b_0 + b_v + p_u . s_v        p_u, s_v in R^r
+  z(u, v) = a * cos_uv + b_0 + b_u + b_v + p_u . s_v        p_u, s_v in R^r
 
 by L-BFGS (scipy) on the weighted mean log loss plus
-l2 * (sum_u |p_u|^2 / n_q + sum_v (|s_v|^2 + b_v^2) / n_c) (a Gaussian prior on the
-rows; n_q, n_c the table sizes). u and v are rows of the id features' embedding
+l2 * (sum_u (|p_u|^2 + b_u^2) / n_q + sum_v (|s_v|^2 + b_v^2) / n_c) (a Gaussian prior
+on the rows; n_q, n_c the table sizes). b_u (how readily u likes) moves no user's own
+ranking; it moves the pair score across users: the AUC over all swipes, the calibrated
+P(like) and the reciprocal match score P(u likes v) P(v likes u). u and v are rows of the id features' embedding
 tables (their vocabulary index); a query's first `new_user_swipes` swipes are left
 out (they train the towers' new-user path), and users unseen in training get zeros
 (`Residual.query_table`): the towers alone rank them. The rank and the penalty are
@@ -19,9 +21,9 @@ the chosen model is refitted on train + validation.
 
 The towers then output (`towers.with_like_residual`), an inner product again:
 
-  query      [a * q, 1, p_u]  ([a * q, 0, 0] unseen)  [B, d + 1 + r]
-  candidate  [c, b_v, s_v]                            [B, d + 1 + r]
-  score      a * cos_uv + b_v + p_u . s_v = z(u, v) - b_0
+  query      [a * q, 1, b_u, p_u]  ([a * q, 0, 0, 0] unseen)  [B, d + 2 + r]
+  candidate  [c, b_v, 1, s_v]                                  [B, d + 2 + r]
+  score      a * cos_uv + b_u + b_v + p_u . s_v = z(u, v) - b_0
 """
 
 import dataclasses
@@ -34,7 +36,7 @@ import scipy.special
 
 # Ranks and penalty strengths tried on validation (docs/training.md, "Oracle headroom" 11).
 RANKS = (4, 16)
-L2_GRID = (0.03, 0.1, 0.3)
+L2_GRID = (0.01, 0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
 # The 8 fits of `choose` cost ~250 us a train swipe on 2 cores (+50 s at the default
 # world's 200k swipes); above this many the residual is skipped with a log line.
@@ -58,9 +60,10 @@ class Swipes:
 
 @dataclasses.dataclass
 class Residual:
-  """A fitted z(u, v); factors [rows, r], candidate_bias [rows]."""
+  """A fitted z(u, v); factors [rows, r], biases [rows]."""
   scale: float
   intercept: float
+  query_bias: np.ndarray
   query_factors: np.ndarray
   candidate_bias: np.ndarray
   candidate_factors: np.ndarray
@@ -71,8 +74,8 @@ class Residual:
     return int(self.query_factors.shape[1])
 
   def logits(self, swipes: Swipes) -> np.ndarray:
-    return (self.scale * swipes.cosine + self.intercept + self.candidate_bias[swipes.candidate]
-            + _row_dots(self.query_factors, self.candidate_factors, swipes))
+    return (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
+            + self.candidate_bias[swipes.candidate] + _row_dots(self.query_factors, self.candidate_factors, swipes))
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
@@ -80,20 +83,21 @@ class Residual:
     return float(np.sum(w * _log_loss_terms(self.logits(swipes), swipes.label)))
 
   def query_table(self, first_known_row: int) -> np.ndarray:
-    """[query rows, 1 + r] float32: the query tower's appended columns [1, p_u].
+    """[query rows, 2 + r] float32: the query tower's appended columns [1, b_u, p_u].
 
     Rows below `first_known_row` (padding, OOV: users unseen in training) get zeros,
     so that the towers alone rank them: a fitted bias or OOV factor ranked MovieLens'
     new users below popularity (docs/training.md, "Oracle headroom" 11).
     """
-    out = np.concatenate([np.ones((len(self.query_factors), 1)), self.query_factors], 1)
+    out = np.concatenate([np.ones((len(self.query_bias), 1)), self.query_bias[:, None],
+                          self.query_factors], 1)
     out[:first_known_row] = 0.0
     return out.astype(np.float32)
 
   def candidate_table(self) -> np.ndarray:
-    """[candidate rows, 1 + r] float32: the candidate tower's appended columns [b_v, s_v]."""
-    return np.concatenate([self.candidate_bias[:, None], self.candidate_factors],
-                          1).astype(np.float32)
+    """[candidate rows, 2 + r] float32: the candidate tower's appended columns [b_v, 1, s_v]."""
+    return np.concatenate([self.candidate_bias[:, None], np.ones((len(self.candidate_bias), 1)),
+                           self.candidate_factors], 1).astype(np.float32)
 
 
 def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -136,35 +140,39 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   def unpack(theta):
     a, b0 = theta[0], theta[1]
     b = theta[2:2 + n_c]
-    p = theta[2 + n_c:2 + n_c + n_q * r].reshape(n_q, r)
-    s = theta[2 + n_c + n_q * r:].reshape(n_c, r)
-    return a, b0, b, p, s
+    bq = theta[2 + n_c:2 + n_c + n_q]
+    p = theta[2 + n_c + n_q:2 + n_c + n_q + n_q * r].reshape(n_q, r)
+    s = theta[2 + n_c + n_q + n_q * r:].reshape(n_c, r)
+    return a, b0, b, bq, p, s
 
   def objective(theta):
-    a, b0, b, p, s = unpack(theta)
-    z = a * swipes.cosine + b0 + b[swipes.candidate] + _row_dots(p, s, swipes)
+    a, b0, b, bq, p, s = unpack(theta)
+    z = (a * swipes.cosine + b0 + b[swipes.candidate] + bq[swipes.query]
+         + _row_dots(p, s, swipes))
     loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)
     grad_p = matrix @ s + 2 * l2 / n_q * p
     grad_s = matrix.T @ p + 2 * l2 / n_c * s
     grad_b = np.bincount(swipes.candidate, g, n_c) + 2 * l2 / n_c * b
-    loss += l2 * (np.sum(p * p) / n_q + (np.sum(s * s) + np.sum(b * b)) / n_c)
-    grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_p.ravel(),
-                           grad_s.ravel()])
+    grad_bq = np.bincount(swipes.query, g, n_q) + 2 * l2 / n_q * bq
+    loss += l2 * ((np.sum(p * p) + np.sum(bq * bq)) / n_q + (np.sum(s * s) + np.sum(b * b)) / n_c)
+    grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_bq,
+                           grad_p.ravel(), grad_s.ravel()])
     return loss, grad
 
   if start is not None:
     theta = np.concatenate([[start.scale, start.intercept], start.candidate_bias,
-                            start.query_factors.ravel(), start.candidate_factors.ravel()])
+                            start.query_bias, start.query_factors.ravel(),
+                            start.candidate_factors.ravel()])
   else:
     rng = np.random.default_rng(seed)
-    theta = np.concatenate([[1.0, 0.0], np.zeros(n_c), rng.normal(0, 0.1, n_q * r),
+    theta = np.concatenate([[1.0, 0.0], np.zeros(n_c + n_q), rng.normal(0, 0.1, n_q * r),
                             rng.normal(0, 0.1, n_c * r)])
   result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
                                    options={"maxiter": max_iterations})
-  a, b0, b, p, s = unpack(result.x)
-  return Residual(float(a), float(b0), p, b, s, float(l2))
+  a, b0, b, bq, p, s = unpack(result.x)
+  return Residual(float(a), float(b0), bq, p, b, s, float(l2))
 
 
 def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate_rows: int,
@@ -179,7 +187,7 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
   row {"rank": 0, "l2": None, ...} for the towers alone (a and b_0 fitted only).
   """
   shape = (num_query_rows, num_candidate_rows)
-  # A prohibitive penalty keeps b_v at 0: the towers' cosine with a and b_0 alone.
+  # A prohibitive penalty keeps b_u and b_v at 0: the towers' cosine with a and b_0 alone.
   towers_only = fit(train, *shape, rank=0, l2=1e9, seed=seed)
   table = [{"rank": 0, "l2": None, "validation_log_loss": towers_only.log_loss(validation)}]
   fits = {}

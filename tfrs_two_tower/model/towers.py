@@ -290,7 +290,7 @@ def with_like_residual(core: tf.keras.Model, id_key: str, table: np.ndarray,
   """core -> [scale * core(x), table[x[id_key]]]: a fitted `like_residual` appended.
 
   `table` [rows of the id feature's embedding table, m] holds the side's extra columns
-  ([1, p_u] for queries, [b_v, s_v] for candidates), so that the score stays an inner
+  ([1, b_u, p_u] for queries, [b_v, 1, s_v] for candidates), so that the score stays an inner
   product of the two outputs, [B, d + m]. The table is a frozen Embedding (a gather);
   the scale a multiply: ops coremltools converts.
   """

@@ -267,7 +267,7 @@ def write_run(run_dir, work, dataset, options, resolved, training, overwrite,
         "config_hash": dataset.manifest["config_hash"],
         "dataset": {"path": dataset.path, "manifest_sha256": files.sha256_file(
             dataset.file(fmt.MANIFEST)), "split_time": dataset.manifest.get("split_time")},
-        # The tower output's size: --embedding_dim, + 1 with --candidate_bias, + 1 + r
+        # The tower output's size: --embedding_dim, + 1 with --candidate_bias, + 2 + r
         # with a fitted like residual.
         "embedding_dim": int(embeddings.shape[1]), "temperature": options.temperature,
         "sampling_probability": options.sampling_probability, "global_step": step,
