@@ -274,8 +274,8 @@ def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
   np.testing.assert_allclose(np.linalg.norm(candidates[:, :16], axis=1), 1.0, atol=1e-5)
   known = np.isin(entities["query_id"], dataset.vocabulary("query_id"))
   assert known.any() and (~known).any()
-  np.testing.assert_array_equal(queries[known, 16], 1.0)  # the weight on b_v
-  np.testing.assert_array_equal(queries[~known, 16:], 0.0)  # unseen users: the towers alone
+  np.testing.assert_array_equal(queries[:, 16], 1.0)  # the weight on b_v, unseen users too
+  np.testing.assert_array_equal(queries[~known, 17:], 0.0)  # unseen users: no b_u, p_u
   assert np.ptp(candidates[:, 16]) > 0 and np.abs(queries[known, 17:]).max() > 0
   out = str(tmp_path / "pair")
   report = convert_stage.run(run_path, dataset_dir, out, log=_quiet, **FAST_PARITY)

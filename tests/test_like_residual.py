@@ -61,8 +61,8 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
   # The appended columns reproduce the logits: [a q, 1, b_u, p_u] . [c, b_v, 1, s_v] = z - b_0.
   q_cols, c_cols = residual.query_table(first_known_row=2), residual.candidate_table()
   assert q_cols.shape == (len(group), 4) and c_cols.shape == (len(style), 4)  # 2 + rank
-  np.testing.assert_array_equal(q_cols[2:, 0], 1.0)
-  np.testing.assert_array_equal(q_cols[:2], 0.0)  # unseen users: the towers alone
+  np.testing.assert_array_equal(q_cols[:, 0], 1.0)
+  np.testing.assert_array_equal(q_cols[:2], [[1, 0, 0, 0]] * 2)  # unseen: the towers + b_v
   score = residual.scale * validation.cosine + np.einsum(
       "nr,nr->n", q_cols[validation.query], c_cols[validation.candidate])
   np.testing.assert_allclose(score + residual.intercept, residual.logits(validation), atol=1e-5)
