@@ -94,7 +94,7 @@ def at_split(dataset_dir, run_dir, world_dir, out):
   model = next(iter(report["recommenders"].values()))["segments"]
   return {f"split {metric} {segment}": _point(model[segment].get(metric))
           for segment in ("new", "active", "long_time", "joined_after_training",
-                          "swiped_after_training", "all")
+                          "swiped_after_training", "joined_and_swiped_after_training", "all")
           for metric in (f"oracle_like@{K_LIKE}", f"recall@{K_RECALL}")}
 
 

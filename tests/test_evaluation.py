@@ -221,6 +221,7 @@ def test_segments_hand_built():
   # no validation window: nobody joined or swiped after training except the unseen user 2
   np.testing.assert_array_equal(got["joined_after_training"], [False, False, True, False])
   assert not got["swiped_after_training"].any()
+  assert not got["joined_and_swiped_after_training"].any()
 
 
 def test_segments_after_training():
@@ -239,6 +240,8 @@ def test_segments_after_training():
                                 [False, False, True, True, False, True])
   np.testing.assert_array_equal(got["swiped_after_training"],
                                 [True, False, True, False, True, False])
+  np.testing.assert_array_equal(got["joined_and_swiped_after_training"],
+                                [False, False, True, False, False, False])
 
 
 SEEKS = {"men": {"man"}, "women": {"woman"}, "everyone": {"man", "woman", "nonbinary"}}
@@ -364,7 +367,7 @@ def test_evaluate_script_end_to_end(tiny_run, tiny_dataset_dir, tiny_world_dir, 
   assert os.listdir(os.path.join(tiny_run, "logs", "eval_reciprocal_harmonic"))
   model = report["recommenders"][name]["segments"]
   assert set(model) == {"all", "new", "active", "long_time", "joined_after_training",
-                        "swiped_after_training"}
+                        "swiped_after_training", "joined_and_swiped_after_training"}
   for metric in ("auc", "recall@5", "ndcg@20", "mrr", "match_recall@5", "success@5",
                  "factorized_top20_accuracy", "log_loss", "oracle_match@5"):
     assert metric in model["all"], metric
