@@ -35,7 +35,7 @@ import scipy.sparse
 import scipy.special
 
 # Ranks and penalty strengths tried on validation (docs/training.md, "Oracle headroom" 11, 12).
-RANKS = (4, 16)
+RANKS = (2, 4, 16)
 L2_GRID = (0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
 # L-BFGS keeps `maxcor` pairs of [parameters] vectors. With scipy's default of 10 the
