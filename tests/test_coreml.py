@@ -257,7 +257,7 @@ def test_a_candidate_bias_run_converts_with_parity(tiny_bias_run_dir, tiny_datas
 
 
 def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
-  """--like_residual: [a q, 1, b_u, p_u] and [c, b_v, 1, s_v] through the SavedModels and Core ML."""
+  """--like_residual: [a q, 1, b_u, p_u], [c, b_v, 1, s_v] through the SavedModels, Core ML."""
   run_path, dataset_dir = tiny_residual_run
   run = run_lib.open_run(run_path)
   section = run.manifest["like_residual"]

@@ -72,7 +72,7 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
 
 
 def test_weights_count_like_repeated_swipes():
-  train, _, (group, style, picky) = _planted(1, n_users=30, n_candidates=20, shown=10)
+  train, _, (group, style, _) = _planted(1, n_users=30, n_candidates=20, shown=10)
   doubled = like_residual.Swipes(train.query, train.candidate, train.cosine, train.label,
                                  2 * train.weight)
   a = like_residual.fit(train, len(group), len(style), rank=2, l2=0.3)

@@ -12,12 +12,13 @@ by L-BFGS (scipy) on the weighted mean log loss plus
 l2 * (sum_u (|p_u|^2 + b_u^2) / n_q + sum_v (|s_v|^2 + b_v^2) / n_c) (a Gaussian prior
 on the rows; n_q, n_c the table sizes). b_u (how readily u likes) moves no user's own
 ranking; it moves the pair score across users: the AUC over all swipes, the calibrated
-P(like) and the reciprocal match score P(u likes v) P(v likes u). u and v are rows of the id features' embedding
-tables (their vocabulary index); a query's first `new_user_swipes` swipes are left
-out (they train the towers' new-user path), and users unseen in training get b_u = 0,
-p_u = 0 (`Residual.query_table`): the towers and b_v rank them. The rank and the penalty are
-chosen from RANKS x L2_GRID by the validation swipes' log loss (fits on train), and
-the chosen model is refitted on train + validation.
+P(like) and the reciprocal match score P(u likes v) P(v likes u). u and v are rows of
+the id features' embedding tables (their vocabulary index); a query's first
+`new_user_swipes` swipes are left out (they train the towers' new-user path), and
+users unseen in training get b_u = 0, p_u = 0 (`Residual.query_table`): the towers
+and b_v rank them. The rank and the penalty are chosen from RANKS x L2_GRID by the
+validation swipes' log loss (fits on train), and the chosen model is refitted on
+train + validation.
 
 The towers then output (`towers.with_like_residual`), an inner product again:
 
@@ -79,7 +80,8 @@ class Residual:
 
   def logits(self, swipes: Swipes) -> np.ndarray:
     return (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
-            + self.candidate_bias[swipes.candidate] + _row_dots(self.query_factors, self.candidate_factors, swipes))
+            + self.candidate_bias[swipes.candidate]
+            + _row_dots(self.query_factors, self.candidate_factors, swipes))
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
