@@ -262,7 +262,7 @@ def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
   run = run_lib.open_run(run_path)
   section = run.manifest["like_residual"]
   assert section["fitted"], section  # the tiny world's appeal and taste beat the towers
-  dim = 16 + 1 + section["rank"]
+  dim = 16 + 2 + section["rank"]
   assert run.embedding_dim == dim
   dataset = reader.open_dataset(dataset_dir)
   entities = reader.read_entities(dataset, "query")
