@@ -81,7 +81,8 @@ class Residual:
   def logits(self, swipes: Swipes) -> np.ndarray:
     return (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
             + self.candidate_bias[swipes.candidate]
-            + _row_dots(self.query_factors, self.candidate_factors, swipes))
+            + row_dots(self.query_factors, self.candidate_factors, swipes.query,
+                       swipes.candidate))
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
@@ -114,11 +115,13 @@ def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:
   return np.logaddexp(0.0, z) - label * z
 
 
-def _row_dots(p: np.ndarray, s: np.ndarray, swipes: Swipes) -> np.ndarray:
-  out = np.empty(swipes.query.size)
+def row_dots(p: np.ndarray, s: np.ndarray, query: np.ndarray,
+             candidate: np.ndarray) -> np.ndarray:
+  """[n] p[query_i] . s[candidate_i] for tables p [rows, r], s [rows, r], in blocks."""
+  out = np.empty(query.size)
   for i in range(0, out.size, _CHUNK):
     j = slice(i, i + _CHUNK)
-    out[j] = np.einsum("nr,nr->n", p[swipes.query[j]], s[swipes.candidate[j]])
+    out[j] = np.einsum("nr,nr->n", p[query[j]], s[candidate[j]])
   return out
 
 
@@ -157,7 +160,7 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   def objective(theta):
     a, b0, b, bq, p, s = unpack(theta)
     z = (a * swipes.cosine + b0 + b[swipes.candidate] + bq[swipes.query]
-         + _row_dots(p, s, swipes))
+         + row_dots(p, s, swipes.query, swipes.candidate))
     loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)

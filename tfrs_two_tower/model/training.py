@@ -9,7 +9,7 @@ epoch's weights. The final run (`training_run.py`) and every tuning trial
 
 import os
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -327,19 +327,20 @@ def distributed_step(strategy, model, jit_compile: bool):
   return distributed
 
 
-def residual_swipes(index: inputs.InteractionIndex, query_core: tf.keras.Model,
+def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.keras.Model,
                     candidate_core: tf.keras.Model, id_keys: Dict[str, str],
-                    first_known_row: int, batch_size: int = 65536) -> like_residual.Swipes:
-  """A split's swipes as `like_residual.Swipes`: id table rows and the towers' cosine.
+                    first_known_row: int, batch_size: int = 65536) -> List[like_residual.Swipes]:
+  """Splits' swipes as `like_residual.Swipes`: id table rows and the towers' cosine.
 
   Args:
-    index: the split; its entity features hold each side's id feature `id_keys[side]`.
+    indices: the splits, built on the same entity features (one `inputs_cache`), so the
+      entities are embedded once for all of them; each side's id feature is `id_keys[side]`.
     first_known_row: the query id table's first vocabulary row (1 + its OOV buckets).
-  Left out: the swipes `index` marks as their query's first (`inputs.NEW_USER_COLUMN`:
+  Left out: the swipes an index marks as their query's first (`inputs.NEW_USER_COLUMN`:
   they train the towers' new-user path) and those of users outside the vocabulary,
   since the residual serves known users only. With a swipe history the query
   embedding changes with every swipe, so it is computed per swipe (one forward pass
-  over the split), otherwise once per user.
+  over each split), otherwise once per user.
   """
   def embed(core, values):
     n = int(next(iter(values.values())).shape[0])
@@ -347,31 +348,40 @@ def residual_swipes(index: inputs.InteractionIndex, query_core: tf.keras.Model,
                                          if k in core.input_names}), tf.float32).numpy()
                            for i in range(0, n, batch_size)])
 
-  def table_rows(side, rows):
-    return getattr(index, side).values[id_keys[side]].numpy().reshape(-1).astype(np.int64)[rows]
+  entities = indices[0]
+  if any(index.query is not entities.query or index.candidate is not entities.candidate
+         for index in indices):
+    raise ValueError("residual_swipes: the splits must share their entity features")
+  candidate_embedding = embed(candidate_core, entities.candidate.values)
+  query_embedding = None
+  if set(query_core.input_names) <= set(entities.query.values):  # no history
+    query_embedding = embed(query_core, entities.query.values)
 
-  query_rows = index.tensors["query_row"].numpy()
-  keep = table_rows("query", query_rows) >= first_known_row
-  if inputs.NEW_USER_COLUMN in index.tensors:
-    keep &= ~index.tensors[inputs.NEW_USER_COLUMN].numpy()
-  query_rows = query_rows[keep]
-  candidate_rows = index.tensors["candidate_row"].numpy()[keep]
-  candidate_embedding = embed(candidate_core, index.candidate.values)
-  cosine = np.empty(query_rows.size)
-  if set(query_core.input_names) <= set(index.query.values):
-    query_embedding = embed(query_core, index.query.values)
-    for i in range(0, cosine.size, batch_size):
-      j = slice(i, i + batch_size)
-      cosine[j] = np.einsum("nd,nd->n", query_embedding[query_rows[j]],
-                            candidate_embedding[candidate_rows[j]])
-  else:  # a history: each swipe's own query embedding
-    swipes = np.flatnonzero(keep)
-    for i in range(0, cosine.size, batch_size):
-      batch = index.batch(tf.constant(swipes[i:i + batch_size]))
-      q = tf.cast(query_core(towers.core_inputs(query_core, batch)), tf.float32).numpy()
-      cosine[i:i + batch_size] = np.einsum("nd,nd->n", q,
-                                           candidate_embedding[candidate_rows[i:i + batch_size]])
-  return like_residual.Swipes(
-      table_rows("query", query_rows), table_rows("candidate", candidate_rows), cosine,
-      index.tensors["label"].numpy()[keep].astype(np.float64),
-      index.tensors["weight"].numpy()[keep].astype(np.float64))
+  def table_rows(side, rows):
+    return getattr(entities, side).values[id_keys[side]].numpy().reshape(-1).astype(
+        np.int64)[rows]
+
+  def split_swipes(index):
+    query_rows = index.tensors["query_row"].numpy()
+    keep = table_rows("query", query_rows) >= first_known_row
+    if inputs.NEW_USER_COLUMN in index.tensors:
+      keep &= ~index.tensors[inputs.NEW_USER_COLUMN].numpy()
+    query_rows = query_rows[keep]
+    candidate_rows = index.tensors["candidate_row"].numpy()[keep]
+    if query_embedding is not None:
+      cosine = like_residual.row_dots(query_embedding, candidate_embedding, query_rows,
+                                      candidate_rows)
+    else:  # a history: each swipe's own query embedding
+      cosine = np.empty(query_rows.size)
+      swipes = np.flatnonzero(keep)
+      for i in range(0, cosine.size, batch_size):
+        batch = index.batch(tf.constant(swipes[i:i + batch_size]))
+        q = tf.cast(query_core(towers.core_inputs(query_core, batch)), tf.float32).numpy()
+        cosine[i:i + batch_size] = np.einsum(
+            "nd,nd->n", q, candidate_embedding[candidate_rows[i:i + batch_size]])
+    return like_residual.Swipes(
+        table_rows("query", query_rows), table_rows("candidate", candidate_rows), cosine,
+        index.tensors["label"].numpy()[keep].astype(np.float64),
+        index.tensors["weight"].numpy()[keep].astype(np.float64))
+
+  return [split_swipes(index) for index in indices]

@@ -184,10 +184,9 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
   # Rows 0 .. k: padding and the k OOV buckets (users unseen in training) of the query ids.
   first_known_row = 1 + int(id_specs["query"]["num_oov_buckets"])
   cores = training.model.query_core, training.model.candidate_core
-  train = training_lib.residual_swipes(train_index, *cores, id_keys, first_known_row)
-  validation = training_lib.residual_swipes(
-      inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *inputs_cache["features"]),
-      *cores, id_keys, first_known_row)
+  validation_index = inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *inputs_cache["features"])
+  train, validation = training_lib.residual_swipes(
+      [train_index, validation_index], *cores, id_keys, first_known_row)
   rows = [prep.num_rows(id_specs[side]) for side in run_lib.SIDES]
   started = time.time()
   residual, table = like_residual.choose(train, validation, *rows, seed=options.seed, log=log)
