@@ -34,7 +34,8 @@ Benchmark-only dependencies (requirements-bench.txt): implicit, recbole (--no-de
 
   python benchmarks/bench_defaults.py --work_dir=/tmp/bench_defaults \
       [--datasets=movielens,popularity_world,default_world] [--train_flags="--epochs=5"]
-      [--oracle_parts]   (rank by the world's utility with single terms switched off)
+      [--oracle_parts]   (rank by the world's utility with single terms switched off, and
+                          with each user's liked scene inferred from their swipes)
 """
 import os
 
@@ -55,6 +56,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import scipy.sparse  # noqa: E402
+import scipy.special  # noqa: E402
 
 from tfrs_two_tower import config as config_lib  # noqa: E402
 from tfrs_two_tower import features as features_lib  # noqa: E402
@@ -344,6 +346,61 @@ class OracleScorer(retrieval.Scorer):
                               self._c[np.asarray(candidate_rows)]).astype(np.float32)
 
 
+
+class LikedSceneScorer(OracleScorer):
+  """The world's P(like) with each user's liked scene unknown and inferred by Bayes.
+
+  It knows every hidden trait but the one only a user's own swipes reveal: which scene's
+  style they like. Their taste is taken as TASTE_SCENE_SCALE x that scene's centroid (the
+  mean style of its members; the taste's personal noise is dropped), the scene k has the
+  generator's prior P(k) (OWN_SCENE_SHARE on the user's own scene, the rest uniform), and
+
+    P(k | swipes) ∝ P(k) prod_i sigmoid(±z_k(u, v_i)),   z_k = utility with taste_k
+    score(u, v)   = sum_k P(k | swipes) sigmoid(z_k(u, v))
+
+  over `swipes` (SwipeArrays: what the user swiped before the ranking time; none = the
+  prior alone). The gap between the two is what a history can tell a ranker that already
+  knows every profile's style: the ceiling for a swipe history in the query tower.
+  """
+
+  def __init__(self, world: synthetic.World, query_ids, candidate_ids, swipes=()):
+    super().__init__(world, query_ids, candidate_ids, without=dict(taste_weight=0.0))
+    params, hidden = world.params, world.hidden
+    centroids = np.stack([hidden["style"][hidden["scene"] == k].mean(0)
+                          for k in range(params.num_scenes)])
+    # [scenes, candidates] the taste x style term of each liked scene.
+    self._taste = (params.taste_weight * synthetic.TASTE_SCENE_SCALE * centroids
+                   @ hidden["style"][self._c].T)
+    prior = np.full((self._q.size, params.num_scenes),
+                    (1 - synthetic.OWN_SCENE_SHARE) / params.num_scenes)
+    prior[np.arange(self._q.size), hidden["scene"][self._q]] += synthetic.OWN_SCENE_SHARE
+    log_post = np.log(prior)
+    for part in swipes:
+      rest = self.world.utility(self._q[part.users], self._c[part.candidates])
+      for k in range(params.num_scenes):
+        z = rest + self._taste[k, part.candidates]
+        log_like = -np.logaddexp(0.0, np.where(part.labels > 0, -z, z))
+        log_post[:, k] += np.bincount(part.users, log_like, self._q.size)
+    post = np.exp(log_post - log_post.max(1, keepdims=True))
+    self.posterior = post / post.sum(1, keepdims=True)  # [queries, scenes]
+
+  def _scores(self, query_rows, rest, candidate_rows):
+    return sum(self.posterior[query_rows, k]
+               * scipy.special.expit(rest + self._taste[k][candidate_rows])
+               for k in range(self.posterior.shape[1]))
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    rows = np.asarray(query_rows)
+    rest = super().score_block(rows).numpy()
+    return tf.constant(self._scores(rows[:, None], rest, np.arange(self._c.size)[None, :])
+                       .astype(np.float32))
+
+  def pair_scores(self, query_rows, candidate_rows):
+    rows, cols = np.asarray(query_rows), np.asarray(candidate_rows)
+    return self._scores(rows, super().pair_scores(rows, cols), cols).astype(np.float32)
+
+
 # -- one data set ---------------------------------------------------------------------------------
 
 def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
@@ -378,6 +435,11 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
     if oracle_parts:
       scorers.update({label: (OracleScorer(world, data.query_ids, data.candidate_ids, without),
                               {}) for label, without in ORACLE_PARTS.items()})
+      scorers["liked scene: prior"] = (LikedSceneScorer(world, data.query_ids,
+                                                        data.candidate_ids), {})
+      scorers["liked scene: swipes"] = (LikedSceneScorer(
+          world, data.query_ids, data.candidate_ids,
+          (data.train_swipes, data.validation_swipes)), {})
   started = time.time()
   if factor_models:
     scorers.update(tuned_factor_models(dataset, data, log))
@@ -456,7 +518,8 @@ def main():
                       "run_<tag> instead of training it again")
   parser.add_argument("--oracle_parts", action="store_true", help="on the worlds, also rank "
                       "by the world's utility with single terms switched off (where the "
-                      "oracle headroom lies)")
+                      "oracle headroom lies) and with each user's liked scene inferred from "
+                      "their swipes or their prior alone (what a swipe history can add)")
   parser.add_argument("--history", type=json.loads, default=None, help="a config `history` "
                       "section (JSON) declared in every data set's config, e.g. "
                       "'{\"max_length\": 20, \"lists\": [\"liked\"], "

@@ -118,6 +118,11 @@ PROBE_SCOPES = ("all", "explored")
 # The probes' own random stream (`np.random.default_rng([seed, PROBE_STREAM])`): the feeds
 # and the feed swipes are the same draws with and without probes.
 PROBE_STREAM = 1
+# A user's taste is TASTE_SCENE_SCALE x the centroid of the scene they like (their own with
+# probability OWN_SCENE_SHARE, else a uniform one) + noise. Named for the benchmark's ranker
+# that infers the liked scene (benchmarks/bench_defaults.py, `LikedSceneScorer`).
+OWN_SCENE_SHARE = 0.5
+TASTE_SCENE_SCALE = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -381,8 +386,10 @@ def _make_users(p: WorldParams, rng: np.random.Generator):
   scene = rng.integers(0, p.num_scenes, n)
   centroids = rng.normal(0, 1, (p.num_scenes, p.style_dim)) / np.sqrt(p.style_dim)
   style = centroids[scene] + rng.normal(0, 0.55, (n, p.style_dim)) / np.sqrt(p.style_dim)
-  liked_scene = np.where(rng.random(n) < 0.5, scene, rng.integers(0, p.num_scenes, n))
-  taste = 1.5 * centroids[liked_scene] + rng.normal(0, 0.8, (n, p.style_dim)) / np.sqrt(p.style_dim)
+  liked_scene = np.where(rng.random(n) < OWN_SCENE_SHARE, scene,
+                         rng.integers(0, p.num_scenes, n))
+  taste = (TASTE_SCENE_SCALE * centroids[liked_scene]
+           + rng.normal(0, 0.8, (n, p.style_dim)) / np.sqrt(p.style_dim))
 
   num_interests = len(INTEREST_NAMES)
   base_popularity = 1.0 / np.arange(1, num_interests + 1) ** 0.9
