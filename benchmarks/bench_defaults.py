@@ -35,7 +35,7 @@ Benchmark-only dependencies (requirements-bench.txt): implicit, recbole (--no-de
   python benchmarks/bench_defaults.py --work_dir=/tmp/bench_defaults \
       [--datasets=movielens,popularity_world,default_world] [--train_flags="--epochs=5"]
       [--oracle_parts]   (rank by the world's utility with single terms switched off, and
-                          with each user's liked scene inferred from their swipes)
+                          with the scenes of tastes and styles inferred from the swipes)
 """
 import os
 
@@ -347,47 +347,75 @@ class OracleScorer(retrieval.Scorer):
 
 
 
-class LikedSceneScorer(OracleScorer):
-  """The world's P(like) with each user's liked scene unknown and inferred by Bayes.
+class LatentSceneScorer(OracleScorer):
+  """The world's P(like) with the scenes unknown, inferred by Bayes from swipes.
 
-  It knows every hidden trait but the one only a user's own swipes reveal: which scene's
-  style they like. Their taste is taken as TASTE_SCENE_SCALE x that scene's centroid (the
-  mean style of its members; the taste's personal noise is dropped), the scene k has the
-  generator's prior P(k) (OWN_SCENE_SHARE on the user's own scene, the rest uniform), and
+  It knows every hidden trait but the users' liked scene k_u (a user's taste is taken
+  as TASTE_SCENE_SCALE x the centroid of k_u, the centroid being the mean style of the
+  scene's members; the taste's personal noise is dropped) and, with `infer_styles`, the
+  profiles' own scene j_v (their style is then taken as j_v's centroid). Priors are the
+  generator's: P(k_u) = OWN_SCENE_SHARE q(j_u) + (1 - OWN_SCENE_SHARE) / K, with q(j_u) the
+  user's own scene (known, or inferred), and P(j_v | interests) ∝ prod_i f_j(i), f_j the
+  share of scene j's members who list interest i. With z_kj(u, v) the utility under
+  (k_u, j_v), mean field over `swipes` (SwipeArrays: every swipe before the ranking time;
+  none = the priors alone), `iterations` rounds when the styles are inferred, else one:
 
-    P(k | swipes) ∝ P(k) prod_i sigmoid(±z_k(u, v_i)),   z_k = utility with taste_k
-    score(u, v)   = sum_k P(k | swipes) sigmoid(z_k(u, v))
+    log q(k_u) = log P(k_u) + sum_{u's swipes i} sum_j q(j_{v_i}) log sigmoid(±z_kj(u, v_i))
+    log q(j_v) = log P(j_v | interests) + sum_{v's received i} sum_k q(k_{u_i}) log sigmoid(±z_kj)
+    score(u, v) = sum_k sum_j q(k_u) q(j_v) sigmoid(z_kj(u, v))
 
-  over `swipes` (SwipeArrays: what the user swiped before the ranking time; none = the
-  prior alone). The gap between the two is what a history can tell a ranker that already
-  knows every profile's style: the ceiling for a swipe history in the query tower.
+  Knowing the styles, the gap between no swipes and the swipes is what a history can tell
+  a ranker: the ceiling of a swipe history in the query tower. Inferring them too, it is
+  what a learner that knows the world's form (but not its scenes) could reach.
   """
 
-  def __init__(self, world: synthetic.World, query_ids, candidate_ids, swipes=()):
+  def __init__(self, world: synthetic.World, query_ids, candidate_ids, swipes=(),
+               infer_styles: bool = False, iterations: int = 8):
     super().__init__(world, query_ids, candidate_ids, without=dict(taste_weight=0.0))
     params, hidden = world.params, world.hidden
-    centroids = np.stack([hidden["style"][hidden["scene"] == k].mean(0)
-                          for k in range(params.num_scenes)])
-    # [scenes, candidates] the taste x style term of each liked scene.
-    self._taste = (params.taste_weight * synthetic.TASTE_SCENE_SCALE * centroids
-                   @ hidden["style"][self._c].T)
-    prior = np.full((self._q.size, params.num_scenes),
-                    (1 - synthetic.OWN_SCENE_SHARE) / params.num_scenes)
-    prior[np.arange(self._q.size), hidden["scene"][self._q]] += synthetic.OWN_SCENE_SHARE
-    log_post = np.log(prior)
-    for part in swipes:
-      rest = self.world.utility(self._q[part.users], self._c[part.candidates])
-      for k in range(params.num_scenes):
-        z = rest + self._taste[k, part.candidates]
-        log_like = -np.logaddexp(0.0, np.where(part.labels > 0, -z, z))
-        log_post[:, k] += np.bincount(part.users, log_like, self._q.size)
-    post = np.exp(log_post - log_post.max(1, keepdims=True))
-    self.posterior = post / post.sum(1, keepdims=True)  # [queries, scenes]
+    scenes = params.num_scenes
+    centroids = np.stack([hidden["style"][hidden["scene"] == k].mean(0) for k in range(scenes)])
+    taste = params.taste_weight * synthetic.TASTE_SCENE_SCALE * centroids
+    own_scene = np.eye(scenes)[hidden["scene"]]  # [profiles, scenes] one-hot
+    if infer_styles:
+      bits = np.unpackbits(hidden["interest_bits"].view(np.uint8), axis=-1, bitorder="little")
+      bits = bits[:, :len(synthetic.INTEREST_NAMES)].astype(np.float64)
+      shares = own_scene.T @ bits + 0.5  # [scenes, interests], smoothed
+      log_prior = bits @ np.log(shares / shares.sum(1, keepdims=True)).T
+      own_scene = scipy.special.softmax(log_prior, axis=1)
+      # [scenes k, scenes j, candidates]: a centroid's style for every candidate.
+      self._terms = np.broadcast_to((taste @ centroids.T)[:, :, None], (scenes, scenes,
+                                                                         self._c.size))
+      style_prior = self.style_posterior = own_scene[self._c]
+    else:
+      self._terms = (taste @ hidden["style"][self._c].T)[:, None, :]  # [scenes, 1, candidates]
+      self.style_posterior = np.ones((self._c.size, 1))
+    users = np.concatenate([part.users for part in swipes]).astype(np.int64) if swipes else None
+    if users is not None:
+      candidates = np.concatenate([part.candidates for part in swipes]).astype(np.int64)
+      liked = np.concatenate([part.labels for part in swipes]) > 0
+      z = (self.world.utility(self._q[users], self._c[candidates])[:, None, None]
+           + np.moveaxis(self._terms[:, :, candidates], 2, 0))  # [swipes, k, j]
+      log_like = -np.logaddexp(0.0, np.where(liked[:, None, None], -z, z))
+    for _ in range(iterations if infer_styles and users is not None else 1):
+      log_taste = np.log(synthetic.OWN_SCENE_SHARE * own_scene[self._q]
+                         + (1 - synthetic.OWN_SCENE_SHARE) / scenes)
+      if users is not None:
+        per_swipe = np.einsum("nkj,nj->nk", log_like, self.style_posterior[candidates])
+        log_taste += np.stack([np.bincount(users, per_swipe[:, k], self._q.size)
+                               for k in range(scenes)], 1)
+      self.taste_posterior = scipy.special.softmax(log_taste, axis=1)  # [queries, scenes]
+      if infer_styles and users is not None:
+        per_swipe = np.einsum("nkj,nk->nj", log_like, self.taste_posterior[users])
+        log_style = np.log(style_prior) + np.stack(
+            [np.bincount(candidates, per_swipe[:, j], self._c.size) for j in range(scenes)], 1)
+        self.style_posterior = scipy.special.softmax(log_style, axis=1)
+        own_scene[self._c] = self.style_posterior
 
   def _scores(self, query_rows, rest, candidate_rows):
-    return sum(self.posterior[query_rows, k]
-               * scipy.special.expit(rest + self._taste[k][candidate_rows])
-               for k in range(self.posterior.shape[1]))
+    return sum(self.taste_posterior[query_rows, k] * self.style_posterior[candidate_rows, j]
+               * scipy.special.expit(rest + self._terms[k, j][candidate_rows])
+               for k in range(self._terms.shape[0]) for j in range(self._terms.shape[1]))
 
   def score_block(self, query_rows):
     import tensorflow as tf
@@ -435,11 +463,12 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
     if oracle_parts:
       scorers.update({label: (OracleScorer(world, data.query_ids, data.candidate_ids, without),
                               {}) for label, without in ORACLE_PARTS.items()})
-      scorers["liked scene: prior"] = (LikedSceneScorer(world, data.query_ids,
-                                                        data.candidate_ids), {})
-      scorers["liked scene: swipes"] = (LikedSceneScorer(
-          world, data.query_ids, data.candidate_ids,
-          (data.train_swipes, data.validation_swipes)), {})
+      before_split = (data.train_swipes, data.validation_swipes)
+      for label, swipes, infer_styles in (("liked scene: prior", (), False),
+                                          ("liked scene: swipes", before_split, False),
+                                          ("all scenes: swipes", before_split, True)):
+        scorers[label] = (LatentSceneScorer(world, data.query_ids, data.candidate_ids, swipes,
+                                            infer_styles), {})
   started = time.time()
   if factor_models:
     scorers.update(tuned_factor_models(dataset, data, log))
@@ -518,8 +547,9 @@ def main():
                       "run_<tag> instead of training it again")
   parser.add_argument("--oracle_parts", action="store_true", help="on the worlds, also rank "
                       "by the world's utility with single terms switched off (where the "
-                      "oracle headroom lies) and with each user's liked scene inferred from "
-                      "their swipes or their prior alone (what a swipe history can add)")
+                      "oracle headroom lies) and with the users' liked scenes (and the "
+                      "profiles' scenes) inferred from the swipes or from the priors alone (what "
+                      "a swipe history can add; what knowing the world's form gives)")
   parser.add_argument("--history", type=json.loads, default=None, help="a config `history` "
                       "section (JSON) declared in every data set's config, e.g. "
                       "'{\"max_length\": 20, \"lists\": [\"liked\"], "
