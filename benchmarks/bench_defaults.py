@@ -346,7 +346,6 @@ class OracleScorer(retrieval.Scorer):
                               self._c[np.asarray(candidate_rows)]).astype(np.float32)
 
 
-
 class LatentSceneScorer(OracleScorer):
   """The world's P(like) with the scenes unknown, inferred by Bayes from swipes.
 
@@ -357,8 +356,8 @@ class LatentSceneScorer(OracleScorer):
   generator's: P(k_u) = OWN_SCENE_SHARE q(j_u) + (1 - OWN_SCENE_SHARE) / K, with q(j_u) the
   user's own scene (known, or inferred), and P(j_v | interests) ∝ prod_i f_j(i), f_j the
   share of scene j's members who list interest i. With z_kj(u, v) the utility under
-  (k_u, j_v), mean field over `swipes` (SwipeArrays: every swipe before the ranking time;
-  none = the priors alone), `iterations` rounds when the styles are inferred, else one:
+  (k_u, j_v), mean field over `swipes` (`evaluator.Pairs`: every swipe before the ranking
+  time; none = the priors alone), `iterations` rounds when the styles are inferred, else one:
 
     log q(k_u) = log P(k_u) + sum_{u's swipes i} sum_j q(j_{v_i}) log sigmoid(±z_kj(u, v_i))
     log q(j_v) = log P(j_v | interests) + sum_{v's received i} sum_k q(k_{u_i}) log sigmoid(±z_kj)

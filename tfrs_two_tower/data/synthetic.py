@@ -120,7 +120,7 @@ PROBE_SCOPES = ("all", "explored")
 PROBE_STREAM = 1
 # A user's taste is TASTE_SCENE_SCALE x the centroid of the scene they like (their own with
 # probability OWN_SCENE_SHARE, else a uniform one) + noise. Named for the benchmark's ranker
-# that infers the liked scene (benchmarks/bench_defaults.py, `LatentSceneScorer`).
+# that infers the scenes (benchmarks/bench_defaults.py, `LatentSceneScorer`).
 OWN_SCENE_SHARE = 0.5
 TASTE_SCENE_SCALE = 1.5
 
