@@ -71,41 +71,6 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
   np.testing.assert_array_equal(again.query_factors, residual.query_factors)  # seeded
 
 
-def test_validation_adds_the_feature_that_carries_the_style_and_not_noise():
-  # 400 candidates, ~6 swipes each: too few for a free s_v, enough for a shared map W.
-  train, validation, (group, style, _) = _planted(2, n_candidates=400)
-  rng = np.random.default_rng(0)
-  colour = np.where(np.arange(style.size) < 2, 0, style + 1)  # rows 0, 1: padding, OOV
-  noise = np.where(np.arange(style.size) < 2, 0, rng.integers(1, 4, style.size))
-  features = like_residual.Features({
-      "colour": {"candidate": like_residual.multi_hot(colour, 3)},
-      "noise": {"candidate": like_residual.multi_hot(noise, 4)}})
-  shape = (len(group), len(style))
-  residual, table = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1,),
-                                         log=lambda *a: None, features=features)
-  plain = table[1]["validation_log_loss"]
-  first_round = {tuple(r["features"]): r["validation_log_loss"] for r in table[2:4]}
-  assert set(first_round) == {("colour",), ("noise",)}
-  assert first_round[("colour",)] < plain - 0.01 < first_round[("noise",)]
-  assert residual.features[0] == "colour"
-  # The map is folded into the rows: same-style candidates share a direction.
-  s = residual.candidate_factors
-  gap = s[2:][style[2:] == 1].mean(0) - s[2:][style[2:] == 0].mean(0)
-  assert np.linalg.norm(gap) > 0.3
-  assert np.abs(s[:2]).max() < 1e-3  # rows without features or swipes stay at 0
-  without, _ = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1,),
-                                    log=lambda *a: None)
-  assert without.features == () and without.log_loss(validation) > residual.log_loss(validation)
-
-
-def test_multi_hot_counts_a_token_once_and_skips_padding():
-  hot = like_residual.multi_hot(np.array([[2, 2, 3, 0], [0, 0, 0, 0], [1, 0, 0, 0]]), 5)
-  np.testing.assert_allclose(hot.toarray(), [[0, 0, 2 ** -0.5, 2 ** -0.5, 0], [0] * 5,
-                                             [0, 1, 0, 0, 0]])
-  np.testing.assert_array_equal(like_residual.multi_hot(np.array([3, 0]), 4).toarray(),
-                                [[0, 0, 0, 1], [0, 0, 0, 0]])
-
-
 def test_weights_count_like_repeated_swipes():
   train, _, (group, style, _) = _planted(1, n_users=30, n_candidates=20, shown=10)
   doubled = like_residual.Swipes(train.query, train.candidate, train.cosine, train.label,
