@@ -257,7 +257,8 @@ def test_a_candidate_bias_run_converts_with_parity(tiny_bias_run_dir, tiny_datas
 
 
 def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
-  """--like_residual: [a q, 1, b_u, p_u], [c, b_v, 1, s_v] through the SavedModels, Core ML."""
+  """--like_residual: [a q, 1, b_u, p_u], [c, b_v, 1, s_v] through the SavedModels, Core ML
+  (with the feature maps validation chose: gathers and a pooling in the towers)."""
   run_path, dataset_dir = tiny_residual_run
   run = run_lib.open_run(run_path)
   section = run.manifest["like_residual"]
@@ -275,7 +276,12 @@ def test_a_like_residual_run_converts_with_parity(tiny_residual_run, tmp_path):
   known = np.isin(entities["query_id"], dataset.vocabulary("query_id"))
   assert known.any() and (~known).any()
   np.testing.assert_array_equal(queries[:, 16], 1.0)  # the weight on b_v, unseen users too
-  np.testing.assert_array_equal(queries[~known, 17:], 0.0)  # unseen users: no b_u, p_u
+  np.testing.assert_array_equal(queries[~known, 17], 0.0)  # unseen users: no b_u
+  unseen_factors = queries[~known, 18:]
+  if section["features"]:  # p_u = V g_u from the profile (the tiny run chooses interests)
+    assert np.ptp(unseen_factors, axis=0).max() > 0.01
+  else:
+    np.testing.assert_array_equal(unseen_factors, 0.0)
   assert np.ptp(candidates[:, 16]) > 0 and np.abs(queries[known, 17:]).max() > 0
   out = str(tmp_path / "pair")
   report = convert_stage.run(run_path, dataset_dir, out, log=_quiet, **FAST_PARITY)

@@ -71,6 +71,53 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
   np.testing.assert_array_equal(again.query_factors, residual.query_factors)  # seeded
 
 
+def test_validation_adds_the_feature_that_carries_the_style_and_not_noise():
+  # 400 candidates, ~6 swipes each: too few for a free s_v, enough for a shared map W.
+  train, validation, (group, style, _) = _planted(2, n_candidates=400)
+  rng = np.random.default_rng(0)
+  colour = np.where(np.arange(style.size) < 2, 0, style + 1)  # rows 0, 1: padding, OOV
+  noise = np.where(np.arange(style.size) < 2, 0, rng.integers(1, 4, style.size))
+  features = like_residual.Features({
+      "colour": {"candidate": like_residual.multi_hot(colour, 3)},
+      "noise": {"candidate": like_residual.multi_hot(noise, 4)}})
+  shape = (len(group), len(style))
+  residual, table = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1,),
+                                         log=lambda *a: None, features=features)
+  plain = table[1]["validation_log_loss"]
+  first_round = {tuple(r["features"]): r["validation_log_loss"] for r in table[2:4]}
+  assert set(first_round) == {("colour",), ("noise",)}
+  assert first_round[("colour",)] < plain - 0.01 < first_round[("noise",)]
+  assert residual.features[0] == "colour"
+  # Same-style candidates share a direction, and the map W carries it: a candidate unseen
+  # in training gets its colour's row.
+  s = residual.factors("candidate")
+  gap = s[2:][style[2:] == 1].mean(0) - s[2:][style[2:] == 0].mean(0)
+  assert np.linalg.norm(gap) > 0.3
+  assert np.abs(s[:2]).max() < 1e-3  # rows without features or swipes stay at 0
+  colours = residual.candidate_maps["candidate_colour"]  # [3, rank]: padding, style 0, 1
+  np.testing.assert_array_equal(colours[0], 0.0)
+  assert np.linalg.norm(colours[2] - colours[1]) > 0.3
+  assert residual.query_maps == {} and residual.query_mapped is None
+  tables = residual.feature_tables("candidate")
+  assert list(tables) == ["candidate_colour"] and tables["candidate_colour"].shape == (3, 4)
+  np.testing.assert_array_equal(tables["candidate_colour"][:, :2], 0.0)  # no b_v, no weight
+  np.testing.assert_allclose(tables["candidate_colour"][:, 2:], colours, rtol=1e-6)
+  # The id table holds e_v only: with the map's part, the rows' factors.
+  np.testing.assert_allclose(residual.candidate_table()[2:, 2:] + residual.candidate_mapped[2:],
+                             s[2:], rtol=1e-5, atol=1e-6)
+  without, _ = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1,),
+                                    log=lambda *a: None)
+  assert without.features == () and without.log_loss(validation) > residual.log_loss(validation)
+
+
+def test_multi_hot_counts_tokens_over_sqrt_of_their_number_and_skips_padding():
+  hot = like_residual.multi_hot(np.array([[2, 2, 3, 0], [0, 0, 0, 0], [1, 0, 0, 0]]), 5)
+  np.testing.assert_allclose(hot.toarray(), [[0, 0, 2 / 3 ** 0.5, 3 ** -0.5, 0], [0] * 5,
+                                             [0, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(like_residual.multi_hot(np.array([3, 0]), 4).toarray(),
+                                [[0, 0, 0, 1], [0, 0, 0, 0]])
+
+
 def test_weights_count_like_repeated_swipes():
   train, _, (group, style, _) = _planted(1, n_users=30, n_candidates=20, shown=10)
   doubled = like_residual.Swipes(train.query, train.candidate, train.cosine, train.label,
@@ -99,6 +146,41 @@ def test_with_like_residual_appends_the_table_to_the_core_and_serialises():
   np.testing.assert_allclose(out[:, :4], 2.5 * core(batch).numpy(), rtol=1e-6)
   np.testing.assert_array_equal(out[:, 4:], table[[2, 3, 1]])
   assert not extended.get_layer("like_residual").trainable
+  clone = tf.keras.Model.from_config(
+      extended.get_config(), custom_objects={"L2Normalize": towers.L2Normalize,
+                                             "MaskedPooling": towers.MaskedPooling})
+  clone.set_weights(extended.get_weights())
+  np.testing.assert_array_equal(clone(batch).numpy(), out)
+
+
+def test_with_like_residual_adds_the_feature_maps_as_the_fit_computes_them():
+  # city rows: pad, 3 OOV, 2 tokens; interests rows: pad, 1 OOV, 3 tokens.
+  tf.keras.utils.set_random_seed(0)
+  core = towers.build_core(SPECS, [8], 4, name="query_core")
+  rng = np.random.RandomState(1)
+  table = rng.randn(4, 3).astype(np.float32)  # rows: pad, OOV, u1, u2
+  maps = {"query_city": rng.randn(6, 3).astype(np.float32),
+          "query_interests": rng.randn(5, 3).astype(np.float32)}
+  for weights in maps.values():
+    weights[0] = 0.0  # padding has no map (`like_residual.multi_hot` skips index 0)
+  extended = towers.with_like_residual(core, "query_id", table, feature_tables=maps)
+  city, interests = np.array([5, 0, 2, 4]), np.array([[2, 2, 3], [0, 0, 0], [4, 0, 0],
+                                                      [1, 3, 0]])
+  batch = {"query_id": tf.constant([2, 1, 1, 3], tf.int32),  # two unseen users (OOV 1)
+           "query_city": tf.constant(city, tf.int32),
+           "query_interests": tf.constant(interests, tf.int32),
+           "query_bio_length": tf.constant(rng.randn(4), tf.float32),
+           "query_bio_length_missing": tf.zeros([4]),
+           "query_bio_length_bucket": tf.constant([0, 1, 2, 0], tf.int32),
+           "query_location": tf.constant([1, 1, 0, 1], tf.int32),
+           "query_location_xyz": tf.constant(rng.randn(4, 3), tf.float32)}
+  out = extended(batch).numpy()
+  expected = (table[[2, 1, 1, 3]] + like_residual.multi_hot(city, 6) @ maps["query_city"]
+              + like_residual.multi_hot(interests, 5) @ maps["query_interests"])
+  np.testing.assert_allclose(out[:, 4:], expected, rtol=1e-5, atol=1e-6)
+  # Two unseen users with different profiles get different columns; no features, none.
+  assert np.abs(out[1, 4:] - out[2, 4:]).max() > 0.1
+  np.testing.assert_allclose(out[1, 4:], table[1], atol=1e-6)
   clone = tf.keras.Model.from_config(
       extended.get_config(), custom_objects={"L2Normalize": towers.L2Normalize,
                                              "MaskedPooling": towers.MaskedPooling})

@@ -20,15 +20,27 @@ and b_v rank them. The rank and the penalty are chosen from RANKS x L2_GRID by t
 validation swipes' log loss (fits on train), and the chosen model is refitted on
 train + validation.
 
+Profile features can inform the factors (a linear map shared by all rows, like
+LightFM's feature embeddings): with g_u, f_v the sides' feature vectors (`Features`: per
+categorical or multi-categorical feature, the count of each token over sqrt(the number of
+tokens), TF's "sqrtn" combiner),
+
+  p_u = e_u + V g_u,   s_v = e_v + W f_v       V [r, k_q], W [r, k_c], penalty FEATURE_L2
+
+`choose` adds feature groups greedily while the validation log loss falls, so a data set
+whose features say nothing beyond the ids keeps the plain factors. The maps are computed in
+the towers from the profile's features (`Residual.feature_tables`), so users and profiles
+unseen in training get V g_u and W f_v too, and a profile edited since training its new one.
+
 The towers then output (`towers.with_like_residual`), an inner product again:
 
-  query      [a * q, 1, b_u, p_u]  ([a * q, 1, 0, 0] unseen)  [B, d + 2 + r]
-  candidate  [c, b_v, 1, s_v]                                  [B, d + 2 + r]
+  query      [a * q, 1, b_u, p_u]  ([a * q, 1, 0, V g_u] unseen)  [B, d + 2 + r]
+  candidate  [c, b_v, 1, s_v]                                      [B, d + 2 + r]
   score      a * cos_uv + b_u + b_v + p_u . s_v = z(u, v) - b_0
 """
 
 import dataclasses
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.optimize
@@ -39,6 +51,9 @@ import scipy.special
 RANKS = (2, 4, 16)
 L2_GRID = (0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
+# The penalty on the feature maps V, W (a sum over their entries, the loss being a mean
+# over swipes): 1e-3 kept the default world's gain, 1e-2 lost it ("Oracle headroom" 14).
+FEATURE_L2 = 1e-3
 # L-BFGS keeps `maxcor` pairs of [parameters] vectors. With scipy's default of 10 the
 # fits stop short within MAX_ITERATIONS (default world, rank 4: validation log loss 0.476
 # vs 0.468 with 100 at the same time); 100 pairs, or fewer within this memory.
@@ -64,8 +79,51 @@ class Swipes:
 
 
 @dataclasses.dataclass
+class Features:
+  """Feature groups that may inform the factors: name -> {side: [table rows, k] CSR}.
+
+  A group is one feature name on either side or both ("interests" on a dating app's
+  two sides, "genres" on movies only); `side` is "query" or "candidate". Rows that carry
+  no feature (padding, OOV) are empty.
+  """
+  groups: Dict[str, Dict[str, scipy.sparse.csr_matrix]]
+
+  @staticmethod
+  def key(name: str, side: str) -> str:
+    """The core input a group reads on a side: its name with the side's prefix."""
+    return f"{side}_{name}"
+
+  def stack(self, names: Sequence[str], side: str, num_rows: int) -> scipy.sparse.csr_matrix:
+    """[num_rows, sum of k] the named groups' columns of one side (0 columns: none)."""
+    blocks = [self.groups[name][side] for name in names if side in self.groups[name]]
+    if not blocks:
+      return scipy.sparse.csr_matrix((num_rows, 0))
+    return scipy.sparse.hstack(blocks, format="csr")
+
+
+def multi_hot(indices: np.ndarray, num_columns: int) -> scipy.sparse.csr_matrix:
+  """[n, num_columns] CSR: each row's token counts over sqrt(its number of tokens).
+
+  `indices` [n] or [n, L], 0 = no token. The towers compute the same from the core input
+  (`towers.MaskedPooling`'s "sqrtn"), so a token listed twice counts twice.
+  """
+  indices = np.asarray(indices, np.int64).reshape(len(indices), -1)
+  rows, cols = np.nonzero(indices > 0)
+  matrix = scipy.sparse.csr_matrix((np.ones(rows.size), (rows, indices[rows, cols])),
+                                   shape=(len(indices), num_columns))  # duplicates add up
+  count = np.bincount(rows, minlength=len(indices))
+  return scipy.sparse.diags(1.0 / np.sqrt(np.maximum(count, 1))) @ matrix
+
+
+@dataclasses.dataclass
 class Residual:
-  """A fitted z(u, v); factors [rows, r], biases [rows]."""
+  """A fitted z(u, v); biases [rows], factors p_u, s_v (`factors`) [rows, r].
+
+  A row's factor is its own (`query_factors` e_u, `candidate_factors` e_v) plus, with
+  feature groups, the maps' part (`query_mapped` V g_u, `candidate_mapped` W f_v, of the
+  rows' training features). `query_maps` / `candidate_maps`: core input key -> [k, r],
+  each feature's block of V / W, transposed.
+  """
   scale: float
   intercept: float
   query_bias: np.ndarray
@@ -73,15 +131,25 @@ class Residual:
   candidate_bias: np.ndarray
   candidate_factors: np.ndarray
   l2: float
+  features: Tuple[str, ...] = ()  # the feature groups of the maps
+  query_maps: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  candidate_maps: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  query_mapped: Optional[np.ndarray] = None
+  candidate_mapped: Optional[np.ndarray] = None
 
   @property
   def rank(self) -> int:
     return int(self.query_factors.shape[1])
 
+  def factors(self, side: str) -> np.ndarray:
+    """[rows, r] p_u (side "query") or s_v ("candidate"): own + mapped."""
+    own, mapped = getattr(self, f"{side}_factors"), getattr(self, f"{side}_mapped")
+    return own if mapped is None else own + mapped
+
   def logits(self, swipes: Swipes) -> np.ndarray:
     return (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
             + self.candidate_bias[swipes.candidate]
-            + row_dots(self.query_factors, self.candidate_factors, swipes.query,
+            + row_dots(self.factors("query"), self.factors("candidate"), swipes.query,
                        swipes.candidate))
 
   def log_loss(self, swipes: Swipes) -> float:
@@ -89,14 +157,20 @@ class Residual:
     w = swipes.weight / max(float(np.sum(swipes.weight)), 1e-12)
     return float(np.sum(w * _log_loss_terms(self.logits(swipes), swipes.label)))
 
+  def feature_tables(self, side: str) -> Dict[str, np.ndarray]:
+    """Core input key -> [k, 2 + r] float32 [0, 0, V_f^T]: what each feature adds to the
+    side's appended columns (`towers.with_like_residual` sums them, "sqrtn"-pooled)."""
+    return {key: np.concatenate([np.zeros((len(block), 2)), block], 1).astype(np.float32)
+            for key, block in getattr(self, f"{side}_maps").items()}
+
   def query_table(self, first_known_row: int) -> np.ndarray:
-    """[query rows, 2 + r] float32: the query tower's appended columns [1, b_u, p_u].
+    """[query rows, 2 + r] float32: the query tower's id-table columns [1, b_u, e_u].
 
     Rows below `first_known_row` (padding, OOV: users unseen in training) get
-    [1, 0, 0]: the towers and the profiles' like bias b_v rank them. A fitted OOV bias
-    and factor ranked MovieLens' new users below popularity; b_v alone raised new
-    users' oracle_like@10 on both worlds and their AUC on all three data sets
-    (docs/training.md, "Oracle headroom" 11 and 12).
+    [1, 0, 0], plus V g_u (`feature_tables`): the towers, the profiles' like bias b_v
+    and the feature maps rank them. A fitted OOV bias and factor ranked MovieLens' new
+    users below popularity; b_v alone raised new users' oracle_like@10 on both worlds and
+    their AUC on all three data sets (docs/training.md, "Oracle headroom" 11 and 12).
     """
     out = np.concatenate([np.ones((len(self.query_bias), 1)), self.query_bias[:, None],
                           self.query_factors], 1)
@@ -105,7 +179,7 @@ class Residual:
     return out.astype(np.float32)
 
   def candidate_table(self) -> np.ndarray:
-    """[candidate rows, 2 + r] float32: the candidate tower's appended columns [b_v, 1, s_v]."""
+    """[candidate rows, 2 + r] float32: the candidate tower's id-table columns [b_v, 1, e_v]."""
     return np.concatenate([self.candidate_bias[:, None], np.ones((len(self.candidate_bias), 1)),
                            self.candidate_factors], 1).astype(np.float32)
 
@@ -127,13 +201,24 @@ def row_dots(p: np.ndarray, s: np.ndarray, query: np.ndarray,
 
 def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int, l2: float,
         seed: int = 0, max_iterations: int = MAX_ITERATIONS,
-        start: Optional[Residual] = None) -> Residual:
+        start: Optional[Residual] = None, features: Optional[Features] = None,
+        feature_names: Sequence[str] = ()) -> Residual:
   """Fits z(u, v) (module docstring) to the swipes; deterministic given the seed.
 
   The factors start at N(0, 0.1^2) (at 0 the gradient of p_u . s_v vanishes), or at
   `start`, a fit of the same rank (a warm start along the penalty path: fewer steps).
+  `feature_names`: groups of `features` whose maps V, W inform the factors; they start at
+  `start`'s maps of the same features, and at 0 for the others.
   """
   n_q, n_c, r = num_query_rows, num_candidate_rows, rank
+  features = features or Features({})
+  # Per side, the groups it has: (core input key, number of columns), in stacking order.
+  blocks = {side: [(Features.key(name, side), features.groups[name][side].shape[1])
+                   for name in feature_names if side in features.groups[name]]
+            for side in ("query", "candidate")}
+  g_q = features.stack(feature_names, "query", n_q)
+  g_c = features.stack(feature_names, "candidate", n_c)
+  k_q, k_c = g_q.shape[1], g_c.shape[1]
   w = swipes.weight / max(float(np.sum(swipes.weight)), 1e-12)
   # A [queries, candidates] sparse matrix whose values are refilled with dL/dz each step:
   # its products with the factors are the factors' data gradients.
@@ -149,73 +234,112 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
       return pattern
     return scipy.sparse.csr_matrix((g, (swipes.query, swipes.candidate)), shape=(n_q, n_c))
 
+  sizes = [1, 1, n_c, n_q, n_q * r, n_c * r, r * k_q, r * k_c]
+
   def unpack(theta):
-    a, b0 = theta[0], theta[1]
-    b = theta[2:2 + n_c]
-    bq = theta[2 + n_c:2 + n_c + n_q]
-    p = theta[2 + n_c + n_q:2 + n_c + n_q + n_q * r].reshape(n_q, r)
-    s = theta[2 + n_c + n_q + n_q * r:].reshape(n_c, r)
-    return a, b0, b, bq, p, s
+    a, b0, b, bq, e_q, e_c, v_q, v_c = np.split(theta, np.cumsum(sizes)[:-1])
+    return (a[0], b0[0], b, bq, e_q.reshape(n_q, r), e_c.reshape(n_c, r), v_q.reshape(r, k_q),
+            v_c.reshape(r, k_c))
 
   def objective(theta):
-    a, b0, b, bq, p, s = unpack(theta)
+    a, b0, b, bq, e_q, e_c, v_q, v_c = unpack(theta)
+    p, s = e_q + g_q @ v_q.T, e_c + g_c @ v_c.T
     z = (a * swipes.cosine + b0 + b[swipes.candidate] + bq[swipes.query]
          + row_dots(p, s, swipes.query, swipes.candidate))
     loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)
-    grad_p = matrix @ s + 2 * l2 / n_q * p
-    grad_s = matrix.T @ p + 2 * l2 / n_c * s
+    data_p, data_s = matrix @ s, matrix.T @ p
     grad_b = np.bincount(swipes.candidate, g, n_c) + 2 * l2 / n_c * b
     grad_bq = np.bincount(swipes.query, g, n_q) + 2 * l2 / n_q * bq
-    loss += l2 * ((np.sum(p * p) + np.sum(bq * bq)) / n_q + (np.sum(s * s) + np.sum(b * b)) / n_c)
+    loss += (l2 * ((np.sum(e_q * e_q) + np.sum(bq * bq)) / n_q
+                   + (np.sum(e_c * e_c) + np.sum(b * b)) / n_c)
+             + FEATURE_L2 * (np.sum(v_q * v_q) + np.sum(v_c * v_c)))
     grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_bq,
-                           grad_p.ravel(), grad_s.ravel()])
+                           (data_p + 2 * l2 / n_q * e_q).ravel(),
+                           (data_s + 2 * l2 / n_c * e_c).ravel(),
+                           ((g_q.T @ data_p).T + 2 * FEATURE_L2 * v_q).ravel(),
+                           ((g_c.T @ data_s).T + 2 * FEATURE_L2 * v_c).ravel()])
     return loss, grad
 
+  def maps_start(side):  # [r, k] the side's V, from `start`'s blocks where it has them
+    known = getattr(start, f"{side}_maps", {}) if start is not None else {}
+    return np.concatenate([known[key].T if key in known else np.zeros((r, k))
+                           for key, k in blocks[side]] or [np.zeros((r, 0))], 1).ravel()
+
+  maps = np.concatenate([maps_start("query"), maps_start("candidate")])
   if start is not None:
     theta = np.concatenate([[start.scale, start.intercept], start.candidate_bias,
                             start.query_bias, start.query_factors.ravel(),
-                            start.candidate_factors.ravel()])
+                            start.candidate_factors.ravel(), maps])
   else:
     rng = np.random.default_rng(seed)
     theta = np.concatenate([[1.0, 0.0], np.zeros(n_c + n_q), rng.normal(0, 0.1, n_q * r),
-                            rng.normal(0, 0.1, n_c * r)])
+                            rng.normal(0, 0.1, n_c * r), maps])
   history = int(np.clip(LBFGS_MEMORY_BYTES // (16 * theta.size), 10, 100))
   result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
                                    options={"maxiter": max_iterations, "maxcor": history})
-  a, b0, b, bq, p, s = unpack(result.x)
-  return Residual(float(a), float(b0), bq, p, b, s, float(l2))
+  a, b0, b, bq, e_q, e_c, v_q, v_c = unpack(result.x)
+
+  def split(side, v):  # core input key -> [k, r]
+    offsets = np.cumsum([0] + [k for _, k in blocks[side]])
+    return {key: v[:, offsets[i]:offsets[i + 1]].T.copy()
+            for i, (key, _) in enumerate(blocks[side])}
+
+  return Residual(float(a), float(b0), bq, e_q, b, e_c, float(l2), tuple(feature_names),
+                  split("query", v_q), split("candidate", v_c),
+                  np.asarray(g_q @ v_q.T) if k_q else None,
+                  np.asarray(g_c @ v_c.T) if k_c else None)
 
 
 def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate_rows: int,
            ranks: Sequence[int] = RANKS, grid: Sequence[float] = L2_GRID, seed: int = 0,
-           log: Callable[..., None] = print) -> Tuple[Optional[Residual], List[dict]]:
+           log: Callable[..., None] = print, features: Optional[Features] = None
+           ) -> Tuple[Optional[Residual], List[dict]]:
   """(the model with the best validation log loss refitted on train + validation, the table).
 
   None instead of a model when no fit beats the towers alone on validation.
 
-  Fits on train every (rank, l2) of `ranks` x `grid` and scores the validation swipes.
-  The table has one row per fit, {"rank", "l2", "validation_log_loss"}, after a first
-  row {"rank": 0, "l2": None, ...} for the towers alone (a and b_0 fitted only).
+  Fits on train every (rank, l2) of `ranks` x `grid` and scores the validation swipes;
+  then, at the best of them, adds `features` groups one at a time (each round tries every
+  group left, from the best fit so far) while the validation log loss falls.
+  The table has one row per fit, {"rank", "l2", "features", "validation_log_loss"}, after
+  a first row {"rank": 0, "l2": None, ...} for the towers alone (a and b_0 fitted only).
   """
   shape = (num_query_rows, num_candidate_rows)
   # A prohibitive penalty keeps b_u and b_v at 0: the towers' cosine with a and b_0 alone.
   towers_only = fit(train, *shape, rank=0, l2=1e9, seed=seed)
-  table = [{"rank": 0, "l2": None, "validation_log_loss": towers_only.log_loss(validation)}]
-  fits = {}
+  table = [{"rank": 0, "l2": None, "features": [],
+            "validation_log_loss": towers_only.log_loss(validation)}]
+
+  def scored(model, label):
+    loss = model.log_loss(validation)
+    table.append({"rank": model.rank, "l2": model.l2, "features": list(model.features),
+                  "validation_log_loss": loss})
+    log("train: like residual rank %d, l2 %g%s: validation log loss %.4f (towers alone %.4f)"
+        % (model.rank, model.l2, label, loss, table[0]["validation_log_loss"]))
+    return loss
+
+  best, best_loss = None, np.inf
   for rank in ranks:
     previous = None
     # Weak to strong, each fit from the last: a fit that the penalty pulled to 0 is a
     # saddle point (no gradient on p_u . s_v), so a path from strong to weak would stay there.
     for l2 in sorted(grid):
-      previous = fits[rank, l2] = fit(train, *shape, rank, l2, seed, start=previous)
-      loss = previous.log_loss(validation)
-      table.append({"rank": int(rank), "l2": float(l2), "validation_log_loss": loss})
-      log("train: like residual rank %d, l2 %g: validation log loss %.4f (towers alone %.4f)"
-          % (rank, l2, loss, table[0]["validation_log_loss"]))
-  best = min(table[1:], key=lambda row: row["validation_log_loss"])
-  if not best["validation_log_loss"] < table[0]["validation_log_loss"]:
+      previous = fit(train, *shape, rank, l2, seed, start=previous)
+      loss = scored(previous, "")
+      if loss < best_loss:
+        best, best_loss = previous, loss
+  if not best_loss < table[0]["validation_log_loss"]:
     return None, table
-  chosen = fits[best["rank"], best["l2"]]
-  return fit(train + validation, *shape, chosen.rank, chosen.l2, seed, start=chosen), table
+  remaining = list((features or Features({})).groups)
+  while remaining:
+    trials = [fit(train, *shape, best.rank, best.l2, seed, start=best, features=features,
+                  feature_names=best.features + (name,)) for name in remaining]
+    losses = [scored(trial, ", features " + " + ".join(trial.features)) for trial in trials]
+    if not min(losses) < best_loss:
+      break
+    best, best_loss = trials[int(np.argmin(losses))], min(losses)
+    remaining.remove(best.features[-1])
+  return fit(train + validation, *shape, best.rank, best.l2, seed, start=best,
+             features=features, feature_names=best.features), table

@@ -52,6 +52,9 @@ DEFAULT_EMBEDDING_DIM = 8
 class MaskedPooling(tf.keras.layers.Layer):
   """[B, L, d] embeddings of [B, L] indices -> [B, d], ignoring index 0 (padding).
 
+  "mean" divides the masked sum by max(count, 1), "sum" keeps it, "sqrtn" divides it by
+  sqrt(max(count, 1)) (TF's combiner of that name; count = the nonzero indices).
+
   With `recency_decay` r < 1 (lists of a fixed length L, most recent first) slot
   l weighs w_l = r^l: mean = sum_l w_l m_l E[i_l] / max(sum_l w_l m_l, 1e-6)
   (an empty list stays 0).
@@ -59,7 +62,7 @@ class MaskedPooling(tf.keras.layers.Layer):
 
   def __init__(self, pooling: str = "mean", recency_decay: float = 1.0, **kwargs):
     super().__init__(**kwargs)
-    if pooling not in ("mean", "sum"):
+    if pooling not in ("mean", "sum", "sqrtn"):
       raise ValueError(f"unknown pooling {pooling!r}")
     self.pooling = pooling
     self.recency_decay = float(recency_decay)
@@ -73,6 +76,8 @@ class MaskedPooling(tf.keras.layers.Layer):
     if self.pooling == "sum":
       return total
     count = tf.reduce_sum(mask, axis=1)
+    if self.pooling == "sqrtn":
+      return total * tf.math.rsqrt(tf.maximum(count, tf.ones_like(count)))
     if self.recency_decay != 1.0:  # a weight sum < 1 is a real list (one old id): divide by it
       return total / tf.maximum(count, tf.constant(1e-6, count.dtype))
     return total / tf.maximum(count, tf.ones_like(count))
@@ -286,25 +291,43 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
 
 
 def with_like_residual(core: tf.keras.Model, id_key: str, table: np.ndarray,
-                       scale: float = 1.0) -> tf.keras.Model:
-  """core -> [scale * core(x), table[x[id_key]]]: a fitted `like_residual` appended.
+                       scale: float = 1.0,
+                       feature_tables: Optional[Mapping[str, np.ndarray]] = None
+                       ) -> tf.keras.Model:
+  """core -> [scale * core(x), table[x[id_key]] + sum_f pool(T_f[x[f]])]: a fitted
+  `like_residual` appended.
 
   `table` [rows of the id feature's embedding table, m] holds the side's extra columns
-  ([1, b_u, p_u] for queries, [b_v, 1, s_v] for candidates), so that the score stays an inner
-  product of the two outputs, [B, d + m]. The table is a frozen Embedding (a gather);
-  the scale a multiply: ops coremltools converts.
+  ([1, b_u, e_u] for queries, [b_v, 1, e_v] for candidates), so that the score stays an
+  inner product of the two outputs, [B, d + m]. `feature_tables`: core input key of a
+  categorical or multi-categorical feature -> T_f [its rows, m], the feature maps' columns
+  ([0, 0, V_f^T]), "sqrtn"-pooled over a list (`MaskedPooling`): the same g_u as
+  `like_residual.multi_hot`, so that users unseen in training get V g_u. The tables are
+  frozen Embeddings (gathers); the scale a multiply: ops coremltools converts.
   """
   # Built on the core's own graph (its input and output tensors), not by calling the
   # core: a flat functional model, which Keras serialises like the core itself.
   inputs, out = core.input, core.output
   if scale != 1.0:
     out = tf.keras.layers.Rescaling(scale, dtype="float32", name="like_residual_scale")(out)
-  residual = tf.keras.layers.Embedding(table.shape[0], table.shape[1], trainable=False,
-                                       dtype="float32", name="like_residual")
-  columns = residual(inputs[id_key])
-  residual.set_weights([table])
+
+  def gathered(name, weights, indices):
+    layer = tf.keras.layers.Embedding(weights.shape[0], weights.shape[1], trainable=False,
+                                      dtype="float32", name=name)
+    rows = layer(indices)
+    layer.set_weights([weights])
+    return rows
+
+  columns = [gathered("like_residual", table, inputs[id_key])]
+  for key, weights in sorted((feature_tables or {}).items()):
+    mapped = gathered(f"like_residual_{key}", weights, inputs[key])
+    if mapped.shape.rank == 3:  # a list feature: [B, L, m]
+      mapped = MaskedPooling("sqrtn", name=f"like_residual_{key}_pooling")(mapped, inputs[key])
+    columns.append(mapped)
+  if len(columns) > 1:
+    columns = [tf.keras.layers.Add(dtype="float32", name="like_residual_sum")(columns)]
   return tf.keras.Model(inputs, tf.keras.layers.Concatenate(dtype="float32", name="with_residual")(
-      [out, columns]), name=core.name)
+      [out, *columns]), name=core.name)
 
 
 class Tower(tf.keras.Model):

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import scipy.sparse
 import tensorflow as tf
 
 from tfrs_two_tower import features as features_lib
@@ -325,6 +326,33 @@ def distributed_step(strategy, model, jit_compile: bool):
     return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in parts.items()}
   return distributed
+
+
+def residual_features(entities: inputs.InteractionIndex, specs: Dict[str, Sequence[dict]],
+                      id_keys: Dict[str, str]) -> like_residual.Features:
+  """The sides' categorical and multi-categorical features as `like_residual.Features`.
+
+  A group per feature name (its key without the side's prefix, `Features.key`, so a dating
+  app's `query_interests` and `candidate_interests` are one group); each side's matrix has a
+  row per id table row ([rows, feature table rows], `like_residual.multi_hot`), filled
+  for the entities whose id is in the vocabulary and empty for padding and OOV rows.
+  """
+  groups: Dict[str, Dict[str, Any]] = {}
+  for side in run_lib.SIDES:
+    values = getattr(entities, side).values
+    id_spec = next(spec for spec in specs[side] if spec["key"] == id_keys[side])
+    id_rows = values[id_keys[side]].numpy().reshape(-1).astype(np.int64)
+    known = np.flatnonzero(id_rows >= 1 + int(id_spec["num_oov_buckets"]))
+    # [id table rows, entities] 1 where an entity's id has that row.
+    to_rows = scipy.sparse.csr_matrix((np.ones(known.size), (id_rows[known], known)),
+                                      shape=(prep.num_rows(id_spec), id_rows.size))
+    for spec in specs[side]:
+      name = spec["key"].removeprefix(side + "_")
+      if (spec["type"] in ("categorical", "multi_categorical")
+          and like_residual.Features.key(name, side) == spec["key"]):
+        hot = like_residual.multi_hot(values[spec["key"]].numpy(), prep.num_rows(spec))
+        groups.setdefault(name, {})[side] = (to_rows @ hot).tocsr()
+  return like_residual.Features(groups)
 
 
 def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.keras.Model,

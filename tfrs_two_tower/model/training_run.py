@@ -187,24 +187,29 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
   validation_index = inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *inputs_cache["features"])
   train, validation = training_lib.residual_swipes(
       [train_index, validation_index], *cores, id_keys, first_known_row)
+  features = training_lib.residual_features(train_index, specs, id_keys)
   rows = [prep.num_rows(id_specs[side]) for side in run_lib.SIDES]
   started = time.time()
-  residual, table = like_residual.choose(train, validation, *rows, seed=options.seed, log=log)
+  residual, table = like_residual.choose(train, validation, *rows, seed=options.seed, log=log,
+                                         features=features)
   if residual is None:
     return {**skipped("no fit beats the towers alone on the validation swipes' log loss"),
             "validation_log_loss": table}
   seconds = time.time() - started
-  log("train: like residual: rank %d, l2 %g chosen on validation, refitted on train + "
-      "validation in %.0fs" % (residual.rank, residual.l2, seconds))
+  log("train: like residual: rank %d, l2 %g, features %s chosen on validation, refitted on "
+      "train + validation in %.0fs" % (residual.rank, residual.l2,
+                                       " + ".join(residual.features) or "none", seconds))
   for side, table_of, scale in (
       ("query", residual.query_table(first_known_row), residual.scale),
       ("candidate", residual.candidate_table(), 1.0)):
     tower = getattr(training, f"{side}_tower")
     setattr(training, f"{side}_tower", towers.Tower(
         tower.preprocessing,
-        towers.with_like_residual(tower.core, id_keys[side], table_of, scale),
+        towers.with_like_residual(tower.core, id_keys[side], table_of, scale,
+                                  residual.feature_tables(side)),
         name=tower.name))
   return {"fitted": True, "rank": residual.rank, "l2": residual.l2, "scale": residual.scale,
+          "features": list(residual.features),
           "seconds": round(seconds, 1), "validation_log_loss": table}
 
 
