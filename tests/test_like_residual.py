@@ -88,6 +88,11 @@ def test_validation_adds_the_feature_that_carries_the_style_and_not_noise():
   assert set(first_round) == {("colour",), ("noise",)}
   assert first_round[("colour",)] < plain - 0.01 < first_round[("noise",)]
   assert residual.features[0] == "colour"
+  # With groups chosen, validation picks the maps' penalty from the grid.
+  tried = {r["feature_l2"]: r["validation_log_loss"] for r in table
+           if r["features"] == list(residual.features)}
+  assert set(tried) == set(like_residual.FEATURE_L2_GRID)
+  assert residual.feature_l2 == min(tried, key=tried.get)
   # Same-style candidates share a direction, and the map W carries it: a candidate unseen
   # in training gets its colour's row.
   s = residual.factors("candidate")

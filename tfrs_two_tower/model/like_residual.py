@@ -25,10 +25,12 @@ LightFM's feature embeddings): with g_u, f_v the sides' feature vectors (`Featur
 categorical or multi-categorical feature, the count of each token over sqrt(the number of
 tokens), TF's "sqrtn" combiner),
 
-  p_u = e_u + V g_u,   s_v = e_v + W f_v       V [r, k_q], W [r, k_c], penalty FEATURE_L2
+  p_u = e_u + V g_u,   s_v = e_v + W f_v       V [r, k_q], W [r, k_c]
 
-`choose` adds feature groups greedily while the validation log loss falls, so a data set
-whose features say nothing beyond the ids keeps the plain factors. The maps are computed in
+with the penalty feature_l2 * (sum of V's and W's squared entries). `choose` adds feature
+groups greedily (feature_l2 = FEATURE_L2) while the validation log loss falls, so a data set
+whose features say nothing beyond the ids keeps the plain factors, then picks feature_l2 from
+FEATURE_L2_GRID on validation. The maps are computed in
 the towers from the profile's features (`Residual.feature_tables`), so users and profiles
 unseen in training get V g_u and W f_v too, and a profile edited since training its new one.
 
@@ -52,8 +54,10 @@ RANKS = (2, 4, 16)
 L2_GRID = (0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
 # The penalty on the feature maps V, W (a sum over their entries, the loss being a mean
-# over swipes): 1e-3 kept the default world's gain, 1e-2 lost it ("Oracle headroom" 14).
+# over swipes) while feature groups are chosen: 1e-3 kept the default world's gain, 1e-2 lost
+# it ("Oracle headroom" 14); then validation picks it from the grid for the chosen groups.
 FEATURE_L2 = 1e-3
+FEATURE_L2_GRID = (1e-4, 1e-3, 1e-2)
 # L-BFGS keeps `maxcor` pairs of [parameters] vectors. With scipy's default of 10 the
 # fits stop short within MAX_ITERATIONS (default world, rank 4: validation log loss 0.476
 # vs 0.468 with 100 at the same time); 100 pairs, or fewer within this memory.
@@ -136,6 +140,7 @@ class Residual:
   candidate_maps: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   query_mapped: Optional[np.ndarray] = None
   candidate_mapped: Optional[np.ndarray] = None
+  feature_l2: float = FEATURE_L2
 
   @property
   def rank(self) -> int:
@@ -202,7 +207,7 @@ def row_dots(p: np.ndarray, s: np.ndarray, query: np.ndarray,
 def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int, l2: float,
         seed: int = 0, max_iterations: int = MAX_ITERATIONS,
         start: Optional[Residual] = None, features: Optional[Features] = None,
-        feature_names: Sequence[str] = ()) -> Residual:
+        feature_names: Sequence[str] = (), feature_l2: float = FEATURE_L2) -> Residual:
   """Fits z(u, v) (module docstring) to the swipes; deterministic given the seed.
 
   The factors start at N(0, 0.1^2) (at 0 the gradient of p_u . s_v vanishes), or at
@@ -254,12 +259,12 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
     grad_bq = np.bincount(swipes.query, g, n_q) + 2 * l2 / n_q * bq
     loss += (l2 * ((np.sum(e_q * e_q) + np.sum(bq * bq)) / n_q
                    + (np.sum(e_c * e_c) + np.sum(b * b)) / n_c)
-             + FEATURE_L2 * (np.sum(v_q * v_q) + np.sum(v_c * v_c)))
+             + feature_l2 * (np.sum(v_q * v_q) + np.sum(v_c * v_c)))
     grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_bq,
                            (data_p + 2 * l2 / n_q * e_q).ravel(),
                            (data_s + 2 * l2 / n_c * e_c).ravel(),
-                           ((g_q.T @ data_p).T + 2 * FEATURE_L2 * v_q).ravel(),
-                           ((g_c.T @ data_s).T + 2 * FEATURE_L2 * v_c).ravel()])
+                           ((g_q.T @ data_p).T + 2 * feature_l2 * v_q).ravel(),
+                           ((g_c.T @ data_s).T + 2 * feature_l2 * v_c).ravel()])
     return loss, grad
 
   def maps_start(side):  # [r, k] the side's V, from `start`'s blocks where it has them
@@ -289,12 +294,13 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   return Residual(float(a), float(b0), bq, e_q, b, e_c, float(l2), tuple(feature_names),
                   split("query", v_q), split("candidate", v_c),
                   np.asarray(g_q @ v_q.T) if k_q else None,
-                  np.asarray(g_c @ v_c.T) if k_c else None)
+                  np.asarray(g_c @ v_c.T) if k_c else None, float(feature_l2))
 
 
 def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate_rows: int,
            ranks: Sequence[int] = RANKS, grid: Sequence[float] = L2_GRID, seed: int = 0,
-           log: Callable[..., None] = print, features: Optional[Features] = None
+           log: Callable[..., None] = print, features: Optional[Features] = None,
+           feature_grid: Sequence[float] = FEATURE_L2_GRID
            ) -> Tuple[Optional[Residual], List[dict]]:
   """(the model with the best validation log loss refitted on train + validation, the table).
 
@@ -302,20 +308,25 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
 
   Fits on train every (rank, l2) of `ranks` x `grid` and scores the validation swipes;
   then, at the best of them, adds `features` groups one at a time (each round tries every
-  group left, from the best fit so far) while the validation log loss falls.
-  The table has one row per fit, {"rank", "l2", "features", "validation_log_loss"}, after
-  a first row {"rank": 0, "l2": None, ...} for the towers alone (a and b_0 fitted only).
+  group left, from the best fit so far) while the validation log loss falls, and with
+  groups chosen tries the other penalties of `feature_grid` on their maps.
+  The table has one row per fit, {"rank", "l2", "features", "feature_l2",
+  "validation_log_loss"}, after a first row {"rank": 0, "l2": None, ...} for the towers
+  alone (a and b_0 fitted only).
   """
   shape = (num_query_rows, num_candidate_rows)
   # A prohibitive penalty keeps b_u and b_v at 0: the towers' cosine with a and b_0 alone.
   towers_only = fit(train, *shape, rank=0, l2=1e9, seed=seed)
-  table = [{"rank": 0, "l2": None, "features": [],
+  table = [{"rank": 0, "l2": None, "features": [], "feature_l2": None,
             "validation_log_loss": towers_only.log_loss(validation)}]
 
-  def scored(model, label):
+  def scored(model):
     loss = model.log_loss(validation)
     table.append({"rank": model.rank, "l2": model.l2, "features": list(model.features),
+                  "feature_l2": model.feature_l2 if model.features else None,
                   "validation_log_loss": loss})
+    label = (", features %s (penalty %g)" % (" + ".join(model.features), model.feature_l2)
+             if model.features else "")
     log("train: like residual rank %d, l2 %g%s: validation log loss %.4f (towers alone %.4f)"
         % (model.rank, model.l2, label, loss, table[0]["validation_log_loss"]))
     return loss
@@ -327,7 +338,7 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
     # saddle point (no gradient on p_u . s_v), so a path from strong to weak would stay there.
     for l2 in sorted(grid):
       previous = fit(train, *shape, rank, l2, seed, start=previous)
-      loss = scored(previous, "")
+      loss = scored(previous)
       if loss < best_loss:
         best, best_loss = previous, loss
   if not best_loss < table[0]["validation_log_loss"]:
@@ -336,10 +347,18 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
   while remaining:
     trials = [fit(train, *shape, best.rank, best.l2, seed, start=best, features=features,
                   feature_names=best.features + (name,)) for name in remaining]
-    losses = [scored(trial, ", features " + " + ".join(trial.features)) for trial in trials]
+    losses = [scored(trial) for trial in trials]
     if not min(losses) < best_loss:
       break
     best, best_loss = trials[int(np.argmin(losses))], min(losses)
     remaining.remove(best.features[-1])
+  if best.features:
+    for feature_l2 in sorted(set(feature_grid) - {best.feature_l2}):
+      trial = fit(train, *shape, best.rank, best.l2, seed, start=best, features=features,
+                  feature_names=best.features, feature_l2=feature_l2)
+      loss = scored(trial)
+      if loss < best_loss:
+        best, best_loss = trial, loss
   return fit(train + validation, *shape, best.rank, best.l2, seed, start=best,
-             features=features, feature_names=best.features), table
+             features=features, feature_names=best.features,
+             feature_l2=best.feature_l2), table

@@ -196,9 +196,10 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
     return {**skipped("no fit beats the towers alone on the validation swipes' log loss"),
             "validation_log_loss": table}
   seconds = time.time() - started
+  features_chosen = (" + ".join(residual.features) + " (penalty %g)" % residual.feature_l2
+                     if residual.features else "none")
   log("train: like residual: rank %d, l2 %g, features %s chosen on validation, refitted on "
-      "train + validation in %.0fs" % (residual.rank, residual.l2,
-                                       " + ".join(residual.features) or "none", seconds))
+      "train + validation in %.0fs" % (residual.rank, residual.l2, features_chosen, seconds))
   for side, table_of, scale in (
       ("query", residual.query_table(first_known_row), residual.scale),
       ("candidate", residual.candidate_table(), 1.0)):
@@ -210,6 +211,7 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
         name=tower.name))
   return {"fitted": True, "rank": residual.rank, "l2": residual.l2, "scale": residual.scale,
           "features": list(residual.features),
+          "feature_l2": residual.feature_l2 if residual.features else None,
           "seconds": round(seconds, 1), "validation_log_loss": table}
 
 
