@@ -62,8 +62,9 @@ FEATURE_L2_GRID = (1e-4, 1e-3, 1e-2)
 # fits stop short within MAX_ITERATIONS (default world, rank 4: validation log loss 0.476
 # vs 0.468 with 100 at the same time); 100 pairs, or fewer within this memory.
 LBFGS_MEMORY_BYTES = 512 << 20
-# The 11 fits of `choose` cost ~160 us a train swipe on 2 cores (+32 s at the default
-# world's 200k swipes); above this many the residual is skipped with a log line.
+# The 11 plain fits of `choose` cost ~160 us a train swipe on 2 cores (+32 s at the default
+# world's 200k swipes), its feature search about as much again; above this many swipes the
+# residual is skipped with a log line.
 MAX_SWIPES = 2_000_000
 _CHUNK = 1 << 20  # swipes per row-dot block: [chunk, r] temporaries, not [n, r]
 
