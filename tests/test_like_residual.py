@@ -59,10 +59,12 @@ def test_the_fit_recovers_a_planted_taste_and_validation_chooses_it():
   # Unused rows (padding, OOV) are pulled to 0 by the penalty.
   assert np.abs(residual.query_factors[:2]).max() < 1e-3
   # The appended columns reproduce the logits: [a q, 1, b_u, p_u] . [c, b_v, 1, s_v] = z - b_0.
-  q_cols, c_cols = residual.query_table(first_known_row=2), residual.candidate_table()
+  q_cols = residual.query_table(first_known_row=2)
+  c_cols = residual.candidate_table(first_known_row=2)
   assert q_cols.shape == (len(group), 4) and c_cols.shape == (len(style), 4)  # 2 + rank
   np.testing.assert_array_equal(q_cols[:, 0], 1.0)
   np.testing.assert_array_equal(q_cols[:2], [[1, 0, 0, 0]] * 2)  # unseen: the towers + b_v
+  np.testing.assert_array_equal(c_cols[:2], [[0, 1, 0, 0]] * 2)  # unseen: the towers + b_u
   score = residual.scale * validation.cosine + np.einsum(
       "nr,nr->n", q_cols[validation.query], c_cols[validation.candidate])
   np.testing.assert_allclose(score + residual.intercept, residual.logits(validation), atol=1e-5)
@@ -107,9 +109,12 @@ def test_validation_adds_the_feature_that_carries_the_style_and_not_noise():
   assert list(tables) == ["candidate_colour"] and tables["candidate_colour"].shape == (3, 4)
   np.testing.assert_array_equal(tables["candidate_colour"][:, :2], 0.0)  # no b_v, no weight
   np.testing.assert_allclose(tables["candidate_colour"][:, 2:], colours, rtol=1e-6)
-  # The id table holds e_v only: with the map's part, the rows' factors.
-  np.testing.assert_allclose(residual.candidate_table()[2:, 2:] + residual.candidate_mapped[2:],
-                             s[2:], rtol=1e-5, atol=1e-6)
+  # A candidate unseen in training is served its OOV row [0, 1, 0] plus W f_v, its colour's
+  # map, which points the way the seen candidates of that style differ.
+  oov = residual.candidate_table(first_known_row=2)[1]
+  np.testing.assert_array_equal(oov, [0, 1, 0, 0])
+  served = oov + tables["candidate_colour"][[1, 2]]  # colours of styles 0 and 1
+  assert (served[1, 2:] - served[0, 2:]) @ gap > 0.5 * gap @ gap
   without, _ = like_residual.choose(train, validation, *shape, ranks=(2,), grid=(0.1,),
                                     log=lambda *a: None)
   assert without.features == () and without.log_loss(validation) > residual.log_loss(validation)

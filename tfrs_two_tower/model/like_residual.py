@@ -9,14 +9,15 @@ module fits on the swipes (like 1, pass 0, the swipe's weight) the logistic mode
   z(u, v) = a * cos_uv + b_0 + b_u + b_v + p_u . s_v        p_u, s_v in R^r
 
 by L-BFGS (scipy) on the weighted mean log loss plus
-l2 * (sum_u (|p_u|^2 + b_u^2) / n_q + sum_v (|s_v|^2 + b_v^2) / n_c) (a Gaussian prior
-on the rows; n_q, n_c the table sizes). b_u (how readily u likes) moves no user's own
-ranking; it moves the pair score across users: the AUC over all swipes, the calibrated
+l2 * (sum_u (|e_u|^2 + b_u^2) / n_q + sum_v (|e_v|^2 + b_v^2) / n_c) (a Gaussian prior
+on the rows' own parts, e below; n_q, n_c the table sizes). b_u (how readily u likes)
+moves no user's own ranking; it moves the pair score across users: the AUC over all swipes, the calibrated
 P(like) and the reciprocal match score P(u likes v) P(v likes u). u and v are rows of
 the id features' embedding tables (their vocabulary index); a query's first
-`new_user_swipes` swipes are left out (they train the towers' new-user path), and
-users unseen in training get b_u = 0, p_u = 0 (`Residual.query_table`): the towers
-and b_v rank them. The rank and the penalty are chosen from RANKS x L2_GRID by the
+`new_user_swipes` swipes are left out (they train the towers' new-user path), and so
+are the swipes of users and on profiles unseen in training (their id's OOV row), which get
+b = 0, e = 0 (`Residual.query_table`, `candidate_table`): the towers, b_v and the feature
+maps below rank them. The rank and the penalty are chosen from RANKS x L2_GRID by the
 validation swipes' log loss (fits on train), and the chosen model is refitted on
 train + validation.
 
@@ -55,7 +56,7 @@ L2_GRID = (0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
 # The penalty on the feature maps V, W (a sum over their entries, the loss being a mean
 # over swipes) while feature groups are chosen: 1e-3 kept the default world's gain, 1e-2 lost
-# it ("Oracle headroom" 14); then validation picks it from the grid for the chosen groups.
+# it ("Oracle headroom" 13); then validation picks it from the grid for the chosen groups.
 FEATURE_L2 = 1e-3
 FEATURE_L2_GRID = (1e-4, 1e-3, 1e-2)
 # L-BFGS keeps `maxcor` pairs of [parameters] vectors. With scipy's default of 10 the
@@ -63,8 +64,9 @@ FEATURE_L2_GRID = (1e-4, 1e-3, 1e-2)
 # vs 0.468 with 100 at the same time); 100 pairs, or fewer within this memory.
 LBFGS_MEMORY_BYTES = 512 << 20
 # The 11 plain fits of `choose` cost ~160 us a train swipe on 2 cores (+32 s at the default
-# world's 200k swipes), its feature search about as much again; above this many swipes the
-# residual is skipped with a log line.
+# world's 200k swipes); its feature search, up to G (G + 1) / 2 + 3 more fits for G feature
+# groups, took 1x to 3x that again on three data sets ("Oracle headroom" 15); above this many
+# swipes the residual is skipped with a log line.
 MAX_SWIPES = 2_000_000
 _CHUNK = 1 << 20  # swipes per row-dot block: [chunk, r] temporaries, not [n, r]
 
@@ -166,8 +168,13 @@ class Residual:
   def feature_tables(self, side: str) -> Dict[str, np.ndarray]:
     """Core input key -> [k, 2 + r] float32 [0, 0, V_f^T]: what each feature adds to the
     side's appended columns (`towers.with_like_residual` sums them, "sqrtn"-pooled)."""
-    return {key: np.concatenate([np.zeros((len(block), 2)), block], 1).astype(np.float32)
-            for key, block in getattr(self, f"{side}_maps").items()}
+    tables = {key: np.concatenate([np.zeros((len(block), 2)), block], 1).astype(np.float32)
+              for key, block in getattr(self, f"{side}_maps").items()}
+    for table in tables.values():
+      # Row 0, a missing value, is gathered unmasked from a single-valued input: 0 by
+      # construction (no data gradient, started at 0), stated here rather than relied on.
+      table[0] = 0.0
+    return tables
 
   def query_table(self, first_known_row: int) -> np.ndarray:
     """[query rows, 2 + r] float32: the query tower's id-table columns [1, b_u, e_u].
@@ -184,10 +191,18 @@ class Residual:
     out[:first_known_row, 0] = 1.0
     return out.astype(np.float32)
 
-  def candidate_table(self) -> np.ndarray:
-    """[candidate rows, 2 + r] float32: the candidate tower's id-table columns [b_v, 1, e_v]."""
-    return np.concatenate([self.candidate_bias[:, None], np.ones((len(self.candidate_bias), 1)),
-                           self.candidate_factors], 1).astype(np.float32)
+  def candidate_table(self, first_known_row: int) -> np.ndarray:
+    """[candidate rows, 2 + r] float32: the candidate tower's id-table columns [b_v, 1, e_v].
+
+    Rows below `first_known_row` (padding, OOV: profiles unseen in training) get
+    [0, 1, 0], plus W f_v (`feature_tables`), as the fit scored them (`residual_swipes`
+    leaves their swipes out, so no fitted row stands in for their features).
+    """
+    out = np.concatenate([self.candidate_bias[:, None], np.ones((len(self.candidate_bias), 1)),
+                          self.candidate_factors], 1)
+    out[:first_known_row] = 0.0
+    out[:first_known_row, 1] = 1.0
+    return out.astype(np.float32)
 
 
 def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:

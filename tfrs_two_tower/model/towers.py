@@ -53,7 +53,8 @@ class MaskedPooling(tf.keras.layers.Layer):
   """[B, L, d] embeddings of [B, L] indices -> [B, d], ignoring index 0 (padding).
 
   "mean" divides the masked sum by max(count, 1), "sum" keeps it, "sqrtn" divides it by
-  sqrt(max(count, 1)) (TF's combiner of that name; count = the nonzero indices).
+  sqrt(max(count, 1)) (TF's combiner of that name; count = the nonzero indices, with
+  `recency_decay` below their weights' sum).
 
   With `recency_decay` r < 1 (lists of a fixed length L, most recent first) slot
   l weighs w_l = r^l: mean = sum_l w_l m_l E[i_l] / max(sum_l w_l m_l, 1e-6)
@@ -322,7 +323,8 @@ def with_like_residual(core: tf.keras.Model, id_key: str, table: np.ndarray,
   for key, weights in sorted((feature_tables or {}).items()):
     mapped = gathered(f"like_residual_{key}", weights, inputs[key])
     if mapped.shape.rank == 3:  # a list feature: [B, L, m]
-      mapped = MaskedPooling("sqrtn", name=f"like_residual_{key}_pooling")(mapped, inputs[key])
+      mapped = MaskedPooling("sqrtn", dtype="float32",
+                             name=f"like_residual_{key}_pooling")(mapped, inputs[key])
     columns.append(mapped)
   if len(columns) > 1:
     columns = [tf.keras.layers.Add(dtype="float32", name="like_residual_sum")(columns)]

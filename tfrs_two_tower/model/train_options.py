@@ -88,10 +88,11 @@ class TrainOptions:
                              "profiles unseen in training learn a features-only embedding (0 "
                              "disables it; docs/training.md).")
   like_residual: bool = option(True, "After training, fit the like-vs-pass residual (a "
-                               "per-user and a per-profile bias and low-rank id factors, rank and "
-                               "penalty chosen on validation; kept only when it beats the towers "
-                               "there) and append it to the towers' outputs (docs/training.md, "
-                               "'Oracle headroom' 11 and 12).")
+                               "per-user and a per-profile bias, low-rank id factors and linear "
+                               "maps of the profile features into them; rank, penalties and "
+                               "features chosen on validation; kept only when it beats the "
+                               "towers there) and append it to the towers' outputs "
+                               "(docs/training.md, 'Oracle headroom' 11, 12 and 15).")
   new_user_swipes: int = option(5, "Each query's first N train swipes (by time) always use the "
                                 "OOV query id: the path that serves users unseen in training "
                                 "then also learns what users do when they are new, not only "

@@ -328,7 +328,7 @@ def distributed_step(strategy, model, jit_compile: bool):
   return distributed
 
 
-def residual_features(entities: inputs.InteractionIndex, specs: Dict[str, Sequence[dict]],
+def residual_features(index: inputs.InteractionIndex, specs: Dict[str, Sequence[dict]],
                       id_keys: Dict[str, str]) -> like_residual.Features:
   """The sides' categorical and multi-categorical features as `like_residual.Features`.
 
@@ -336,10 +336,11 @@ def residual_features(entities: inputs.InteractionIndex, specs: Dict[str, Sequen
   app's `query_interests` and `candidate_interests` are one group); each side's matrix has a
   row per id table row ([rows, feature table rows], `like_residual.multi_hot`), filled
   for the entities whose id is in the vocabulary and empty for padding and OOV rows.
+  Only `index`'s entity tables (`.query`, `.candidate`) are read, not its swipes.
   """
   groups: Dict[str, Dict[str, Any]] = {}
   for side in run_lib.SIDES:
-    values = getattr(entities, side).values
+    values = getattr(index, side).values  # the entity tables' features, a row per entity
     id_spec = next(spec for spec in specs[side] if spec["key"] == id_keys[side])
     id_rows = values[id_keys[side]].numpy().reshape(-1).astype(np.int64)
     known = np.flatnonzero(id_rows >= 1 + int(id_spec["num_oov_buckets"]))
@@ -357,16 +358,18 @@ def residual_features(entities: inputs.InteractionIndex, specs: Dict[str, Sequen
 
 def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.keras.Model,
                     candidate_core: tf.keras.Model, id_keys: Dict[str, str],
-                    first_known_row: int, batch_size: int = 65536) -> List[like_residual.Swipes]:
+                    first_known_rows: Dict[str, int], batch_size: int = 65536
+                    ) -> List[like_residual.Swipes]:
   """Splits' swipes as `like_residual.Swipes`: id table rows and the towers' cosine.
 
   Args:
     indices: the splits, built on the same entity features (one `inputs_cache`), so the
       entities are embedded once for all of them; each side's id feature is `id_keys[side]`.
-    first_known_row: the query id table's first vocabulary row (1 + its OOV buckets).
+    first_known_rows: side -> its id table's first vocabulary row (1 + its OOV buckets).
   Left out: the swipes an index marks as their query's first (`inputs.NEW_USER_COLUMN`:
-  they train the towers' new-user path) and those of users outside the vocabulary,
-  since the residual serves known users only. With a swipe history the query
+  they train the towers' new-user path) and those of users or on profiles outside the
+  vocabulary (an OOV row), whose residual is the feature maps alone
+  (`Residual.query_table`, `candidate_table`). With a swipe history the query
   embedding changes with every swipe, so it is computed per swipe (one forward pass
   over each split), otherwise once per user.
   """
@@ -391,7 +394,9 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
 
   def split_swipes(index):
     query_rows = index.tensors["query_row"].numpy()
-    keep = table_rows("query", query_rows) >= first_known_row
+    keep = ((table_rows("query", query_rows) >= first_known_rows["query"])
+            & (table_rows("candidate", index.tensors["candidate_row"].numpy())
+               >= first_known_rows["candidate"]))
     if inputs.NEW_USER_COLUMN in index.tensors:
       keep &= ~index.tensors[inputs.NEW_USER_COLUMN].numpy()
     query_rows = query_rows[keep]

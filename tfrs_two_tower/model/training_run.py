@@ -181,12 +181,12 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
       return skipped(f"the {side} side has no id feature with OOV buckets to attach it to")
     id_specs[side] = next(spec for spec in specs[side] if spec["key"] == next(iter(keys)))
   id_keys = {side: spec["key"] for side, spec in id_specs.items()}
-  # Rows 0 .. k: padding and the k OOV buckets (users unseen in training) of the query ids.
-  first_known_row = 1 + int(id_specs["query"]["num_oov_buckets"])
+  # Rows 0 .. k: padding and the k OOV buckets (entities unseen in training) of the ids.
+  first_known_rows = {side: 1 + int(spec["num_oov_buckets"]) for side, spec in id_specs.items()}
   cores = training.model.query_core, training.model.candidate_core
   validation_index = inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *inputs_cache["features"])
   train, validation = training_lib.residual_swipes(
-      [train_index, validation_index], *cores, id_keys, first_known_row)
+      [train_index, validation_index], *cores, id_keys, first_known_rows)
   features = training_lib.residual_features(train_index, specs, id_keys)
   rows = [prep.num_rows(id_specs[side]) for side in run_lib.SIDES]
   started = time.time()
@@ -201,8 +201,8 @@ def _attach_like_residual(dataset, specs, training, inputs_cache, log) -> Dict[s
   log("train: like residual: rank %d, l2 %g, features %s chosen on validation, refitted on "
       "train + validation in %.0fs" % (residual.rank, residual.l2, features_chosen, seconds))
   for side, table_of, scale in (
-      ("query", residual.query_table(first_known_row), residual.scale),
-      ("candidate", residual.candidate_table(), 1.0)):
+      ("query", residual.query_table(first_known_rows["query"]), residual.scale),
+      ("candidate", residual.candidate_table(first_known_rows["candidate"]), 1.0)):
     tower = getattr(training, f"{side}_tower")
     setattr(training, f"{side}_tower", towers.Tower(
         tower.preprocessing,
