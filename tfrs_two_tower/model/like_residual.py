@@ -11,9 +11,9 @@ module fits on the swipes (like 1, pass 0, the swipe's weight) the logistic mode
 by L-BFGS (scipy) on the weighted mean log loss plus
 l2 * (sum_u (|e_u|^2 + b_u^2) / n_q + sum_v (|e_v|^2 + b_v^2) / n_c) (a Gaussian prior
 on the rows' own parts, e below; n_q, n_c the table sizes). b_u (how readily u likes)
-moves no user's own ranking; it moves the pair score across users: the AUC over all swipes, the calibrated
-P(like) and the reciprocal match score P(u likes v) P(v likes u). u and v are rows of
-the id features' embedding tables (their vocabulary index); a query's first
+moves no user's own ranking; it moves the pair score across users: the AUC over all
+swipes, the calibrated P(like) and the reciprocal match score P(u likes v) P(v likes u).
+u and v are rows of the id features' embedding tables (their vocabulary index); a query's first
 `new_user_swipes` swipes are left out (they train the towers' new-user path), and so
 are the swipes of users and on profiles unseen in training (their id's OOV row), which get
 b = 0, e = 0 (`Residual.query_table`, `candidate_table`): the towers, b_v and the feature

@@ -20,8 +20,8 @@ epochs); its best epoch is the model. There is no refit on train + validation
 (docs/training.md says why). The wall-clock budget covers the whole search and
 the winner's continuation: the search may use SEARCH_SHARE of it; when its next
 epoch would not fit that share, the search stops with a log line and the best
-trial so far wins; the winner trains on while its next epoch fits the budget. With the same seed, data and a
-budget that is not reached, the trials and their results are identical.
+trial so far wins; the winner trains on while its next epoch fits the budget. With the
+same seed, data and a budget that is not reached, the trials and their results are identical.
 
 A trial is any object with `run_epoch() -> metrics dict`, `epoch` (epochs
 done), `done` and `best` (metrics of its best epoch): `training.Training`.
