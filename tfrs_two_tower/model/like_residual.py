@@ -185,11 +185,7 @@ class Residual:
     users below popularity; b_v alone raised new users' oracle_like@10 on both worlds and
     their AUC on all three data sets (docs/training.md, "Oracle headroom" 11 and 12).
     """
-    out = np.concatenate([np.ones((len(self.query_bias), 1)), self.query_bias[:, None],
-                          self.query_factors], 1)
-    out[:first_known_row] = 0.0
-    out[:first_known_row, 0] = 1.0
-    return out.astype(np.float32)
+    return _id_table(self.query_bias, self.query_factors, 0, first_known_row)
 
   def candidate_table(self, first_known_row: int) -> np.ndarray:
     """[candidate rows, 2 + r] float32: the candidate tower's id-table columns [b_v, 1, e_v].
@@ -198,11 +194,19 @@ class Residual:
     [0, 1, 0], plus W f_v (`feature_tables`), as the fit scored them (`residual_swipes`
     leaves their swipes out, so no fitted row stands in for their features).
     """
-    out = np.concatenate([self.candidate_bias[:, None], np.ones((len(self.candidate_bias), 1)),
-                          self.candidate_factors], 1)
-    out[:first_known_row] = 0.0
-    out[:first_known_row, 1] = 1.0
-    return out.astype(np.float32)
+    return _id_table(self.candidate_bias, self.candidate_factors, 1, first_known_row)
+
+
+def _id_table(bias: np.ndarray, factors: np.ndarray, ones_column: int,
+              first_known_row: int) -> np.ndarray:
+  """[rows, 2 + r] float32 [1, b, e] (`ones_column` 0, the query side) or [b, 1, e] (1);
+  rows below `first_known_row` (padding, OOV) keep only the 1: no bias, no factor."""
+  bias_column = 1 - ones_column
+  out = np.zeros((len(bias), 2 + factors.shape[1]))
+  out[:, ones_column] = 1.0
+  out[first_known_row:, bias_column] = bias[first_known_row:]
+  out[first_known_row:, 2:] = factors[first_known_row:]
+  return out.astype(np.float32)
 
 
 def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:

@@ -394,13 +394,12 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
 
   def split_swipes(index):
     query_rows = index.tensors["query_row"].numpy()
+    candidate_rows = index.tensors["candidate_row"].numpy()
     keep = ((table_rows("query", query_rows) >= first_known_rows["query"])
-            & (table_rows("candidate", index.tensors["candidate_row"].numpy())
-               >= first_known_rows["candidate"]))
+            & (table_rows("candidate", candidate_rows) >= first_known_rows["candidate"]))
     if inputs.NEW_USER_COLUMN in index.tensors:
       keep &= ~index.tensors[inputs.NEW_USER_COLUMN].numpy()
-    query_rows = query_rows[keep]
-    candidate_rows = index.tensors["candidate_row"].numpy()[keep]
+    query_rows, candidate_rows = query_rows[keep], candidate_rows[keep]
     if query_embedding is not None:
       cosine = like_residual.row_dots(query_embedding, candidate_embedding, query_rows,
                                       candidate_rows)
