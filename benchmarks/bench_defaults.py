@@ -163,13 +163,12 @@ def prepare_dataset(name: str, work: str, log, history=None) -> dict:
   """Writes the data set's dataset dir (and world dir); returns their paths.
 
   `history`: a config `history` section added to the data set's config (the
-  dataset dir is then `dataset_history`, so both forms can sit side by side).
+  dataset dir is then `dataset_history_<its hash>`, so every form can sit side by side).
   """
-  out = {"dataset": os.path.join(work, name, "dataset_history" if history else "dataset"),
-         "world": None}
+  suffix = "_history_" + config_lib.config_hash(history)[:8] if history else ""
+  out = {"dataset": os.path.join(work, name, "dataset" + suffix), "world": None}
   if name == "movielens":
-    dump = movielens_dump(os.path.join(work, name, "csv_history" if history else "csv"),
-                          history)
+    dump = movielens_dump(os.path.join(work, name, "csv" + suffix), history)
     if not os.path.exists(out["dataset"]):
       export_stage.run(out["dataset"], export_stage.ExportOptions(
           config_path=os.path.join(dump, "config.json"), input_dir=dump), log=log)

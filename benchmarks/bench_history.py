@@ -54,7 +54,9 @@ flags.DEFINE_integer("repeats", 3, "Timed repeats per variant, interleaved acros
                      "variants (best kept).")
 flags.DEFINE_list("variants", ["none", "own", "shared"],
                   "Variants to compare: none, own, shared (liked + passed lists, own or shared "
-                  "id table), liked_own, liked_shared (the liked list only).")
+                  "id table), residual (read by the like residual's history map only, "
+                  "history.embed_in_core false), liked_own, liked_shared, liked_residual (the "
+                  "liked list only).")
 flags.DEFINE_list("worlds", ["default", "taste_active"], "Worlds to measure on.")
 flags.DEFINE_float("recency_decay", 1.0, "history.recency_decay of every history variant "
                    "(1: plain mean).")
@@ -82,7 +84,8 @@ def variant_config(variant: str) -> config_lib.Config:
     raw["history"] = {"max_length": FLAGS.max_length,
                       "lists": ["liked"] if variant.startswith("liked") else ["liked", "passed"],
                       "share_candidate_id_embedding": variant.endswith("shared"),
-                      "recency_decay": FLAGS.recency_decay, "dropout": FLAGS.history_dropout}
+                      "recency_decay": FLAGS.recency_decay, "dropout": FLAGS.history_dropout,
+                      "embed_in_core": not variant.endswith("residual")}
   return config_lib.parse_config(raw)
 
 

@@ -128,6 +128,50 @@ def test_emulator_names_missing_inputs(overflowing_core, tmp_path):
   assert os.path.isdir(path)
 
 
+@pytest.mark.slow
+def test_a_history_only_the_like_residual_reads_converts_with_parity(tmp_path):
+  """history.embed_in_core false: the core takes the list, only the residual's map Y pools
+  it ("sqrtn"); Core ML computes the same [scale q, 1, b_u, e_u + Y h]."""
+  import tensorflow as tf
+  from tfrs_two_tower.model import towers
+  specs = [{"key": "query_id", "type": "id", "num_oov_buckets": 1, "vocab_size": 3,
+            "tokens": ["u1", "u2", "u3"], "embedding_dim": 4},
+           {"key": "query_history_liked", "type": "history", "num_oov_buckets": 1,
+            "vocab_size": 5, "tokens": ["c1", "c2", "c3", "c4", "c5"], "max_length": 4,
+            "embedding_dim": 4, "embed_in_core": False}]
+  core = towers.build_core(specs, [8], 6, name="query_core")
+  rng = np.random.default_rng(0)
+  table = rng.normal(size=(5, 2 + 3)).astype(np.float32)  # [1, b_u, e_u] per id row
+  history_map = np.concatenate([np.zeros((7, 2)), rng.normal(size=(7, 3))], 1).astype(
+      np.float32)
+  history_map[0] = 0.0
+  extended = towers.with_like_residual(core, "query_id", table, scale=2.0,
+                                       feature_tables={"query_history_liked": history_map})
+  module = tf.Module()
+  module.core = extended
+  fn = tf.function(lambda features: {"embedding": extended(features)})
+  path = str(tmp_path / "core")
+  tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function(
+      {"query_id": tf.TensorSpec([None], tf.int32, name="query_id"),
+       "query_history_liked": tf.TensorSpec([None, 4], tf.int32, name="query_history_liked")})})
+  feeds = {"query_id": np.array([2, 3, 1, 4], np.int32),
+           "query_history_liked": np.array([[3, 5, 0, 0], [6, 6, 2, 1], [0, 0, 0, 0],
+                                            [4, 0, 0, 0]], np.int32)}
+  want = extended({k: tf.constant(v) for k, v in feeds.items()}).numpy()
+  # The history moves only the residual's columns, by the pooled map rows.
+  hot = np.zeros((4, 7))
+  for row, ids in enumerate(feeds["query_history_liked"]):
+    for i in ids[ids > 0]:
+      hot[row, i] += 1
+  hot /= np.sqrt(np.maximum(hot.sum(1, keepdims=True), 1))
+  np.testing.assert_allclose(want[:, 6:], table[feeds["query_id"]] + hot @ history_map,
+                             atol=1e-5)
+  model = convert.convert_core(path, convert.core_inputs(path))
+  model.save(str(tmp_path / "q.mlpackage"))
+  got = mil_emulator.MilProgramEmulator(str(tmp_path / "q.mlpackage")).predict(feeds)
+  np.testing.assert_allclose(got["embedding"], want, atol=1e-5)
+
+
 @pytest.mark.parametrize("block_elements", [parity.SCORE_BLOCK_ELEMENTS, 7 * 200])
 def test_top_k_overlap_in_query_blocks_counts_the_shared_top_candidates(block_elements,
                                                                        monkeypatch):

@@ -11,9 +11,9 @@ from tfrs_two_tower.data import writer as writer_lib
 T0 = 1_780_000_000
 
 
-def history_config(max_length=3, lists=("liked", "passed")):
+def history_config(max_length=3, lists=("liked", "passed"), **options):
   raw = config_lib.load_config().raw
-  raw["history"] = {"max_length": max_length, "lists": list(lists)}
+  raw["history"] = {"max_length": max_length, "lists": list(lists), **options}
   raw["interactions"]["timestamp_unit"] = "s"  # the tests' swipes carry unix seconds
   return config_lib.parse_config(raw)
 
@@ -206,3 +206,43 @@ def test_features_json_builds_history_inputs_like_the_savedmodel():
       "query_history_liked": tf.constant([["c3", "new", "c1", "c2"], ["", "", "", ""]])})
   for key in ("query_id", "query_history_liked"):
     np.testing.assert_array_equal(got[key], want[key].numpy())
+
+
+def test_the_like_residual_reads_each_swipes_history(tmp_path, tiny_world):
+  """history.embed_in_core false: the core takes the lists but its layers do not read
+  them; the like residual's swipes carry each swipe's lists, as the index holds them."""
+  import tensorflow as tf
+  from tfrs_two_tower.data import synthetic
+  from tfrs_two_tower.model import epoch_eval, inputs, like_residual, train_options, training
+  from conftest import TINY_TRAINING
+  ds = str(tmp_path / "ds")
+  synthetic.write_world_dataset(tiny_world, history_config(max_length=4, embed_in_core=False),
+                                ds, num_train_shards=1, num_eval_shards=1)
+  dataset = reader.open_dataset(ds)
+  options = train_options.TrainOptions(**TINY_TRAINING)
+  specs, cache = training.feature_specs(dataset), {}
+  _, train_index = training.training_inputs(dataset, specs, options, cache)
+  validation_index = inputs.InteractionIndex(dataset, epoch_eval.SPLIT, *cache["features"])
+  model = training.build_model(options, specs)
+  core = model.query_core
+  assert {"query_history_liked", "query_history_passed"} <= set(core.input_names)
+  assert not [layer.name for layer in core.layers
+              if "history" in layer.name and not isinstance(layer, tf.keras.layers.InputLayer)]
+  id_specs = {side: next(s for s in specs[side] if s["type"] == "id")
+              for side in ("query", "candidate")}
+  first_known = {side: 1 + spec["num_oov_buckets"] for side, spec in id_specs.items()}
+  train, validation = training.residual_swipes(
+      [train_index, validation_index], core, model.candidate_core,
+      {side: spec["key"] for side, spec in id_specs.items()}, first_known)
+  assert validation.history["history_liked"].shape[0] == validation.query.size
+  tensors = train_index.tensors
+  entity_rows = train_index.candidate.values[id_specs["candidate"]["key"]].numpy().reshape(-1)
+  keep = ~tensors[inputs.NEW_USER_COLUMN].numpy() & (
+      entity_rows[tensors["candidate_row"].numpy()] >= first_known["candidate"])
+  assert keep.sum() == train.query.size  # (the tiny world's train users are all known)
+  for name in ("history_liked", "history_passed"):
+    lists = tensors["query_" + name].numpy()[keep]
+    assert lists.shape[1] == 4 and (lists > 0).any()
+    np.testing.assert_allclose(
+        train.history[name].toarray(),
+        like_residual.multi_hot(lists, train.history[name].shape[1]).toarray())

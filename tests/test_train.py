@@ -383,3 +383,31 @@ def test_epoch_eval_takes_its_train_exclusions_from_the_training_index(tiny_data
     for name in ("excluded_user", "excluded_column", "relevant_user", "relevant_column"):
       assert np.array_equal(getattr(shared, name), getattr(read, name)), (max_users, name)
     assert read.excluded_user.size > len(read.queries["query_id"])  # train swipes, not self
+
+
+def test_residual_features_give_each_known_id_row_its_entitys_features(tiny_dataset_dir):
+  """`training.residual_features`: a group per feature name, a row per id table row with
+  that entity's token counts over sqrt(their number); padding and OOV rows empty."""
+  from tfrs_two_tower.model import like_residual, training
+  from tfrs_two_tower.model import preprocessing as prep
+  dataset = reader.open_dataset(tiny_dataset_dir)
+  specs = training.feature_specs(dataset)
+  _, index = training.training_inputs(dataset, specs, train_options.TrainOptions(**FAST))
+  id_keys = {side: next(s["key"] for s in specs[side] if s["type"] == "id")
+             for side in ("query", "candidate")}
+  features = training.residual_features(index, specs, id_keys)
+  assert "interests" in features.groups and set(features.groups["interests"]) == {
+      "query", "candidate"}
+  for side in ("query", "candidate"):
+    id_spec = next(s for s in specs[side] if s["key"] == id_keys[side])
+    values = getattr(index, side).values
+    id_rows = values[id_keys[side]].numpy().reshape(-1)
+    known = id_rows >= 1 + id_spec["num_oov_buckets"]
+    assert known.any() and (~known).any()  # the tiny world has users unseen in training
+    spec = next(s for s in specs[side] if s["key"] == f"{side}_interests")
+    matrix = features.groups["interests"][side]
+    assert matrix.shape == (prep.num_rows(id_spec), prep.num_rows(spec))
+    hot = like_residual.multi_hot(values[spec["key"]].numpy(), prep.num_rows(spec))
+    np.testing.assert_allclose(matrix[id_rows[known]].toarray(), hot[known].toarray())
+    unused = np.setdiff1d(np.arange(matrix.shape[0]), id_rows[known])
+    assert matrix[unused].nnz == 0 and 0 in unused  # padding, OOV, ids of no entity

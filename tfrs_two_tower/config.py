@@ -241,12 +241,15 @@ class History:
   The tower pools a list by a weighted masked mean, weight `recency_decay`^l
   of the l-th most recent id (1.0: the plain mean), and in training drops each
   id with probability `dropout` (robustness to the short histories of new users).
+  With `embed_in_core` false the towers' layers do not read the lists: only the like
+  residual's history map does (`model/like_residual.py`), fitted after the towers.
   """
   max_length: int
   lists: Tuple[str, ...]
   share_candidate_id_embedding: bool
   recency_decay: float = 1.0
   dropout: float = 0.0
+  embed_in_core: bool = True
 
   def key(self, name: str) -> str:
     return f"query_history_{name}"
@@ -461,7 +464,8 @@ def _build(raw: Dict[str, Any], source: str) -> Config:
                       share_candidate_id_embedding=spec.get("share_candidate_id_embedding",
                                                             False),
                       recency_decay=float(spec.get("recency_decay", 1.0)),
-                      dropout=float(spec.get("dropout", 0.0)))
+                      dropout=float(spec.get("dropout", 0.0)),
+                      embed_in_core=bool(spec.get("embed_in_core", True)))
   impressions = None
   if raw.get("impressions") is not None:
     spec = raw["impressions"]

@@ -35,9 +35,18 @@ FEATURE_L2_GRID on validation. The maps are computed in
 the towers from the profile's features (`Residual.feature_tables`), so users and profiles
 unseen in training get V g_u and W f_v too, and a profile edited since training its new one.
 
+With a swipe history (the config's `history`), each list is a group too, read per swipe
+(SVD++'s implicit feedback, Koren 2008): with h_i the multi-hot of the candidates the user
+liked (or passed) before swipe i, over sqrt(their number),
+
+  p_u(i) = e_u + V g_u + Y h_i       Y [r, candidate rows], penalised like V and W
+
+so that a user's swipes since training move their factor without a refit. The towers pool
+the same Y rows over the history inputs (`feature_tables`).
+
 The towers then output (`towers.with_like_residual`), an inner product again:
 
-  query      [a * q, 1, b_u, p_u]  ([a * q, 1, 0, V g_u] unseen)  [B, d + 2 + r]
+  query      [a * q, 1, b_u, p_u]  ([a * q, 1, 0, V g_u (+ Y h)] unseen)  [B, d + 2 + r]
   candidate  [c, b_v, 1, s_v]                                      [B, d + 2 + r]
   score      a * cos_uv + b_u + b_v + p_u . s_v = z(u, v) - b_0
 """
@@ -71,18 +80,37 @@ MAX_SWIPES = 2_000_000
 _CHUNK = 1 << 20  # swipes per row-dot block: [chunk, r] temporaries, not [n, r]
 
 
+_SWIPE_ARRAYS = ("query", "candidate", "cosine", "label", "weight")
+
+
 @dataclasses.dataclass
 class Swipes:
-  """Swipes as table rows. All [n]: query / candidate row, the towers' cosine, label, weight."""
+  """Swipes as table rows. All [n]: query / candidate row, the towers' cosine, label, weight.
+
+  `history`: history group name ("history_liked": the query core input `query_history_liked`
+  without the side's prefix) -> [n, candidate rows] CSR, each swipe's `multi_hot` of the
+  candidates its query liked (or passed) before it, the list the query tower reads.
+  """
   query: np.ndarray
   candidate: np.ndarray
   cosine: np.ndarray
   label: np.ndarray
   weight: np.ndarray
+  history: Dict[str, scipy.sparse.csr_matrix] = dataclasses.field(default_factory=dict)
 
   def __add__(self, other: "Swipes") -> "Swipes":
-    return Swipes(*(np.concatenate([getattr(self, f.name), getattr(other, f.name)])
-                    for f in dataclasses.fields(self)))
+    if set(self.history) != set(other.history):
+      raise ValueError(f"swipes with history lists {sorted(self.history)} and "
+                       f"{sorted(other.history)} cannot be joined")
+    return Swipes(*(np.concatenate([getattr(self, name), getattr(other, name)])
+                    for name in _SWIPE_ARRAYS),
+                  {name: scipy.sparse.vstack([matrix, other.history[name]], format="csr")
+                   for name, matrix in self.history.items()})
+
+  def subset(self, keep: np.ndarray) -> "Swipes":
+    """The swipes where `keep` ([n] bool or indices) selects."""
+    return Swipes(*(getattr(self, name)[keep] for name in _SWIPE_ARRAYS),
+                  {name: matrix[keep] for name, matrix in self.history.items()})
 
 
 @dataclasses.dataclass
@@ -129,7 +157,8 @@ class Residual:
   A row's factor is its own (`query_factors` e_u, `candidate_factors` e_v) plus, with
   feature groups, the maps' part (`query_mapped` V g_u, `candidate_mapped` W f_v, of the
   rows' training features). `query_maps` / `candidate_maps`: core input key -> [k, r],
-  each feature's block of V / W, transposed.
+  each feature's block of V / W, transposed; `history_maps` the same of Y, the history
+  lists' map (module docstring), which adds to p_u per swipe.
   """
   scale: float
   intercept: float
@@ -144,6 +173,7 @@ class Residual:
   query_mapped: Optional[np.ndarray] = None
   candidate_mapped: Optional[np.ndarray] = None
   feature_l2: float = FEATURE_L2
+  history_maps: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def rank(self) -> int:
@@ -155,10 +185,16 @@ class Residual:
     return own if mapped is None else own + mapped
 
   def logits(self, swipes: Swipes) -> np.ndarray:
-    return (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
-            + self.candidate_bias[swipes.candidate]
-            + row_dots(self.factors("query"), self.factors("candidate"), swipes.query,
-                       swipes.candidate))
+    s = self.factors("candidate")
+    z = (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
+         + self.candidate_bias[swipes.candidate]
+         + row_dots(self.factors("query"), s, swipes.query, swipes.candidate))
+    names = [name for name in self.features if Features.key(name, "query") in self.history_maps]
+    if names:
+      history_part = sum(swipes.history[name] @ self.history_maps[Features.key(name, "query")]
+                         for name in names)
+      z += row_dots(history_part, s, np.arange(swipes.query.size), swipes.candidate)
+    return z
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
@@ -166,10 +202,12 @@ class Residual:
     return float(np.sum(w * _log_loss_terms(self.logits(swipes), swipes.label)))
 
   def feature_tables(self, side: str) -> Dict[str, np.ndarray]:
-    """Core input key -> [k, 2 + r] float32 [0, 0, V_f^T]: what each feature adds to the
-    side's appended columns (`towers.with_like_residual` sums them, "sqrtn"-pooled)."""
+    """Core input key -> [k, 2 + r] float32 [0, 0, V_f^T] (a history list's: Y_f^T): what
+    each feature adds to the side's appended columns (`towers.with_like_residual` sums them,
+    "sqrtn"-pooled)."""
+    maps = {**getattr(self, f"{side}_maps"), **(self.history_maps if side == "query" else {})}
     tables = {key: np.concatenate([np.zeros((len(block), 2)), block], 1).astype(np.float32)
-              for key, block in getattr(self, f"{side}_maps").items()}
+              for key, block in maps.items()}
     for table in tables.values():
       # Row 0, a missing value, is gathered unmasked from a single-valued input: 0 by
       # construction (no data gradient, started at 0), stated here rather than relied on.
@@ -232,18 +270,25 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
 
   The factors start at N(0, 0.1^2) (at 0 the gradient of p_u . s_v vanishes), or at
   `start`, a fit of the same rank (a warm start along the penalty path: fewer steps).
-  `feature_names`: groups of `features` whose maps V, W inform the factors; they start at
-  `start`'s maps of the same features, and at 0 for the others.
+  `feature_names`: groups of `features` whose maps V, W inform the factors, and history
+  groups of `swipes.history` whose map Y does; they start at `start`'s maps of the same
+  groups, and at 0 for the others.
   """
   n_q, n_c, r = num_query_rows, num_candidate_rows, rank
   features = features or Features({})
-  # Per side, the groups it has: (core input key, number of columns), in stacking order.
+  history_names = [name for name in feature_names if name in swipes.history]
+  entity_names = [name for name in feature_names if name not in swipes.history]
+  # Per map, its groups: (core input key, number of columns), in stacking order.
   blocks = {side: [(Features.key(name, side), features.groups[name][side].shape[1])
-                   for name in feature_names if side in features.groups[name]]
+                   for name in entity_names if side in features.groups[name]]
             for side in ("query", "candidate")}
-  g_q = features.stack(feature_names, "query", n_q)
-  g_c = features.stack(feature_names, "candidate", n_c)
-  k_q, k_c = g_q.shape[1], g_c.shape[1]
+  blocks["history"] = [(Features.key(name, "query"), swipes.history[name].shape[1])
+                       for name in history_names]
+  g_q = features.stack(entity_names, "query", n_q)
+  g_c = features.stack(entity_names, "candidate", n_c)
+  h = (scipy.sparse.hstack([swipes.history[name] for name in history_names], format="csr")
+       if history_names else scipy.sparse.csr_matrix((swipes.query.size, 0)))
+  k_q, k_c, k_h = g_q.shape[1], g_c.shape[1], h.shape[1]
   w = swipes.weight / max(float(np.sum(swipes.weight)), 1e-12)
   # A [queries, candidates] sparse matrix whose values are refilled with dL/dz each step:
   # its products with the factors are the factors' data gradients.
@@ -252,6 +297,10 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
       (np.ones(order.size), (swipes.query[order], swipes.candidate[order])), shape=(n_q, n_c))
   if pattern.nnz != order.size:  # CSR sums repeated (query, candidate) pairs, so a refill
     pattern = None                # in swipe order would not line up: build it each step
+  # [candidates, swipes] 1 at each swipe's candidate: sums the history part's gradient.
+  by_candidate = scipy.sparse.csr_matrix(
+      (np.ones(swipes.query.size), (swipes.candidate, np.arange(swipes.query.size))),
+      shape=(n_c, swipes.query.size)) if k_h else None
 
   def gradient_matrix(g):
     if pattern is not None:
@@ -259,40 +308,48 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
       return pattern
     return scipy.sparse.csr_matrix((g, (swipes.query, swipes.candidate)), shape=(n_q, n_c))
 
-  sizes = [1, 1, n_c, n_q, n_q * r, n_c * r, r * k_q, r * k_c]
+  sizes = [1, 1, n_c, n_q, n_q * r, n_c * r, r * k_q, r * k_c, r * k_h]
 
   def unpack(theta):
-    a, b0, b, bq, e_q, e_c, v_q, v_c = np.split(theta, np.cumsum(sizes)[:-1])
+    a, b0, b, bq, e_q, e_c, v_q, v_c, y = np.split(theta, np.cumsum(sizes)[:-1])
     return (a[0], b0[0], b, bq, e_q.reshape(n_q, r), e_c.reshape(n_c, r), v_q.reshape(r, k_q),
-            v_c.reshape(r, k_c))
+            v_c.reshape(r, k_c), y.reshape(r, k_h))
 
   def objective(theta):
-    a, b0, b, bq, e_q, e_c, v_q, v_c = unpack(theta)
+    a, b0, b, bq, e_q, e_c, v_q, v_c, y = unpack(theta)
     p, s = e_q + g_q @ v_q.T, e_c + g_c @ v_c.T
     z = (a * swipes.cosine + b0 + b[swipes.candidate] + bq[swipes.query]
          + row_dots(p, s, swipes.query, swipes.candidate))
+    if k_h:  # each swipe's p_u has its history's part Y h too: [n, r]
+      history_part = np.asarray(h @ y.T)
+      z += row_dots(history_part, s, np.arange(z.size), swipes.candidate)
     loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)
     data_p, data_s = matrix @ s, matrix.T @ p
+    grad_y = 2 * feature_l2 * y
+    if k_h:
+      data_s += by_candidate @ (g[:, None] * history_part)
+      grad_y += _history_gradient(h, g, s, swipes.candidate).T
     grad_b = np.bincount(swipes.candidate, g, n_c) + 2 * l2 / n_c * b
     grad_bq = np.bincount(swipes.query, g, n_q) + 2 * l2 / n_q * bq
     loss += (l2 * ((np.sum(e_q * e_q) + np.sum(bq * bq)) / n_q
                    + (np.sum(e_c * e_c) + np.sum(b * b)) / n_c)
-             + feature_l2 * (np.sum(v_q * v_q) + np.sum(v_c * v_c)))
+             + feature_l2 * (np.sum(v_q * v_q) + np.sum(v_c * v_c) + np.sum(y * y)))
     grad = np.concatenate([[np.dot(g, swipes.cosine), np.sum(g)], grad_b, grad_bq,
                            (data_p + 2 * l2 / n_q * e_q).ravel(),
                            (data_s + 2 * l2 / n_c * e_c).ravel(),
                            ((g_q.T @ data_p).T + 2 * feature_l2 * v_q).ravel(),
-                           ((g_c.T @ data_s).T + 2 * feature_l2 * v_c).ravel()])
+                           ((g_c.T @ data_s).T + 2 * feature_l2 * v_c).ravel(), grad_y.ravel()])
     return loss, grad
 
-  def maps_start(side):  # [r, k] the side's V, from `start`'s blocks where it has them
-    known = getattr(start, f"{side}_maps", {}) if start is not None else {}
+  def maps_start(part, known):  # [r, k] a map, from `start`'s blocks where it has them
     return np.concatenate([known[key].T if key in known else np.zeros((r, k))
-                           for key, k in blocks[side]] or [np.zeros((r, 0))], 1).ravel()
+                           for key, k in blocks[part]] or [np.zeros((r, 0))], 1).ravel()
 
-  maps = np.concatenate([maps_start("query"), maps_start("candidate")])
+  maps = np.concatenate([maps_start("query", getattr(start, "query_maps", {})),
+                         maps_start("candidate", getattr(start, "candidate_maps", {})),
+                         maps_start("history", getattr(start, "history_maps", {}))])
   if start is not None:
     theta = np.concatenate([[start.scale, start.intercept], start.candidate_bias,
                             start.query_bias, start.query_factors.ravel(),
@@ -304,17 +361,28 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   history = int(np.clip(LBFGS_MEMORY_BYTES // (16 * theta.size), 10, 100))
   result = scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B",
                                    options={"maxiter": max_iterations, "maxcor": history})
-  a, b0, b, bq, e_q, e_c, v_q, v_c = unpack(result.x)
+  a, b0, b, bq, e_q, e_c, v_q, v_c, y = unpack(result.x)
 
-  def split(side, v):  # core input key -> [k, r]
-    offsets = np.cumsum([0] + [k for _, k in blocks[side]])
+  def split(part, v):  # core input key -> [k, r]
+    offsets = np.cumsum([0] + [k for _, k in blocks[part]])
     return {key: v[:, offsets[i]:offsets[i + 1]].T.copy()
-            for i, (key, _) in enumerate(blocks[side])}
+            for i, (key, _) in enumerate(blocks[part])}
 
   return Residual(float(a), float(b0), bq, e_q, b, e_c, float(l2), tuple(feature_names),
                   split("query", v_q), split("candidate", v_c),
                   np.asarray(g_q @ v_q.T) if k_q else None,
-                  np.asarray(g_c @ v_c.T) if k_c else None, float(feature_l2))
+                  np.asarray(g_c @ v_c.T) if k_c else None, float(feature_l2),
+                  split("history", y))
+
+
+def _history_gradient(h: scipy.sparse.csr_matrix, g: np.ndarray, s: np.ndarray,
+                      candidate: np.ndarray) -> np.ndarray:
+  """[k, r] sum_i g_i h_i s_{v_i}^T, the data gradient of Y^T, in blocks of swipes."""
+  out = np.zeros((h.shape[1], s.shape[1]))
+  for i in range(0, g.size, _CHUNK):
+    j = slice(i, i + _CHUNK)
+    out += h[j].T @ (g[j, None] * s[candidate[j]])
+  return out
 
 
 def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate_rows: int,
@@ -327,9 +395,10 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
   None instead of a model when no fit beats the towers alone on validation.
 
   Fits on train every (rank, l2) of `ranks` x `grid` and scores the validation swipes;
-  then, at the best of them, adds `features` groups one at a time (each round tries every
-  group left, from the best fit so far) while the validation log loss falls, and with
-  groups chosen tries the other penalties of `feature_grid` on their maps.
+  then, at the best of them, adds `features` groups and the swipes' history groups one at a
+  time (each round tries every group left, from the best fit so far) while the validation
+  log loss falls, and with groups chosen tries the other penalties of `feature_grid` on
+  their maps.
   The table has one row per fit, {"rank", "l2", "features", "feature_l2",
   "validation_log_loss"}, after a first row {"rank": 0, "l2": None, ...} for the towers
   alone (a and b_0 fitted only).
@@ -363,7 +432,7 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
         best, best_loss = previous, loss
   if not best_loss < table[0]["validation_log_loss"]:
     return None, table
-  remaining = list((features or Features({})).groups)
+  remaining = list((features or Features({})).groups) + list(train.history)
   while remaining:
     trials = [fit(train, *shape, best.rank, best.l2, seed, start=best, features=features,
                   feature_names=best.features + (name,)) for name in remaining]

@@ -104,7 +104,7 @@ def side_feature_specs(config: config_lib.Config, preprocessing: Mapping[str, An
                        "dataset was exported without the config's history section)")
       spec = dict(preprocessing[key], key=key, embedding_dim=candidate_id.embedding_dim,
                   pooling="mean", recency_decay=config.history.recency_decay,
-                  dropout=config.history.dropout)
+                  dropout=config.history.dropout, embed_in_core=config.history.embed_in_core)
       spec["tokens"] = [str(t) for t in fmt.read_tsv_counts(
           os.path.join(base_dir, spec["vocabulary"]))["token"].tolist()]
       specs.append(spec)

@@ -251,6 +251,8 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
   parts = []
   for spec in specs:
     key, ftype = spec["key"], spec["type"]
+    if not spec.get("embed_in_core", True):
+      continue  # an input only the like residual reads (`with_like_residual`)
     dim = int(spec.get("embedding_dim") or default_embedding_dim)
     if ftype in prep.VOCAB_TYPES:
       table = shared_embeddings.get(key) or tf.keras.layers.Embedding(

@@ -360,7 +360,8 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
                     candidate_core: tf.keras.Model, id_keys: Dict[str, str],
                     first_known_rows: Dict[str, int], batch_size: int = 65536
                     ) -> List[like_residual.Swipes]:
-  """Splits' swipes as `like_residual.Swipes`: id table rows and the towers' cosine.
+  """Splits' swipes as `like_residual.Swipes`: id table rows, the towers' cosine and, with
+  a swipe history, each swipe's history lists (`Swipes.history`).
 
   Args:
     indices: the splits, built on the same entity features (one `inputs_cache`), so the
@@ -387,6 +388,8 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
   query_embedding = None
   if set(query_core.input_names) <= set(entities.query.values):  # no history
     query_embedding = embed(query_core, entities.query.values)
+  history_specs = [spec for spec in entities.query.preprocessing.specs
+                   if spec["type"] == "history"]
 
   def table_rows(side, rows):
     return getattr(entities, side).values[id_keys[side]].numpy().reshape(-1).astype(
@@ -411,9 +414,11 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
         q = tf.cast(query_core(towers.core_inputs(query_core, batch)), tf.float32).numpy()
         cosine[i:i + batch_size] = np.einsum(
             "nd,nd->n", q, candidate_embedding[candidate_rows[i:i + batch_size]])
+    history = {spec["key"].removeprefix("query_"): like_residual.multi_hot(
+        index.tensors[spec["key"]].numpy()[keep], prep.num_rows(spec)) for spec in history_specs}
     return like_residual.Swipes(
         table_rows("query", query_rows), table_rows("candidate", candidate_rows), cosine,
         index.tensors["label"].numpy()[keep].astype(np.float64),
-        index.tensors["weight"].numpy()[keep].astype(np.float64))
+        index.tensors["weight"].numpy()[keep].astype(np.float64), history)
 
   return [split_swipes(index) for index in indices]
