@@ -147,16 +147,29 @@ def test_a_history_only_the_like_residual_reads_converts_with_parity(tmp_path):
   history_map[0] = 0.0
   extended = towers.with_like_residual(core, "query_id", table, scale=2.0,
                                        feature_tables={"query_history_liked": history_map})
-  module = tf.Module()
-  module.core = extended
-  fn = tf.function(lambda features: {"embedding": extended(features)})
-  path = str(tmp_path / "core")
-  tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function(
-      {"query_id": tf.TensorSpec([None], tf.int32, name="query_id"),
-       "query_history_liked": tf.TensorSpec([None, 4], tf.int32, name="query_history_liked")})})
+
+  def saved(model, name):
+    module = tf.Module()
+    module.core = model
+    fn = tf.function(lambda features: {"embedding": model(features)})
+    path = str(tmp_path / name)
+    tf.saved_model.save(module, path, signatures={"serving_default": fn.get_concrete_function(
+        {"query_id": tf.TensorSpec([None], tf.int32, name="query_id"),
+         "query_history_liked": tf.TensorSpec([None, 4], tf.int32,
+                                              name="query_history_liked")})})
+    return path
   feeds = {"query_id": np.array([2, 3, 1, 4], np.int32),
            "query_history_liked": np.array([[3, 5, 0, 0], [6, 6, 2, 1], [0, 0, 0, 0],
                                             [4, 0, 0, 0]], np.int32)}
+  # Without a residual that reads it (not fitted, or no list chosen) the core still takes
+  # the list, so the app's inputs (features.json) stay the same, and Core ML converts it.
+  plain = saved(core, "plain")
+  assert {i.name for i in convert.core_inputs(plain)} == {"query_id", "query_history_liked"}
+  model = convert.convert_core(plain, convert.core_inputs(plain))
+  model.save(str(tmp_path / "plain.mlpackage"))
+  got = mil_emulator.MilProgramEmulator(str(tmp_path / "plain.mlpackage")).predict(feeds)
+  np.testing.assert_allclose(got["embedding"], core(feeds).numpy(), atol=1e-5)
+  path = saved(extended, "core")
   want = extended({k: tf.constant(v) for k, v in feeds.items()}).numpy()
   # The history moves only the residual's columns, by the pooled map rows.
   hot = np.zeros((4, 7))

@@ -213,7 +213,8 @@ def test_the_like_residual_reads_each_swipes_history(tmp_path, tiny_world):
   them; the like residual's swipes carry each swipe's lists, as the index holds them."""
   import tensorflow as tf
   from tfrs_two_tower.data import synthetic
-  from tfrs_two_tower.model import epoch_eval, inputs, like_residual, train_options, training
+  from tfrs_two_tower.model import epoch_eval, inputs, train_options, training
+  from tfrs_two_tower.model import towers
   from conftest import TINY_TRAINING
   ds = str(tmp_path / "ds")
   synthetic.write_world_dataset(tiny_world, history_config(max_length=4, embed_in_core=False),
@@ -226,8 +227,24 @@ def test_the_like_residual_reads_each_swipes_history(tmp_path, tiny_world):
   model = training.build_model(options, specs)
   core = model.query_core
   assert {"query_history_liked", "query_history_passed"} <= set(core.input_names)
-  assert not [layer.name for layer in core.layers
-              if "history" in layer.name and not isinstance(layer, tf.keras.layers.InputLayer)]
+  # The core's output does not move with the lists, and its layers start as a core's
+  # without a history (the same seeded values): the towers train as without one.
+  batch = train_index.batch(tf.range(64))
+  emptied = {**batch, **{key: tf.zeros_like(batch[key])
+                         for key in ("query_history_liked", "query_history_passed")}}
+  assert (batch["query_history_liked"].numpy() > 0).any()
+  np.testing.assert_array_equal(core(towers.core_inputs(core, batch)).numpy(),
+                                core(towers.core_inputs(core, emptied)).numpy())
+  plain_specs = {**specs, "query": [s for s in specs["query"] if s["type"] != "history"]}
+  tf.keras.utils.set_random_seed(options.seed)
+  plain = training.build_model(options, plain_specs).query_core
+  tf.keras.utils.set_random_seed(options.seed)
+  again = training.build_model(options, specs).query_core
+  weighted = [layer for layer in plain.layers if layer.weights]
+  assert {"hidden_0", "projection", "query_id_embedding"} <= {layer.name for layer in weighted}
+  for layer in weighted:
+    for mine, theirs in zip(layer.get_weights(), again.get_layer(layer.name).get_weights()):
+      np.testing.assert_array_equal(mine, theirs)
   id_specs = {side: next(s for s in specs[side] if s["type"] == "id")
               for side in ("query", "candidate")}
   first_known = {side: 1 + spec["num_oov_buckets"] for side, spec in id_specs.items()}
@@ -243,6 +260,17 @@ def test_the_like_residual_reads_each_swipes_history(tmp_path, tiny_world):
   for name in ("history_liked", "history_passed"):
     lists = tensors["query_" + name].numpy()[keep]
     assert lists.shape[1] == 4 and (lists > 0).any()
-    np.testing.assert_allclose(
-        train.history[name].toarray(),
-        like_residual.multi_hot(lists, train.history[name].shape[1]).toarray())
+    hot = train.history[name]
+    # A swipe's own candidate is never in its lists (they end before it), and each row
+    # holds its list's ids, counted over sqrt(their number).
+    assert hot[np.arange(train.query.size), train.candidate].max() == 0
+    for i in np.flatnonzero((lists > 0).sum(1) >= 2)[:50]:
+      ids = lists[i][lists[i] > 0]
+      row = hot[i].toarray().ravel()
+      assert set(np.flatnonzero(row)) == set(ids)
+      np.testing.assert_allclose(row[ids], np.bincount(ids)[ids] / np.sqrt(ids.size))
+  # The cosines equal the towers' own on each swipe (one embedding per user here).
+  index_batch = train_index.batch(tf.constant(np.flatnonzero(keep)[:32]))
+  q = core(towers.core_inputs(core, index_batch)).numpy()
+  c = model.candidate_core(towers.core_inputs(model.candidate_core, index_batch)).numpy()
+  np.testing.assert_allclose(train.cosine[:32], np.einsum("nd,nd->n", q, c), atol=1e-5)

@@ -261,3 +261,55 @@ def test_with_like_residual_adds_the_feature_maps_as_the_fit_computes_them():
                                              "MaskedPooling": towers.MaskedPooling})
   clone.set_weights(extended.get_weights())
   np.testing.assert_array_equal(clone(batch).numpy(), out)
+
+
+def test_the_fits_gradient_matches_finite_differences_with_feature_and_history_maps(
+    monkeypatch):
+  """The analytic gradient `fit` hands L-BFGS, against central differences of its loss, with
+  entity feature groups on either side or both and two history lists."""
+  import scipy.optimize
+  import scipy.sparse
+  rng = np.random.default_rng(0)
+  n_q, n_c, n, rank = 7, 6, 60, 3
+  lists = {name: like_residual.multi_hot(rng.integers(0, n_c, (n, 4)), n_c)
+           for name in ("history_liked", "history_passed")}
+  swipes = like_residual.Swipes(rng.integers(2, n_q, n), rng.integers(2, n_c, n),
+                                rng.normal(size=n), (rng.random(n) < 0.5).astype(float),
+                                rng.random(n) + 0.5, lists)
+
+  def sparse(rows, columns):
+    return scipy.sparse.random(rows, columns, density=0.5, random_state=1, format="csr")
+  features = like_residual.Features({
+      "interests": {"query": sparse(n_q, 5), "candidate": sparse(n_c, 5)},
+      "genre": {"candidate": sparse(n_c, 3)}, "age": {"query": sparse(n_q, 2)}})
+  captured = {}
+  minimize = scipy.optimize.minimize
+
+  def spy(objective, theta, **options):
+    captured["objective"], captured["theta"] = objective, theta
+    return minimize(objective, theta, **options)
+  monkeypatch.setattr(scipy.optimize, "minimize", spy)
+  fitted = like_residual.fit(swipes, n_q, n_c, rank, 0.1, features=features, max_iterations=1,
+                             feature_names=("interests", "history_liked", "genre",
+                                            "history_passed", "age"), feature_l2=0.01)
+  assert set(fitted.history_maps) == {"query_history_liked", "query_history_passed"}
+  objective = captured["objective"]
+  theta = captured["theta"] + rng.normal(0, 0.3, captured["theta"].size)  # maps not 0
+  _, gradient = objective(theta)
+  step = np.eye(theta.size) * 1e-6
+  numeric = np.array([(objective(theta + e)[0] - objective(theta - e)[0]) / 2e-6
+                      for e in step])
+  assert np.abs(gradient[-2 * rank * n_c:]).max() > 1e-3  # Y's part is exercised
+  np.testing.assert_allclose(gradient, numeric, atol=1e-7)
+
+
+def test_choose_refuses_lists_that_differ_between_train_and_validation_or_clash_with_features():
+  train, validation, shape = _planted_history(2, n_users=12, shown=8)
+  with pytest.raises(ValueError, match="history lists"):
+    like_residual.choose(train, like_residual.Swipes(
+        validation.query, validation.candidate, validation.cosine, validation.label,
+        validation.weight), *shape, log=lambda *a: None)
+  clash = like_residual.Features({"history_liked": {
+      "query": like_residual.multi_hot(np.zeros(shape[0], int), 3)}})
+  with pytest.raises(ValueError, match="named like history lists"):
+    like_residual.choose(train, validation, *shape, features=clash, log=lambda *a: None)

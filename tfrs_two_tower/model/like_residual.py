@@ -39,7 +39,7 @@ With a swipe history (the config's `history`), each list is a group too, read pe
 (SVD++'s implicit feedback, Koren 2008): with h_i the multi-hot of the candidates the user
 liked (or passed) before swipe i, over sqrt(their number),
 
-  p_u(i) = e_u + V g_u + Y h_i       Y [r, candidate rows], penalised like V and W
+  p_u(i) = e_u + V g_u + Y h_i       Y [r, the list's rows], penalised like V and W
 
 so that a user's swipes since training move their factor without a refit. The towers pool
 the same Y rows over the history inputs (`feature_tables`).
@@ -63,9 +63,10 @@ import scipy.special
 RANKS = (2, 4, 16)
 L2_GRID = (0.03, 0.1, 0.3)
 MAX_ITERATIONS = 200
-# The penalty on the feature maps V, W (a sum over their entries, the loss being a mean
-# over swipes) while feature groups are chosen: 1e-3 kept the default world's gain, 1e-2 lost
-# it ("Oracle headroom" 13); then validation picks it from the grid for the chosen groups.
+# The penalty on the feature maps V, W and the history maps Y (a sum over their entries, the
+# loss being a mean over swipes) while groups are chosen: 1e-3 kept the default world's gain,
+# 1e-2 lost it ("Oracle headroom" 13, before Y existed); then validation picks it from the
+# grid for the chosen groups.
 FEATURE_L2 = 1e-3
 FEATURE_L2_GRID = (1e-4, 1e-3, 1e-2)
 # L-BFGS keeps `maxcor` pairs of [parameters] vectors. With scipy's default of 10 the
@@ -404,6 +405,14 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
   alone (a and b_0 fitted only).
   """
   shape = (num_query_rows, num_candidate_rows)
+  groups = list((features or Features({})).groups)
+  columns = {name: matrix.shape[1] for name, matrix in train.history.items()}
+  if columns != {name: matrix.shape[1] for name, matrix in validation.history.items()}:
+    raise ValueError(f"choose: the train swipes' history lists {columns} and the validation "
+                     f"swipes' {sorted(validation.history)} differ")
+  if set(groups) & set(columns):
+    raise ValueError(f"choose: feature groups {sorted(set(groups) & set(columns))} are "
+                     "named like history lists")
   # A prohibitive penalty keeps b_u and b_v at 0: the towers' cosine with a and b_0 alone.
   towers_only = fit(train, *shape, rank=0, l2=1e9, seed=seed)
   table = [{"rank": 0, "l2": None, "features": [], "feature_l2": None,
@@ -432,7 +441,7 @@ def choose(train: Swipes, validation: Swipes, num_query_rows: int, num_candidate
         best, best_loss = previous, loss
   if not best_loss < table[0]["validation_log_loss"]:
     return None, table
-  remaining = list((features or Features({})).groups) + list(train.history)
+  remaining = groups + list(columns)
   while remaining:
     trials = [fit(train, *shape, best.rank, best.l2, seed, start=best, features=features,
                   feature_names=best.features + (name,)) for name in remaining]

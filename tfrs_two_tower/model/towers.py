@@ -248,11 +248,21 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
             for n, s in prep.core_input_specs(specs).items()}
   regularizer = tf.keras.regularizers.l2(l2) if l2 else None
   table_regularizer = tf.keras.regularizers.l2(embedding_l2) if embedding_l2 else None
-  parts = []
+  parts, unread_parts = [], []
   for spec in specs:
     key, ftype = spec["key"], spec["type"]
     if not spec.get("embed_in_core", True):
-      continue  # an input only the like residual reads (`with_like_residual`)
+      # A list only the like residual's map reads (`with_like_residual`). A frozen zero
+      # column keeps the input in the graph, so that the SavedModel, Core ML and
+      # features.json take it also when the residual does not read it (TF prunes an unread
+      # input, and coremltools then refuses the signature's name); it adds nothing.
+      # Added after the projection, not concatenated before it: the hidden layers keep
+      # their shapes and seeded initial values, so the towers train as without the list.
+      unread = tf.keras.layers.Embedding(prep.num_rows(spec), 1, embeddings_initializer="zeros",
+                                         trainable=False, name=f"{key}_unread")
+      unread_parts.append(MaskedPooling("sum", name=f"{key}_unread_pooling")(
+          unread(inputs[key]), inputs[key]))
+      continue
     dim = int(spec.get("embedding_dim") or default_embedding_dim)
     if ftype in prep.VOCAB_TYPES:
       table = shared_embeddings.get(key) or tf.keras.layers.Embedding(
@@ -279,8 +289,10 @@ def build_core(specs: Sequence[Mapping[str, Any]], layer_sizes: Sequence[int],
   for i, units in enumerate(layer_sizes):
     hidden = tf.keras.layers.Dense(units, activation="relu", name=f"hidden_{i}",
                                    kernel_regularizer=regularizer)(hidden)
-  unit = L2Normalize(name="embedding")(
-      tf.keras.layers.Dense(embedding_dim, name="projection")(hidden))
+  projected = tf.keras.layers.Dense(embedding_dim, name="projection")(hidden)
+  if unread_parts:  # [B, 1] zeros, broadcast
+    projected = tf.keras.layers.Add(name="unread_lists")([projected, *unread_parts])
+  unit = L2Normalize(name="embedding")(projected)
   if score_bias == "query":
     return tf.keras.Model(inputs, AppendOne(name="embedding_with_one")(unit), name=name)
   if score_bias == "candidate":
@@ -303,10 +315,11 @@ def with_like_residual(core: tf.keras.Model, id_key: str, table: np.ndarray,
   `table` [rows of the id feature's embedding table, m] holds the side's extra columns
   ([1, b_u, e_u] for queries, [b_v, 1, e_v] for candidates), so that the score stays an
   inner product of the two outputs, [B, d + m]. `feature_tables`: core input key of a
-  categorical or multi-categorical feature -> T_f [its rows, m], the feature maps' columns
-  ([0, 0, V_f^T]), "sqrtn"-pooled over a list (`MaskedPooling`): the same g_u as
-  `like_residual.multi_hot`, so that users unseen in training get V g_u. The tables are
-  frozen Embeddings (gathers); the scale a multiply: ops coremltools converts.
+  categorical or multi-categorical feature or a history list -> T_f [its rows, m], the
+  maps' columns ([0, 0, V_f^T], a history list's [0, 0, Y_f^T]), "sqrtn"-pooled over a
+  list (`MaskedPooling`): the same g_u (h) as `like_residual.multi_hot`, so that users
+  unseen in training get V g_u (+ Y h). The tables are frozen Embeddings (gathers); the
+  scale a multiply: ops coremltools converts.
   """
   # Built on the core's own graph (its input and output tensors), not by calling the
   # core: a flat functional model, which Keras serialises like the core itself.

@@ -370,9 +370,9 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
   Left out: the swipes an index marks as their query's first (`inputs.NEW_USER_COLUMN`:
   they train the towers' new-user path) and those of users or on profiles outside the
   vocabulary (an OOV row), whose residual is the feature maps alone
-  (`Residual.query_table`, `candidate_table`). With a swipe history the query
-  embedding changes with every swipe, so it is computed per swipe (one forward pass
-  over each split), otherwise once per user.
+  (`Residual.query_table`, `candidate_table`). With a swipe history the core reads
+  (`embed_in_core`) the query embedding changes with every swipe, so it is computed per
+  swipe (one forward pass over each split), otherwise once per user.
   """
   def embed(core, values):
     n = int(next(iter(values.values())).shape[0])
@@ -385,11 +385,16 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
          for index in indices):
     raise ValueError("residual_swipes: the splits must share their entity features")
   candidate_embedding = embed(candidate_core, entities.candidate.values)
-  query_embedding = None
-  if set(query_core.input_names) <= set(entities.query.values):  # no history
-    query_embedding = embed(query_core, entities.query.values)
   history_specs = [spec for spec in entities.query.preprocessing.specs
                    if spec["type"] == "history"]
+  query_embedding = None
+  if not any(spec.get("embed_in_core", True) for spec in history_specs):
+    # No history the core reads: one embedding per user (empty lists for the inputs the
+    # core takes but does not read, `towers.build_core`).
+    users = int(next(iter(entities.query.values.values())).shape[0])
+    query_embedding = embed(query_core, {
+        **entities.query.values, **{spec["key"]: tf.zeros([users, int(spec["max_length"])],
+                                                          tf.int32) for spec in history_specs}})
 
   def table_rows(side, rows):
     return getattr(entities, side).values[id_keys[side]].numpy().reshape(-1).astype(
