@@ -186,16 +186,13 @@ class Residual:
     return own if mapped is None else own + mapped
 
   def logits(self, swipes: Swipes) -> np.ndarray:
-    s = self.factors("candidate")
-    z = (self.scale * swipes.cosine + self.intercept + self.query_bias[swipes.query]
-         + self.candidate_bias[swipes.candidate]
-         + row_dots(self.factors("query"), s, swipes.query, swipes.candidate))
+    """[n] z(u, v) of each swipe."""
     names = [name for name in self.features if Features.key(name, "query") in self.history_maps]
-    if names:
-      history_part = sum(swipes.history[name] @ self.history_maps[Features.key(name, "query")]
-                         for name in names)
-      z += row_dots(history_part, s, np.arange(swipes.query.size), swipes.candidate)
-    return z
+    history_part = sum(swipes.history[name] @ self.history_maps[Features.key(name, "query")]
+                       for name in names) if names else None
+    return _swipe_logits(swipes, self.scale, self.intercept, self.query_bias,
+                         self.candidate_bias, self.factors("query"), self.factors("candidate"),
+                         history_part)
 
   def log_loss(self, swipes: Swipes) -> float:
     """Weighted mean log loss of the swipes' labels."""
@@ -246,6 +243,20 @@ def _id_table(bias: np.ndarray, factors: np.ndarray, ones_column: int,
   out[first_known_row:, bias_column] = bias[first_known_row:]
   out[first_known_row:, 2:] = factors[first_known_row:]
   return out.astype(np.float32)
+
+
+def _swipe_logits(swipes: Swipes, scale: float, intercept: float, query_bias: np.ndarray,
+                  candidate_bias: np.ndarray, p: np.ndarray, s: np.ndarray,
+                  history_part: Optional[np.ndarray]) -> np.ndarray:
+  """[n] z = a cos + b_0 + b_u + b_v + (p_u + Y h_i) . s_v per swipe i (module docstring).
+
+  p, s [rows, r] the sides' factors; `history_part` [n, r] each swipe's Y h_i, or None.
+  """
+  z = (scale * swipes.cosine + intercept + candidate_bias[swipes.candidate]
+       + query_bias[swipes.query] + row_dots(p, s, swipes.query, swipes.candidate))
+  if history_part is not None:
+    z += row_dots(history_part, s, np.arange(z.size), swipes.candidate)
+  return z
 
 
 def _log_loss_terms(z: np.ndarray, label: np.ndarray) -> np.ndarray:
@@ -319,11 +330,9 @@ def fit(swipes: Swipes, num_query_rows: int, num_candidate_rows: int, rank: int,
   def objective(theta):
     a, b0, b, bq, e_q, e_c, v_q, v_c, y = unpack(theta)
     p, s = e_q + g_q @ v_q.T, e_c + g_c @ v_c.T
-    z = (a * swipes.cosine + b0 + b[swipes.candidate] + bq[swipes.query]
-         + row_dots(p, s, swipes.query, swipes.candidate))
-    if k_h:  # each swipe's p_u has its history's part Y h too: [n, r]
-      history_part = np.asarray(h @ y.T)
-      z += row_dots(history_part, s, np.arange(z.size), swipes.candidate)
+    # Each swipe's p_u has its history's part Y h too: [n, r].
+    history_part = np.asarray(h @ y.T) if k_h else None
+    z = _swipe_logits(swipes, a, b0, bq, b, p, s, history_part)
     loss = np.sum(w * _log_loss_terms(z, swipes.label))
     g = w * (scipy.special.expit(z) - swipes.label)
     matrix = gradient_matrix(g)
