@@ -391,7 +391,7 @@ def residual_swipes(indices: Sequence[inputs.InteractionIndex], query_core: tf.k
   if not any(spec.get("embed_in_core", True) for spec in history_specs):
     # No history the core reads: one embedding per user (empty lists for the inputs the
     # core takes but does not read, `towers.build_core`).
-    users = int(next(iter(entities.query.values.values())).shape[0])
+    users = len(entities.query.ids)
     query_embedding = embed(query_core, {
         **entities.query.values, **{spec["key"]: tf.zeros([users, int(spec["max_length"])],
                                                           tf.int32) for spec in history_specs}})
