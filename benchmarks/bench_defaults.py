@@ -14,6 +14,10 @@ Data sets (temporal split, the export's default eval fraction):
                    no eligibility rule) and different parameters (3,000 users, 90 days,
                    12 profiles a day, stronger taste and appeal).
   default_world    the embedded default world (oracle headroom and AUC targets).
+  exploring_world  the default world's parameters with a feed that explores (WorldParams
+                   exploration=0.2: a fifth of the feeds drawn from the eligible catalogue),
+                   so that its validation and eval swipes include pairs off the
+                   feature-matching feed's support (not in the default --datasets).
 
 For each: `train_model.py --dataset_dir=D --run_dir=R` (no other flags unless
 --train_flags is given, to measure a proposal), then one in-process evaluation with the
@@ -78,6 +82,9 @@ VALIDATION_FRACTION = 0.10
 POPULARITY_WORLD = synthetic.WorldParams(num_users=3000, days=90, feed_size=12,
                                          mean_activity=0.15, taste_weight=2.0,
                                          attractiveness_scale=1.4, feed="popularity", seed=11)
+EXPLORING_WORLD = synthetic.WorldParams(exploration=0.2)
+WORLDS = {"popularity_world": POPULARITY_WORLD, "default_world": synthetic.WorldParams(),
+          "exploring_world": EXPLORING_WORLD}
 ALS_GRID = [dict(factors=f, regularization=r) for f in (16, 64, 128) for r in (0.01, 0.1, 1.0)]
 BPR_GRID = [dict(factors=f, learning_rate=lr, regularization=r)
             for f in (32, 128) for lr in (0.01, 0.05) for r in (0.001, 0.01)]
@@ -175,7 +182,7 @@ def prepare_dataset(name: str, work: str, log, history=None) -> dict:
     return out
   out["world"] = os.path.join(work, name, "world")
   if not os.path.exists(out["dataset"]):
-    params = POPULARITY_WORLD if name == "popularity_world" else synthetic.WorldParams()
+    params = WORLDS[name]
     if os.path.exists(os.path.join(out["world"], "world.json")):  # written by an earlier run
       world = synthetic.World.load(out["world"])
     else:
@@ -556,7 +563,11 @@ def main():
   args = parser.parse_args()
   log = lambda *a: print(*a, flush=True)  # noqa: E731
   results = {}
-  for name in [n for n in args.datasets.split(",") if n]:
+  names = [n for n in args.datasets.split(",") if n]
+  unknown = sorted(set(names) - {"movielens", *WORLDS})
+  if unknown:
+    parser.error(f"--datasets: unknown {unknown}; known: movielens, {', '.join(WORLDS)}")
+  for name in names:
     results[name] = bench(name, args.work_dir, shlex.split(args.train_flags), args.bootstrap,
                           log, args.tag, not args.no_factor_models, args.reuse_runs,
                           args.oracle_parts, args.history)
