@@ -38,8 +38,10 @@ Benchmark-only dependencies (requirements-bench.txt): implicit, recbole (--no-de
 
   python benchmarks/bench_defaults.py --work_dir=/tmp/bench_defaults \
       [--datasets=movielens,popularity_world,default_world] [--train_flags="--epochs=5"]
-      [--oracle_parts]   (rank by the world's utility with single terms switched off, and
-                          with the scenes of tastes and styles inferred from the swipes)
+      [--oracle_parts]   (rank by the world's utility with single terms switched off,
+                          with the scenes of tastes and styles inferred from the swipes,
+                          and by a factor model told every term of the world but the
+                          hidden appeal, tastes and styles)
 """
 import os
 
@@ -48,6 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice for its own threads
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import importlib.metadata  # noqa: E402
 import json  # noqa: E402
@@ -59,6 +62,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.optimize  # noqa: E402
 import scipy.sparse  # noqa: E402
 import scipy.special  # noqa: E402
 
@@ -434,6 +438,84 @@ class LatentSceneScorer(OracleScorer):
     return self._scores(rows, super().pair_scores(rows, cols), cols).astype(np.float32)
 
 
+class FormFitScorer(OracleScorer):
+  """A learner that knows the world's form but none of its hidden profile or taste values.
+
+  Every observable term of the utility is given exactly (interests, age, distance, gender,
+  the user's selectivity: the hidden per-user preferences included), and so are the form
+  and size of the rest: a_v + taste_weight <t_u, s_v>, rank style_dim, with the generator's
+  own variances as Gaussian priors. a, t and s are fitted to `swipes` by MAP
+  (L-BFGS on the logistic log-likelihood plus 0.5 x^2 / var per parameter). Unlike
+  `LatentSceneScorer` it does not know that styles and tastes cluster into scenes: it is
+  the best a factor model could do here if it were told everything else.
+  """
+
+  def __init__(self, world: synthetic.World, query_ids, candidate_ids, swipes,
+               max_iterations: int = 3000):
+    super().__init__(world, query_ids, candidate_ids,
+                     without=dict(taste_weight=0.0, attractiveness_scale=0.0))
+    params, hidden = world.params, world.hidden
+    users = np.concatenate([part.users for part in swipes]).astype(np.int64)
+    candidates = np.concatenate([part.candidates for part in swipes]).astype(np.int64)
+    liked = (np.concatenate([part.labels for part in swipes]) > 0).astype(np.float64)
+    offset = self.world.utility(self._q[users], self._c[candidates])
+    nq, nc, rank = self._q.size, self._c.size, params.style_dim
+    weight = params.taste_weight
+    var_a = np.var(params.attractiveness_scale * hidden["attractiveness"])
+    var_t, var_s = np.var(hidden["taste"], 0).mean(), np.var(hidden["style"], 0).mean()
+    precision = np.concatenate([np.full(nc, 1 / var_a), np.full(nq * rank, 1 / var_t),
+                                np.full(nc * rank, 1 / var_s)])
+
+    def split(x):
+      return x[:nc], x[nc:nc + nq * rank].reshape(nq, rank), x[nc + nq * rank:].reshape(nc, rank)
+
+    def objective(x):
+      a, t, s = split(x)
+      z = offset + a[candidates] + weight * np.einsum("nd,nd->n", t[users], s[candidates])
+      residual = scipy.special.expit(z) - liked
+      grad = scipy.sparse.csr_matrix((residual, (users, candidates)), shape=(nq, nc))
+      gradient = np.concatenate([np.asarray(grad.sum(0)).ravel(),
+                                 (weight * (grad @ s)).ravel(), (weight * (grad.T @ t)).ravel()])
+      return (np.sum(np.logaddexp(0.0, z) - liked * z) + 0.5 * np.sum(precision * x * x),
+              gradient + precision * x)
+
+    # Started from a draw of the prior: zero is a saddle point of the factors, and
+    # L-BFGS's relative-reduction test stops near it when started too close. Rows without
+    # swipes start (and stay) at their prior mean 0.
+    start = np.random.default_rng(0).normal(0.0, 1.0 / np.sqrt(precision))
+    start[:nc] = 0.0
+    _, start_t, start_s = split(start)
+    start_t[np.bincount(users, minlength=nq) == 0] = 0.0
+    start_s[np.bincount(candidates, minlength=nc) == 0] = 0.0
+    fit = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B",
+                                  options=dict(maxiter=max_iterations, ftol=1e-12))
+    self.appeal, self.taste, self.style = split(fit.x)
+    self.taste_weight, self.iterations = weight, int(fit.nit)
+
+  def without_tastes(self) -> "FormFitScorer":
+    """The same fit with every user's taste at its prior mean (0): what the swipes' taste
+    adds, e.g. for users new since training, whose swipes a history would read."""
+    other = copy.copy(self)
+    other.taste = np.zeros_like(self.taste)
+    return other
+
+  def _latent(self, query_rows, candidate_rows):
+    # self.world is the world with these terms switched off (weight 0): the fit's own weight.
+    return (self.appeal[candidate_rows] + self.taste_weight
+            * np.sum(self.taste[query_rows] * self.style[candidate_rows], axis=-1))
+
+  def score_block(self, query_rows):
+    import tensorflow as tf
+    rows = np.asarray(query_rows)
+    rest = super().score_block(rows).numpy()
+    latent = self._latent(rows[:, None], np.arange(self._c.size)[None, :])
+    return tf.constant((rest + latent).astype(np.float32))
+
+  def pair_scores(self, query_rows, candidate_rows):
+    rows, cols = np.asarray(query_rows), np.asarray(candidate_rows)
+    return (super().pair_scores(rows, cols) + self._latent(rows, cols)).astype(np.float32)
+
+
 # -- one data set ---------------------------------------------------------------------------------
 
 def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "default",
@@ -474,6 +556,10 @@ def bench(name: str, work: str, extra_flags, bootstrap: int, log, tag: str = "de
                                           ("all scenes: swipes", before_split, True)):
         scorers[label] = (LatentSceneScorer(world, data.query_ids, data.candidate_ids, swipes,
                                             infer_styles), {})
+      log(f"[{name}] fitting the form-known factor model (a few minutes)")
+      form = FormFitScorer(world, data.query_ids, data.candidate_ids, before_split)
+      scorers["form known: MAP factors"] = (form, {"iterations": form.iterations})
+      scorers["form known: tastes at the prior"] = (form.without_tastes(), {})
   started = time.time()
   if factor_models:
     scorers.update(tuned_factor_models(dataset, data, log))
@@ -554,7 +640,9 @@ def main():
                       "by the world's utility with single terms switched off (where the "
                       "oracle headroom lies) and with the users' liked scenes (and the "
                       "profiles' scenes) inferred from the swipes or from the priors alone (what "
-                      "a swipe history can add; what knowing the world's form gives)")
+                      "a swipe history can add; what knowing the world's form gives), and "
+                      "by a factor model fitted with every other term of the world given "
+                      "(what a factor model can reach without the scenes)")
   parser.add_argument("--history", type=json.loads, default=None, help="a config `history` "
                       "section (JSON) declared in every data set's config, e.g. "
                       "'{\"max_length\": 20, \"lists\": [\"liked\"], "
