@@ -479,9 +479,8 @@ class FormFitScorer(OracleScorer):
       return (np.sum(np.logaddexp(0.0, z) - liked * z) + 0.5 * np.sum(precision * x * x),
               gradient + precision * x)
 
-    # Started from a draw of the prior: zero is a saddle point of the factors, and
-    # L-BFGS's relative-reduction test stops near it when started too close. Rows without
-    # swipes start (and stay) at their prior mean 0.
+    # Started from a draw of the prior, not at 0: zero is a stationary point of the
+    # factors. Rows without swipes start (and stay) at their prior mean 0.
     start = np.random.default_rng(0).normal(0.0, 1.0 / np.sqrt(precision))
     start[:nc] = 0.0
     _, start_t, start_s = split(start)
