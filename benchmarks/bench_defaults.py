@@ -344,16 +344,24 @@ class OracleScorer(retrieval.Scorer):
     self._q = world.user_index(self.query_ids)
     self._c = world.user_index(self.candidate_ids)
 
+  def _scores(self, query_rows, utility, candidate_rows):
+    """The scores from the world's utility (its switched-off terms excluded), for
+    broadcastable row and column indices; subclasses add what they infer or fit."""
+    return utility
+
   def score_block(self, query_rows):
     import tensorflow as tf
     rows = np.asarray(query_rows)
     u = np.repeat(self._q[rows][:, None], self._c.size, axis=1)
     v = np.broadcast_to(self._c[None, :], u.shape)
-    return tf.constant(self.world.utility(u, v).astype(np.float32))
+    utility = self.world.utility(u, v).astype(np.float32)
+    return tf.constant(self._scores(rows[:, None], utility, np.arange(self._c.size)[None, :])
+                       .astype(np.float32))
 
   def pair_scores(self, query_rows, candidate_rows):
-    return self.world.utility(self._q[np.asarray(query_rows)],
-                              self._c[np.asarray(candidate_rows)]).astype(np.float32)
+    rows, cols = np.asarray(query_rows), np.asarray(candidate_rows)
+    utility = self.world.utility(self._q[rows], self._c[cols]).astype(np.float32)
+    return self._scores(rows, utility, cols).astype(np.float32)
 
 
 class LatentSceneScorer(OracleScorer):
@@ -426,17 +434,6 @@ class LatentSceneScorer(OracleScorer):
                * scipy.special.expit(rest + self._terms[k, j][candidate_rows])
                for k in range(self._terms.shape[0]) for j in range(self._terms.shape[1]))
 
-  def score_block(self, query_rows):
-    import tensorflow as tf
-    rows = np.asarray(query_rows)
-    rest = super().score_block(rows).numpy()
-    return tf.constant(self._scores(rows[:, None], rest, np.arange(self._c.size)[None, :])
-                       .astype(np.float32))
-
-  def pair_scores(self, query_rows, candidate_rows):
-    rows, cols = np.asarray(query_rows), np.asarray(candidate_rows)
-    return self._scores(rows, super().pair_scores(rows, cols), cols).astype(np.float32)
-
 
 class FormFitScorer(OracleScorer):
   """A learner that knows the world's form but none of its hidden profile or taste values.
@@ -498,21 +495,10 @@ class FormFitScorer(OracleScorer):
     other.taste = np.zeros_like(self.taste)
     return other
 
-  def _latent(self, query_rows, candidate_rows):
+  def _scores(self, query_rows, rest, candidate_rows):
     # self.world is the world with these terms switched off (weight 0): the fit's own weight.
-    return (self.appeal[candidate_rows] + self.taste_weight
+    return (rest + self.appeal[candidate_rows] + self.taste_weight
             * np.sum(self.taste[query_rows] * self.style[candidate_rows], axis=-1))
-
-  def score_block(self, query_rows):
-    import tensorflow as tf
-    rows = np.asarray(query_rows)
-    rest = super().score_block(rows).numpy()
-    latent = self._latent(rows[:, None], np.arange(self._c.size)[None, :])
-    return tf.constant((rest + latent).astype(np.float32))
-
-  def pair_scores(self, query_rows, candidate_rows):
-    rows, cols = np.asarray(query_rows), np.asarray(candidate_rows)
-    return (super().pair_scores(rows, cols) + self._latent(rows, cols)).astype(np.float32)
 
 
 # -- one data set ---------------------------------------------------------------------------------
